@@ -1,1 +1,153 @@
-fn main() {}
+//! `strait`: the Strait CLI and control plane.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod analyze;
+mod client;
+mod control_plane;
+mod input;
+mod output;
+mod resources;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "strait", version, about = "Strait: a service mesh that reads Istio's configuration")]
+struct Cli {
+    /// The control plane's API address (default: the one the local control plane recorded in
+    /// its data directory, else http://127.0.0.1:15014).
+    #[arg(long, global = true, env = "STRAIT_SERVER")]
+    server: Option<String>,
+    /// The API token (default: the `token` file in the data directory).
+    #[arg(long, global = true, env = "STRAIT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The control plane's data directory (default: $STRAIT_HOME, else ~/.strait).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: the resource API on an embedded store.
+    ControlPlane {
+        /// Where the API listens; it binds loopback unless told otherwise.
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        api_addr: String,
+    },
+    /// Check resources on their own, as Istio's validating webhook does.
+    Validate {
+        /// Files, folders (read recursively) or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: ReportFormat,
+    },
+    /// Check resources together, like `istioctl analyze`: references between them.
+    Analyze {
+        /// Files, folders (read recursively) or `-` for standard input.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// Also analyze what the control plane holds.
+        #[arg(long)]
+        live: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: ReportFormat,
+    },
+    /// Create or update resources from files.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        /// The namespace for resources that do not name one (default: `default`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Show resources: `strait get vs`, `strait get dr reviews -o yaml`, `strait get se -A`.
+    Get {
+        /// A kind: name, plural or short name (vs, dr, gw, se, sidecar, we, wg, pa, ap, ra, svc, ...).
+        kind: String,
+        name: Option<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: GetFormat,
+    },
+    /// Delete resources named in files, or one by kind and name.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum GetFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let connection = client::Connection {
+        server: cli.server,
+        token: cli.token,
+        data_dir: cli.data_dir.clone(),
+    };
+    let result = match cli.command {
+        Command::ControlPlane { api_addr } => {
+            control_plane::run(control_plane::data_dir(cli.data_dir.as_deref()), &api_addr)
+        }
+        Command::Validate { files, output } => analyze::validate(&files, output),
+        Command::Analyze {
+            files,
+            live,
+            output,
+        } => analyze::analyze(&files, live.then_some(&connection), output),
+        Command::Apply { files, namespace } => resources::apply(&connection, &files, namespace.as_deref()),
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => resources::get(
+            &connection,
+            &kind,
+            name.as_deref(),
+            namespace.as_deref(),
+            all_namespaces,
+            output,
+        ),
+        Command::Delete {
+            kind,
+            name,
+            files,
+            namespace,
+        } => resources::delete(&connection, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -125,12 +125,12 @@ pub fn validate_label_key(key: &str) -> Result<(), String> {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
     };
-    if let Some(p) = prefix {
-        if p.is_empty() || p.len() > 253 || !DNS1123_SUBDOMAIN.is_match(p) {
-            return Err(format!(
-                "invalid label key {key:?}: the prefix must be a DNS-1123 subdomain"
-            ));
-        }
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > 253 || !DNS1123_SUBDOMAIN.is_match(p))
+    {
+        return Err(format!(
+            "invalid label key {key:?}: the prefix must be a DNS-1123 subdomain"
+        ));
     }
     if name.is_empty() || name.len() > 63 || !QUALIFIED_NAME.is_match(name) {
         return Err(format!(

@@ -1,0 +1,150 @@
+//! Runs the real `strait` binary: a control plane in a temporary data directory, and CLI commands
+//! against it.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn strait() -> &'static str {
+    env!("CARGO_BIN_EXE_strait")
+}
+
+pub fn testdata() -> PathBuf {
+    let dir = std::env::var_os("STRAIT_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
+    assert!(
+        dir.join("istio-samples").is_dir(),
+        "Istio's test data is missing at {}: set STRAIT_TESTDATA to the shared/testdata folder \
+         (a checkout of the project expects it at ../shared/testdata beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// A control plane process with its own data directory; killed when dropped.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cp = ControlPlane { dir, child: None };
+        cp.restart();
+        cp
+    }
+
+    /// Starts (again) on the same data directory, on a free port, and waits until it answers.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(self.dir.path().join("server"));
+        let child = Command::new(strait())
+            .args(["control-plane", "--api-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting strait control-plane");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.dir.path().join("server").exists() && self.cli(&["get", "ns"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("the control plane exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "the control plane did not answer within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as `kill -9` does.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn server(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server")).unwrap().trim().to_string()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("token")).unwrap().trim().to_string()
+    }
+
+    /// Runs `strait ARGS --data-dir DIR`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_stdin(args, None)
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(strait())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env_remove("STRAIT_SERVER")
+            .env_remove("STRAIT_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs the CLI and returns its stdout, failing with its stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "strait {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw HTTP request to the API with curl-free std networking; returns (status, body).
+pub fn http(server: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let addr = server.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).unwrap();
+    let code = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}

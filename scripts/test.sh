@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Strait's whole test suite: installs what the tests need, then formatting, lints and every test.
+# Usage: bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export STRAIT_TESTDATA="${STRAIT_TESTDATA:-$(cd .. && pwd)/shared/testdata}"
+if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
+  echo "error: Istio's test data is missing at $STRAIT_TESTDATA." >&2
+  echo "       Put the shared/ folder beside this repository, or set STRAIT_TESTDATA to its testdata folder." >&2
+  exit 1
+fi
+
+# What the tests need beyond the Rust toolchain. (Envoy, iptables and the load tools join this
+# list as the tests that use them land.)
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+for tool in cargo rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with clippy and rustfmt)" >&2; exit 1; }
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
