@@ -949,4 +949,27 @@ mod tests {
         assert_eq!(tls("{mode: 4}").errors.len(), 0);
         assert!(serde_yaml_ng::from_str::<ServerTLSSettings>("{mode: 9}").is_err());
     }
+
+    #[test]
+    fn reads_back_as_written() {
+        let yaml = r#"
+selector: {istio: ingressgateway}
+servers:
+- port: {number: 443, name: https, protocol: HTTPS}
+  hosts: [ns1/a.example.com]
+  name: main
+  tls:
+    mode: MUTUAL
+    credentialName: cred
+    subjectAltNames: [spiffe://x]
+    minProtocolVersion: TLSV1_2
+    cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]
+"#;
+        let value: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let gw: Gateway = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&gw).unwrap(), value);
+        assert_eq!(gw.servers[0].protocol(), Protocol::Https);
+        assert_eq!(gw.servers[0].tls.as_ref().unwrap().mode(), TlsMode::Mutual);
+        assert!(!gw.servers[0].is_passthrough());
+    }
 }
