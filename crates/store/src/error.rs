@@ -62,7 +62,7 @@ pub enum StoreError {
         path: PathBuf,
         action: &'static str,
         #[source]
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
 
     #[error(

@@ -87,8 +87,11 @@ impl FileStore {
             source,
         })?;
         let file = dir.join(FILE_NAME);
+        // Verifying the checksums on open turns a damaged file into an error instead of a panic
+        // later; a config store is small enough for the read.
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
             .create(&file)
             .map_err(|error| match error {
                 DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
@@ -96,10 +99,25 @@ impl FileStore {
                         dir: dir.to_owned(),
                     }
                 }
+                DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+                    StoreError::Corrupt {
+                        path: file.clone(),
+                        detail,
+                    }
+                }
+                // redb's answer to a file that is not a redb database.
+                DatabaseError::Storage(redb::StorageError::Io(error))
+                    if error.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    StoreError::Corrupt {
+                        path: file.clone(),
+                        detail: error.to_string(),
+                    }
+                }
                 other => StoreError::Backend {
                     path: file.clone(),
                     action: "opening it",
-                    source: other.into(),
+                    source: Box::new(other.into()),
                 },
             })?;
         let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
@@ -168,7 +186,7 @@ impl Inner {
         move |error| StoreError::Backend {
             path,
             action,
-            source: error.into(),
+            source: Box::new(error.into()),
         }
     }
 

@@ -54,6 +54,8 @@ suite!(
     watch_live_under_concurrent_writes,
     compacted,
     watch_ends_when_store_dropped,
+    slow_watch_catches_up_from_history,
+    slow_watch_falls_behind_compaction,
 );
 
 const DEFAULT: usize = strait_store::DEFAULT_HISTORY;
@@ -412,6 +414,49 @@ fn watch_ends_when_store_dropped(make: Make) {
     });
 }
 
+/// More writes than the live channel holds, while the watcher does not read: it catches up
+/// from the event log without losing or repeating anything.
+fn slow_watch_catches_up_from_history(make: Make) {
+    let f = make(DEFAULT);
+    let s = &f.store;
+    let mut all = s.watch(None, None, 0).unwrap();
+    let mut some = s.watch(None, Some("n3"), 0).unwrap();
+    for i in 1..=1500 {
+        let key = svc(&format!("n{}", i % 5), &format!("o{}", i % 11));
+        s.put(&key, obj("o", i), Precondition::None).unwrap();
+    }
+    assert_eq!(revisions(&drain(&mut all)), (1..=1500).collect::<Vec<_>>());
+    let some_events = drain(&mut some);
+    assert_eq!(some_events.len(), 300);
+    assert!(some_events.iter().all(|e| e.object.key.namespace == "n3"));
+    assert!(
+        some_events
+            .windows(2)
+            .all(|w| w[0].object.revision < w[1].object.revision)
+    );
+    s.put(&svc("n3", "last"), obj("o", 0), Precondition::None)
+        .unwrap();
+    assert_eq!(revisions(&drain(&mut all)), [1501]);
+    assert_eq!(revisions(&drain(&mut some)), [1501]);
+}
+
+/// A watcher that falls behind the retained history ends, saying so.
+fn slow_watch_falls_behind_compaction(make: Make) {
+    let f = make(100);
+    let s = &f.store;
+    let mut w = s.watch(None, None, 0).unwrap();
+    for i in 1..=1500 {
+        s.put(&svc("ns", "o"), obj("o", i), Precondition::None)
+            .unwrap();
+    }
+    assert!(drain(&mut w).is_empty());
+    assert!(
+        matches!(w.ended(), Some(WatchEnd::FellBehind { oldest: 1400 })),
+        "{w:?}"
+    );
+    assert!(w.try_next().is_none());
+}
+
 // File backend only.
 
 #[test]
@@ -489,4 +534,40 @@ fn open_reports_an_unusable_directory() {
     let err = FileStore::open(&not_a_dir).unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err}");
     assert!(err.to_string().contains("file"), "{err}");
+}
+
+#[test]
+fn damaged_file_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = FileStore::open(dir.path()).unwrap();
+        for i in 1..=50 {
+            s.put(
+                &svc("ns", &format!("o{i}")),
+                obj("o", i),
+                Precondition::None,
+            )
+            .unwrap();
+        }
+    }
+    let file = dir.path().join("store.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Damage a stored value (a checksummed page).
+    let at = bytes
+        .windows(6)
+        .position(|w| w == b"\"spec\"")
+        .expect("the file holds the values");
+    bytes[at + 1] ^= 0x5a;
+    std::fs::write(&file, &bytes).unwrap();
+    let err = FileStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("restore it from a backup"),
+        "{err}"
+    );
+
+    std::fs::write(&file, b"not a database at all, just some text").unwrap();
+    let err = FileStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("Not a redb database"), "{err}");
 }
