@@ -450,14 +450,13 @@ fn validate_pod_spec(spec: &PodSpec, at: &FieldPath, report: &mut Report) {
         }
     }
     let mut names = BTreeSet::new();
-    let mut port_names = BTreeSet::new();
     for (field, list) in [
         ("initContainers", &spec.init_containers),
         ("containers", &spec.containers),
     ] {
         for (i, c) in list.iter().enumerate() {
             let c_at = at.field(field).index(i);
-            validate_container(c, &c_at, report, &mut port_names);
+            validate_container(c, &c_at, report);
             if !c.name.is_empty() && !names.insert(c.name.as_str()) {
                 report.error(
                     &c_at.field("name"),
@@ -471,12 +470,7 @@ fn validate_pod_spec(spec: &PodSpec, at: &FieldPath, report: &mut Report) {
     }
 }
 
-fn validate_container<'a>(
-    c: &'a Container,
-    at: &FieldPath,
-    report: &mut Report,
-    port_names: &mut BTreeSet<&'a str>,
-) {
+fn validate_container(c: &Container, at: &FieldPath, report: &mut Report) {
     if c.name.is_empty() {
         report.error(&at.field("name"), "container name is required");
     } else if !is_dns1123_label(&c.name) || c.name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -491,6 +485,7 @@ fn validate_container<'a>(
     if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
         report.error(&at.field("image"), "image is required");
     }
+    let mut port_names = BTreeSet::new();
     for (i, p) in c.ports.iter().enumerate() {
         let p_at = at.field("ports").index(i);
         report.check(
@@ -503,7 +498,9 @@ fn validate_container<'a>(
             } else if !port_names.insert(name) {
                 report.error(
                     &p_at.field("name"),
-                    format!("duplicate port name {name:?}: port names must be unique in a pod"),
+                    format!(
+                        "duplicate port name {name:?}: port names must be unique in a container"
+                    ),
                 );
             }
         }

@@ -121,6 +121,11 @@ pub struct Source {
     pub service_accounts: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_service_accounts: Vec<String>,
+    /// Trust domains of the peer identity (needs mTLS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_trust_domains: Vec<String>,
     /// Source addresses of the IP packet: IPs or CIDR blocks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<String>,
@@ -311,7 +316,9 @@ fn validate_rule(rule: &Rule, action: Action, at: &FieldPath, report: &mut Repor
                 && src.remote_ip_blocks.is_empty()
                 && src.not_remote_ip_blocks.is_empty()
                 && src.service_accounts.is_empty()
-                && src.not_service_accounts.is_empty());
+                && src.not_service_accounts.is_empty()
+                && src.trust_domains.is_empty()
+                && src.not_trust_domains.is_empty());
         }
     }
 
@@ -389,7 +396,7 @@ fn validate_source(src: &Source, at: &FieldPath, report: &mut Report) {
             "cannot set serviceAccounts with namespaces or principals: use separate `from` entries",
         );
     }
-    let lists: [(&str, &Vec<String>); 12] = [
+    let lists: [(&str, &Vec<String>); 14] = [
         ("principals", &src.principals),
         ("notPrincipals", &src.not_principals),
         ("requestPrincipals", &src.request_principals),
@@ -398,6 +405,8 @@ fn validate_source(src: &Source, at: &FieldPath, report: &mut Report) {
         ("notNamespaces", &src.not_namespaces),
         ("serviceAccounts", &src.service_accounts),
         ("notServiceAccounts", &src.not_service_accounts),
+        ("trustDomains", &src.trust_domains),
+        ("notTrustDomains", &src.not_trust_domains),
         ("ipBlocks", &src.ip_blocks),
         ("notIpBlocks", &src.not_ip_blocks),
         ("remoteIpBlocks", &src.remote_ip_blocks),
@@ -597,6 +606,7 @@ fn validate_attribute(key: &str, values: &[String]) -> Result<(), String> {
         "source.ip" | "remote.ip" | "destination.ip" => validate_ips(values),
         "source.serviceAccount" => check_service_accounts(key, values),
         "source.namespace"
+        | "source.trustDomain"
         | "source.principal"
         | "request.auth.principal"
         | "request.auth.audiences"
