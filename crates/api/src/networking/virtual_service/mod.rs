@@ -5,6 +5,7 @@
 //! `Option` fields; helper methods (such as [`StringMatch::kind`] or [`HttpFaultAbort::error`])
 //! give the one that is set. Validation lives in [`validate`](self::validate()).
 
+mod http;
 mod validate;
 
 use std::collections::BTreeMap;
