@@ -9,8 +9,8 @@ use regex::Regex;
 
 use super::http::{is_jwt_claim_route, validate_http_route};
 use super::{
-    Destination, HttpMatchRequest, L4MatchAttributes, MESH_GATEWAY, RouteDestination, TcpRoute,
-    TlsMatchAttributes, TlsRoute, VirtualService,
+    Destination, HttpMatchRequest, L4MatchAttributes, MESH_GATEWAY, RouteDestination, StringMatch,
+    StringMatchKind, TcpRoute, TlsMatchAttributes, TlsRoute, VirtualService,
 };
 use crate::networking::destination_rule::{validate_export_to, validate_subset_name};
 use crate::validate::common::{
@@ -548,6 +548,7 @@ fn warn_unreachable_rules(spec: &VirtualService, at: &FieldPath, report: &mut Re
         &at.field("http"),
         report,
     );
+    warn_overlapping_prefixes(spec, &at.field("http"), report);
     let tcp: Vec<_> = spec
         .tcp
         .iter()
@@ -562,6 +563,116 @@ fn warn_unreachable_rules(spec: &VirtualService, at: &FieldPath, report: &mut Re
         .map(|(n, r)| (format!("#{n}"), r.matches.as_slice()))
         .collect();
     check(&tls, Clone::clone, &at.field("tls"), report);
+}
+
+/// A prefix-uri match reduced to what Istio compares for overlaps.
+struct PrefixMatch {
+    rule: usize,
+    rule_name: String,
+    match_index: usize,
+    match_name: String,
+    prefix: String,
+    port: u32,
+    method: String,
+    authority: String,
+    headers: BTreeMap<String, String>,
+    query_params: BTreeMap<String, String>,
+    without_headers: BTreeMap<String, String>,
+}
+
+/// `exact:<v>` or `prefix:<v>`; empty for a regex or no match.
+fn exact_or_prefix(sm: Option<&StringMatch>) -> String {
+    match sm.and_then(StringMatch::kind) {
+        Some(StringMatchKind::Exact(s)) if !s.is_empty() => format!("exact:{s}"),
+        Some(StringMatchKind::Prefix(s)) if !s.is_empty() => format!("prefix:{s}"),
+        _ => String::new(),
+    }
+}
+
+/// Istio's overlapping-prefix analysis: a later prefix match that an earlier, shorter prefix
+/// match with the same other conditions already covers is never used.
+fn warn_overlapping_prefixes(spec: &VirtualService, at: &FieldPath, report: &mut Report) {
+    let map = |m: &BTreeMap<String, StringMatch>| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), exact_or_prefix(Some(v))))
+            .collect()
+    };
+    let mut seen: Vec<HttpMatchRequest> = Vec::new();
+    let mut prefixes = Vec::new();
+    for (n, rule) in spec.http.iter().enumerate() {
+        for (j, m) in rule.matches.iter().enumerate() {
+            let key = HttpMatchRequest {
+                name: String::new(),
+                ..m.clone()
+            };
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let Some(StringMatchKind::Prefix(prefix)) = m.uri.as_ref().and_then(StringMatch::kind)
+            else {
+                continue;
+            };
+            if prefix.is_empty() {
+                continue;
+            }
+            let mut method = exact_or_prefix(m.method.as_ref());
+            if method.is_empty() {
+                method = "exact:GET".to_string();
+            }
+            prefixes.push(PrefixMatch {
+                rule: n,
+                rule_name: if rule.name.is_empty() {
+                    format!("#{n}")
+                } else {
+                    format!("{:?}", rule.name)
+                },
+                match_index: j,
+                match_name: if m.name.is_empty() {
+                    format!("#{j}")
+                } else {
+                    format!("{:?}", m.name)
+                },
+                prefix: prefix.to_string(),
+                port: m.port.unwrap_or(0),
+                method,
+                authority: exact_or_prefix(m.authority.as_ref()),
+                headers: map(&m.headers),
+                query_params: map(&m.query_params),
+                without_headers: map(&m.without_headers),
+            });
+        }
+    }
+    let covered_map = |a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+        a.len() == b.len()
+            && a.iter().all(|(k, va)| {
+                b.get(k)
+                    .is_some_and(|vb| va == vb || va.starts_with(vb.as_str()))
+            })
+    };
+    for (i, a) in prefixes.iter().enumerate() {
+        for b in &prefixes[i + 1..] {
+            let covered = a.prefix != b.prefix
+                && b.prefix.starts_with(&a.prefix)
+                && a.port == b.port
+                && (a.method == b.method || a.method.starts_with(&b.method))
+                && (a.authority == b.authority || a.authority.starts_with(&b.authority))
+                && covered_map(&a.headers, &b.headers)
+                && covered_map(&a.query_params, &b.query_params)
+                && covered_map(&a.without_headers, &b.without_headers);
+            if covered {
+                report.warn(
+                    &at.index(b.rule).field("match").index(b.match_index),
+                    format!(
+                        "virtualService rule {} match {} of prefix {} is not used \
+                         (duplicate/overlapping match in rule {} of prefix {} on {}): move the \
+                         longer prefix first",
+                        b.rule_name, b.match_name, b.prefix, a.match_name, a.prefix, a.rule_name
+                    ),
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -663,5 +774,21 @@ mod tests {
             r.warnings[0].message.contains("only the last rule"),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn warns_on_shadowed_prefixes() {
+        let r = check(json!({"hosts": ["a"], "http": [
+            {"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "a"}}]},
+            {"match": [{"uri": {"prefix": "/api/v1"}}], "route": [{"destination": {"host": "b"}}]}]}));
+        assert!(r.is_ok());
+        assert!(
+            r.warnings.iter().any(|w| w.path == "spec.http[1].match[0]"),
+            "{r:?}"
+        );
+        let r = check(json!({"hosts": ["a"], "http": [
+            {"match": [{"uri": {"prefix": "/api/v1"}}], "route": [{"destination": {"host": "a"}}]},
+            {"match": [{"uri": {"prefix": "/api"}}], "route": [{"destination": {"host": "b"}}]}]}));
+        assert!(r.warnings.is_empty(), "{r:?}");
     }
 }
