@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 use crate::common::PortSelector;
 
-pub use validate::validate;
+pub use validate::{validate, validate_destination};
 
 /// `spec` of a VirtualService.
 ///

@@ -168,8 +168,8 @@ pub fn validate(spec: &VirtualService, meta: &ObjectMeta, at: &FieldPath, report
     warn_unreachable_rules(spec, at, report);
 }
 
-/// Istio's `validateDestination`.
-pub(crate) fn validate_destination(dest: &Destination, at: &FieldPath, report: &mut Report) {
+/// Istio's `validateDestination` (also used for a Sidecar's `outboundTrafficPolicy.egressProxy`).
+pub fn validate_destination(dest: &Destination, at: &FieldPath, report: &mut Report) {
     if dest.host == "*" {
         report.error(
             &at.field("host"),
