@@ -25,13 +25,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
+use strait_api::Report;
 use strait_api::parse::{Outcome, Source, parse_value};
-use strait_api::{Kind, Report};
 use strait_store::{Event, EventType, Key, Object, Precondition, Store, StoreError};
 
 pub use paths::ResourcePath;
 pub use status::ApiError;
-pub use token::{load_or_create_token, TOKEN_FILE};
+pub use token::{TOKEN_FILE, load_or_create_token};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -66,7 +66,9 @@ pub fn router(state: ApiState) -> Router {
             get(handle).post(handle).put(handle).delete(handle),
         )
         .fallback(|| async {
-            ApiError::not_found("no such API path: resources live under /api/v1 and /apis/{group}/{version}")
+            ApiError::not_found(
+                "no such API path: resources live under /api/v1 and /apis/{group}/{version}",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -102,7 +104,9 @@ async fn handle(State(state): State<ApiState>, method: Method, req: Request) -> 
         Err(e) => return e.into_response(),
     };
     let result = match (&method, path.name.is_some()) {
-        (&Method::GET, false) if query_flag(&query, "watch") => return watch(&state, &path, &query),
+        (&Method::GET, false) if query_flag(&query, "watch") => {
+            return watch(&state, &path, &query);
+        }
         (&Method::GET, false) => list(&state, &path),
         (&Method::GET, true) => read(&state, &path),
         (&Method::POST, false) => write(&state, &path, &body, WriteMode::Create).await,
@@ -150,10 +154,15 @@ fn present(path: &ResourcePath, object: &Object) -> Value {
 
 fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for w in warnings {
         // Kubernetes' warning header: `299 - "text"`.
-        let text = w.replace(['"', '\\'], "'").replace(|c: char| c.is_control(), " ");
+        let text = w
+            .replace(['"', '\\'], "'")
+            .replace(|c: char| c.is_control(), " ");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
             headers.append(header::WARNING, v);
         }
@@ -178,7 +187,11 @@ fn list(state: &ApiState, path: &ResourcePath) -> Result<Response, ApiError> {
 
 fn read(state: &ApiState, path: &ResourcePath) -> Result<Response, ApiError> {
     let name = path.name.as_deref().unwrap_or_default();
-    match state.store.get(&store_key(path, name)).map_err(ApiError::from_store)? {
+    match state
+        .store
+        .get(&store_key(path, name))
+        .map_err(ApiError::from_store)?
+    {
         Some(obj) => Ok(json_response(StatusCode::OK, &present(path, &obj), &[])),
         None => Err(ApiError::resource_not_found(path.kind, name)),
     }
@@ -200,7 +213,10 @@ async fn write(
         ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
     })?;
     let (mut value, report) = admit(path, value)?;
-    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if mode == WriteMode::Replace && path.name.as_deref() != Some(name.as_str()) {
         return Err(ApiError::bad_request(format!(
             "metadata.name {name:?} does not match the name in the path {:?}",
@@ -228,7 +244,11 @@ async fn write(
     .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
     .map_err(ApiError::from_store)?;
     let (object, created) = stored;
-    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
     Ok(json_response(code, &present(path, &object), &warnings))
 }
@@ -237,7 +257,9 @@ async fn write(
 /// namespace from the path.
 fn admit(path: &ResourcePath, mut value: Value) -> Result<(Value, Report), ApiError> {
     if !value.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     let kind = value["kind"].as_str().unwrap_or_default();
     if !kind.is_empty() && kind != path.kind.name() {
@@ -247,7 +269,11 @@ fn admit(path: &ResourcePath, mut value: Value) -> Result<(Value, Report), ApiEr
         )));
     }
     value["kind"] = json!(path.kind.name());
-    if value.get("apiVersion").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         value["apiVersion"] = json!(path.api_version());
     }
     if !value.get("metadata").is_some_and(Value::is_object) {
@@ -274,7 +300,11 @@ fn admit(path: &ResourcePath, mut value: Value) -> Result<(Value, Report), ApiEr
         Outcome::Resource(r) => r,
         Outcome::Unsupported(why) => return Err(ApiError::bad_request(why)),
         Outcome::Invalid(e) => {
-            return Err(ApiError::invalid(path.kind, &parsed.name, vec![e.to_issue()]));
+            return Err(ApiError::invalid(
+                path.kind,
+                &parsed.name,
+                vec![e.to_issue()],
+            ));
         }
     };
     let report = resource.validate();
@@ -347,7 +377,10 @@ fn watch(state: &ApiState, path: &ResourcePath, query: &str) -> Response {
             Err(e) => return ApiError::from_store(e).into_response(),
         },
     };
-    let mut watcher = match state.store.watch(Some(&kind), path.namespace.as_deref(), after) {
+    let mut watcher = match state
+        .store
+        .watch(Some(&kind), path.namespace.as_deref(), after)
+    {
         Ok(w) => w,
         Err(e) => return ApiError::from_store(e).into_response(),
     };
@@ -381,7 +414,9 @@ fn watch(state: &ApiState, path: &ResourcePath, query: &str) -> Response {
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

@@ -56,7 +56,9 @@ impl ResourcePath {
         }
         for part in namespace.iter().chain(name.iter()) {
             if part.is_empty() || part.contains(['%', '?', '#']) {
-                return Err(ApiError::bad_request(format!("invalid name or namespace {part:?} in the path")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid name or namespace {part:?} in the path"
+                )));
             }
         }
         Ok(Self {
@@ -82,7 +84,10 @@ mod tests {
 
     #[test]
     fn reads_kubernetes_shaped_paths() {
-        let p = ResourcePath::parse("/apis/networking.istio.io/v1beta1/namespaces/default/virtualservices/reviews").unwrap();
+        let p = ResourcePath::parse(
+            "/apis/networking.istio.io/v1beta1/namespaces/default/virtualservices/reviews",
+        )
+        .unwrap();
         assert_eq!(p.kind, Kind::VirtualService);
         assert_eq!(p.namespace.as_deref(), Some("default"));
         assert_eq!(p.name.as_deref(), Some("reviews"));
@@ -90,9 +95,15 @@ mod tests {
         let p = ResourcePath::parse("/api/v1/services").unwrap();
         assert_eq!((p.kind, p.namespace, p.name), (Kind::Service, None, None));
         let p = ResourcePath::parse("/api/v1/namespaces/default").unwrap();
-        assert_eq!((p.kind, p.name.as_deref()), (Kind::Namespace, Some("default")));
+        assert_eq!(
+            (p.kind, p.name.as_deref()),
+            (Kind::Namespace, Some("default"))
+        );
         let p = ResourcePath::parse("/api/v1/namespaces/default/services").unwrap();
-        assert_eq!((p.kind, p.namespace.as_deref()), (Kind::Service, Some("default")));
+        assert_eq!(
+            (p.kind, p.namespace.as_deref()),
+            (Kind::Service, Some("default"))
+        );
         assert!(ResourcePath::parse("/apis/networking.istio.io/v9/virtualservices").is_err());
         assert!(ResourcePath::parse("/apis/foo.io/v1/things").is_err());
         assert!(ResourcePath::parse("/apis/networking.istio.io/v1/virtualservices/x").is_err());

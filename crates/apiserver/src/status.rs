@@ -55,7 +55,9 @@ impl ApiError {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("{method} is not allowed on {path}: use GET, POST on collections; GET, PUT, DELETE on named resources"),
+            format!(
+                "{method} is not allowed on {path}: use GET, POST on collections; GET, PUT, DELETE on named resources"
+            ),
         )
     }
 
@@ -65,7 +67,11 @@ impl ApiError {
 
     /// 422: the resource fails validation.
     pub fn invalid(kind: Kind, name: &str, causes: Vec<Issue>) -> Self {
-        let detail = causes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let detail = causes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
         Self {
             code: StatusCode::UNPROCESSABLE_ENTITY,
             reason: "Invalid",
@@ -84,7 +90,9 @@ impl ApiError {
         };
         let reason = match code {
             StatusCode::NOT_FOUND => "NotFound",
-            StatusCode::CONFLICT if matches!(e, StoreError::AlreadyExists { .. }) => "AlreadyExists",
+            StatusCode::CONFLICT if matches!(e, StoreError::AlreadyExists { .. }) => {
+                "AlreadyExists"
+            }
             StatusCode::CONFLICT => "Conflict",
             StatusCode::GONE => "Expired",
             _ => "InternalError",
@@ -126,7 +134,9 @@ impl IntoResponse for ApiError {
 
 /// The current time as RFC 3339 in UTC, to the second (`2026-11-22T01:50:34Z`).
 pub fn rfc3339_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     rfc3339(secs)
 }
 

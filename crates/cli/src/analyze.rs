@@ -105,11 +105,19 @@ fn print_reports(docs: &[Parsed], reports: &[DocReport], format: ReportFormat) -
                     (_, false) => bad += 1,
                 }
             }
-            let skipped = if skipped > 0 { format!(", {skipped} skipped") } else { String::new() };
+            let skipped = if skipped > 0 {
+                format!(", {skipped} skipped")
+            } else {
+                String::new()
+            };
             eprintln!("{} resources: {ok} valid, {bad} invalid{skipped}", ok + bad);
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn code(f: &Finding) -> String {
@@ -124,14 +132,20 @@ fn at(f: &Finding) -> String {
     }
 }
 
-pub fn analyze(files: &[String], live: Option<&Connection>, format: ReportFormat) -> Result<ExitCode> {
+pub fn analyze(
+    files: &[String],
+    live: Option<&Connection>,
+    format: ReportFormat,
+) -> Result<ExitCode> {
     if files.is_empty() && live.is_none() {
         bail!("nothing to analyze: give -f FILE... and/or --live");
     }
     let mut docs = read_all(files)?;
     if let Some(conn) = live {
-        let from_files: BTreeSet<(String, Option<String>, String)> =
-            docs.iter().map(|d| (d.kind.clone(), d.namespace.clone(), d.name.clone())).collect();
+        let from_files: BTreeSet<(String, Option<String>, String)> = docs
+            .iter()
+            .map(|d| (d.kind.clone(), d.namespace.clone(), d.name.clone()))
+            .collect();
         for d in fetch_live(conn)? {
             // A file's version of a resource replaces the live one.
             if !from_files.contains(&(d.kind.clone(), d.namespace.clone(), d.name.clone())) {
@@ -164,9 +178,19 @@ fn fetch_live(conn: &Connection) -> Result<Vec<Parsed>> {
     for kind in Kind::ALL {
         let answer = client.request("GET", &kind.collection_path(None), None)?;
         if !answer.is_success() {
-            bail!("listing {} from the control plane: {}", kind.plural(), answer.message());
+            bail!(
+                "listing {} from the control plane: {}",
+                kind.plural(),
+                answer.message()
+            );
         }
-        for (index, item) in answer.body["items"].as_array().cloned().unwrap_or_default().into_iter().enumerate() {
+        for (index, item) in answer.body["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             out.push(parse_value(
                 Source {
                     file: format!("live:{}", kind.plural()),
@@ -206,7 +230,12 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -231,7 +260,9 @@ fn cross_check(resources: &[(usize, &Resource)]) -> Vec<(usize, Finding, bool)> 
             Kind::Service => {
                 hosts.insert(fqdn(r.name(), &ns_of(r)));
             }
-            Kind::ServiceEntry => hosts.extend(strings(&spec["hosts"]).iter().map(|h| fqdn(h, &ns_of(r)))),
+            Kind::ServiceEntry => {
+                hosts.extend(strings(&spec["hosts"]).iter().map(|h| fqdn(h, &ns_of(r))))
+            }
             Kind::Gateway => {
                 gateways.insert((ns_of(r), r.name().to_string()));
             }
@@ -239,14 +270,23 @@ fn cross_check(resources: &[(usize, &Resource)]) -> Vec<(usize, Finding, bool)> 
                 let host = fqdn(spec["host"].as_str().unwrap_or_default(), &ns_of(r));
                 let names = spec["subsets"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s["name"].as_str()).map(str::to_string).collect::<Vec<_>>())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s["name"].as_str())
+                            .map(str::to_string)
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default();
                 subsets.entry(host).or_default().extend(names);
             }
             _ => {}
         }
     }
-    let known_host = |h: &str| hosts.iter().any(|k| host_matches(k, h) || host_matches(h, k));
+    let known_host = |h: &str| {
+        hosts
+            .iter()
+            .any(|k| host_matches(k, h) || host_matches(h, k))
+    };
 
     let mut out = Vec::new();
     let mut mesh_hosts: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
@@ -276,16 +316,25 @@ fn cross_check(resources: &[(usize, &Resource)]) -> Vec<(usize, Finding, bool)> 
                 }
                 if gws.is_empty() || gws.iter().any(|g| g == "mesh") {
                     for h in strings(&spec["hosts"]) {
-                        mesh_hosts.entry(fqdn(&h, &ns)).or_default().push((*i, format!("{ns}/{}", r.name())));
+                        mesh_hosts
+                            .entry(fqdn(&h, &ns))
+                            .or_default()
+                            .push((*i, format!("{ns}/{}", r.name())));
                     }
                 }
                 for proto in ["http", "tcp", "tls"] {
                     for (ri, route) in spec[proto].as_array().into_iter().flatten().enumerate() {
                         let dests = route["route"].as_array().cloned().unwrap_or_default();
-                        let mirror = route.get("mirror").cloned().into_iter().map(|m| json!({"destination": m}));
+                        let mirror = route
+                            .get("mirror")
+                            .cloned()
+                            .into_iter()
+                            .map(|m| json!({"destination": m}));
                         for (di, d) in dests.into_iter().chain(mirror).enumerate() {
                             let dest = &d["destination"];
-                            let Some(host) = dest["host"].as_str() else { continue };
+                            let Some(host) = dest["host"].as_str() else {
+                                continue;
+                            };
                             let full = fqdn(host, &ns);
                             let path = format!("spec.{proto}[{ri}].route[{di}].destination");
                             if !known_host(&full) {
@@ -296,8 +345,10 @@ fn cross_check(resources: &[(usize, &Resource)]) -> Vec<(usize, Finding, bool)> 
                                 ), true));
                                 continue;
                             }
-                            if let Some(subset) = dest["subset"].as_str().filter(|s| !s.is_empty()) {
-                                let defined = subsets.get(&full).is_some_and(|s| s.contains(subset));
+                            if let Some(subset) = dest["subset"].as_str().filter(|s| !s.is_empty())
+                            {
+                                let defined =
+                                    subsets.get(&full).is_some_and(|s| s.contains(subset));
                                 if !defined {
                                     out.push((*i, finding(
                                         format!("{path}.subset"),
@@ -347,8 +398,14 @@ mod tests {
 
     #[test]
     fn hosts_resolve_and_match_like_istio() {
-        assert_eq!(fqdn("reviews", "default"), "reviews.default.svc.cluster.local");
-        assert_eq!(fqdn("reviews.prod.svc.cluster.local", "default"), "reviews.prod.svc.cluster.local");
+        assert_eq!(
+            fqdn("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("reviews.prod.svc.cluster.local", "default"),
+            "reviews.prod.svc.cluster.local"
+        );
         assert!(host_matches("*.example.com", "a.example.com"));
         assert!(host_matches("*", "anything"));
         assert!(!host_matches("a.example.com", "b.example.com"));

@@ -89,10 +89,6 @@ impl Connection {
 }
 
 impl Client {
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     fn address(&self) -> &str {
         self.base.split("://").nth(1).unwrap_or(&self.base)
     }
@@ -109,9 +105,21 @@ impl Client {
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
-            ("POST", Some(b)) => self.agent.post(&url).header("authorization", &auth).send_json(b),
-            ("PUT", Some(b)) => self.agent.put(&url).header("authorization", &auth).send_json(b),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
+            ("POST", Some(b)) => self
+                .agent
+                .post(&url)
+                .header("authorization", &auth)
+                .send_json(b),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("authorization", &auth)
+                .send_json(b),
             _ => bail!("unsupported request {method} {path}"),
         };
         let mut response = result.map_err(|e| self.unreachable(e))?;

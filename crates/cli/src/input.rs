@@ -49,7 +49,9 @@ pub fn read_all(paths: &[String]) -> Result<Vec<Parsed>> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list it", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list it", dir.display()))?
+    {
         let path = entry?.path();
         if path.is_dir() {
             walk(&path, files)?;

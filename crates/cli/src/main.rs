@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "strait", version, about = "Strait: a service mesh that reads Istio's configuration")]
+#[command(
+    name = "strait",
+    version,
+    about = "Strait: a service mesh that reads Istio's configuration"
+)]
 struct Cli {
     /// The control plane's API address (default: the one the local control plane recorded in
     /// its data directory, else http://127.0.0.1:15014).
@@ -121,7 +125,9 @@ fn main() -> ExitCode {
             live,
             output,
         } => analyze::analyze(&files, live.then_some(&connection), output),
-        Command::Apply { files, namespace } => resources::apply(&connection, &files, namespace.as_deref()),
+        Command::Apply { files, namespace } => {
+            resources::apply(&connection, &files, namespace.as_deref())
+        }
         Command::Get {
             kind,
             name,
@@ -141,7 +147,13 @@ fn main() -> ExitCode {
             name,
             files,
             namespace,
-        } => resources::delete(&connection, kind.as_deref(), name.as_deref(), &files, namespace.as_deref()),
+        } => resources::delete(
+            &connection,
+            kind.as_deref(),
+            name.as_deref(),
+            &files,
+            namespace.as_deref(),
+        ),
     };
     match result {
         Ok(code) => code,

@@ -17,10 +17,16 @@ pub fn describe(doc: &Parsed) -> String {
     format!("{}[{}] {what}", doc.source.file, doc.source.index)
 }
 
+/// A table column: its header and how to read its cell from an object.
+type Column = (&'static str, fn(&Value) -> String);
+
 /// A kubectl-like table of `items`.
 pub fn table(kind: Kind, items: &[Value], with_namespace: bool) -> String {
-    let columns: &[(&str, fn(&Value) -> String)] = match kind {
-        Kind::VirtualService => &[("GATEWAYS", |v| list(&v["spec"]["gateways"])), ("HOSTS", |v| list(&v["spec"]["hosts"]))],
+    let columns: &[Column] = match kind {
+        Kind::VirtualService => &[
+            ("GATEWAYS", |v| list(&v["spec"]["gateways"])),
+            ("HOSTS", |v| list(&v["spec"]["hosts"])),
+        ],
         Kind::DestinationRule => &[("HOST", |v| text(&v["spec"]["host"]))],
         Kind::ServiceEntry => &[
             ("HOSTS", |v| list(&v["spec"]["hosts"])),
@@ -41,7 +47,14 @@ pub fn table(kind: Kind, items: &[Value], with_namespace: bool) -> String {
             ("PORTS", |v| {
                 v["spec"]["ports"]
                     .as_array()
-                    .map(|ps| ps.iter().map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))).collect::<Vec<_>>().join(","))
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| {
+                                format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
                     .unwrap_or_default()
             }),
         ],
@@ -86,7 +99,10 @@ fn text(v: &Value) -> String {
 }
 
 fn list(v: &Value) -> String {
-    let items: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let items: Vec<&str> = v
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     format!("[{}]", items.join(","))
 }
 

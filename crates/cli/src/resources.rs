@@ -65,7 +65,8 @@ pub fn apply(conn: &Connection, files: &[String], namespace: Option<&str>) -> Re
             if user_content(&existing.body) == user_content(&body) {
                 "unchanged"
             } else {
-                body["metadata"]["resourceVersion"] = existing.body["metadata"]["resourceVersion"].clone();
+                body["metadata"]["resourceVersion"] =
+                    existing.body["metadata"]["resourceVersion"].clone();
                 let answer = client.request("PUT", &path, Some(&body))?;
                 check(&answer, &label)?;
                 "configured"
@@ -109,13 +110,26 @@ fn user_content(v: &Value) -> Value {
         obj.remove("apiVersion");
     }
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink"] {
+        for f in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+            "selfLink",
+        ] {
             meta.remove(f);
         }
-        if meta.get("labels").is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty())) {
+        if meta
+            .get("labels")
+            .is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty()))
+        {
             meta.remove("labels");
         }
-        if meta.get("annotations").is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty())) {
+        if meta
+            .get("annotations")
+            .is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty()))
+        {
             meta.remove("annotations");
         }
     }
@@ -175,7 +189,9 @@ pub fn get(
         GetFormat::Table => {
             if items.is_empty() {
                 match ns {
-                    Some(ns) if kind.namespaced() => eprintln!("No resources found in {ns} namespace."),
+                    Some(ns) if kind.namespaced() => {
+                        eprintln!("No resources found in {ns} namespace.")
+                    }
                     _ => eprintln!("No resources found."),
                 }
             } else {
@@ -208,7 +224,11 @@ pub fn delete(
     let targets: Vec<(Kind, Option<String>, String)> = match (kind, name, files.is_empty()) {
         (Some(k), Some(n), true) => {
             let kind = lookup_kind(k)?;
-            vec![(kind, target_namespace(kind, None, namespace)?, n.to_string())]
+            vec![(
+                kind,
+                target_namespace(kind, None, namespace)?,
+                n.to_string(),
+            )]
         }
         (None, None, false) => {
             let docs = read_all(files)?;
@@ -216,15 +236,23 @@ pub fn delete(
             for doc in &docs {
                 match &doc.outcome {
                     Outcome::Resource(r) => {
-                        targets.push((r.kind, target_namespace(r.kind, r.namespace(), namespace)?, r.name().to_string()));
+                        targets.push((
+                            r.kind,
+                            target_namespace(r.kind, r.namespace(), namespace)?,
+                            r.name().to_string(),
+                        ));
                     }
-                    Outcome::Unsupported(why) => eprintln!("skipped: {}: {why}", output::describe(doc)),
+                    Outcome::Unsupported(why) => {
+                        eprintln!("skipped: {}: {why}", output::describe(doc))
+                    }
                     Outcome::Invalid(e) => bail!("{}: {}", output::describe(doc), e.to_issue()),
                 }
             }
             targets
         }
-        _ => bail!("give either KIND NAME or -f FILE: `strait delete vs reviews` or `strait delete -f reviews.yaml`"),
+        _ => bail!(
+            "give either KIND NAME or -f FILE: `strait delete vs reviews` or `strait delete -f reviews.yaml`"
+        ),
     };
     let client: Client = conn.connect()?;
     let mut missing = false;
@@ -241,5 +269,9 @@ pub fn delete(
             bail!("{label}: {}", answer.message());
         }
     }
-    Ok(if missing { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if missing {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

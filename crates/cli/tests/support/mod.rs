@@ -15,7 +15,9 @@ pub fn strait() -> &'static str {
 pub fn testdata() -> PathBuf {
     let dir = std::env::var_os("STRAIT_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
+        });
     assert!(
         dir.join("istio-samples").is_dir(),
         "Istio's test data is missing at {}: set STRAIT_TESTDATA to the shared/testdata folder \
@@ -53,13 +55,17 @@ impl ControlPlane {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.dir.path().join("server").exists() && self.cli(&["get", "ns"]).status.success() {
+            if self.dir.path().join("server").exists() && self.cli(&["get", "ns"]).status.success()
+            {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("the control plane exited at start: {status}");
             }
-            assert!(Instant::now() < deadline, "the control plane did not answer within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "the control plane did not answer within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -77,11 +83,17 @@ impl ControlPlane {
     }
 
     pub fn server(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.dir.path().join("server"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("token")).unwrap().trim().to_string()
+        std::fs::read_to_string(self.dir.path().join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Runs `strait ARGS --data-dir DIR`.
@@ -129,13 +141,23 @@ impl Drop for ControlPlane {
 }
 
 /// A raw HTTP request to the API with curl-free std networking; returns (status, body).
-pub fn http(server: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+pub fn http(
+    server: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::Read;
     let addr = server.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let body = body.unwrap_or("");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -144,7 +166,14 @@ pub fn http(server: &str, method: &str, path: &str, token: Option<&str>, body: O
     .unwrap();
     let mut resp = String::new();
     stream.read_to_string(&mut resp).unwrap();
-    let code = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
