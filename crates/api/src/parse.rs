@@ -62,6 +62,10 @@ impl ParseError {
                 path: path.clone(),
                 message: message.clone(),
             },
+            ParseError::Missing(field) => Issue {
+                path: field.to_string(),
+                message: "required: every resource has apiVersion, kind and metadata (is this a Kubernetes or Istio resource?)".to_string(),
+            },
             other => Issue {
                 path: other.path().to_string(),
                 message: other.to_string(),

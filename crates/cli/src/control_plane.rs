@@ -32,6 +32,7 @@ pub fn run(dir: PathBuf, api_addr: &str) -> Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
