@@ -1,0 +1,1 @@
+//! Virtual IPs for services.
