@@ -1,0 +1,26 @@
+//! Test support for Strait, used only by tests (a dev-dependency of the other crates).
+//!
+//! - [`Envoy`]: a real Envoy process started from a bootstrap, with its admin interface
+//!   (readiness, config dump, stats) and its log, stopped on drop. [`envoy_bin`] finds the binary.
+//! - [`Backend`]: test upstreams on loopback: an HTTP/1.1 + h2c server that answers with its
+//!   name and version and records what it got, and a TCP echo server like Istio's `tcp-echo`.
+//! - [`http_get`], [`http2_get`], [`via_proxy`]: a small HTTP client with a timeout.
+//! - [`free_port`], [`free_loopback_addr`]: addresses for listeners.
+//!
+//! Pods in tests get loopback addresses like `127.0.10.N`: all of 127.0.0.0/8 is loopback on
+//! Linux, without setup.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod backend;
+mod client;
+mod envoy;
+mod net;
+
+pub use backend::{Backend, RecordedRequest};
+pub use client::{
+    CLIENT_TIMEOUT, HttpError, HttpReply, http_get, http_request, http2_get, via_proxy,
+};
+pub use envoy::{Envoy, envoy_bin, repo_root};
+pub use net::{free_loopback_addr, free_port};
