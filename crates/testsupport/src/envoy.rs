@@ -74,13 +74,14 @@ fn venv_envoy(venv: &Path) -> Option<PathBuf> {
 }
 
 /// A running Envoy, stopped on drop (SIGTERM, then SIGKILL after 2 s). If the test is
-/// panicking, drop prints the tail of Envoy's log.
+/// panicking, drop prints the tail of Envoy's log and keeps its temp dir.
 pub struct Envoy {
     name: String,
     child: Mutex<Child>,
     admin: SocketAddr,
     log_path: PathBuf,
-    dir: TempDir,
+    /// Kept (not deleted) when the test fails, for the bootstrap and the whole log.
+    dir: Option<TempDir>,
 }
 
 impl Envoy {
@@ -126,7 +127,7 @@ impl Envoy {
             child: Mutex::new(child),
             admin: SocketAddr::from(([0, 0, 0, 0], 0)),
             log_path,
-            dir,
+            dir: Some(dir),
         };
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         loop {
@@ -160,7 +161,10 @@ impl Envoy {
 
     /// Where the bootstrap and log live.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.dir
+            .as_ref()
+            .expect("the dir lives as long as Envoy")
+            .path()
     }
 
     /// Waits until `/ready` answers `LIVE` (Envoy initialized: the first CDS and LDS applied).
@@ -303,10 +307,11 @@ impl Drop for Envoy {
             }
         }
         if std::thread::panicking() {
+            let kept = self.dir.take().map(TempDir::keep);
             eprintln!(
-                "--- envoy {} log (last {LOG_TAIL_LINES} lines, {}) ---\n{}\n--- end of envoy {} log ---",
+                "--- envoy {} log (last {LOG_TAIL_LINES} lines; bootstrap and whole log kept in {}) ---\n{}\n--- end of envoy {} log ---",
                 self.name,
-                self.log_path.display(),
+                kept.as_deref().unwrap_or(Path::new("?")).display(),
                 self.log_tail(),
                 self.name
             );
