@@ -341,3 +341,56 @@ impl AggregatedDiscoveryService for Service {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Empty;
+
+    impl Generator for Empty {
+        fn generate(&self, _proxy: &Proxy) -> XdsResources {
+            XdsResources::default()
+        }
+    }
+
+    /// Publishes of the debouncer while `notify` is called every 10 ms for `for_ms`.
+    fn publishes(debounce_ms: u64, max_ms: u64, for_ms: u64) -> (Vec<u64>, u64) {
+        let server = AdsServer::new(
+            Arc::new(Empty),
+            AdsOptions {
+                debounce: Duration::from_millis(debounce_ms),
+                max_debounce: Duration::from_millis(max_ms),
+            },
+        );
+        let mut rx = server.inner.revisions.subscribe();
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        let mut revision = 0;
+        while start.elapsed() < Duration::from_millis(for_ms) {
+            revision += 1;
+            server.notify(revision, SystemTime::now());
+            std::thread::sleep(Duration::from_millis(10));
+            if rx.has_changed().unwrap() {
+                seen.push(*rx.borrow_and_update());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(debounce_ms + 50));
+        if rx.has_changed().unwrap() {
+            seen.push(*rx.borrow_and_update());
+        }
+        (seen, revision)
+    }
+
+    #[test]
+    fn debounce_batches_changes_and_bounds_the_wait() {
+        // Quiet gaps never come: max_debounce forces pushes, each of the latest revision then.
+        let (seen, last) = publishes(60, 120, 400);
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&last));
+        // A burst shorter than the debounce: one push, of the last revision.
+        let (seen, last) = publishes(100, 1000, 50);
+        assert_eq!(seen, [last]);
+    }
+}
