@@ -1,1 +1,396 @@
-//! The ADS server.
+//! The ADS server: Envoy's Aggregated Discovery Service over gRPC, both state of the world
+//! (`StreamAggregatedResources`) and incremental (`DeltaAggregatedResources`).
+//!
+//! Each stream is one task: it reads the proxy from the first request's node, generates the
+//! proxy's resources (on a blocking thread, through the [`Generator`]), answers subscriptions,
+//! tracks ACKs and NACKs per type, and on every debounced config change regenerates once and
+//! pushes only the types (SotW) or resources (Delta) whose content changed, CDS before EDS and
+//! LDS before RDS. A NACKed config is not sent again until the config changes; the proxy keeps
+//! its last good one.
+
+mod delta;
+mod generated;
+mod metrics;
+mod sotw;
+mod state;
+mod stream;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc as std_mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use generated::Encoded;
+
+use crate::{Proxy, TypeUrl, XdsResources};
+
+/// Computes a proxy's resources from the current config (the translator, in the control plane).
+pub trait Generator: Send + Sync + 'static {
+    fn generate(&self, proxy: &Proxy) -> XdsResources;
+}
+
+/// How the server batches config changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdsOptions {
+    /// Changes closer together than this make one push.
+    pub debounce: Duration,
+    /// A stream of changes is pushed at least this often.
+    pub max_debounce: Duration,
+}
+
+impl Default for AdsOptions {
+    fn default() -> Self {
+        AdsOptions {
+            debounce: Duration::from_millis(100),
+            max_debounce: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The protocol variant of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// State of the world: `StreamAggregatedResources`.
+    Sotw,
+    /// Incremental: `DeltaAggregatedResources`.
+    Delta,
+}
+
+/// Whether a proxy has what the server sent it, for one type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncState {
+    /// The latest response is ACKed.
+    Synced,
+    /// The latest response is not answered yet.
+    Stale,
+    /// The latest response was rejected; the proxy keeps its last ACKed config.
+    Nack { reason: String },
+    /// Subscribed, nothing sent yet.
+    NotSent,
+}
+
+/// One type's sync state on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeStatus {
+    pub state: SyncState,
+    /// The version of the latest response (SotW `version_info`, Delta `system_version_info`).
+    pub sent_version: String,
+    /// The version of the latest ACKed response; empty if none.
+    pub acked_version: String,
+    /// How many resources of this type the proxy has (was last sent).
+    pub resources: usize,
+}
+
+/// A connected proxy's sync state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyStatus {
+    /// The node id.
+    pub id: String,
+    pub proxy: Proxy,
+    pub connected_at: SystemTime,
+    pub stream: StreamKind,
+    /// The types the proxy subscribed to.
+    pub types: BTreeMap<TypeUrl, TypeStatus>,
+}
+
+impl ProxyStatus {
+    /// The proxy subscribed to something and ACKed the latest response of every type.
+    pub fn is_synced(&self) -> bool {
+        !self.types.is_empty() && self.types.values().all(|t| t.state == SyncState::Synced)
+    }
+}
+
+/// What the server last sent a proxy, per type (for `strait proxy-config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentConfig {
+    pub stream: StreamKind,
+    pub types: BTreeMap<TypeUrl, SentType>,
+}
+
+/// What the server last sent a proxy of one type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentType {
+    pub version: String,
+    pub acked_version: String,
+    /// By name, packed, with each resource's version.
+    pub resources: BTreeMap<String, Arc<Encoded>>,
+}
+
+/// The ADS server. Cheap to clone; every clone is the same server.
+#[derive(Clone)]
+pub struct AdsServer {
+    inner: Arc<Inner>,
+}
+
+/// A config change: inputs at store revision `revision`, written at `written_at`.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    revision: u64,
+    written_at: SystemTime,
+}
+
+struct Inner {
+    generator: Arc<dyn Generator>,
+    conns: Mutex<BTreeMap<u64, Arc<dyn stream::View>>>,
+    /// To the debouncer.
+    changes: std_mpsc::Sender<Change>,
+    /// The latest debounced change (revision 0 before any); every stream watches it.
+    revisions: watch::Sender<u64>,
+    metrics: metrics::Metrics,
+    next_conn: AtomicU64,
+    next_nonce: AtomicU64,
+}
+
+impl AdsServer {
+    /// A server generating with `generator`. Starts the debouncer (a small thread, ending with
+    /// the server).
+    pub fn new(generator: Arc<dyn Generator>, options: AdsOptions) -> Self {
+        let (changes, rx) = std_mpsc::channel();
+        let inner = Arc::new(Inner {
+            generator,
+            conns: Mutex::default(),
+            changes,
+            revisions: watch::Sender::new(0),
+            metrics: metrics::Metrics::default(),
+            next_conn: AtomicU64::new(1),
+            next_nonce: AtomicU64::new(1),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("strait-ads-debounce".into())
+            .spawn(move || debounce(rx, weak, options))
+            .expect("spawning the ADS debounce thread");
+        AdsServer { inner }
+    }
+
+    /// Inputs changed at store revision `revision`, written at `written_at` (for the
+    /// push-latency metric). Debounced: changes within `debounce` of each other make one push
+    /// (bounded by `max_debounce`).
+    pub fn notify(&self, revision: u64, written_at: SystemTime) {
+        // Fails only if the debouncer is gone, which it is not while `self` lives.
+        let _ = self.inner.changes.send(Change {
+            revision,
+            written_at,
+        });
+    }
+
+    /// The tonic service to add to a tonic Server.
+    pub fn service(&self) -> AggregatedDiscoveryServiceServer<impl AggregatedDiscoveryService> {
+        AggregatedDiscoveryServiceServer::new(Service {
+            inner: self.inner.clone(),
+        })
+    }
+
+    /// Every connected proxy's sync state, in connection order.
+    pub fn status(&self) -> Vec<ProxyStatus> {
+        self.views().iter().map(|v| v.status()).collect()
+    }
+
+    /// Prometheus text of the control plane's xDS metrics: `strait_xds_push_latency_seconds`
+    /// (store write → last ACK of that revision by every proxy it was pushed to),
+    /// `strait_xds_pushes_total` and `strait_xds_nacks_total` by type,
+    /// `strait_xds_generations_total` and the `strait_xds_connected_proxies` gauge.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.text()
+    }
+
+    /// What the server last sent a proxy (the latest of its streams), by node id.
+    pub fn sent(&self, proxy_id: &str) -> Option<SentConfig> {
+        self.views()
+            .iter()
+            .rev()
+            .find(|v| v.proxy_id() == proxy_id)
+            .map(|v| v.sent())
+    }
+
+    fn views(&self) -> Vec<Arc<dyn stream::View>> {
+        let conns = self.inner.conns.lock().expect("ADS lock");
+        conns.values().cloned().collect()
+    }
+}
+
+impl std::fmt::Debug for AdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdsServer")
+            .field("revision", &*self.inner.revisions.borrow())
+            .field("connections", &self.views().len())
+            .finish()
+    }
+}
+
+impl Inner {
+    /// Publishes a debounced change to every stream.
+    fn publish(&self, change: Change) {
+        let conns: HashSet<u64> = self
+            .conns
+            .lock()
+            .expect("ADS lock")
+            .keys()
+            .copied()
+            .collect();
+        tracing::debug!(
+            revision = change.revision,
+            proxies = conns.len(),
+            "pushing a config change"
+        );
+        self.metrics
+            .start_round(change.revision, change.written_at, conns);
+        self.revisions.send_replace(change.revision);
+    }
+
+    fn nonce(&self) -> String {
+        self.next_nonce.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+}
+
+/// The debouncer: waits for a change, then for `debounce` of quiet (at most `max_debounce`
+/// after the first), and publishes the latest.
+fn debounce(rx: std_mpsc::Receiver<Change>, inner: Weak<Inner>, options: AdsOptions) {
+    while let Ok(first) = rx.recv() {
+        let start = Instant::now();
+        let cap = start + options.max_debounce;
+        let mut latest = first;
+        let mut quiet_until = start + options.debounce;
+        let mut closed = false;
+        loop {
+            let until = quiet_until.min(cap);
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            match rx.recv_timeout(until - now) {
+                Ok(change) => {
+                    if change.revision >= latest.revision {
+                        latest = change;
+                    }
+                    quiet_until = Instant::now() + options.debounce;
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        match inner.upgrade() {
+            Some(inner) => inner.publish(latest),
+            None => return,
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+fn control_plane() -> ControlPlane {
+    ControlPlane {
+        identifier: "strait".to_string(),
+    }
+}
+
+/// The gRPC service.
+struct Service {
+    inner: Arc<Inner>,
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Service {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let peer = request.remote_addr();
+        tokio::spawn(stream::run::<sotw::Sotw>(
+            self.inner.clone(),
+            StreamKind::Sotw,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let peer = request.remote_addr();
+        tokio::spawn(stream::run::<delta::Delta>(
+            self.inner.clone(),
+            StreamKind::Delta,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Empty;
+
+    impl Generator for Empty {
+        fn generate(&self, _proxy: &Proxy) -> XdsResources {
+            XdsResources::default()
+        }
+    }
+
+    /// Publishes of the debouncer while `notify` is called every 10 ms for `for_ms`.
+    fn publishes(debounce_ms: u64, max_ms: u64, for_ms: u64) -> (Vec<u64>, u64) {
+        let server = AdsServer::new(
+            Arc::new(Empty),
+            AdsOptions {
+                debounce: Duration::from_millis(debounce_ms),
+                max_debounce: Duration::from_millis(max_ms),
+            },
+        );
+        let mut rx = server.inner.revisions.subscribe();
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        let mut revision = 0;
+        while start.elapsed() < Duration::from_millis(for_ms) {
+            revision += 1;
+            server.notify(revision, SystemTime::now());
+            std::thread::sleep(Duration::from_millis(10));
+            if rx.has_changed().unwrap() {
+                seen.push(*rx.borrow_and_update());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(debounce_ms + 50));
+        if rx.has_changed().unwrap() {
+            seen.push(*rx.borrow_and_update());
+        }
+        (seen, revision)
+    }
+
+    #[test]
+    fn debounce_batches_changes_and_bounds_the_wait() {
+        // Quiet gaps never come: max_debounce forces pushes, each of the latest revision then.
+        let (seen, last) = publishes(60, 120, 400);
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(seen.last(), Some(&last));
+        // A burst shorter than the debounce: one push, of the last revision.
+        let (seen, last) = publishes(100, 1000, 50);
+        assert_eq!(seen, [last]);
+    }
+}
