@@ -10,13 +10,22 @@
 //!   weight.
 //!
 //! Host names resolve the way Istio's do: a short name is relative to the referrer's namespace.
+//!
+//! Every service gets a virtual IP from a [`VipTable`], which the control plane keeps across
+//! restarts ([`VipTable::to_json`]).
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod from_config;
 pub mod model;
 mod vip;
 
+#[cfg(test)]
+mod tests;
+
+pub use from_config::{EXPORT_TO_ANNOTATION, visibility};
 pub use model::{
     Endpoint, Origin, Port, Protocol, Registry, Resolution, Service, Visibility, fqdn,
 };
+pub use vip::{VipError, VipRange, VipTable};

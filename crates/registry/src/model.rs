@@ -22,6 +22,48 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Istio's `protocol.Parse`: a protocol name in any case (`HTTP`, `http2`, `GRPC-Web`, ...).
+    /// `None` for UDP, which the mesh does not carry; `Unknown` for anything else.
+    pub fn parse(name: &str) -> Option<Protocol> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "http" | "http_proxy" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            "grpc-web" => Protocol::GrpcWeb,
+            "https" => Protocol::Https,
+            "tls" => Protocol::Tls,
+            "tcp" => Protocol::Tcp,
+            "mongo" => Protocol::Mongo,
+            "redis" => Protocol::Redis,
+            "mysql" => Protocol::Mysql,
+            "udp" => return None,
+            _ => Protocol::Unknown,
+        })
+    }
+
+    /// The protocol of a Kubernetes Service port, as Istio reads it: `appProtocol` if set (with
+    /// Kubernetes' `kubernetes.io/h2c`, `kubernetes.io/ws`, `kubernetes.io/wss`), else the port
+    /// name's prefix before the first `-` (`http-web` is HTTP, `grpc-web-x` is gRPC-Web).
+    pub fn from_port_name(name: &str, app_protocol: Option<&str>) -> Protocol {
+        let name = match app_protocol.filter(|a| !a.is_empty()) {
+            Some("kubernetes.io/h2c") => return Protocol::Http2,
+            Some("kubernetes.io/ws") => return Protocol::Http,
+            Some("kubernetes.io/wss") => return Protocol::Https,
+            Some(app) => app,
+            None => name,
+        };
+        if name.to_ascii_lowercase().starts_with("grpc-web") {
+            return Protocol::GrpcWeb;
+        }
+        let prefix = name.split_once('-').map_or(name, |(p, _)| p);
+        Protocol::parse(prefix).unwrap_or(Protocol::Unknown)
+    }
+
+    /// Carried over HTTP/2 upstream (HTTP/2, gRPC, gRPC-Web).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
+    }
+
     /// Is traffic on the port HTTP that the mesh routes (HTTP/1.1, HTTP/2, gRPC)?
     pub fn is_http(self) -> bool {
         matches!(
@@ -113,6 +155,8 @@ pub struct Endpoint {
     pub port: u16,
     pub labels: BTreeMap<String, String>,
     pub namespace: String,
+    /// The WorkloadEntry's service account (`default` when it names none); a ServiceEntry's
+    /// inline endpoint's, possibly empty; empty for a DNS host.
     pub service_account: String,
     /// `region/zone/subzone`, possibly empty.
     pub locality: String,
