@@ -148,6 +148,38 @@ pub fn bookinfo_registry() -> Registry {
     r
 }
 
+/// Bookinfo plus a TCP service with a VIP (`mongodb:27017`) and a TLS ServiceEntry host
+/// without one (`api.example.com:443`).
+pub fn tcp_registry() -> Registry {
+    let mut r = bookinfo_registry();
+    let mongo = Service {
+        ports: vec![Port {
+            name: "tcp-mongo".into(),
+            number: 27017,
+            protocol: Protocol::Tcp,
+        }],
+        ..k8s_service("mongodb", "default", "10.96.0.20", Vec::new())
+    };
+    let api = Service {
+        hostname: "api.example.com".into(),
+        namespace: "default".into(),
+        origin: Origin::ServiceEntry { name: "api".into() },
+        addresses: Vec::new(),
+        ports: vec![Port {
+            name: "tls".into(),
+            number: 443,
+            protocol: Protocol::Tls,
+        }],
+        resolution: Resolution::Dns,
+        mesh_external: true,
+        visibility: Visibility::Public,
+    };
+    for s in [mongo, api] {
+        r.services.insert(s.hostname.clone(), s);
+    }
+    r
+}
+
 pub fn proxy(
     role: ProxyRole,
     ip: &str,
