@@ -5,8 +5,9 @@
 //!   `ADDRESS_15080` without capture; TCP and TLS (SNI) forwarding.
 //! - [`route_config`]: the outbound route configurations (`PORT`, `15080`): one virtual host
 //!   per service host, VirtualService routes, and the `allow_any` / `block_all` catch-all.
-//! - [`http_route`]: one VirtualService HTTP rule → Envoy routes (matches, weighted clusters,
-//!   redirects, rewrites, retries, faults, mirrors, CORS, hash policies).
+//! - [`http_route`]: one VirtualService HTTP rule → Envoy routes (matches, header changes,
+//!   weighted clusters, rewrites, mirrors); [`http_policy`]: the policies they carry (timeouts,
+//!   retries, hash policies, redirects, faults, CORS).
 //! - [`inbound`]: `virtualInbound` (15006), or per-port inbound listeners without capture.
 //! - [`gateway`]: gateway listeners `0.0.0.0_PORT` and route configurations `http.PORT`.
 //! - [`filters`]: the Envoy filters these share (HCM, tcp_proxy, router, fault, CORS).
@@ -15,6 +16,7 @@
 mod config;
 mod filters;
 mod gateway;
+mod http_policy;
 mod http_route;
 mod inbound;
 mod outbound;

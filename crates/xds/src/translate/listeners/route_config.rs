@@ -17,9 +17,9 @@ use strait_registry::{Origin, Resolution, Service};
 
 use super::config::{self, BoundVs, consistent_hash};
 use super::filters::{bool_value, duration, u32_value};
+use super::http_policy::grpc_timeout_limit;
 use super::http_route::{
-    MAX_DIRECT_RESPONSE_BODY_BYTES, RouteScope, default_route, grpc_timeout_limit, prefix_match,
-    virtual_service_routes,
+    MAX_DIRECT_RESPONSE_BODY_BYTES, RouteScope, default_route, prefix_match, virtual_service_routes,
 };
 use crate::snapshot::OutboundPolicy;
 use crate::translate::{Ctx, PASSTHROUGH_CLUSTER};
