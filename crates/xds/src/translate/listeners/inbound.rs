@@ -1,0 +1,152 @@
+//! A sidecar's inbound listeners: traffic to the proxy's own workload.
+//!
+//! The inbound ports are the endpoint ports of the services whose endpoints have the proxy's
+//! address. With iptables capture, `virtualInbound` (15006) has one filter chain per such port
+//! (matched on the original destination port) to `inbound|PORT||`, HTTP through an HCM with an
+//! inline route, TCP through tcp_proxy, and passes other ports through. Without capture, each
+//! port gets its own listener on `ADDRESS:PORT`.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChainMatch};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
+};
+
+use super::filters::{
+    Hcm, HttpFilters, Routes, TcpTarget, bool_value, duration, filter_chain, hcm_filter, listener,
+    original_dst_listener_filter, tcp_proxy_filter, u32_value,
+};
+use super::http_route::prefix_match;
+use crate::translate::{
+    BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT, inbound_cluster_name,
+};
+use crate::{CaptureMode, XdsResources};
+
+/// The proxy's inbound ports, each HTTP or not (HTTP when any service calls the port HTTP).
+pub(super) fn inbound_ports(ctx: &Ctx<'_>) -> BTreeMap<u16, bool> {
+    let ip = ctx.proxy.ip.to_string();
+    let mut ports: BTreeMap<u16, bool> = BTreeMap::new();
+    for ((host, service_port), endpoints) in &ctx.registry.endpoints {
+        let http = ctx
+            .registry
+            .services
+            .get(host)
+            .and_then(|s| s.port(*service_port))
+            .is_some_and(|p| p.protocol.is_http());
+        for ep in endpoints.iter().filter(|e| e.address == ip) {
+            *ports.entry(ep.port).or_default() |= http;
+        }
+    }
+    ports
+}
+
+pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
+    let ports = inbound_ports(ctx);
+    match ctx.proxy.capture {
+        CaptureMode::Iptables => {
+            let any = "0.0.0.0";
+            let mut l = listener(
+                "virtualInbound",
+                any,
+                VIRTUAL_INBOUND_PORT,
+                TrafficDirection::Inbound,
+                true,
+            );
+            // Not use_original_dst: that would hand inbound connections to the outbound
+            // listener of the same port.
+            l.listener_filters = vec![original_dst_listener_filter()];
+            l.filter_chains.push(filter_chain(
+                "virtualInbound-blackhole",
+                Some(port_match(VIRTUAL_INBOUND_PORT)),
+                vec![tcp_proxy_filter(
+                    BLACKHOLE_CLUSTER,
+                    TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
+                )],
+            ));
+            for (&port, &http) in &ports {
+                l.filter_chains.push(filter_chain(
+                    format!("{any}_{port}"),
+                    Some(port_match(port)),
+                    vec![inbound_filter(any, port, http)],
+                ));
+            }
+            l.default_filter_chain = Some(filter_chain(
+                "InboundPassthroughFilterChain",
+                None,
+                vec![tcp_proxy_filter(
+                    "InboundPassthroughCluster",
+                    TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
+                )],
+            ));
+            out.listeners.insert(l.name.clone(), l);
+        }
+        CaptureMode::None => {
+            let ip = ctx.proxy.ip.to_string();
+            for (&port, &http) in &ports {
+                let mut l = listener(
+                    format!("{ip}_{port}"),
+                    &ip,
+                    port,
+                    TrafficDirection::Inbound,
+                    true,
+                );
+                l.filter_chains = vec![filter_chain(
+                    format!("{ip}_{port}"),
+                    None,
+                    vec![inbound_filter(&ip, port, http)],
+                )];
+                out.listeners.insert(l.name.clone(), l);
+            }
+        }
+    }
+}
+
+fn port_match(port: u16) -> FilterChainMatch {
+    FilterChainMatch {
+        destination_port: Some(u32_value(u32::from(port))),
+        ..Default::default()
+    }
+}
+
+/// HTTP: an HCM with one catch-all route to `inbound|PORT||`, no timeout; TCP: tcp_proxy.
+fn inbound_filter(address: &str, port: u16, http: bool) -> Filter {
+    let cluster = inbound_cluster_name(port);
+    if !http {
+        return tcp_proxy_filter(&cluster, TcpTarget::Cluster(cluster.clone()));
+    }
+    let action = RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+        timeout: Some(duration(0)),
+        max_stream_duration: Some(route_action::MaxStreamDuration {
+            max_stream_duration: Some(duration(0)),
+            grpc_timeout_header_max: Some(duration(0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let routes = RouteConfiguration {
+        name: cluster.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                name: "default".to_string(),
+                r#match: Some(prefix_match("/")),
+                action: Some(route::Action::Route(action)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(bool_value(false)),
+        ..Default::default()
+    };
+    hcm_filter(Hcm {
+        stat_prefix: format!("inbound_{address}_{port}"),
+        routes: Routes::Inline(Box::new(routes)),
+        filters: HttpFilters::Inbound,
+        use_remote_address: false,
+        allow_absolute_url: false,
+    })
+}
