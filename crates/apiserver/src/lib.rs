@@ -52,8 +52,9 @@ impl ApiState {
     }
 }
 
-/// The API's routes, with authentication and the body size limit.
-pub fn router(state: ApiState) -> Router {
+/// The API's routes, and `extra` routes of the control plane's (debug pages, metrics), with
+/// authentication and the body size limit.
+pub fn router(state: ApiState, extra: Router) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -65,19 +66,20 @@ pub fn router(state: ApiState) -> Router {
             "/apis/{*rest}",
             get(handle).post(handle).put(handle).delete(handle),
         )
+        .with_state(state.clone())
+        .merge(extra)
         .fallback(|| async {
             ApiError::not_found(
                 "no such API path: resources live under /api/v1 and /apis/{group}/{version}",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(state, authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }
 
 async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/readyz" {
+    if path == "/healthz" || path == "/readyz" || path == "/metrics" {
         return next.run(req).await;
     }
     let presented = req

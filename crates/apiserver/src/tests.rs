@@ -13,7 +13,10 @@ const TOKEN: &str = "test-token";
 
 fn app() -> (Router, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    (router(ApiState::new(store.clone(), TOKEN)), store)
+    (
+        router(ApiState::new(store.clone(), TOKEN), Router::new()),
+        store,
+    )
 }
 
 async fn call(

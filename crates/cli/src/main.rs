@@ -8,6 +8,7 @@ mod client;
 mod control_plane;
 mod input;
 mod output;
+mod proxies;
 mod resources;
 
 use std::path::PathBuf;
@@ -43,6 +44,34 @@ enum Command {
         /// Where the API listens; it binds loopback unless told otherwise.
         #[arg(long, default_value = "127.0.0.1:15014")]
         api_addr: String,
+        /// Where the xDS (ADS) server listens, plain gRPC.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        xds_addr: String,
+        /// How long to wait for more changes before pushing (milliseconds).
+        #[arg(long, default_value_t = 100)]
+        debounce_ms: u64,
+        /// Mesh-wide outbound traffic policy for hosts not in the registry.
+        #[arg(long, value_enum, default_value = "allow-any")]
+        outbound_traffic_policy: OutboundPolicyArg,
+        /// The range services' virtual IPs come from.
+        #[arg(long, default_value = "240.240.0.0/16")]
+        vip_range: String,
+    },
+    /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
+    Bootstrap {
+        #[command(subcommand)]
+        target: proxies::BootstrapTarget,
+    },
+    /// Connected proxies and, per xDS type, whether they are SYNCED, STALE or NACK.
+    ProxyStatus,
+    /// What the control plane sends a proxy: listeners, routes, clusters or endpoints.
+    ProxyConfig {
+        #[arg(value_enum)]
+        what: proxies::ConfigKind,
+        /// The proxy: its node id, or WORKLOAD.NAMESPACE, or WORKLOAD.
+        proxy: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: GetFormat,
     },
     /// Check resources on their own, as Istio's validating webhook does.
     Validate {
@@ -96,6 +125,12 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum OutboundPolicyArg {
+    AllowAny,
+    RegistryOnly,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum ReportFormat {
     Text,
     Json,
@@ -116,9 +151,30 @@ fn main() -> ExitCode {
         data_dir: cli.data_dir.clone(),
     };
     let result = match cli.command {
-        Command::ControlPlane { api_addr } => {
-            control_plane::run(control_plane::data_dir(cli.data_dir.as_deref()), &api_addr)
-        }
+        Command::ControlPlane {
+            api_addr,
+            xds_addr,
+            debounce_ms,
+            outbound_traffic_policy,
+            vip_range,
+        } => control_plane::run(strait_controlplane::Options {
+            data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
+            api_addr,
+            xds_addr,
+            debounce: std::time::Duration::from_millis(debounce_ms),
+            outbound_policy: match outbound_traffic_policy {
+                OutboundPolicyArg::AllowAny => strait_xds::OutboundPolicy::AllowAny,
+                OutboundPolicyArg::RegistryOnly => strait_xds::OutboundPolicy::RegistryOnly,
+            },
+            vip_range,
+        }),
+        Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
+        Command::ProxyStatus => proxies::status(&connection),
+        Command::ProxyConfig {
+            what,
+            proxy,
+            output,
+        } => proxies::config(&connection, what, &proxy, output),
         Command::Validate { files, output } => analyze::validate(&files, output),
         Command::Analyze {
             files,

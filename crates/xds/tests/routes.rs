@@ -385,7 +385,8 @@ fn routes_for_other_clients_apply_to_them() {
 fn bookinfo_gateway_routes_to_productpage() {
     let config = snapshot(bookinfo_sample("bookinfo-gateway.yaml"));
     let res = translate(&config, &bookinfo_registry(), &ingress_gateway());
-    let l = listener(&res, "0.0.0.0_8080");
+    // The gateway binds its own address (GATEWAY_IP).
+    let l = listener(&res, &format!("{GATEWAY_IP}_8080"));
     assert!(l.bind_to_port.is_none(), "a gateway binds its port");
     let Some(address::Address::SocketAddress(sa)) = &l.address.as_ref().unwrap().address else {
         panic!("no socket address")
@@ -393,7 +394,7 @@ fn bookinfo_gateway_routes_to_productpage() {
     assert_eq!(
         (sa.address.as_str(), &sa.port_specifier),
         (
-            "0.0.0.0",
+            GATEWAY_IP,
             &Some(socket_address::PortSpecifier::PortValue(8080))
         )
     );

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -31,25 +33,49 @@ pub fn testdata() -> PathBuf {
 pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
+    flags: Vec<String>,
 }
 
 impl ControlPlane {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `strait control-plane` flags.
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut cp = ControlPlane { dir, child: None };
+        let mut cp = ControlPlane {
+            dir,
+            child: None,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+        };
         cp.restart();
         cp
     }
 
-    /// Starts (again) on the same data directory, on a free port, and waits until it answers.
+    /// Starts (again) on the same data directory, on free ports unless the flags fix them, and
+    /// waits until it answers. Its log goes to `DIR/control-plane.log`.
     pub fn restart(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("server"));
-        let child = Command::new(strait())
-            .args(["control-plane", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = Command::new(strait());
+        cmd.arg("control-plane");
+        for flag in ["--api-addr", "--xds-addr"] {
+            if !self.flags.iter().any(|f| f == flag) {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("control-plane.log"))
+            .unwrap();
+        let child = cmd
+            .arg("--data-dir")
             .arg(self.dir.path())
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting strait control-plane");
         self.child = Some(child);
@@ -76,6 +102,10 @@ impl ControlPlane {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default()
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -1,6 +1,8 @@
 //! A gateway's listeners and routes, from the Gateway resources that select it.
 //!
-//! Each HTTP server port gets a listener `0.0.0.0_PORT` (bound) with an HCM on route
+//! Each HTTP server port gets a listener `ADDRESS_PORT` bound on the gateway proxy's own address
+//! (`0.0.0.0_PORT` for a gateway started with `--address 0.0.0.0`, as Istio binds; a specific
+//! address lets several gateways share one machine) with an HCM on route
 //! configuration `http.PORT`. Its virtual hosts are the server hosts that VirtualServices bound
 //! to the gateway serve: a server host `NS/HOST` (`*/HOST` when written bare, `./HOST` for the
 //! Gateway's namespace) takes VirtualServices from NS whose hosts intersect HOST. A host nobody
@@ -71,11 +73,12 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             });
         }
     }
+    let ip = ctx.proxy.ip.to_string();
     for (port, servers) in by_port {
         let route_name = format!("http.{port}");
         let mut l = listener(
-            format!("0.0.0.0_{port}"),
-            "0.0.0.0",
+            format!("{ip}_{port}"),
+            &ip,
             port,
             TrafficDirection::Outbound,
             true,
@@ -84,7 +87,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             "",
             None,
             vec![hcm_filter(Hcm {
-                stat_prefix: format!("outbound_0.0.0.0_{port}"),
+                stat_prefix: format!("outbound_{ip}_{port}"),
                 routes: Routes::Rds(route_name.clone()),
                 filters: HttpFilters::Outbound,
                 use_remote_address: true,

@@ -32,17 +32,22 @@ pub(super) const DEFAULT_RETRIES: u32 = 2;
 
 /// Istio's timeouts: the route's, else none (0 disables Envoy's 15 s default); gRPC's
 /// `grpc-timeout` header is honoured up to the same limit.
+///
+/// A route with `max_stream_duration` makes Envoy use its stream-duration timeouts and ignore
+/// `timeout`, so the limit goes in both places, as Istio does.
 pub(super) fn set_timeout(action: &mut RouteAction, nanos: Option<i128>) {
     let timeout = duration(nanos.unwrap_or(0));
-    action.max_stream_duration = Some(grpc_timeout_limit(timeout));
+    action.max_stream_duration = Some(stream_duration_limit(timeout));
     action.timeout = Some(timeout);
 }
 
-/// Honour a request's `grpc-timeout` header up to `limit` (0: without limit).
-pub(super) fn grpc_timeout_limit(
+/// The request may last `limit` (0: without limit), and a request's `grpc-timeout` header is
+/// honoured up to the same limit.
+pub(super) fn stream_duration_limit(
     limit: envoy_types::pb::google::protobuf::Duration,
 ) -> route_action::MaxStreamDuration {
     route_action::MaxStreamDuration {
+        max_stream_duration: Some(limit),
         grpc_timeout_header_max: Some(limit),
         ..Default::default()
     }

@@ -17,7 +17,7 @@ use strait_registry::{Origin, Resolution, Service};
 
 use super::config::{self, BoundVs, consistent_hash};
 use super::filters::{bool_value, duration, u32_value};
-use super::http_policy::grpc_timeout_limit;
+use super::http_policy::stream_duration_limit;
 use super::http_route::{
     MAX_DIRECT_RESPONSE_BODY_BYTES, RouteScope, default_route, prefix_match, virtual_service_routes,
 };
@@ -226,7 +226,7 @@ fn catch_all(policy: OutboundPolicy) -> VirtualHost {
                     PASSTHROUGH_CLUSTER.to_string(),
                 )),
                 timeout: Some(duration(0)),
-                max_stream_duration: Some(grpc_timeout_limit(duration(0))),
+                max_stream_duration: Some(stream_duration_limit(duration(0))),
                 ..Default::default()
             }),
         ),

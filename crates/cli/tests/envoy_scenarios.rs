@@ -1,0 +1,435 @@
+//! Istio's traffic-management tasks, with Istio's own sample YAML applied unchanged, through real
+//! Envoy fed by Strait's control plane. Backends answer with their name and version; each is
+//! registered as a Service and a WorkloadEntry; the client's sidecar runs in no-capture mode
+//! (the client talks to it as its HTTP proxy).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use support::mesh::{DataPlane, Mesh, sample};
+
+const PLANE: DataPlane = DataPlane::Envoy;
+const REVIEWS: &str = "http://reviews:9080/reviews/0";
+const JASON: [(&str, &str); 1] = [("end-user", "jason")];
+
+fn share(counts: &BTreeMap<String, usize>, version: &str, total: usize) -> f64 {
+    100.0 * *counts.get(version).unwrap_or(&0) as f64 / total as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_routing_all_v1_then_jason_to_v2() {
+    let mesh = Mesh::bookinfo();
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    // Without a VirtualService, reviews is balanced over v1, v2 and v3.
+    let counts = client.versions(REVIEWS, &[], 60).await;
+    assert_eq!(counts.len(), 3, "{counts:?}");
+
+    mesh.apply(&sample("bookinfo/networking/virtual-service-all-v1.yaml"));
+    client
+        .get_until(REVIEWS, &[], "reviews v1 only", |r| {
+            r.json()["version"] == "v1"
+        })
+        .await;
+    // Give the push time to reach every route, then all of 50 requests go to v1.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        client.versions(REVIEWS, &JASON, 50).await,
+        BTreeMap::from([("v1".to_string(), 50)])
+    );
+    for svc in ["productpage", "details", "ratings"] {
+        let r = client.get(&format!("http://{svc}:9080/"), &[]).await;
+        assert_eq!((r.status, r.json()["service"].as_str()), (200, Some(svc)));
+    }
+
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-reviews-test-v2.yaml",
+    ));
+    client
+        .get_until(REVIEWS, &JASON, "jason routed to v2", |r| {
+            r.json()["version"] == "v2"
+        })
+        .await;
+    assert_eq!(
+        client.versions(REVIEWS, &JASON, 30).await,
+        BTreeMap::from([("v2".to_string(), 30)])
+    );
+    assert_eq!(
+        client.versions(REVIEWS, &[], 30).await,
+        BTreeMap::from([("v1".to_string(), 30)])
+    );
+    assert_eq!(
+        client
+            .versions(REVIEWS, &[("end-user", "someone-else")], 30)
+            .await,
+        BTreeMap::from([("v1".to_string(), 30)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shifting_splits_within_five_points() {
+    let mesh = Mesh::bookinfo();
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    for (file, expect) in [
+        (
+            "virtual-service-reviews-50-v3.yaml",
+            [("v1", 50.0), ("v3", 50.0)],
+        ),
+        (
+            "virtual-service-reviews-80-20.yaml",
+            [("v1", 80.0), ("v2", 20.0)],
+        ),
+        (
+            "virtual-service-reviews-90-10.yaml",
+            [("v1", 90.0), ("v2", 10.0)],
+        ),
+    ] {
+        mesh.apply(&sample(&format!("bookinfo/networking/{file}")));
+        // Wait until the split is in force: Envoy's route names both weighted clusters.
+        let (a, b) = (expect[0].0, expect[1].0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let dump = client.envoy.config_dump().await.to_string();
+            if dump.contains(&format!(
+                "outbound|9080|{a}|reviews.default.svc.cluster.local"
+            )) && dump.contains(&format!(
+                "outbound|9080|{b}|reviews.default.svc.cluster.local"
+            )) && dump.contains("weighted_clusters")
+                && (file != "virtual-service-reviews-90-10.yaml" || dump.contains("\"weight\":90"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{file} did not reach Envoy in 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let n = 1000;
+        let counts = client.versions(REVIEWS, &[], n).await;
+        for (version, want) in expect {
+            let got = share(&counts, version, n);
+            assert!(
+                (got - want).abs() <= 5.0,
+                "{file}: {version} got {got:.1}% of {n}, want {want}% ±5: {counts:?}"
+            );
+        }
+        assert_eq!(counts.values().sum::<usize>(), n);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_delays_and_aborts_jason() {
+    let mesh = Mesh::bookinfo();
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let ratings = "http://ratings:9080/ratings/0";
+    mesh.apply(&sample("bookinfo/networking/virtual-service-all-v1.yaml"));
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-ratings-test-abort.yaml",
+    ));
+    let r = client
+        .get_until(ratings, &JASON, "the abort for jason", |r| r.status == 500)
+        .await;
+    assert_eq!(
+        r.header("x-backend"),
+        None,
+        "the 500 must come from the proxy, not ratings"
+    );
+    for _ in 0..20 {
+        assert_eq!(client.get(ratings, &[]).await.status, 200);
+    }
+
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-ratings-test-delay.yaml",
+    ));
+    client
+        .get_until(ratings, &JASON, "the abort to be replaced", |r| {
+            r.status == 200
+        })
+        .await;
+    // 7 s for jason (the fixed delay of the sample), with no effect on others.
+    let start = Instant::now();
+    let r = client.get(ratings, &JASON).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        took >= Duration::from_secs(7),
+        "jason's request took {took:?}, want the 7 s delay"
+    );
+    let start = Instant::now();
+    assert_eq!(client.get(ratings, &[]).await.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "others were delayed too: {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_fires_at_half_a_second() {
+    let mesh = Mesh::bookinfo();
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    mesh.apply(&sample("bookinfo/networking/virtual-service-all-v1.yaml"));
+    // The task's file: reviews → v2 with timeout 0.5s (and ratings delayed 2 s). Here reviews v2
+    // itself is slow, so the reviews timeout is what answers.
+    mesh.apply(&sample("tasks/request-timeouts/request-timeouts.yaml"));
+    client
+        .get_until(REVIEWS, &[], "reviews routed to v2", |r| {
+            r.json()["version"] == "v2"
+        })
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !client
+        .envoy
+        .config_dump()
+        .await
+        .to_string()
+        .contains("\"timeout\":\"0.500s\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the 0.5 s timeout did not reach Envoy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mesh.backend("reviews", "v2")
+        .set_delay(Duration::from_secs(2));
+    let start = Instant::now();
+    let r = client.get(REVIEWS, &[]).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1900),
+        "the timeout fired after {took:?}, want 0.5 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_retry_a_failing_backend() {
+    let mut mesh = Mesh::new();
+    mesh.http_service("flaky", 8000, &["v1"]);
+    mesh.apply_yaml(
+        "retry.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: flaky}\nspec:\n  hosts: [flaky]\n  http:\n  - route:\n    - destination: {host: flaky}\n    retries:\n      attempts: 3\n      perTryTimeout: 1s\n      retryOn: 5xx\n",
+    );
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let url = "http://flaky:8000/";
+    client
+        .get_until(url, &[], "flaky reachable", |r| r.status == 200)
+        .await;
+    // The route's retries are in force once Envoy has the VirtualService's route.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !client
+        .envoy
+        .config_dump()
+        .await
+        .to_string()
+        .contains("\"num_retries\":3")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the retry policy did not reach Envoy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backend = mesh.backend("flaky", "v1");
+    backend.set_status(503);
+    let before = backend.request_count();
+    let r = client.get(url, &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(backend.request_count() - before, 4, "one try and 3 retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_copies_to_v2_while_v1_answers() {
+    let mut mesh = Mesh::new();
+    // The task's workloads file holds the httpbin Service (and Deployments Strait stores but does
+    // not run); the backends stand in for the Deployments.
+    mesh.apply(&sample("tasks/mirroring/mirroring-workloads.yaml"));
+    for v in ["v1", "v2"] {
+        mesh.workload(
+            "httpbin",
+            v,
+            "http",
+            strait_testsupport::Backend::http("httpbin", v),
+        );
+    }
+    mesh.apply(&sample("tasks/mirroring/mirroring-default-route.yaml"));
+    let client = mesh.sidecar(PLANE, "client", "app=sleep").await;
+    let url = "http://httpbin:8000/headers";
+    client
+        .get_until(url, &[], "httpbin v1", |r| r.json()["version"] == "v1")
+        .await;
+    mesh.apply(&sample("tasks/mirroring/mirroring-to-v2.yaml"));
+    let v2 = mesh.backend("httpbin", "v2");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while v2.request_count() == 0 {
+        let r = client.get(url, &[]).await;
+        assert_eq!(r.json()["version"], "v1", "responses must come from v1");
+        assert!(Instant::now() < deadline, "no mirrored request reached v2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = v2.request_count();
+    for _ in 0..20 {
+        assert_eq!(client.get(url, &[]).await.json()["version"], "v1");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        v2.request_count() - before,
+        20,
+        "every request is mirrored to v2"
+    );
+    // Envoy marks the mirrored copy's authority with -shadow.
+    let copy = v2.requests().pop().unwrap();
+    assert!(
+        copy.header("host").unwrap_or_default().contains("-shadow"),
+        "{copy:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_gateway_serves_productpage_and_refuses_other_paths() {
+    let mesh = Mesh::bookinfo();
+    mesh.apply(&sample("bookinfo/networking/bookinfo-gateway.yaml"));
+    let gw = mesh
+        .gateway(
+            PLANE,
+            "istio-ingressgateway",
+            "istio=ingressgateway",
+            &[8080],
+        )
+        .await;
+    let base = format!("http://{}:8080", gw.ip);
+    let r = strait_testsupport::http_get(&format!("{base}/productpage"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["service"].as_str()),
+        (200, Some("productpage"))
+    );
+    let r = strait_testsupport::http_get(&format!("{base}/api/v1/products"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.json()["service"], "productpage");
+    let r = strait_testsupport::http_get(&format!("{base}/admin"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_through_a_service_entry_and_registry_only_blocks_others() {
+    let mesh = Mesh::with_flags(&["--outbound-traffic-policy", "registry-only"]);
+    let stub = strait_testsupport::Backend::http("httpbin-ext", "stub");
+    // Istio's egress sample names httpbin.org, which is not reachable from tests: the same
+    // ServiceEntry with a static endpoint on the local stub.
+    mesh.apply_yaml(
+        "se.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: httpbin-ext}}\nspec:\n  hosts: [httpbin.org]\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: {}\n    ports: {{http: {}}}\n",
+            stub.addr().ip(),
+            stub.addr().port()
+        ),
+    );
+    let client = mesh.sidecar(PLANE, "sleep", "app=sleep").await;
+    let r = client
+        .get_until(
+            "http://httpbin.org/headers",
+            &[],
+            "httpbin.org via the ServiceEntry",
+            |r| r.status == 200,
+        )
+        .await;
+    assert_eq!(r.json()["service"], "httpbin-ext");
+    let other = strait_testsupport::Backend::http("unknown", "v1");
+    let r = client.get(&format!("http://{}/", other.addr()), &[]).await;
+    assert_eq!(
+        r.status, 502,
+        "REGISTRY_ONLY must block hosts outside the registry: {r:?}"
+    );
+    assert_eq!(other.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_virtual_service_is_acked_and_shows_synced() {
+    let mesh = Mesh::bookinfo();
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-reviews-v3.yaml",
+    ));
+    client
+        .get_until(REVIEWS, &[], "reviews v3", |r| r.json()["version"] == "v3")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = mesh.proxy_status();
+        let me = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["workload"] == "client")
+            .cloned();
+        let synced = me.as_ref().is_some_and(|p| {
+            ["CDS", "LDS", "EDS", "RDS"]
+                .iter()
+                .all(|t| p["types"][t]["state"] == "SYNCED")
+        });
+        if synced {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not SYNCED: {me:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = mesh.cp.ok(&["proxy-status"]);
+    assert!(
+        text.contains("client.default") && text.contains("SYNCED"),
+        "{text}"
+    );
+    let routes = mesh.cp.ok(&["proxy-config", "routes", "client.default"]);
+    assert!(
+        routes.contains("outbound|9080|v3|reviews.default.svc.cluster.local"),
+        "{routes}"
+    );
+    let clusters = mesh.cp.ok(&["proxy-config", "clusters", "client"]);
+    assert!(
+        clusters.contains("reviews.default.svc.cluster.local") && clusters.contains("v2"),
+        "{clusters}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_keeps_serving_while_the_control_plane_restarts() {
+    let xds = strait_testsupport::free_port().to_string();
+    let xds_addr = format!("127.0.0.1:{xds}");
+    let mut mesh = Mesh::with_flags(&["--xds-addr", &xds_addr]);
+    mesh.http_service("reviews", 9080, &["v1", "v2", "v3"]);
+    mesh.apply(&sample("bookinfo/networking/destination-rule-all.yaml"));
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-reviews-v3.yaml",
+    ));
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    client
+        .get_until(REVIEWS, &[], "reviews v3", |r| r.json()["version"] == "v3")
+        .await;
+
+    mesh.cp.kill9();
+    for _ in 0..50 {
+        let r = client.get(REVIEWS, &[]).await;
+        assert_eq!((r.status, r.json()["version"].as_str()), (200, Some("v3")));
+    }
+    mesh.cp.restart();
+    // Envoy reconnects and resyncs: a change made after the restart reaches it.
+    mesh.apply(&sample(
+        "bookinfo/networking/virtual-service-reviews-v2-v3.yaml",
+    ));
+    client
+        .get_until(REVIEWS, &[], "the post-restart VirtualService", |r| {
+            r.json()["version"] == "v2"
+        })
+        .await;
+    for _ in 0..20 {
+        assert_eq!(client.get(REVIEWS, &[]).await.status, 200);
+    }
+}

@@ -1,0 +1,261 @@
+//! A mesh for scenario tests: a real control plane, test backends registered as Services and
+//! WorkloadEntries, and real Envoy proxies bootstrapped by `strait bootstrap envoy`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_testsupport::{Backend, Envoy, HttpReply, free_port, via_proxy};
+
+use super::{ControlPlane, testdata};
+
+/// A unique loopback address per proxy in this test process (`127.0.100.N`), so several proxies
+/// can each own port 15080 and gateway ports.
+pub fn next_ip() -> IpAddr {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 250, "out of test addresses");
+    IpAddr::from([127, 0, 100 + (std::process::id() % 50) as u8, n])
+}
+
+pub fn sample(path: &str) -> PathBuf {
+    testdata().join("istio-samples").join(path)
+}
+
+/// Which data plane runs as the proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPlane {
+    Envoy,
+}
+
+pub struct Mesh {
+    pub cp: ControlPlane,
+    pub backends: Vec<(String, String, Backend)>,
+    pub files: tempfile::TempDir,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        Mesh {
+            cp: ControlPlane::start(),
+            backends: Vec::new(),
+            files: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts a control plane with extra flags.
+    pub fn with_flags(flags: &[&str]) -> Mesh {
+        Mesh {
+            cp: ControlPlane::start_with(flags),
+            backends: Vec::new(),
+            files: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn apply(&self, path: &Path) {
+        self.cp.ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    pub fn apply_yaml(&self, name: &str, yaml: &str) {
+        let path = self.files.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        self.apply(&path);
+    }
+
+    /// A Kubernetes Service `name` on `port` (port name `http` unless given) selecting `app: name`.
+    pub fn service(&self, name: &str, port: u16, port_name: &str) {
+        self.apply_yaml(
+            &format!("svc-{name}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: {port_name}, port: {port}}}\n"
+            ),
+        );
+    }
+
+    /// A backend registered as a WorkloadEntry `app: name, version: version` whose port
+    /// `port_name` is the backend's port.
+    pub fn workload(&mut self, name: &str, version: &str, port_name: &str, backend: Backend) {
+        let addr = backend.addr();
+        self.apply_yaml(
+            &format!("we-{name}-{version}.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}-{version}}}\nspec:\n  address: {}\n  ports: {{{port_name}: {}}}\n  labels: {{app: {name}, version: {version}}}\n",
+                addr.ip(),
+                addr.port()
+            ),
+        );
+        self.backends
+            .push((name.to_string(), version.to_string(), backend));
+    }
+
+    /// An HTTP service with one backend per version.
+    pub fn http_service(&mut self, name: &str, port: u16, versions: &[&str]) {
+        self.service(name, port, "http");
+        for v in versions {
+            self.workload(name, v, "http", Backend::http(name, v));
+        }
+    }
+
+    pub fn backend(&self, name: &str, version: &str) -> &Backend {
+        &self
+            .backends
+            .iter()
+            .find(|(n, v, _)| n == name && v == version)
+            .unwrap_or_else(|| panic!("no backend {name} {version}"))
+            .2
+    }
+
+    /// Bookinfo's four services with backends for every version, and Istio's
+    /// destination-rule-all.yaml.
+    pub fn bookinfo() -> Mesh {
+        let mut mesh = Mesh::new();
+        mesh.http_service("productpage", 9080, &["v1"]);
+        mesh.http_service("details", 9080, &["v1"]);
+        mesh.http_service("reviews", 9080, &["v1", "v2", "v3"]);
+        mesh.http_service("ratings", 9080, &["v1"]);
+        mesh.apply(&sample("bookinfo/networking/destination-rule-all.yaml"));
+        mesh
+    }
+
+    /// A client sidecar in no-capture mode: its HTTP proxy listener is `IP:15080`.
+    pub async fn sidecar(&self, plane: DataPlane, workload: &str, labels: &str) -> Proxy {
+        self.proxy(plane, workload, labels, "sidecar", &[]).await
+    }
+
+    /// A gateway proxy with `labels`, listening on its own loopback address.
+    pub async fn gateway(
+        &self,
+        plane: DataPlane,
+        workload: &str,
+        labels: &str,
+        ports: &[u16],
+    ) -> Proxy {
+        self.proxy(plane, workload, labels, "gateway", ports).await
+    }
+
+    async fn proxy(
+        &self,
+        plane: DataPlane,
+        workload: &str,
+        labels: &str,
+        role: &str,
+        ports: &[u16],
+    ) -> Proxy {
+        let ip = next_ip();
+        let admin: SocketAddr = (IpAddr::from([127, 0, 0, 1]), free_port()).into();
+        let ip_text = ip.to_string();
+        let admin_text = admin.to_string();
+        let bootstrap = self.cp.ok(&[
+            "bootstrap",
+            "envoy",
+            "--workload",
+            workload,
+            "--namespace",
+            "default",
+            "--address",
+            &ip_text,
+            "--role",
+            role,
+            "--labels",
+            labels,
+            "--capture",
+            "none",
+            "--admin",
+            &admin_text,
+        ]);
+        let DataPlane::Envoy = plane;
+        let envoy = Envoy::start(&bootstrap, workload);
+        envoy.wait_ready(Duration::from_secs(20)).await;
+        let listen: Vec<SocketAddr> = if role == "sidecar" {
+            vec![(ip, 15080).into()]
+        } else {
+            ports.iter().map(|p| (ip, *p).into()).collect()
+        };
+        for l in &listen {
+            envoy.wait_listener(*l).await;
+        }
+        Proxy { ip, envoy }
+    }
+
+    /// `strait proxy-status` as JSON rows.
+    pub fn proxy_status(&self) -> Value {
+        let (code, body) = super::http(
+            &self.cp.server(),
+            "GET",
+            "/debug/proxies",
+            Some(&self.cp.token()),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+pub struct Proxy {
+    pub ip: IpAddr,
+    pub envoy: Envoy,
+}
+
+impl Proxy {
+    /// The no-capture HTTP proxy listener.
+    pub fn http_proxy(&self) -> SocketAddr {
+        (self.ip, 15080).into()
+    }
+
+    /// `GET url` through this sidecar, as an app with `HTTP_PROXY` set does.
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> HttpReply {
+        via_proxy(self.http_proxy(), url, headers)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GET {url} through {}: {e}\n{}",
+                    self.http_proxy(),
+                    self.envoy.log()
+                )
+            })
+    }
+
+    /// Waits until `check` holds for a request (config propagation), then returns that reply.
+    pub async fn get_until(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        what: &str,
+        check: impl Fn(&HttpReply) -> bool,
+    ) -> HttpReply {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let last = match via_proxy(self.http_proxy(), url, headers).await {
+                Ok(r) if check(&r) => return r,
+                Ok(r) => format!("{r:?}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "waited 15 s for {what} at {url}; last reply: {last}\n{}",
+                self.envoy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `version` of `n` replies from `url`, counted.
+    pub async fn versions(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        n: usize,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let r = self.get(url, headers).await;
+            assert_eq!(r.status, 200, "{url}: {r:?}");
+            *counts
+                .entry(r.json()["version"].as_str().unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+}

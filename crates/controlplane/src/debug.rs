@@ -1,0 +1,289 @@
+//! Debug pages of the control plane (behind the API token): connected proxies and their sync
+//! state (`strait proxy-status`), and what the control plane sends each proxy
+//! (`strait proxy-config`). And `/metrics` for Prometheus.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use envoy_types::pb::envoy::config::core::v3::Address;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use serde_json::{Value, json};
+use strait_xds::ads::{AdsServer, Generator, SyncState};
+use strait_xds::{TypeUrl, XdsResources};
+
+use crate::Mesh;
+
+#[derive(Clone)]
+struct DebugState {
+    ads: AdsServer,
+    mesh: Arc<Mesh>,
+}
+
+pub fn routes(ads: AdsServer, mesh: Arc<Mesh>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/debug/proxies", get(proxies))
+        .route("/debug/proxies/{id}/{what}", get(proxy_config))
+        .with_state(DebugState { ads, mesh })
+}
+
+async fn metrics(State(s): State<DebugState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.ads.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn proxies(State(s): State<DebugState>) -> Response {
+    let revision = s.mesh.current().snapshot.revision;
+    let list: Vec<Value> = s
+        .ads
+        .status()
+        .into_iter()
+        .map(|p| {
+            let types: serde_json::Map<String, Value> = p
+                .types
+                .iter()
+                .map(|(t, st)| {
+                    let (state, reason) = match &st.state {
+                        SyncState::Synced => ("SYNCED", None),
+                        SyncState::Stale => ("STALE", None),
+                        SyncState::Nack { reason } => ("NACK", Some(reason.clone())),
+                        SyncState::NotSent => ("NOT SENT", None),
+                    };
+                    (
+                        t.short().to_string(),
+                        json!({
+                            "state": state,
+                            "reason": reason,
+                            "sent_version": st.sent_version,
+                            "acked_version": st.acked_version,
+                            "resources": st.resources,
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "id": p.id,
+                "workload": p.proxy.workload,
+                "namespace": p.proxy.namespace,
+                "role": format!("{:?}", p.proxy.role),
+                "stream": format!("{:?}", p.stream),
+                "connected_at": p.connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                "version": revision.to_string(),
+                "types": types,
+            })
+        })
+        .collect();
+    axum::Json(Value::Array(list)).into_response()
+}
+
+async fn proxy_config(
+    State(s): State<DebugState>,
+    Path((id, what)): Path<(String, String)>,
+) -> Response {
+    let Some(status) = s.ads.status().into_iter().find(|p| p.id == id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": format!("no connected proxy {id:?}: `strait proxy-status` lists them")})),
+        )
+            .into_response();
+    };
+    let resources = s.mesh.generate(&status.proxy);
+    let body = match what.as_str() {
+        "clusters" => clusters(&resources),
+        "listeners" => listeners(&resources),
+        "routes" => route_table(&resources),
+        "endpoints" => endpoints(&resources),
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": format!("unknown config kind {what:?}: use listeners, routes, clusters or endpoints")})),
+            )
+                .into_response();
+        }
+    };
+    axum::Json(body).into_response()
+}
+
+fn table(
+    columns: &[&str],
+    rows: Vec<Vec<String>>,
+    type_url: TypeUrl,
+    resources: &XdsResources,
+) -> Value {
+    let names: Vec<&String> = match type_url {
+        TypeUrl::Cluster => resources.clusters.keys().collect(),
+        TypeUrl::Endpoint => resources.endpoints.keys().collect(),
+        TypeUrl::Listener => resources.listeners.keys().collect(),
+        TypeUrl::Route => resources.routes.keys().collect(),
+    };
+    let objects: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            Value::Object(
+                columns
+                    .iter()
+                    .zip(r)
+                    .map(|(c, v)| (c.to_ascii_lowercase().replace(' ', "_"), json!(v)))
+                    .collect(),
+            )
+        })
+        .collect();
+    json!({"columns": columns, "rows": rows, "resources": objects, "names": names})
+}
+
+fn clusters(r: &XdsResources) -> Value {
+    let rows = r
+        .clusters
+        .values()
+        .map(|c| {
+            let parts: Vec<&str> = c.name.split('|').collect();
+            let (direction, port, subset, host) = match parts.as_slice() {
+                [d, p, s, h] => (d.to_string(), p.to_string(), s.to_string(), h.to_string()),
+                _ => ("-".into(), "-".into(), "-".into(), c.name.clone()),
+            };
+            let kind = match &c.cluster_discovery_type {
+                Some(envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(t)) => {
+                    envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::try_from(*t)
+                        .map_or_else(|_| t.to_string(), |d| d.as_str_name().to_string())
+                }
+                _ => "-".into(),
+            };
+            vec![host, port, subset, direction, kind]
+        })
+        .collect();
+    table(
+        &["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"],
+        rows,
+        TypeUrl::Cluster,
+        r,
+    )
+}
+
+fn address(a: Option<&Address>) -> (String, String) {
+    match a.and_then(|a| a.address.as_ref()) {
+        Some(AddressKind::SocketAddress(s)) => {
+            let port = match s.port_specifier {
+                Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p.to_string(),
+                _ => "-".into(),
+            };
+            (s.address.clone(), port)
+        }
+        _ => ("-".into(), "-".into()),
+    }
+}
+
+fn listeners(r: &XdsResources) -> Value {
+    let rows = r
+        .listeners
+        .values()
+        .flat_map(|l| {
+            let (addr, port) = address(l.address.as_ref());
+            let chains = l.filter_chains.len();
+            let filters: Vec<String> = l
+                .filter_chains
+                .iter()
+                .flat_map(|fc| fc.filters.iter().map(|f| f.name.clone()))
+                .collect();
+            vec![vec![
+                l.name.clone(),
+                addr,
+                port,
+                chains.to_string(),
+                filters.join(","),
+            ]]
+        })
+        .collect();
+    table(
+        &["NAME", "ADDRESS", "PORT", "CHAINS", "FILTERS"],
+        rows,
+        TypeUrl::Listener,
+        r,
+    )
+}
+
+fn route_table(r: &XdsResources) -> Value {
+    let mut rows = Vec::new();
+    for rc in r.routes.values() {
+        for vh in &rc.virtual_hosts {
+            for route in &vh.routes {
+                let m = route.r#match.as_ref();
+                let path = match m.and_then(|m| m.path_specifier.as_ref()) {
+                    Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+                    Some(PathSpecifier::Path(p)) => p.clone(),
+                    Some(PathSpecifier::SafeRegex(re)) => format!("~{}", re.regex),
+                    _ => "-".into(),
+                };
+                let headers = m.map_or(0, |m| m.headers.len());
+                let action = match &route.action {
+                    Some(Action::Route(ra)) => match &ra.cluster_specifier {
+                        Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+                        Some(ClusterSpecifier::WeightedClusters(w)) => w
+                            .clusters
+                            .iter()
+                            .map(|c| format!("{} {}%", c.name, c.weight.map_or(0, |w| w.value)))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        _ => "-".into(),
+                    },
+                    Some(Action::Redirect(_)) => "redirect".into(),
+                    Some(Action::DirectResponse(d)) => format!("direct {}", d.status),
+                    _ => "-".into(),
+                };
+                let matcher = if headers > 0 {
+                    format!("{path} +{headers} headers")
+                } else {
+                    path
+                };
+                rows.push(vec![rc.name.clone(), vh.domains.join(","), matcher, action]);
+            }
+        }
+    }
+    table(
+        &["NAME", "DOMAINS", "MATCH", "DESTINATION"],
+        rows,
+        TypeUrl::Route,
+        r,
+    )
+}
+
+fn endpoints(r: &XdsResources) -> Value {
+    let mut rows = Vec::new();
+    for cla in r.endpoints.values() {
+        for le in &cla.endpoints {
+            for ep in &le.lb_endpoints {
+                let addr = match &ep.host_identifier {
+                    Some(HostIdentifier::Endpoint(e)) => {
+                        let (a, p) = address(e.address.as_ref());
+                        format!("{a}:{p}")
+                    }
+                    _ => "-".into(),
+                };
+                let weight = ep.load_balancing_weight.map_or(1, |w| w.value);
+                rows.push(vec![
+                    addr,
+                    "HEALTHY".to_string(),
+                    weight.to_string(),
+                    cla.cluster_name.clone(),
+                ]);
+            }
+        }
+    }
+    table(
+        &["ENDPOINT", "STATUS", "WEIGHT", "CLUSTER"],
+        rows,
+        TypeUrl::Endpoint,
+        r,
+    )
+}

@@ -1,0 +1,146 @@
+//! Strait's control plane, `strait control-plane`: the resource API on the embedded store, the
+//! registry and config snapshot kept current from the store's watch, the translator, and the ADS
+//! server that pushes each connected proxy what changed for it.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+mod debug;
+mod mesh;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use strait_apiserver::{ApiState, load_or_create_token, router};
+use strait_store::{FileStore, Store};
+use strait_xds::ads::{AdsOptions, AdsServer};
+use strait_xds::{MeshConfig, OutboundPolicy};
+
+pub use mesh::{Mesh, VIP_KEY_KIND};
+
+/// The file in the data directory where the running control plane records its API address, so
+/// that a plain `strait apply` finds it.
+pub const SERVER_FILE: &str = "server";
+/// The file where it records its xDS address, for `strait bootstrap`.
+pub const XDS_FILE: &str = "xds";
+
+/// How to run the control plane.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    pub api_addr: String,
+    pub xds_addr: String,
+    pub debounce: Duration,
+    pub outbound_policy: OutboundPolicy,
+    /// The range virtual IPs are allocated from (CIDR).
+    pub vip_range: String,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(opts: Options) -> Result<()> {
+    let dir = &opts.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        FileStore::open(dir).with_context(|| format!("opening the store in {}", dir.display()))?,
+    );
+    let token = load_or_create_token(dir)
+        .with_context(|| format!("reading or creating the API token in {}", dir.display()))?;
+
+    let mesh_config = MeshConfig {
+        outbound_policy: opts.outbound_policy,
+        ..MeshConfig::default()
+    };
+    let mesh = Arc::new(Mesh::load(store.clone(), mesh_config, &opts.vip_range)?);
+    let ads = AdsServer::new(
+        mesh.clone() as Arc<dyn strait_xds::ads::Generator>,
+        AdsOptions {
+            debounce: opts.debounce,
+            ..AdsOptions::default()
+        },
+    );
+    let watcher = tokio::spawn(mesh::follow(mesh.clone(), store.clone(), ads.clone()));
+
+    let api_listener = tokio::net::TcpListener::bind(&opts.api_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the API address {} (is another control plane running?)",
+                opts.api_addr
+            )
+        })?;
+    let xds_listener = tokio::net::TcpListener::bind(&opts.xds_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the xDS address {} (is another control plane running?)",
+                opts.xds_addr
+            )
+        })?;
+    let api_local = api_listener.local_addr()?;
+    let xds_local: SocketAddr = xds_listener.local_addr()?;
+
+    let api = router(
+        ApiState::new(store.clone(), token),
+        debug::routes(ads.clone(), mesh.clone()),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let mut xds_stop = stop_rx.clone();
+    let xds_service = ads.service();
+    let xds_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(xds_service)
+            .serve_with_incoming_shutdown(tokio_stream_incoming(xds_listener), async move {
+                let _ = xds_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let server_file = dir.join(SERVER_FILE);
+    let xds_file = dir.join(XDS_FILE);
+    std::fs::write(&server_file, format!("http://{api_local}\n"))
+        .with_context(|| format!("writing {}", server_file.display()))?;
+    std::fs::write(&xds_file, format!("{xds_local}\n"))
+        .with_context(|| format!("writing {}", xds_file.display()))?;
+    tracing::info!(api = %format!("http://{api_local}"), xds = %xds_local, data_dir = %dir.display(), "control plane ready");
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = std::fs::remove_file(&server_file);
+    let _ = std::fs::remove_file(&xds_file);
+    watcher.abort();
+    let _ = api_task.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), xds_task).await;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
