@@ -131,7 +131,9 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
             "layered_runtime",
             json!({
                 "layers": [
-                    { "name": "static", "static_layer": {} },
+                    // As Istio's bootstrap: regexes as large as Istio accepts are not refused by
+                    // Envoy's default RE2 program-size limit (100).
+                    { "name": "static", "static_layer": { "re2.max_program_size.error_level": 32768 } },
                     { "name": "admin", "admin_layer": {} },
                 ],
             }),
