@@ -4,16 +4,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::destination_rule::ConnectionPoolSettings;
+use super::destination_rule::validate_connection_pool;
 use super::gateway::{
-    Protocol, ServerTLSSettings, TlsMode, UNIX_PREFIX, is_false, is_zero, proto_enum,
-    validate_ip_address, validate_namespace_slash_host, validate_port_name, validate_protocol,
-    validate_server_tls, validate_unix_address,
+    Protocol, ServerTLSSettings, TlsMode, UNIX_PREFIX, is_zero, proto_enum, validate_ip_address,
+    validate_namespace_slash_host, validate_port_name, validate_protocol, validate_server_tls,
+    validate_unix_address,
 };
-use crate::common::PortSelector;
+pub use super::virtual_service::Destination;
 use crate::validate::common::{
-    is_dns1123_label, validate_duration, validate_fqdn, validate_port, validate_wildcard_domain,
+    is_dns1123_label, validate_fqdn, validate_port, validate_wildcard_domain,
 };
-use crate::{Duration, FieldPath, ObjectMeta, Report};
+use crate::{FieldPath, ObjectMeta, Report};
 
 /// `spec` of a Sidecar.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -157,91 +159,6 @@ impl OutboundTrafficPolicy {
     }
 }
 
-/// A service (and optionally subset and port) in the registry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Destination {
-    #[serde(default)]
-    pub host: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub subset: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<PortSelector>,
-}
-
-/// Connection limits towards a service or, in a Sidecar, for inbound connections.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConnectionPoolSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<TcpSettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpSettings>,
-}
-
-/// TCP connection pool settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpSettings {
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub max_connections: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_keepalive: Option<TcpKeepalive>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connection_duration: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<Duration>,
-}
-
-/// TCP keepalive probes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TcpKeepalive {
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub probes: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
-}
-
-proto_enum! {
-    /// Whether HTTP/1.1 connections are upgraded to HTTP/2.
-    pub enum H2UpgradePolicy {
-        Default = 0 => "DEFAULT",
-        DoNotUpgrade = 1 => "DO_NOT_UPGRADE",
-        Upgrade = 2 => "UPGRADE",
-    }
-}
-
-/// HTTP connection pool settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpSettings {
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub http1_max_pending_requests: i32,
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub http2_max_requests: i32,
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub max_requests_per_connection: i32,
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub max_retries: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub h2_upgrade_policy: Option<H2UpgradePolicy>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub use_client_protocol: bool,
-    #[serde(default, skip_serializing_if = "is_zero_i32")]
-    pub max_concurrent_streams: i32,
-}
-
-fn is_zero_i32(n: &i32) -> bool {
-    *n == 0
-}
-
 /// Checks a `workloadSelector` with `labels` (Istio's `ValidateAlphaWorkloadSelector`):
 /// errors for empty keys and wildcards, and whether it is empty (a warning for the caller).
 pub(crate) fn validate_alpha_selector(
@@ -265,91 +182,6 @@ pub(crate) fn validate_alpha_selector(
         }
     }
     selector.labels.is_empty()
-}
-
-/// Checks connection pool settings (Istio's `validateConnectionPool`).
-pub(crate) fn validate_connection_pool(
-    pool: &ConnectionPoolSettings,
-    at: &FieldPath,
-    report: &mut Report,
-) {
-    if pool.http.is_none() && pool.tcp.is_none() {
-        report.error(
-            at,
-            "connection pool must have at least one field: set tcp or http",
-        );
-        return;
-    }
-    if let Some(h) = &pool.http {
-        let at = at.field("http");
-        for (value, field, what) in [
-            (
-                h.http1_max_pending_requests,
-                "http1MaxPendingRequests",
-                "http1 max pending requests",
-            ),
-            (
-                h.http2_max_requests,
-                "http2MaxRequests",
-                "http2 max requests",
-            ),
-            (
-                h.max_requests_per_connection,
-                "maxRequestsPerConnection",
-                "max requests per connection",
-            ),
-            (h.max_retries, "maxRetries", "max retries"),
-            (
-                h.max_concurrent_streams,
-                "maxConcurrentStreams",
-                "max concurrent streams",
-            ),
-        ] {
-            if value < 0 {
-                report.error(&at.field(field), format!("{what} must be non-negative"));
-            }
-        }
-        check_duration(report, &h.idle_timeout, &at.field("idleTimeout"));
-        if h.h2_upgrade_policy == Some(H2UpgradePolicy::Upgrade) && h.use_client_protocol {
-            report.error(
-                &at.field("useClientProtocol"),
-                "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
-            );
-        }
-    }
-    if let Some(t) = &pool.tcp {
-        let at = at.field("tcp");
-        if t.max_connections < 0 {
-            report.error(
-                &at.field("maxConnections"),
-                "max connections must be non-negative",
-            );
-        }
-        check_duration(report, &t.connect_timeout, &at.field("connectTimeout"));
-        check_duration(
-            report,
-            &t.max_connection_duration,
-            &at.field("maxConnectionDuration"),
-        );
-        // An idle timeout of 0s disables it.
-        if t.idle_timeout
-            .as_ref()
-            .is_some_and(|d| d.as_nanos() / 1_000_000 != 0)
-        {
-            check_duration(report, &t.idle_timeout, &at.field("idleTimeout"));
-        }
-        if let Some(ka) = &t.tcp_keepalive {
-            let at = at.field("tcpKeepalive");
-            check_duration(report, &ka.time, &at.field("time"));
-            check_duration(report, &ka.interval, &at.field("interval"));
-        }
-    }
-}
-
-fn check_duration(report: &mut Report, d: &Option<Duration>, at: &FieldPath) {
-    if let Some(d) = d {
-        report.check(at, validate_duration(d));
-    }
 }
 
 /// Splits `host:port` as Go's `net.SplitHostPort` does (`[v6]:port`, `host:port`, `:port`).
