@@ -41,14 +41,13 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::google::protobuf::{ListValue, Struct, UInt32Value, Value, value::Kind};
 use strait_api::ObjectMeta;
 use strait_api::networking::destination_rule::DestinationRule;
-use strait_registry::{Endpoint, Port, Protocol, Resolution, Service, fqdn, visibility};
+use strait_registry::{Endpoint, Port, Resolution, Service, fqdn, visibility};
 
 use self::policy::{ClusterBuild, Policy};
 use super::{
     BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, host_matches, inbound_cluster_name,
     outbound_cluster_name,
 };
-use crate::CaptureMode;
 use crate::XdsResources;
 use crate::snapshot::namespace_of;
 
@@ -364,35 +363,12 @@ fn lb_endpoint(e: &Endpoint) -> LbEndpoint {
 /// Is `e` this proxy's own workload? Its address is the proxy's and it names the proxy's
 /// workload, or (for endpoints not from a WorkloadEntry of that name) carries the proxy's
 /// labels.
-fn is_own(ctx: &Ctx<'_>, e: &Endpoint) -> bool {
-    let proxy = ctx.proxy;
-    if e.address.parse::<IpAddr>().ok() != Some(proxy.ip) {
-        return false;
-    }
-    e.workload.as_deref() == Some(proxy.workload.as_str())
-        || (!e.labels.is_empty() && e.labels == proxy.labels)
-}
-
-/// `inbound|PORT||` for each port the proxy's workload serves (the endpoint's port), to the app
-/// on 127.0.0.1. With capture mode NONE the app's address is also 127.0.0.1:PORT for now (the
-/// lead decides the final target for that mode).
+/// `inbound|PORT||` for each port the proxy's workload serves ([`Ctx::inbound_ports`]), to the
+/// application: 127.0.0.1 on the same port, or a Sidecar ingress listener's `defaultEndpoint`.
 fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
-    let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
-    for ((host, number), eps) in &ctx.registry.endpoints {
-        let Some(service) = ctx.registry.services.get(host) else {
-            continue;
-        };
-        let Some(port) = service.port(*number) else {
-            continue;
-        };
-        for e in eps.iter().filter(|e| is_own(ctx, e)) {
-            ports.entry(e.port).or_insert(port.protocol);
-        }
-    }
-    let target = match ctx.proxy.capture {
-        CaptureMode::Iptables | CaptureMode::None => "127.0.0.1",
-    };
-    for (port, protocol) in ports {
+    for p in ctx.inbound_ports() {
+        let (port, protocol) = (p.port, p.protocol);
+        let (target_host, target_port) = &p.target;
         let name = inbound_cluster_name(port);
         let c = Cluster {
             name: name.clone(),
@@ -403,7 +379,7 @@ fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 endpoints: vec![LocalityLbEndpoints {
                     lb_endpoints: vec![LbEndpoint {
                         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-                            address: Some(address(target, port)),
+                            address: Some(address(target_host, *target_port)),
                             ..Default::default()
                         })),
                         ..Default::default()

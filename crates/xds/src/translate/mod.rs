@@ -14,9 +14,12 @@
 mod clusters;
 mod listeners;
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use strait_api::ObjectMeta;
 use strait_api::networking::sidecar::{OutboundTrafficPolicyMode, Sidecar};
-use strait_registry::{Registry, Service};
+
+use strait_registry::{Endpoint, Protocol, Registry, Service};
 
 use crate::snapshot::{OutboundPolicy, namespace_of};
 use crate::{ConfigSnapshot, Proxy, XdsResources};
@@ -37,6 +40,18 @@ pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
 /// `inbound|9080||`
 pub fn inbound_cluster_name(port: u16) -> String {
     format!("inbound|{port}||")
+}
+
+/// A port the proxy's own workload serves, and where its traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundPort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Where the application listens: `(host, port)` with host an IP, or `unix:///path`
+    /// (port then unused).
+    pub target: (String, u16),
+    /// The address a no-capture listener binds, when a Sidecar ingress listener sets `bind`.
+    pub bind: Option<String>,
 }
 
 /// What the translation of one proxy reads.
@@ -85,6 +100,71 @@ impl<'a> Ctx<'a> {
             })
     }
 
+    /// Is `e` an endpoint of this proxy's own workload (its address, and its WorkloadEntry name or
+    /// its labels)?
+    pub fn is_own(&self, e: &Endpoint) -> bool {
+        let proxy = self.proxy;
+        if e.address.parse::<IpAddr>().ok() != Some(proxy.ip) {
+            return false;
+        }
+        e.workload.as_deref() == Some(proxy.workload.as_str())
+            || (!e.labels.is_empty() && e.labels == proxy.labels)
+    }
+
+    /// The ports the proxy's workload serves. A Sidecar with `ingress` listeners names them (and
+    /// where each goes: `defaultEndpoint`, else the same port on 127.0.0.1), as Istio does;
+    /// otherwise they are the ports of the registry's endpoints that are this workload's,
+    /// forwarded to 127.0.0.1 on the same port.
+    pub fn inbound_ports(&self) -> Vec<InboundPort> {
+        if let Some((_, sidecar)) = self.sidecar
+            && !sidecar.ingress.is_empty()
+        {
+            return sidecar
+                .ingress
+                .iter()
+                .filter_map(|l| {
+                    let p = l.port.as_ref()?;
+                    let port = u16::try_from(p.number).ok().filter(|n| *n != 0)?;
+                    let target = parse_endpoint(&l.default_endpoint)
+                        .unwrap_or_else(|| ("127.0.0.1".to_string(), port));
+                    Some(InboundPort {
+                        port,
+                        protocol: Protocol::parse(&p.protocol).unwrap_or(Protocol::Unknown),
+                        target,
+                        bind: (!l.bind.is_empty()).then(|| l.bind.clone()),
+                    })
+                })
+                .collect();
+        }
+        let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+        for ((host, number), eps) in &self.registry.endpoints {
+            let Some(port) = self
+                .registry
+                .services
+                .get(host)
+                .and_then(|s| s.port(*number))
+            else {
+                continue;
+            };
+            for e in eps.iter().filter(|e| self.is_own(e)) {
+                let p = ports.entry(e.port).or_insert(port.protocol);
+                // HTTP when any service calls the port HTTP.
+                if port.protocol.is_http() && !p.is_http() {
+                    *p = port.protocol;
+                }
+            }
+        }
+        ports
+            .into_iter()
+            .map(|(port, protocol)| InboundPort {
+                port,
+                protocol,
+                target: ("127.0.0.1".to_string(), port),
+                bind: None,
+            })
+            .collect()
+    }
+
     /// The outbound traffic policy: the Sidecar's, else the mesh's.
     pub fn outbound_policy(&self) -> OutboundPolicy {
         match self
@@ -127,6 +207,16 @@ fn select_sidecar<'a>(
                 .into_iter()
                 .find(|(_, s)| s.workload_selector.is_none())
         })
+}
+
+/// A Sidecar ingress `defaultEndpoint`: `IP:PORT`, `[IPv6]:PORT` or `unix:///path`.
+fn parse_endpoint(text: &str) -> Option<(String, u16)> {
+    if text.starts_with("unix://") {
+        return Some((text.to_string(), 0));
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_string(), port.parse().ok()?))
 }
 
 /// Istio's host matching: `*` matches everything, `*.example.com` matches `a.example.com` (and

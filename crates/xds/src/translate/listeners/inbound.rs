@@ -4,9 +4,8 @@
 //! address. With iptables capture, `virtualInbound` (15006) has one filter chain per such port
 //! (matched on the original destination port) to `inbound|PORT||`, HTTP through an HCM with an
 //! inline route, TCP through tcp_proxy, and passes other ports through. Without capture, each
-//! port gets its own listener on `ADDRESS:PORT`.
-
-use std::collections::BTreeMap;
+//! port gets its own listener on `ADDRESS:PORT` (or the Sidecar ingress listener's `bind`).
+//! Which ports, and where they go, is [`Ctx::inbound_ports`].
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChainMatch};
@@ -24,26 +23,8 @@ use crate::translate::{
 };
 use crate::{CaptureMode, XdsResources};
 
-/// The proxy's inbound ports, each HTTP or not (HTTP when any service calls the port HTTP).
-pub(super) fn inbound_ports(ctx: &Ctx<'_>) -> BTreeMap<u16, bool> {
-    let ip = ctx.proxy.ip.to_string();
-    let mut ports: BTreeMap<u16, bool> = BTreeMap::new();
-    for ((host, service_port), endpoints) in &ctx.registry.endpoints {
-        let http = ctx
-            .registry
-            .services
-            .get(host)
-            .and_then(|s| s.port(*service_port))
-            .is_some_and(|p| p.protocol.is_http());
-        for ep in endpoints.iter().filter(|e| e.address == ip) {
-            *ports.entry(ep.port).or_default() |= http;
-        }
-    }
-    ports
-}
-
 pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
-    let ports = inbound_ports(ctx);
+    let ports = ctx.inbound_ports();
     match ctx.proxy.capture {
         CaptureMode::Iptables => {
             let any = "0.0.0.0";
@@ -65,11 +46,12 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
                 )],
             ));
-            for (&port, &http) in &ports {
+            for p in &ports {
+                let port = p.port;
                 l.filter_chains.push(filter_chain(
                     format!("{any}_{port}"),
                     Some(port_match(port)),
-                    vec![inbound_filter(any, port, http)],
+                    vec![inbound_filter(any, port, p.protocol.is_http())],
                 ));
             }
             l.default_filter_chain = Some(filter_chain(
@@ -83,8 +65,9 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             out.listeners.insert(l.name.clone(), l);
         }
         CaptureMode::None => {
-            let ip = ctx.proxy.ip.to_string();
-            for (&port, &http) in &ports {
+            for p in &ports {
+                let port = p.port;
+                let ip = p.bind.clone().unwrap_or_else(|| ctx.proxy.ip.to_string());
                 let mut l = listener(
                     format!("{ip}_{port}"),
                     &ip,
@@ -95,7 +78,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 l.filter_chains = vec![filter_chain(
                     format!("{ip}_{port}"),
                     None,
-                    vec![inbound_filter(&ip, port, http)],
+                    vec![inbound_filter(&ip, port, p.protocol.is_http())],
                 )];
                 out.listeners.insert(l.name.clone(), l);
             }
