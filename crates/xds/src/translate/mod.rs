@@ -52,6 +52,9 @@ pub struct InboundPort {
     pub target: (String, u16),
     /// The address a no-capture listener binds, when a Sidecar ingress listener sets `bind`.
     pub bind: Option<String>,
+    /// The Sidecar ingress listener says `captureMode: NONE`: even with iptables capture, the
+    /// port gets its own bound listener.
+    pub capture_none: bool,
 }
 
 /// What the translation of one proxy reads.
@@ -132,6 +135,8 @@ impl<'a> Ctx<'a> {
                         protocol: Protocol::parse(&p.protocol).unwrap_or(Protocol::Unknown),
                         target,
                         bind: (!l.bind.is_empty()).then(|| l.bind.clone()),
+                        capture_none: l.capture_mode
+                            == Some(strait_api::networking::sidecar::CaptureMode::None),
                     })
                 })
                 .collect();
@@ -161,6 +166,7 @@ impl<'a> Ctx<'a> {
                 protocol,
                 target: ("127.0.0.1".to_string(), port),
                 bind: None,
+                capture_none: false,
             })
             .collect()
     }

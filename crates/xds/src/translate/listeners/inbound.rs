@@ -19,7 +19,8 @@ use super::filters::{
 };
 use super::http_route::prefix_match;
 use crate::translate::{
-    BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT, inbound_cluster_name,
+    BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
+    inbound_cluster_name,
 };
 use crate::{CaptureMode, XdsResources};
 
@@ -46,7 +47,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
                 )],
             ));
-            for p in &ports {
+            for p in ports.iter().filter(|p| !p.capture_none) {
                 let port = p.port;
                 l.filter_chains.push(filter_chain(
                     format!("{any}_{port}"),
@@ -63,26 +64,34 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 )],
             ));
             out.listeners.insert(l.name.clone(), l);
+            bound_listeners(ctx, ports.iter().filter(|p| p.capture_none), out);
         }
-        CaptureMode::None => {
-            for p in &ports {
-                let port = p.port;
-                let ip = p.bind.clone().unwrap_or_else(|| ctx.proxy.ip.to_string());
-                let mut l = listener(
-                    format!("{ip}_{port}"),
-                    &ip,
-                    port,
-                    TrafficDirection::Inbound,
-                    true,
-                );
-                l.filter_chains = vec![filter_chain(
-                    format!("{ip}_{port}"),
-                    None,
-                    vec![inbound_filter(&ip, port, p.protocol.is_http())],
-                )];
-                out.listeners.insert(l.name.clone(), l);
-            }
-        }
+        CaptureMode::None => bound_listeners(ctx, ports.iter(), out),
+    }
+}
+
+/// A listener of its own per port, bound on the Sidecar ingress `bind` address or the proxy's.
+fn bound_listeners<'p>(
+    ctx: &Ctx<'_>,
+    ports: impl Iterator<Item = &'p InboundPort>,
+    out: &mut XdsResources,
+) {
+    for p in ports {
+        let port = p.port;
+        let ip = p.bind.clone().unwrap_or_else(|| ctx.proxy.ip.to_string());
+        let mut l = listener(
+            format!("{ip}_{port}"),
+            &ip,
+            port,
+            TrafficDirection::Inbound,
+            true,
+        );
+        l.filter_chains = vec![filter_chain(
+            format!("{ip}_{port}"),
+            None,
+            vec![inbound_filter(&ip, port, p.protocol.is_http())],
+        )];
+        out.listeners.insert(l.name.clone(), l);
     }
 }
 
