@@ -1,0 +1,2 @@
+//! Conversion tests.
+use super::*;

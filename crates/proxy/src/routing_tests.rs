@@ -1,0 +1,2 @@
+//! Routing tests.
+use super::*;
