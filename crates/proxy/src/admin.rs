@@ -1,6 +1,7 @@
 //! The admin interface (Envoy's paths, on `--admin`, default 127.0.0.1:15000):
 //! - `/ready`: 200 `LIVE` once the first complete config is in, else 503 `PRE_INITIALIZING`;
-//! - `/config_dump`: the proxy's typed config as JSON. These are strait-proxy's own types, not
+//! - `/config_dump`: the proxy's typed config as compact JSON (durations as Envoy writes them,
+//!   `"0.500s"`). These are strait-proxy's own types, not
 //!   Envoy's config dump shape;
 //! - `/stats/prometheus`: per-cluster request counters and the proxy's own responses by flag;
 //! - `/quitquitquit` (POST, or GET for convenience): stops the proxy.
@@ -60,7 +61,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         }
         "/config_dump" => {
             let config = shared.config.load_full();
-            match serde_json::to_string_pretty(&*config) {
+            match serde_json::to_string(&*config) {
                 Ok(json) => reply(StatusCode::OK, "application/json", json),
                 Err(e) => reply(
                     StatusCode::INTERNAL_SERVER_ERROR,

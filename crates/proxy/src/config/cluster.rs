@@ -25,6 +25,7 @@ pub struct Cluster {
     pub name: String,
     pub discovery: Discovery,
     pub lb: LbPolicy,
+    #[serde(serialize_with = "super::secs::one")]
     pub connect_timeout: Duration,
     pub protocol: UpstreamProtocol,
     /// For EDS clusters, filled in from the ClusterLoadAssignment when it arrives.

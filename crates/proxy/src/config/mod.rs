@@ -43,6 +43,31 @@ impl Invalid {
     }
 }
 
+/// Durations in the config dump as Envoy's JSON writes them: `"0.500s"`.
+pub(crate) mod secs {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(crate) fn text(d: &Duration) -> String {
+        match d.subsec_millis() {
+            0 if d.subsec_nanos() == 0 => format!("{}s", d.as_secs()),
+            _ => format!("{}.{:03}s", d.as_secs(), d.subsec_millis()),
+        }
+    }
+
+    pub(crate) fn one<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&text(d))
+    }
+
+    pub(crate) fn option<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&text(d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A field strait-proxy does not implement, as a NACK reason.
 pub(crate) fn unsupported(field: &str) -> String {
     format!("{field} is not supported by strait-proxy")

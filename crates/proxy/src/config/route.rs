@@ -131,6 +131,7 @@ pub enum Action {
 pub struct Forward {
     pub target: Target,
     /// `None`: no timeout (a route's `timeout: 0s`).
+    #[serde(serialize_with = "super::secs::option")]
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub prefix_rewrite: Option<String>,
@@ -142,7 +143,9 @@ pub struct Forward {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Target {
+    #[serde(rename = "cluster")]
     Cluster(String),
+    #[serde(rename = "weighted_clusters")]
     Weighted(Vec<WeightedCluster>),
 }
 
@@ -155,6 +158,7 @@ pub struct WeightedCluster {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetryPolicy {
     pub num_retries: u32,
+    #[serde(serialize_with = "super::secs::option")]
     pub per_try_timeout: Option<Duration>,
     /// Envoy's `retry_on` conditions, as written (validated).
     pub retry_on: Vec<String>,
@@ -174,6 +178,7 @@ pub struct Redirect {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fault {
     /// The delay and the share of requests (per million) it applies to.
+    #[serde(serialize_with = "ser_delay")]
     pub delay: Option<(Duration, u32)>,
     /// The status to abort with and the share of requests (per million).
     pub abort: Option<(u16, u32)>,
@@ -198,6 +203,13 @@ fn ser_headers<S: Serializer>(
         v.iter()
             .map(|(n, val, append)| (n.as_str(), val.to_str().unwrap_or("?"), append)),
     )
+}
+
+fn ser_delay<S: Serializer>(d: &Option<(Duration, u32)>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some((d, share)) => (super::secs::text(d), share).serialize(s),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_names<S: Serializer>(v: &[HeaderName], s: S) -> Result<S::Ok, S::Error> {
