@@ -93,3 +93,6 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -746,7 +746,3 @@ fn mutation(add: &[HeaderValueOption], remove: &[String]) -> Result<HeaderMutati
         .collect::<Result<_, _>>()?;
     Ok(HeaderMutation { add, remove })
 }
-
-#[cfg(test)]
-#[path = "route_tests.rs"]
-mod tests;

@@ -1,2 +1,0 @@
-//! Conversion tests.
-use super::*;
