@@ -31,5 +31,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (every binary: the scenario tests run strait-proxy beside strait)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked

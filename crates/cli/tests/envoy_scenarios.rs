@@ -1,5 +1,6 @@
 //! Istio's traffic-management tasks, with Istio's own sample YAML applied unchanged, through real
-//! Envoy fed by Strait's control plane. Backends answer with their name and version; each is
+//! Envoy fed by Strait's control plane; the request-routing, traffic-shifting, fault-injection
+//! and request-timeout tasks run a second time through strait-proxy (the `_strait` tests). Backends answer with their name and version; each is
 //! registered as a Service and a WorkloadEntry; the client's sidecar runs in no-capture mode
 //! (the client talks to it as its HTTP proxy).
 
@@ -20,8 +21,17 @@ fn share(counts: &BTreeMap<String, usize>, version: &str, total: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_routing_all_v1_then_jason_to_v2() {
+    request_routing(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_routing_all_v1_then_jason_to_v2_strait() {
+    request_routing(DataPlane::Strait).await;
+}
+
+async fn request_routing(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     // Without a VirtualService, reviews is balanced over v1, v2 and v3.
     let counts = client.versions(REVIEWS, &[], 60).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
@@ -69,8 +79,17 @@ async fn request_routing_all_v1_then_jason_to_v2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifting_splits_within_five_points() {
+    traffic_shifting(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_shifting_splits_within_five_points_strait() {
+    traffic_shifting(DataPlane::Strait).await;
+}
+
+async fn traffic_shifting(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     for (file, expect) in [
         (
             "virtual-service-reviews-50-v3.yaml",
@@ -90,7 +109,7 @@ async fn traffic_shifting_splits_within_five_points() {
         let (a, b) = (expect[0].0, expect[1].0);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let dump = client.envoy.config_dump().await.to_string();
+            let dump = client.config_dump().await;
             if dump.contains(&format!(
                 "outbound|9080|{a}|reviews.default.svc.cluster.local"
             )) && dump.contains(&format!(
@@ -122,8 +141,17 @@ async fn traffic_shifting_splits_within_five_points() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_injection_delays_and_aborts_jason() {
+    fault_injection(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_delays_and_aborts_jason_strait() {
+    fault_injection(DataPlane::Strait).await;
+}
+
+async fn fault_injection(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     let ratings = "http://ratings:9080/ratings/0";
     mesh.apply(&sample("bookinfo/networking/virtual-service-all-v1.yaml"));
     mesh.apply(&sample(
@@ -169,8 +197,17 @@ async fn fault_injection_delays_and_aborts_jason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_timeout_fires_at_half_a_second() {
+    request_timeout(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_fires_at_half_a_second_strait() {
+    request_timeout(DataPlane::Strait).await;
+}
+
+async fn request_timeout(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     mesh.apply(&sample("bookinfo/networking/virtual-service-all-v1.yaml"));
     // The task's file: reviews → v2 with timeout 0.5s (and ratings delayed 2 s). Here reviews v2
     // itself is slow, so the reviews timeout is what answers.
@@ -182,10 +219,8 @@ async fn request_timeout_fires_at_half_a_second() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while !client
-        .envoy
         .config_dump()
         .await
-        .to_string()
         .contains("\"timeout\":\"0.500s\"")
     {
         assert!(
@@ -221,13 +256,7 @@ async fn retries_retry_a_failing_backend() {
         .await;
     // The route's retries are in force once Envoy has the VirtualService's route.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !client
-        .envoy
-        .config_dump()
-        .await
-        .to_string()
-        .contains("\"num_retries\":3")
-    {
+    while !client.config_dump().await.contains("\"num_retries\":3") {
         assert!(
             Instant::now() < deadline,
             "the retry policy did not reach Envoy"

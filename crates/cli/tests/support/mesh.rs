@@ -1,5 +1,6 @@
 //! A mesh for scenario tests: a real control plane, test backends registered as Services and
-//! WorkloadEntries, and real Envoy proxies bootstrapped by `strait bootstrap envoy`.
+//! WorkloadEntries, and proxies: real Envoy bootstrapped by `strait bootstrap envoy`, or
+//! `strait-proxy` with the same flags.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_testsupport::{Backend, Envoy, HttpReply, free_port, via_proxy};
 
+use super::strait_proxy::StraitProxy;
 use super::{ControlPlane, testdata};
 
 /// A unique loopback address per proxy in this test process (`127.0.100.N`), so several proxies
@@ -28,6 +30,7 @@ pub fn sample(path: &str) -> PathBuf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DataPlane {
     Envoy,
+    Strait,
 }
 
 pub struct Mesh {
@@ -147,9 +150,7 @@ impl Mesh {
         let admin: SocketAddr = (IpAddr::from([127, 0, 0, 1]), free_port()).into();
         let ip_text = ip.to_string();
         let admin_text = admin.to_string();
-        let bootstrap = self.cp.ok(&[
-            "bootstrap",
-            "envoy",
+        let identity = [
             "--workload",
             workload,
             "--namespace",
@@ -162,21 +163,39 @@ impl Mesh {
             labels,
             "--capture",
             "none",
-            "--admin",
-            &admin_text,
-        ]);
-        let DataPlane::Envoy = plane;
-        let envoy = Envoy::start(&bootstrap, workload);
-        envoy.wait_ready(Duration::from_secs(20)).await;
+        ];
         let listen: Vec<SocketAddr> = if role == "sidecar" {
             vec![(ip, 15080).into()]
         } else {
             ports.iter().map(|p| (ip, *p).into()).collect()
         };
-        for l in &listen {
-            envoy.wait_listener(*l).await;
-        }
-        Proxy { ip, envoy }
+        let running = match plane {
+            DataPlane::Envoy => {
+                let mut args = vec!["bootstrap", "envoy"];
+                args.extend(identity);
+                args.extend(["--admin", &admin_text]);
+                let bootstrap = self.cp.ok(&args);
+                let envoy = Envoy::start(&bootstrap, workload);
+                envoy.wait_ready(Duration::from_secs(20)).await;
+                for l in &listen {
+                    envoy.wait_listener(*l).await;
+                }
+                Running::Envoy(envoy)
+            }
+            DataPlane::Strait => {
+                let xds = std::fs::read_to_string(self.cp.data_dir().join("xds"))
+                    .expect("the control plane records its xDS address in DATA_DIR/xds");
+                let mut args = identity.to_vec();
+                args.extend(["--xds", xds.trim()]);
+                let mut proxy = StraitProxy::start(workload, &args, admin);
+                proxy.wait_ready(Duration::from_secs(20)).await;
+                for l in &listen {
+                    proxy.wait_listener(*l).await;
+                }
+                Running::Strait(proxy)
+            }
+        };
+        Proxy { ip, running }
     }
 
     /// `strait proxy-status` as JSON rows.
@@ -195,10 +214,42 @@ impl Mesh {
 
 pub struct Proxy {
     pub ip: IpAddr,
-    pub envoy: Envoy,
+    pub running: Running,
+}
+
+/// The data plane process behind a [`Proxy`].
+pub enum Running {
+    Envoy(Envoy),
+    Strait(StraitProxy),
 }
 
 impl Proxy {
+    /// The proxy's admin `/config_dump` as compact JSON text: Envoy's, or strait-proxy's own
+    /// shape (which names route fields as Envoy does: `weighted_clusters`, `"weight":90`,
+    /// `"timeout":"0.500s"`, `"num_retries":3`).
+    pub async fn config_dump(&self) -> String {
+        match &self.running {
+            Running::Envoy(e) => e.config_dump().await.to_string(),
+            Running::Strait(p) => p.config_dump().await,
+        }
+    }
+
+    /// The proxy's log, for failure messages.
+    pub fn log(&self) -> String {
+        match &self.running {
+            Running::Envoy(e) => e.log(),
+            Running::Strait(p) => p.log(),
+        }
+    }
+
+    /// Envoy, for tests that only run with Envoy.
+    pub fn envoy(&self) -> &Envoy {
+        match &self.running {
+            Running::Envoy(e) => e,
+            Running::Strait(_) => panic!("this proxy is strait-proxy, not Envoy"),
+        }
+    }
+
     /// The no-capture HTTP proxy listener.
     pub fn http_proxy(&self) -> SocketAddr {
         (self.ip, 15080).into()
@@ -212,7 +263,7 @@ impl Proxy {
                 panic!(
                     "GET {url} through {}: {e}\n{}",
                     self.http_proxy(),
-                    self.envoy.log()
+                    self.log()
                 )
             })
     }
@@ -235,7 +286,7 @@ impl Proxy {
             assert!(
                 Instant::now() < deadline,
                 "waited 15 s for {what} at {url}; last reply: {last}\n{}",
-                self.envoy.log()
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -1,0 +1,93 @@
+//! The admin interface (Envoy's paths, on `--admin`, default 127.0.0.1:15000):
+//! - `/ready`: 200 `LIVE` once the first complete config is in, else 503 `PRE_INITIALIZING`;
+//! - `/config_dump`: the proxy's typed config as compact JSON (durations as Envoy writes them,
+//!   `"0.500s"`). These are strait-proxy's own types, not
+//!   Envoy's config dump shape;
+//! - `/stats/prometheus`: per-cluster request counters and the proxy's own responses by flag;
+//! - `/quitquitquit` (POST, or GET for convenience): stops the proxy.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::Shared;
+use crate::http::{Body, full};
+
+/// Serves the admin interface until aborted.
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpListener) {
+    loop {
+        let Ok((stream, _)) = tcp.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/ready" => {
+            if shared.is_ready() {
+                reply(StatusCode::OK, "text/plain", "LIVE\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "PRE_INITIALIZING\n".into(),
+                )
+            }
+        }
+        "/config_dump" => {
+            let config = shared.config.load_full();
+            match serde_json::to_string(&*config) {
+                Ok(json) => reply(StatusCode::OK, "application/json", json),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("cannot serialize the config: {e}\n"),
+                ),
+            }
+        }
+        "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.stats.prometheus(),
+        ),
+        "/quitquitquit" => {
+            shared.quit.notify_one();
+            reply(StatusCode::OK, "text/plain", "OK\n".into())
+        }
+        "/" => reply(
+            StatusCode::OK,
+            "text/plain",
+            "strait-proxy admin: /ready /config_dump /stats/prometheus /quitquitquit\n".into(),
+        ),
+        other => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no admin path {other}: try /ready, /config_dump, /stats/prometheus\n"),
+        ),
+    }
+}

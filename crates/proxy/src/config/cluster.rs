@@ -1,0 +1,229 @@
+//! Clusters and their endpoints, from `envoy.config.cluster.v3.Cluster` and
+//! `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as pb;
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use serde::Serialize;
+
+use super::listener::{decode, socket_addr};
+use super::{Invalid, unsupported};
+
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+const HTTP_OPTIONS_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// Envoy's connect timeout when a cluster sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb: LbPolicy,
+    #[serde(serialize_with = "super::secs::one")]
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    /// For EDS clusters, filled in from the ClusterLoadAssignment when it arrives.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Discovery {
+    /// Endpoints from EDS (over ADS), under this name.
+    Eds(String),
+    Static,
+    /// Endpoint hosts are names, resolved when a connection is made.
+    Dns,
+    /// To the address the request names (its authority, when that is `IP:PORT`).
+    OriginalDst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LbPolicy {
+    RoundRobin,
+    /// Power of two choices over the requests in flight.
+    LeastRequest,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+/// One healthy endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// An IP address, or for DNS clusters a host name.
+    pub host: String,
+    pub port: u16,
+}
+
+impl TryFrom<&pb::Cluster> for Cluster {
+    type Error = Invalid;
+
+    fn try_from(c: &pb::Cluster) -> Result<Cluster, Invalid> {
+        let bad = |reason: String| Invalid::new("cluster", &c.name, reason);
+        let refuse = |cond: bool, field: &str| {
+            if cond {
+                Err(bad(unsupported(field)))
+            } else {
+                Ok(())
+            }
+        };
+        refuse(
+            c.transport_socket.is_some()
+                || !c.transport_socket_matches.is_empty()
+                || c.transport_socket_matcher.is_some(),
+            "transport_socket (upstream TLS)",
+        )?;
+        refuse(c.lb_subset_config.is_some(), "lb_subset_config")?;
+        refuse(c.load_balancing_policy.is_some(), "load_balancing_policy")?;
+        refuse(!c.filters.is_empty(), "filters")?;
+        refuse(c.upstream_config.is_some(), "upstream_config")?;
+        let discovery = match &c.cluster_discovery_type {
+            None => Discovery::Static,
+            Some(pb::cluster::ClusterDiscoveryType::Type(t)) => {
+                match pb::cluster::DiscoveryType::try_from(*t) {
+                    Ok(pb::cluster::DiscoveryType::Static) => Discovery::Static,
+                    Ok(pb::cluster::DiscoveryType::StrictDns)
+                    | Ok(pb::cluster::DiscoveryType::LogicalDns) => Discovery::Dns,
+                    Ok(pb::cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
+                    Ok(pb::cluster::DiscoveryType::Eds) => Discovery::Eds(
+                        c.eds_cluster_config
+                            .as_ref()
+                            .map(|e| e.service_name.clone())
+                            .filter(|n| !n.is_empty())
+                            .unwrap_or_else(|| c.name.clone()),
+                    ),
+                    Err(_) => return Err(bad(format!("type {t} is not a discovery type"))),
+                }
+            }
+            Some(pb::cluster::ClusterDiscoveryType::ClusterType(t)) => {
+                return Err(bad(unsupported(&format!("cluster_type {:?}", t.name))));
+            }
+        };
+        let lb = match pb::cluster::LbPolicy::try_from(c.lb_policy) {
+            Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+            Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+            Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(pb::cluster::LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
+                LbPolicy::RoundRobin
+            }
+            Ok(p) => {
+                return Err(bad(unsupported(&format!("lb_policy {}", p.as_str_name()))));
+            }
+            Err(_) => return Err(bad(format!("lb_policy {} is unknown", c.lb_policy))),
+        };
+        #[allow(deprecated)]
+        let mut protocol = if c.http2_protocol_options.is_some() {
+            UpstreamProtocol::Http2
+        } else {
+            UpstreamProtocol::Http1
+        };
+        for (key, any) in &c.typed_extension_protocol_options {
+            if key != HTTP_OPTIONS {
+                return Err(bad(unsupported(&format!(
+                    "typed_extension_protocol_options[{key:?}]"
+                ))));
+            }
+            let opts: HttpProtocolOptions = decode(any, HTTP_OPTIONS_TYPE, key).map_err(bad)?;
+            use http_protocol_options::UpstreamProtocolOptions as U;
+            use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+            match &opts.upstream_protocol_options {
+                Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                    Some(P::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
+                    Some(P::Http3ProtocolOptions(_)) => {
+                        return Err(bad(unsupported("upstream HTTP/3")));
+                    }
+                    _ => {}
+                },
+                // Ignored, as docs/xds-support.md says: strait-proxy speaks HTTP/1.1 upstream
+                // whatever the downstream protocol (this slice serves HTTP/1.1 downstream).
+                Some(U::UseDownstreamProtocolConfig(_)) | Some(U::AutoConfig(_)) | None => {}
+            }
+        }
+        let mut endpoints = Vec::new();
+        if let Some(cla) = &c.load_assignment {
+            if matches!(discovery, Discovery::Eds(_)) {
+                return Err(bad(
+                    "an EDS cluster must not have a load_assignment".to_string()
+                ));
+            }
+            endpoints = load_assignment(cla, discovery == Discovery::Dns)
+                .map_err(|e| bad(format!("load_assignment: {e}")))?;
+        }
+        Ok(Cluster {
+            name: c.name.clone(),
+            discovery,
+            lb,
+            connect_timeout: c
+                .connect_timeout
+                .as_ref()
+                .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            protocol,
+            endpoints,
+        })
+    }
+}
+
+/// The healthy endpoints of a load assignment, over all localities and priorities (this slice
+/// ignores priorities and weights).
+pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<Endpoint>, String> {
+    let mut out = Vec::new();
+    for (i, locality) in cla.endpoints.iter().enumerate() {
+        for (j, lb) in locality.lb_endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}].lb_endpoints[{j}]");
+            let healthy = !matches!(
+                HealthStatus::try_from(lb.health_status),
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+            );
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                return Err(unsupported(&format!("{field} named endpoints")));
+            };
+            let endpoint = if dns {
+                dns_endpoint(e.address.as_ref()).map_err(|r| format!("{field}.address: {r}"))?
+            } else {
+                let a = socket_addr(e.address.as_ref(), &format!("{field}.endpoint.address"))?;
+                Endpoint {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                }
+            };
+            if healthy {
+                out.push(endpoint);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn dns_endpoint(
+    address: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
+) -> Result<Endpoint, String> {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    match address.and_then(|a| a.address.as_ref()) {
+        Some(address::Address::SocketAddress(sa)) => match sa.port_specifier {
+            Some(socket_address::PortSpecifier::PortValue(p)) => Ok(Endpoint {
+                host: sa.address.clone(),
+                port: u16::try_from(p).map_err(|_| format!("port {p} is too large"))?,
+            }),
+            _ => Err(unsupported("named_port")),
+        },
+        _ => Err("must be a socket address".to_string()),
+    }
+}
+
+/// A ClusterLoadAssignment's endpoints, or why they cannot be used.
+pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Invalid> {
+    load_assignment(cla, false)
+        .map_err(|reason| Invalid::new("cluster load assignment", &cla.cluster_name, reason))
+}

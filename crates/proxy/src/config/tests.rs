@@ -1,0 +1,429 @@
+//! Proto → config conversion: what the translator sends converts, and what strait-proxy cannot
+//! honour is refused with a reason that names the resource and the field.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as cl;
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ConfigSource, config_source,
+};
+use envoy_types::pb::envoy::config::listener::v3 as li;
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
+    FaultAbort, HttpFault, fault_abort,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    HttpProtocolOptions, http_protocol_options,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use prost::Name;
+
+use super::*;
+
+fn any<M: Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+fn exact_header(name: &str, value: &str) -> rt::HeaderMatcher {
+    rt::HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(rt::header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(value.into())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> Option<rt::RouteMatch> {
+    Some(rt::RouteMatch {
+        path_specifier: Some(rt::route_match::PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    })
+}
+
+fn to_cluster(name: &str) -> rt::RouteAction {
+    rt::RouteAction {
+        cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(name.into())),
+        timeout: Some(PbDuration::default()),
+        ..Default::default()
+    }
+}
+
+fn route_config(routes: Vec<rt::Route>) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: "15080".into(),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: "reviews.default.svc.cluster.local:9080".into(),
+            domains: vec!["reviews:9080".into(), "Reviews.Default:9080".into()],
+            routes,
+            include_request_attempt_count: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Istio's jason → v2 route with a fault and Istio's default retries, then a 80/20 split.
+fn bookinfo_routes() -> rt::RouteConfiguration {
+    let fault = HttpFault {
+        delay: Some(FaultDelay {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(PbDuration {
+                seconds: 7,
+                nanos: 0,
+            })),
+        }),
+        abort: Some(FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 100_000,
+                denominator: 2,
+            }),
+            error_type: Some(fault_abort::ErrorType::HttpStatus(500)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut jason = rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(rt::RouteAction {
+            retry_policy: Some(rt::RetryPolicy {
+                retry_on:
+                    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+                        .into(),
+                num_retries: Some(UInt32Value { value: 2 }),
+                retriable_status_codes: vec![503],
+                ..Default::default()
+            }),
+            ..to_cluster("outbound|9080|v2|reviews.default.svc.cluster.local")
+        })),
+        typed_per_filter_config: [("envoy.filters.http.fault".to_string(), any(&fault))].into(),
+        ..Default::default()
+    };
+    jason.r#match.as_mut().unwrap().headers = vec![exact_header("end-user", "jason")];
+    let split = rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(rt::RouteAction {
+            cluster_specifier: Some(rt::route_action::ClusterSpecifier::WeightedClusters(
+                rt::WeightedCluster {
+                    clusters: ["v1", "v2"]
+                        .iter()
+                        .zip([80, 20])
+                        .map(|(v, w)| rt::weighted_cluster::ClusterWeight {
+                            name: format!("outbound|9080|{v}|reviews.default.svc.cluster.local"),
+                            weight: Some(UInt32Value { value: w }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(PbDuration {
+                seconds: 0,
+                nanos: 500_000_000,
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    route_config(vec![jason, split])
+}
+
+#[test]
+fn istio_routes_convert_with_their_matches_faults_retries_and_splits() {
+    let rc = RouteConfig::try_from(&bookinfo_routes()).unwrap();
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.domains, ["reviews:9080", "reviews.default:9080"]);
+    let jason = &vh.routes[0];
+    assert_eq!(jason.matcher.path, PathMatch::Prefix("/".into()));
+    assert_eq!(jason.matcher.headers[0].name, "end-user");
+    assert_eq!(
+        jason.matcher.headers[0].value,
+        Some(StringMatch::Exact("jason".into()))
+    );
+    let fault = jason.fault.as_ref().unwrap();
+    assert_eq!(fault.delay, Some((Duration::from_secs(7), 1_000_000)));
+    assert_eq!(fault.abort, Some((500, 100_000)));
+    let Action::Forward(fwd) = &jason.action else {
+        panic!("{:?}", jason.action)
+    };
+    assert_eq!(fwd.timeout, None, "timeout 0s disables the timeout");
+    let retry = fwd.retry.as_ref().unwrap();
+    assert_eq!(retry.num_retries, 2);
+    assert_eq!(retry.retriable_status_codes, [503]);
+    let Action::Forward(split) = &vh.routes[1].action else {
+        panic!()
+    };
+    assert_eq!(split.timeout, Some(Duration::from_millis(500)));
+    assert_eq!(
+        split.target,
+        Target::Weighted(vec![
+            WeightedCluster {
+                name: "outbound|9080|v1|reviews.default.svc.cluster.local".into(),
+                weight: 80
+            },
+            WeightedCluster {
+                name: "outbound|9080|v2|reviews.default.svc.cluster.local".into(),
+                weight: 20
+            },
+        ])
+    );
+    // The dump names fields as Envoy's JSON does, so tests can wait on either plane alike.
+    let json = serde_json::to_string(&rc).unwrap();
+    for needle in [
+        "\"weighted_clusters\"",
+        "\"weight\":80",
+        "\"timeout\":\"0.500s\"",
+    ] {
+        assert!(json.contains(needle), "{needle} not in {json}");
+    }
+}
+
+#[test]
+fn a_route_without_a_timeout_gets_envoys_15_seconds() {
+    let mut action = to_cluster("c");
+    action.timeout = None;
+    let rc = route_config(vec![rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(action)),
+        ..Default::default()
+    }]);
+    let rc = RouteConfig::try_from(&rc).unwrap();
+    let Action::Forward(fwd) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(fwd.timeout, Some(Duration::from_secs(15)));
+}
+
+/// The NACK reason for a route configuration whose one route is changed by `change`.
+fn route_nack(change: impl FnOnce(&mut rt::Route)) -> String {
+    let mut route = rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(to_cluster("c"))),
+        ..Default::default()
+    };
+    change(&mut route);
+    RouteConfig::try_from(&route_config(vec![route]))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn unsupported_route_features_are_refused_naming_the_field() {
+    let at = "route configuration \"15080\": virtual_hosts[reviews.default.svc.cluster.local:9080]: routes[0]: ";
+    let cases: Vec<(String, String)> = vec![
+        (
+            route_nack(|r| {
+                r.typed_per_filter_config
+                    .insert("envoy.filters.http.cors".into(), Any::default());
+            }),
+            "typed_per_filter_config[\"envoy.filters.http.cors\"] is not supported by strait-proxy"
+                .into(),
+        ),
+        (
+            route_nack(|r| {
+                let Some(rt::route::Action::Route(a)) = &mut r.action else {
+                    unreachable!()
+                };
+                a.request_mirror_policies.push(Default::default());
+            }),
+            "route: request_mirror_policies is not supported by strait-proxy".into(),
+        ),
+        (
+            route_nack(|r| {
+                let Some(rt::route::Action::Route(a)) = &mut r.action else {
+                    unreachable!()
+                };
+                a.retry_policy = Some(rt::RetryPolicy {
+                    retry_on: "5xx,envoy-ratelimited".into(),
+                    ..Default::default()
+                });
+            }),
+            "route: retry_policy.retry_on \"envoy-ratelimited\" is not supported by strait-proxy"
+                .into(),
+        ),
+        (
+            route_nack(|r| {
+                r.r#match.as_mut().unwrap().path_specifier =
+                    Some(rt::route_match::PathSpecifier::SafeRegex(RegexMatcher {
+                        regex: "/(unclosed".into(),
+                        ..Default::default()
+                    }));
+            }),
+            "match: safe_regex \"/(unclosed\" is not a valid regex".into(),
+        ),
+    ];
+    for (got, want) in cases {
+        assert!(got.starts_with(at), "{got}");
+        assert!(got.contains(&want), "want {want:?} in {got:?}");
+    }
+}
+
+fn hcm_listener(filters: Vec<HttpFilter>) -> li::Listener {
+    let hcm = HttpConnectionManager {
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            route_config_name: "15080".into(),
+            config_source: Some(ConfigSource {
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                ..Default::default()
+            }),
+        })),
+        http_filters: filters,
+        ..Default::default()
+    };
+    li::Listener {
+        name: "127.0.0.2_15080".into(),
+        address: Some(envoy_types::pb::envoy::config::core::v3::Address {
+            address: Some(
+                envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                    envoy_types::pb::envoy::config::core::v3::SocketAddress {
+                        address: "127.0.0.2".into(),
+                        port_specifier: Some(
+                            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(15080),
+                        ),
+                        ..Default::default()
+                    },
+                ),
+            ),
+        }),
+        filter_chains: vec![li::FilterChain {
+            filters: vec![li::Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(li::filter::ConfigType::TypedConfig(any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn http_filter<M: Name>(name: &str, m: &M) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(m))),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    let router = http_filter("envoy.filters.http.router", &Router::default());
+    let fault = http_filter("envoy.filters.http.fault", &HttpFault::default());
+    let l = Listener::try_from(&hcm_listener(vec![fault.clone(), router.clone()])).unwrap();
+    assert_eq!(l.address, "127.0.0.2:15080".parse().unwrap());
+    assert_eq!(l.http.routes, RouteSource::Rds("15080".into()));
+    assert!(l.http.generate_request_id);
+
+    let rbac = http_filter(
+        "envoy.filters.http.rbac",
+        &envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::default(),
+    );
+    let err = Listener::try_from(&hcm_listener(vec![rbac, router.clone()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("listener \"127.0.0.2_15080\": http filter \"envoy.filters.http.rbac\"")
+            && err.ends_with("is not supported by strait-proxy"),
+        "{err}"
+    );
+    let err = Listener::try_from(&hcm_listener(vec![router, fault]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the router must be last"), "{err}");
+
+    let mut tcp = hcm_listener(vec![]);
+    tcp.filter_chains[0].filters[0].name = "envoy.filters.network.tcp_proxy".into();
+    let err = Listener::try_from(&tcp).unwrap_err().to_string();
+    assert!(
+        err.contains("filter \"envoy.filters.network.tcp_proxy\" is not supported by strait-proxy"),
+        "{err}"
+    );
+    let mut captured = hcm_listener(vec![]);
+    captured.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    let err = Listener::try_from(&captured).unwrap_err().to_string();
+    assert!(err.contains("use_original_dst"), "{err}");
+}
+
+fn eds_cluster(name: &str) -> cl::Cluster {
+    cl::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(
+            cl::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cl::cluster::EdsClusterConfig {
+            service_name: name.into(),
+            ..Default::default()
+        }),
+        connect_timeout: Some(PbDuration {
+            seconds: 10,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn clusters_convert_and_unsupported_policies_are_refused() {
+    let name = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    let c = Cluster::try_from(&eds_cluster(name)).unwrap();
+    assert_eq!(c.discovery, Discovery::Eds(name.into()));
+    assert_eq!(c.lb, LbPolicy::RoundRobin);
+    assert_eq!(c.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.protocol, UpstreamProtocol::Http1);
+
+    let mut h2 = eds_cluster(name);
+    let opts = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    h2.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&opts),
+    );
+    assert_eq!(
+        Cluster::try_from(&h2).unwrap().protocol,
+        UpstreamProtocol::Http2
+    );
+
+    let mut ring = eds_cluster(name);
+    ring.lb_policy = cl::cluster::LbPolicy::RingHash as i32;
+    assert_eq!(
+        Cluster::try_from(&ring).unwrap_err().to_string(),
+        format!("cluster {name:?}: lb_policy RING_HASH is not supported by strait-proxy")
+    );
+    let mut tls = eds_cluster(name);
+    tls.transport_socket = Some(Default::default());
+    assert!(
+        Cluster::try_from(&tls)
+            .unwrap_err()
+            .to_string()
+            .contains("transport_socket (upstream TLS) is not supported by strait-proxy")
+    );
+}

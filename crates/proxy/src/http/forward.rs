@@ -1,0 +1,294 @@
+//! Forwarding a request to a cluster: the cluster pick (weighted), the upstream request (path
+//! rewrites, Host, header mutations, hop-by-hop headers removed), retries with Envoy's
+//! conditions and back-off, the per-try and route timeouts.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, Version};
+
+use super::{Body, local};
+use crate::Shared;
+use crate::config::{
+    Cluster, Config, Forward, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
+};
+use crate::routing;
+
+/// Requests are buffered (to be replayed on retries) up to this size.
+const MAX_REQUEST_BODY: usize = 16 << 20;
+/// Envoy's default retry back-off: 25 ms base, at most 10 times that.
+const BACKOFF_BASE: Duration = Duration::from_millis(25);
+
+/// How an attempt ended.
+enum Outcome {
+    Response(Response<Incoming>),
+    ConnectFailure(String),
+    Reset(String),
+    PerTryTimeout,
+}
+
+pub(super) async fn forward(
+    shared: &Shared,
+    config: &Config,
+    route: &Route,
+    fwd: &Forward,
+    req: Request<Incoming>,
+    authority: &str,
+    path: &str,
+) -> Response<Body> {
+    let name = match &fwd.target {
+        Target::Cluster(name) => Some(name.as_str()),
+        Target::Weighted(clusters) => routing::pick_weighted_random(clusters),
+    };
+    let Some(cluster) = name.and_then(|n| config.clusters.get(n)) else {
+        shared.stats.flag("NC");
+        return local(
+            fwd.cluster_not_found_status,
+            "NC",
+            &format!("cluster {} not found", name.unwrap_or("?")),
+        );
+    };
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return local(413, "DPE", &format!("cannot read the request body: {e}")),
+    };
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let host = fwd.host_rewrite.as_deref().unwrap_or(authority);
+    if let Ok(v) = HeaderValue::from_str(host) {
+        headers.insert(hyper::header::HOST, v);
+    }
+    for name in &route.request_headers.remove {
+        headers.remove(name);
+    }
+    for (name, value, append) in &route.request_headers.add {
+        if *append {
+            headers.append(name, value.clone());
+        } else {
+            headers.insert(name, value.clone());
+        }
+    }
+    let upstream = Upstream {
+        shared,
+        cluster,
+        method: parts.method,
+        path: rewrite(route, fwd, path),
+        headers,
+        body,
+        authority,
+    };
+    let attempts = upstream.attempts(fwd.retry.as_ref());
+    let resp = match fwd.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.stats.flag("UT");
+                local(504, "UT", "upstream request timeout")
+            }
+        },
+        None => attempts.await,
+    };
+    shared
+        .stats
+        .cluster(&cluster.name)
+        .response(resp.status().as_u16());
+    resp
+}
+
+/// The upstream path: the route's prefix or regex rewrite.
+fn rewrite(route: &Route, fwd: &Forward, path_and_query: &str) -> String {
+    if let Some(new) = &fwd.prefix_rewrite
+        && let PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) = &route.matcher.path
+        && path_and_query.len() >= p.len()
+    {
+        return format!("{new}{}", &path_and_query[p.len()..]);
+    }
+    if let Some((re, with)) = &fwd.regex_rewrite {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let new = re.0.replace_all(path, with.as_str());
+        return match query {
+            Some(q) => format!("{new}?{q}"),
+            None => new.into_owned(),
+        };
+    }
+    path_and_query.to_string()
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+    ] {
+        headers.remove(n);
+    }
+}
+
+struct Upstream<'a> {
+    shared: &'a Shared,
+    cluster: &'a Cluster,
+    method: hyper::Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The request's authority, for ORIGINAL_DST clusters.
+    authority: &'a str,
+}
+
+impl Upstream<'_> {
+    /// The first try and the retries the policy allows.
+    async fn attempts(&self, policy: Option<&RetryPolicy>) -> Response<Body> {
+        let stats = self.shared.stats.cluster(&self.cluster.name);
+        let client = self.shared.upstreams.client(self.cluster);
+        let retries = policy.map_or(0, |p| p.num_retries);
+        let mut previous: Option<String> = None;
+        let mut attempt: u32 = 0;
+        loop {
+            let Some(picked) =
+                self.shared
+                    .upstreams
+                    .pick(self.cluster, previous.as_deref(), self.authority)
+            else {
+                self.shared.stats.flag("UH");
+                return local(503, "UH", "no healthy upstream");
+            };
+            stats.attempt(attempt > 0);
+            let mut req = Request::new(Full::new(self.body.clone()));
+            *req.method_mut() = self.method.clone();
+            *req.headers_mut() = self.headers.clone();
+            *req.version_mut() = match self.cluster.protocol {
+                UpstreamProtocol::Http1 => Version::HTTP_11,
+                UpstreamProtocol::Http2 => Version::HTTP_2,
+            };
+            match format!("http://{}{}", picked.authority, self.path).parse() {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(_) => return local(400, "DPE", "the request path is not valid"),
+            }
+            let sent = client.request(req);
+            let result = match policy.and_then(|p| p.per_try_timeout) {
+                Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            let outcome = match result {
+                None => Outcome::PerTryTimeout,
+                Some(Ok(resp)) => Outcome::Response(resp),
+                Some(Err(e)) if e.is_connect() => Outcome::ConnectFailure(error_chain(&e)),
+                Some(Err(e)) => Outcome::Reset(error_chain(&e)),
+            };
+            let again = attempt < retries && policy.is_some_and(|p| should_retry(p, &outcome));
+            if !again {
+                return self.respond(outcome, attempt > 0);
+            }
+            previous = Some(picked.authority.clone());
+            drop(picked);
+            attempt += 1;
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+    }
+
+    fn respond(&self, outcome: Outcome, retried: bool) -> Response<Body> {
+        let flag = |f: &'static str| {
+            self.shared.stats.flag(f);
+            f
+        };
+        match outcome {
+            Outcome::Response(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.boxed())
+            }
+            Outcome::ConnectFailure(e) => {
+                let f = flag(if retried { "URX" } else { "UF" });
+                local(
+                    503,
+                    f,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure: {e}"
+                    ),
+                )
+            }
+            Outcome::Reset(e) => local(
+                503,
+                flag("UR"),
+                &format!("upstream connect error or disconnect/reset before headers: {e}"),
+            ),
+            Outcome::PerTryTimeout => local(504, flag("UT"), "upstream request timeout"),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Full jitter over `BACKOFF_BASE * 2^(attempt-1)`, at most ten times the base.
+fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF_BASE
+        .saturating_mul(1 << attempt.clamp(1, 8).saturating_sub(1))
+        .min(BACKOFF_BASE * 10);
+    cap.mul_f64(fastrand::f64())
+}
+
+/// gRPC status codes by Envoy's retry_on names.
+const GRPC_CODES: &[(&str, &str)] = &[
+    ("cancelled", "1"),
+    ("deadline-exceeded", "4"),
+    ("resource-exhausted", "8"),
+    ("internal", "13"),
+    ("unavailable", "14"),
+];
+
+/// Envoy's `retry_on` conditions.
+fn should_retry(p: &RetryPolicy, outcome: &Outcome) -> bool {
+    let on = |c: &str| p.retry_on.iter().any(|x| x == c);
+    match outcome {
+        Outcome::ConnectFailure(_) => {
+            on("connect-failure") || on("5xx") || on("gateway-error") || on("reset")
+        }
+        Outcome::Reset(_) | Outcome::PerTryTimeout => {
+            on("5xx") || on("gateway-error") || on("reset")
+        }
+        Outcome::Response(resp) => {
+            let s = resp.status().as_u16();
+            let grpc = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok());
+            (on("5xx") && s >= 500)
+                || (on("gateway-error") && matches!(s, 502..=504))
+                || (on("retriable-4xx") && s == 409)
+                || (on("retriable-status-codes") && p.retriable_status_codes.contains(&s))
+                || GRPC_CODES
+                    .iter()
+                    .any(|(name, code)| on(name) && grpc == Some(code))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! strait-proxy, Strait's data plane: an xDS client (Delta ADS) that converts Envoy's protos into
+//! the proxy's own typed [`config`], publishes it whole in one atomic swap, and a data path that
+//! only loads the current config.
+//!
+//! This first slice serves the no-capture sidecar's HTTP proxy listener (`IP_15080`: an HTTP
+//! connection manager with RDS) and an admin interface; docs/xds-support.md lists what it reads,
+//! refuses (NACK) and ignores.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+mod http;
+mod listeners;
+pub mod routing;
+mod stats;
+mod upstream;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use tokio::sync::{Notify, watch};
+
+pub use config::Config;
+
+/// What the proxy needs to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The node it presents to the control plane (id and metadata as Istio has them).
+    pub node: Node,
+    /// The control plane's xDS (ADS) address.
+    pub xds: SocketAddr,
+    /// The admin interface's address.
+    pub admin: SocketAddr,
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on the admin address {addr}: {source} (pick another with --admin)")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the xDS client, the listeners and the admin interface.
+pub struct Shared {
+    /// The current config: the data path loads it, the xDS client swaps it.
+    config: ArcSwap<Config>,
+    /// Bumped after each swap, for the tasks that act on changes (listeners).
+    generation: watch::Sender<u64>,
+    /// Set once the first complete config is in.
+    ready: AtomicBool,
+    stats: stats::Stats,
+    upstreams: upstream::Upstreams,
+    quit: Notify,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            config: ArcSwap::from_pointee(Config::default()),
+            generation: watch::channel(0).0,
+            ready: AtomicBool::new(false),
+            stats: stats::Stats::default(),
+            upstreams: upstream::Upstreams::default(),
+            quit: Notify::new(),
+        })
+    }
+
+    /// Publishes a new config in one swap.
+    fn publish(&self, config: Config, complete: bool) {
+        self.config.store(Arc::new(config));
+        if complete && !self.ready.swap(true, Ordering::SeqCst) {
+            tracing::info!("first complete config in: ready");
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs the proxy until `/quitquitquit` (or the future is dropped).
+pub async fn run(opts: Options) -> Result<(), Error> {
+    let shared = Shared::new();
+    let admin = tokio::net::TcpListener::bind(opts.admin)
+        .await
+        .map_err(|source| Error::AdminBind {
+            addr: opts.admin,
+            source,
+        })?;
+    tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
+    let xds = tokio::spawn(xds::run(shared.clone(), opts.node.clone(), opts.xds));
+    let listeners = tokio::spawn(listeners::run(shared.clone()));
+    let admin = tokio::spawn(admin::serve(shared.clone(), admin));
+    shared.quit.notified().await;
+    tracing::info!("quitquitquit: stopping");
+    xds.abort();
+    listeners.abort();
+    admin.abort();
+    Ok(())
+}
+
+/// The Envoy node a proxy presents: Istio's node id and metadata.
+pub fn node(proxy: &strait_xds::Proxy) -> Node {
+    Node {
+        id: proxy.id.clone(),
+        cluster: format!("{}.{}", proxy.workload, proxy.namespace),
+        metadata: Some(proxy.node_metadata()),
+        user_agent_name: "strait-proxy".to_string(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,137 @@
+//! Counters for `/stats/prometheus`: requests per cluster by response class, and the responses
+//! the proxy produced itself, by response flag. Named after Envoy's cluster stats.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
+    flags: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
+}
+
+/// One cluster's counters.
+#[derive(Default)]
+pub(crate) struct ClusterStats {
+    /// Upstream requests (attempts, retries included).
+    rq_total: AtomicU64,
+    /// Responses by class: 1xx..5xx.
+    rq_class: [AtomicU64; 5],
+    retries: AtomicU64,
+}
+
+impl ClusterStats {
+    pub(crate) fn attempt(&self, retry: bool) {
+        self.rq_total.fetch_add(1, Ordering::Relaxed);
+        if retry {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn response(&self, status: u16) {
+        if let Some(c) = self.rq_class.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        if let Some(s) = self
+            .clusters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        self.clusters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn flag(&self, flag: &'static str) {
+        let counter = self
+            .flags
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(flag)
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text format.
+    pub(crate) fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let clusters = self.clusters.read().unwrap_or_else(|e| e.into_inner());
+        out.push_str("# TYPE envoy_cluster_upstream_rq_total counter\n");
+        for (name, s) in clusters.iter() {
+            let _ = writeln!(
+                out,
+                "envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"{name}\"}} {}",
+                s.rq_total.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# TYPE envoy_cluster_upstream_rq_xx counter\n");
+        for (name, s) in clusters.iter() {
+            for (i, c) in s.rq_class.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"{}\",envoy_cluster_name=\"{name}\"}} {n}",
+                        i + 1
+                    );
+                }
+            }
+        }
+        out.push_str("# TYPE envoy_cluster_upstream_rq_retry counter\n");
+        for (name, s) in clusters.iter() {
+            let _ = writeln!(
+                out,
+                "envoy_cluster_upstream_rq_retry{{envoy_cluster_name=\"{name}\"}} {}",
+                s.retries.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# TYPE strait_proxy_local_responses_total counter\n");
+        for (flag, n) in self.flags.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "strait_proxy_local_responses_total{{response_flag=\"{flag}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_requests_by_cluster_and_class() {
+        let stats = Stats::default();
+        let c = stats.cluster("outbound|9080|v1|reviews.default.svc.cluster.local");
+        c.attempt(false);
+        c.response(200);
+        c.attempt(true);
+        c.response(503);
+        stats.flag("UT");
+        let text = stats.prometheus();
+        for line in [
+            "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 2",
+            "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
+            "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
+            "strait_proxy_local_responses_total{response_flag=\"UT\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
