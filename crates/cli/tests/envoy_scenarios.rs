@@ -235,8 +235,10 @@ async fn request_timeout(plane: DataPlane) {
     let r = client.get(REVIEWS, &[]).await;
     let took = start.elapsed();
     assert_eq!(r.status, 504, "{r:?}");
+    // Envoy's timers run off its event loop's cached clock and were seen to fire up to ~2 ms
+    // before 500 ms; the window still tells a 0.5 s timeout from the 2 s backend and from none.
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(1900),
+        took >= Duration::from_millis(480) && took < Duration::from_millis(1900),
         "the timeout fired after {took:?}, want 0.5 s"
     );
 }
