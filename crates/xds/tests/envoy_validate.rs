@@ -161,3 +161,25 @@ fn envoy_accepts_tcp_and_tls_listeners() {
     let proxy = productpage(CaptureMode::Iptables);
     validate("tcp", &proxy, &translate(&config, &tcp_registry(), &proxy)).unwrap();
 }
+
+#[test]
+fn envoy_accepts_gateway_tcp_and_tls_passthrough_and_no_capture_tcp() {
+    let mut resources = tcp_echo_80_20();
+    resources.extend(yaml(
+        "gateway-tls.yaml",
+        include_bytes!("data/gateway-tls.yaml"),
+    ));
+    resources.extend(yaml("tcp-tls.yaml", include_bytes!("data/tcp-tls.yaml")));
+    let config = snapshot(resources);
+    let mut registry = tcp_echo_registry();
+    for (host, svc) in tcp_registry().services {
+        registry.services.entry(host).or_insert(svc);
+    }
+    for (name, proxy) in [
+        ("tcp-gateway", ingress_gateway()),
+        ("tcp-sidecar-none", productpage(CaptureMode::None)),
+    ] {
+        let res = translate(&config, &registry, &proxy);
+        validate(name, &proxy, &res).unwrap();
+    }
+}

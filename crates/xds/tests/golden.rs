@@ -62,3 +62,23 @@ fn golden_text_is_the_same_every_time() {
         assert_eq!(render(&translate(&config, &registry, &proxy)), first);
     }
 }
+
+#[test]
+fn tcp_echo_gateway_80_20() {
+    let res = translate(
+        &snapshot(tcp_echo_80_20()),
+        &tcp_echo_registry(),
+        &ingress_gateway(),
+    );
+    check_golden("tcp-echo-gateway", &render(&listeners_and_routes(res)));
+}
+
+#[test]
+fn tcp_echo_sidecar_without_capture() {
+    let res = translate(
+        &snapshot(tcp_echo_80_20()),
+        &tcp_echo_registry(),
+        &productpage(CaptureMode::None),
+    );
+    check_golden("tcp-echo-sidecar-none", &render(&listeners_and_routes(res)));
+}

@@ -605,3 +605,230 @@ fn without_capture_the_proxy_is_an_http_proxy_on_15080() {
     };
     assert_eq!(cluster(&rc.virtual_hosts[0].routes[0]), "inbound|9080||");
 }
+
+fn tcp_proxy_of(l: &Listener, chain: usize) -> TcpProxy {
+    filter_config(&l.filter_chains[chain].filters[0])
+}
+
+/// A tcp_proxy's clusters with their weights (one cluster has weight 0).
+fn tcp_clusters(tcp: &TcpProxy) -> Vec<(String, u32)> {
+    match &tcp.cluster_specifier {
+        Some(tcp_proxy::ClusterSpecifier::Cluster(c)) => vec![(c.clone(), 0)],
+        Some(tcp_proxy::ClusterSpecifier::WeightedClusters(wc)) => wc
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.weight))
+            .collect(),
+        None => panic!("tcp_proxy without a cluster: {tcp:?}"),
+    }
+}
+
+fn echo(subset: &str, port: u16) -> String {
+    format!("outbound|{port}|{subset}|{TCP_ECHO}")
+}
+
+#[test]
+fn gateway_tcp_server_shifts_80_20_to_tcp_echo() {
+    let res = translate(
+        &snapshot(tcp_echo_80_20()),
+        &tcp_echo_registry(),
+        &ingress_gateway(),
+    );
+    let l = listener(&res, &format!("{GATEWAY_IP}_31400"));
+    assert!(l.bind_to_port.is_none(), "a gateway binds its port");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(l.filter_chains[0].filter_chain_match.is_none());
+    assert!(l.listener_filters.is_empty());
+    assert_eq!(
+        tcp_clusters(&tcp_proxy_of(l, 0)),
+        [(echo("v1", 9000), 80), (echo("v2", 9000), 20)]
+    );
+    assert!(res.routes.is_empty(), "a TCP server has no HTTP routes");
+    for subset in ["v1", "v2"] {
+        assert!(res.clusters.contains_key(&echo(subset, 9000)));
+    }
+
+    let res = translate(
+        &snapshot(istio_sample("tcp-echo/tcp-echo-all-v1.yaml")),
+        &tcp_echo_registry(),
+        &ingress_gateway(),
+    );
+    let l = listener(&res, &format!("{GATEWAY_IP}_31400"));
+    assert_eq!(tcp_clusters(&tcp_proxy_of(l, 0)), [(echo("v1", 9000), 0)]);
+    // Sidecars do not get the gateway's TCP route.
+    let side = translate(
+        &snapshot(istio_sample("tcp-echo/tcp-echo-all-v1.yaml")),
+        &tcp_echo_registry(),
+        &productpage(CaptureMode::Iptables),
+    );
+    let l = listener(&side, "10.96.0.40_9000");
+    assert_eq!(tcp_clusters(&tcp_proxy_of(l, 0)), [(echo("", 9000), 0)]);
+}
+
+#[test]
+fn gateway_tcp_port_without_a_route_closes_connections() {
+    let gateway_only: Vec<_> = istio_sample("tcp-echo/tcp-echo-all-v1.yaml")
+        .into_iter()
+        .filter(|r| r.kind != strait_api::Kind::VirtualService)
+        .collect();
+    // No VirtualService; then one whose only TCP match is for another port.
+    let mut other_port = gateway_only.clone();
+    other_port.extend(yaml(
+        "vs.yaml",
+        b"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: ['*']
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match: [{port: 31401}]
+    route: [{destination: {host: tcp-echo, port: {number: 9000}}}]
+",
+    ));
+    for resources in [gateway_only, other_port] {
+        let res = translate(
+            &snapshot(resources),
+            &tcp_echo_registry(),
+            &ingress_gateway(),
+        );
+        let l = listener(&res, &format!("{GATEWAY_IP}_31400"));
+        assert_eq!(l.filter_chains.len(), 1);
+        assert_eq!(
+            tcp_clusters(&tcp_proxy_of(l, 0)),
+            [("BlackHoleCluster".to_string(), 0)]
+        );
+    }
+}
+
+#[test]
+fn gateway_tls_passthrough_routes_on_sni_and_skips_terminated_tls() {
+    let config = snapshot(yaml(
+        "gateway-tls.yaml",
+        include_bytes!("data/gateway-tls.yaml"),
+    ));
+    let res = translate(&config, &tcp_echo_registry(), &ingress_gateway());
+    let names: Vec<&str> = res.listeners.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [format!("{GATEWAY_IP}_443")],
+        "terminated TLS is not translated"
+    );
+    let l = listener(&res, &format!("{GATEWAY_IP}_443"));
+    assert_eq!(
+        l.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let sni: Vec<&[String]> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .unwrap()
+                .server_names
+                .as_slice()
+        })
+        .collect();
+    // other.org is outside the server's hosts.
+    assert_eq!(
+        sni,
+        [
+            &["a.example.com".to_string()][..],
+            &["b.example.com".to_string()][..]
+        ]
+    );
+    assert_eq!(tcp_clusters(&tcp_proxy_of(l, 0)), [(echo("v1", 9000), 0)]);
+    assert_eq!(
+        tcp_clusters(&tcp_proxy_of(l, 1)),
+        [(echo("v1", 9001), 50), (echo("v2", 9001), 50)]
+    );
+}
+
+#[test]
+fn without_capture_tcp_services_listen_on_the_proxy_address() {
+    let mut registry = tcp_echo_registry();
+    let tcp = |name: &str, vip: &str, number| {
+        k8s_service(
+            name,
+            "default",
+            vip,
+            vec![strait_registry::Port {
+                name: "tcp".into(),
+                number,
+                protocol: strait_registry::Protocol::Tcp,
+            }],
+        )
+    };
+    // zookeeper shares 9000 with tcp-echo (which sorts first); legacy is on productpage's own
+    // inbound port.
+    for s in [
+        tcp("zookeeper", "10.96.0.41", 9000),
+        tcp("legacy", "10.96.0.42", 9080),
+    ] {
+        registry.services.insert(s.hostname.clone(), s);
+    }
+    let mut resources: Vec<_> = istio_sample("tcp-echo/tcp-echo-all-v1.yaml")
+        .into_iter()
+        .filter(|r| r.kind == strait_api::Kind::DestinationRule)
+        .collect();
+    resources.extend(yaml(
+        "vs.yaml",
+        b"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - match: [{port: 9000}]
+    route:
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v1}, weight: 80}
+    - {destination: {host: tcp-echo, port: {number: 9000}, subset: v2}, weight: 20}
+",
+    ));
+    let res = translate(
+        &snapshot(resources),
+        &registry,
+        &productpage(CaptureMode::None),
+    );
+    let names: Vec<&str> = res.listeners.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "10.1.0.10_15080",
+            "10.1.0.10_9000",
+            "10.1.0.10_9001",
+            "10.1.0.10_9080"
+        ]
+    );
+    let l = listener(&res, "10.1.0.10_9000");
+    assert!(l.bind_to_port.is_none(), "bound on the proxy's address");
+    let Some(address::Address::SocketAddress(sa)) = &l.address.as_ref().unwrap().address else {
+        panic!("no socket address")
+    };
+    assert_eq!(
+        (sa.address.as_str(), &sa.port_specifier),
+        (
+            PRODUCTPAGE_IP,
+            &Some(socket_address::PortSpecifier::PortValue(9000))
+        )
+    );
+    assert_eq!(
+        l.filter_chains.len(),
+        1,
+        "tcp-echo takes 9000, not zookeeper"
+    );
+    assert_eq!(
+        tcp_clusters(&tcp_proxy_of(l, 0)),
+        [(echo("v1", 9000), 80), (echo("v2", 9000), 20)]
+    );
+    // The VirtualService's match is for 9000: 9001 goes to the service.
+    let l = listener(&res, "10.1.0.10_9001");
+    assert_eq!(tcp_clusters(&tcp_proxy_of(l, 0)), [(echo("", 9001), 0)]);
+    // 9080 stays the workload's inbound port.
+    let l = listener(&res, "10.1.0.10_9080");
+    assert_eq!(
+        l.traffic_direction,
+        envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32
+    );
+}

@@ -19,6 +19,7 @@ mod gateway;
 mod http_policy;
 mod http_route;
 mod inbound;
+mod l4;
 mod outbound;
 mod route_config;
 

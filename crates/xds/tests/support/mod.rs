@@ -461,3 +461,53 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+// ---- TCP ----
+
+/// One of Istio's samples (`tcp-echo/tcp-echo-all-v1.yaml`), its resources.
+pub fn istio_sample(path: &str) -> Vec<Resource> {
+    let path = testdata().join("istio-samples").join(path);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml(&path.display().to_string(), &bytes)
+}
+
+pub const TCP_ECHO: &str = "tcp-echo.default.svc.cluster.local";
+
+/// Bookinfo plus Istio's tcp-echo service (ports 9000 `tcp` and 9001 `tcp-other`) with a v1
+/// and a v2 endpoint.
+pub fn tcp_echo_registry() -> Registry {
+    let mut r = bookinfo_registry();
+    let tcp = |name: &str, number| Port {
+        name: name.into(),
+        number,
+        protocol: Protocol::Tcp,
+    };
+    let svc = k8s_service(
+        "tcp-echo",
+        "default",
+        "10.96.0.40",
+        vec![tcp("tcp", 9000), tcp("tcp-other", 9001)],
+    );
+    for port in [9000, 9001] {
+        r.endpoints.insert(
+            (svc.hostname.clone(), port),
+            vec![
+                endpoint("10.1.0.40", port, &[("app", "tcp-echo"), ("version", "v1")]),
+                endpoint("10.1.0.41", port, &[("app", "tcp-echo"), ("version", "v2")]),
+            ],
+        );
+    }
+    r.services.insert(svc.hostname.clone(), svc);
+    r
+}
+
+/// Istio's TCP traffic-shifting task: the gateway and subsets of `tcp-echo-all-v1.yaml` with
+/// the VirtualService of `tcp-echo-20-v2.yaml` (80 % v1, 20 % v2).
+pub fn tcp_echo_80_20() -> Vec<Resource> {
+    let mut resources: Vec<Resource> = istio_sample("tcp-echo/tcp-echo-all-v1.yaml")
+        .into_iter()
+        .filter(|r| r.kind != strait_api::Kind::VirtualService)
+        .collect();
+    resources.extend(istio_sample("tcp-echo/tcp-echo-20-v2.yaml"));
+    resources
+}

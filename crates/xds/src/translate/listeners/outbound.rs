@@ -7,13 +7,18 @@
 //! `PassthroughCluster` (or `BlackHoleCluster` under `REGISTRY_ONLY`).
 //!
 //! Without capture: one HTTP proxy listener on `ADDRESS:15080` with route configuration
-//! `15080`. TCP services are not reachable that way yet.
+//! `15080`, and for each TCP or TLS service port P one listener `ADDRESS_P` bound on the proxy's
+//! own address, so an app whose hosts file maps service names to its sidecar's address reaches
+//! `tcp-echo:9000` by connecting there. Services share such a listener by port: TLS ones by SNI,
+//! plain TCP ones cannot be told apart, so the first by host name takes the port and the others
+//! are logged. A port the proxy already uses (15080, or one of its own inbound ports) is left
+//! to that use, and logged.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
-use strait_api::networking::virtual_service::{MESH_GATEWAY, RouteDestination};
+use strait_api::networking::virtual_service::MESH_GATEWAY;
 use strait_registry::{Protocol, Service};
 
 use super::config::{self, BoundVs};
@@ -21,7 +26,8 @@ use super::filters::{
     Hcm, HttpFilters, Routes, TcpTarget, bool_value, filter_chain, hcm_filter, listener,
     original_dst_listener_filter, tcp_proxy_filter, tls_inspector_listener_filter, u32_value,
 };
-use super::route_config;
+use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
+use super::{inbound, route_config};
 use crate::snapshot::OutboundPolicy;
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND_PORT,
@@ -73,15 +79,81 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
         route_name.clone(),
         route_config::http_proxy(ctx, vss, &route_name),
     );
-    if ctx
-        .visible_services()
-        .any(|s| s.ports.iter().any(|p| !p.protocol.is_http()))
-    {
-        tracing::debug!(
-            proxy = %ctx.proxy,
-            "TCP service ports are not reachable without capture yet; no listeners for them"
+    // TCP and TLS service ports, each on its own listener on the proxy's address.
+    let mut taken: std::collections::BTreeSet<u16> =
+        inbound::inbound_ports(ctx).into_keys().collect();
+    taken.insert(HTTP_PROXY_PORT);
+    for (port, services) in l4_ports(ctx) {
+        if taken.contains(&port) {
+            for (svc, _) in &services {
+                tracing::warn!(
+                    service = %svc.hostname,
+                    port,
+                    proxy = %ctx.proxy,
+                    "a TCP service port is one the proxy itself uses (15080 or an inbound port); \
+                     it is not reachable through this proxy without capture"
+                );
+            }
+            continue;
+        }
+        let mut l = listener(
+            format!("{ip}_{port}"),
+            &ip,
+            port,
+            TrafficDirection::Outbound,
+            true,
+        );
+        shared_port(ctx, vss, &mut l, port, &services);
+        insert(out, l);
+    }
+}
+
+/// The visible services' TCP and TLS ports, by port number, services in host name order.
+fn l4_ports<'a>(ctx: &Ctx<'a>) -> BTreeMap<u16, Vec<(&'a Service, Protocol)>> {
+    let mut ports: BTreeMap<u16, Vec<(&Service, Protocol)>> = BTreeMap::new();
+    for svc in ctx.visible_services() {
+        for p in svc.ports.iter().filter(|p| !p.protocol.is_http()) {
+            ports.entry(p.number).or_default().push((svc, p.protocol));
+        }
+    }
+    ports
+}
+
+/// Fills a listener that several services share by port (no VIP tells them apart): TLS services
+/// by SNI when all of them are TLS, else the first service alone (the others are logged).
+fn shared_port(
+    ctx: &Ctx<'_>,
+    vss: &[BoundVs<'_>],
+    l: &mut Listener,
+    port: u16,
+    services: &[(&Service, Protocol)],
+) {
+    if services.iter().all(|(_, p)| is_tls(*p)) {
+        l.listener_filters = vec![tls_inspector_listener_filter()];
+        let mut seen = std::collections::BTreeSet::new();
+        for (svc, protocol) in services {
+            for chain in l4_chains(ctx, vss, svc, port, *protocol, true) {
+                let key = chain
+                    .filter_chain_match
+                    .as_ref()
+                    .map(|m| m.server_names.clone());
+                if seen.insert(key) {
+                    l.filter_chains.push(chain);
+                }
+            }
+        }
+        return;
+    }
+    let (svc, protocol) = services[0];
+    for (other, _) in &services[1..] {
+        tracing::warn!(
+            service = %other.hostname,
+            port,
+            kept = %svc.hostname,
+            "two TCP services share a listener port; only the first by host name is reachable"
         );
     }
+    l.filter_chains = l4_chains(ctx, vss, svc, port, protocol, false);
 }
 
 fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
@@ -161,33 +233,7 @@ fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
             TrafficDirection::Outbound,
             false,
         );
-        let tls = services.iter().all(|(_, p)| is_tls(*p));
-        if tls {
-            l.listener_filters = vec![tls_inspector_listener_filter()];
-            let mut seen = std::collections::BTreeSet::new();
-            for (svc, protocol) in &services {
-                for chain in l4_chains(ctx, vss, svc, port, *protocol, true) {
-                    let key = chain
-                        .filter_chain_match
-                        .as_ref()
-                        .map(|m| m.server_names.clone());
-                    if seen.insert(key) {
-                        l.filter_chains.push(chain);
-                    }
-                }
-            }
-        } else {
-            let (svc, protocol) = services[0];
-            for (other, _) in &services[1..] {
-                tracing::warn!(
-                    service = %other.hostname,
-                    port,
-                    kept = %svc.hostname,
-                    "two TCP services without VIPs share a port; only the first is reachable"
-                );
-            }
-            l.filter_chains = l4_chains(ctx, vss, svc, port, protocol, false);
-        }
+        shared_port(ctx, vss, &mut l, port, &services);
         insert(out, l);
     }
 }
@@ -235,64 +281,6 @@ fn virtual_outbound(policy: OutboundPolicy) -> Listener {
     l
 }
 
-/// Where a TCP or TLS route sends connections.
-fn tcp_target(
-    ctx: &Ctx<'_>,
-    vs: &BoundVs<'_>,
-    port: u16,
-    dests: &[RouteDestination],
-) -> Option<TcpTarget> {
-    let suffix = &ctx.config.mesh.domain_suffix;
-    let cluster = |rd: &RouteDestination| -> Option<String> {
-        let d = rd.destination.as_ref()?;
-        let host = vs.resolve(&d.host, suffix);
-        let dport = d
-            .port
-            .as_ref()
-            .and_then(|p| u16::try_from(p.number).ok())
-            .filter(|p| *p != 0)
-            .or_else(|| match ctx.registry.services.get(&host) {
-                Some(s) if s.ports.len() == 1 => Some(s.ports[0].number),
-                _ => None,
-            })
-            .unwrap_or(port);
-        Some(outbound_cluster_name(dport, &d.subset, &host))
-    };
-    match dests {
-        [] => None,
-        [only] => cluster(only).map(TcpTarget::Cluster),
-        many => {
-            let weighted: Vec<(String, u32)> = many
-                .iter()
-                .filter_map(|rd| Some((cluster(rd)?, u32::try_from(rd.weight).ok()?)))
-                .filter(|(_, w)| *w > 0)
-                .collect();
-            (!weighted.is_empty()).then_some(TcpTarget::Weighted(weighted))
-        }
-    }
-}
-
-/// Does an L4 match (TCP or TLS) apply to this proxy on `port`?
-fn l4_applies(
-    ctx: &Ctx<'_>,
-    vs: &BoundVs<'_>,
-    port: Option<u32>,
-    source_labels: &BTreeMap<String, String>,
-    gateways: &[String],
-    source_namespace: &str,
-    on_port: u16,
-) -> bool {
-    port.is_none_or(|p| p == 0 || p == u32::from(on_port))
-        && source_labels
-            .iter()
-            .all(|(k, v)| ctx.proxy.labels.get(k) == Some(v))
-        && (gateways.is_empty()
-            || gateways
-                .iter()
-                .any(|g| config::qualified_gateway(g, vs.namespace) == MESH_GATEWAY))
-        && (source_namespace.is_empty() || source_namespace == ctx.proxy.namespace)
-}
-
 /// The filter chains for a TCP or TLS service port: TLS routes of its VirtualService by SNI,
 /// then the service itself (matched by its host name as SNI when `by_sni`, as on a shared
 /// wildcard listener), through its VirtualService's first TCP route that applies.
@@ -312,15 +300,7 @@ fn l4_chains(
         for tls in &vs.spec.tls {
             for m in &tls.matches {
                 if m.sni_hosts.is_empty()
-                    || !l4_applies(
-                        ctx,
-                        vs,
-                        m.port,
-                        &m.source_labels,
-                        &m.gateways,
-                        &m.source_namespace,
-                        port,
-                    )
+                    || !l4::applies(ctx, vs, &L4Match::from(m), port, MESH_GATEWAY)
                 {
                     continue;
                 }
@@ -344,17 +324,9 @@ fn l4_chains(
             .iter()
             .find(|r| {
                 r.matches.is_empty()
-                    || r.matches.iter().any(|m| {
-                        l4_applies(
-                            ctx,
-                            vs,
-                            m.port,
-                            &m.source_labels,
-                            &m.gateways,
-                            &m.source_namespace,
-                            port,
-                        )
-                    })
+                    || r.matches
+                        .iter()
+                        .any(|m| l4::applies(ctx, vs, &L4Match::from(m), port, MESH_GATEWAY))
             })
             .and_then(|r| tcp_target(ctx, vs, port, &r.route))
     });
@@ -380,30 +352,4 @@ fn l4_chains(
         }
     }
     kept
-}
-
-fn stat_name(target: &TcpTarget) -> String {
-    match target {
-        TcpTarget::Cluster(c) => c.clone(),
-        TcpTarget::Weighted(_) => "weighted".to_string(),
-    }
-}
-
-/// Destination subnets (`10.0.0.0/8`, or a bare address) as CIDR ranges; unreadable ones are
-/// skipped (validation has refused them).
-fn cidrs(subnets: &[String]) -> Vec<CidrRange> {
-    subnets
-        .iter()
-        .filter_map(|s| {
-            let (addr, len) = match s.split_once('/') {
-                Some((a, l)) => (a, l.parse::<u32>().ok()?),
-                None => (s.as_str(), if s.contains(':') { 128 } else { 32 }),
-            };
-            addr.parse::<std::net::IpAddr>().ok()?;
-            Some(CidrRange {
-                address_prefix: addr.to_string(),
-                prefix_len: Some(u32_value(len)),
-            })
-        })
-        .collect()
 }
