@@ -32,7 +32,7 @@ async fn requests_reach_the_app_through_its_sidecar_ingress() {
             server.ip
         ),
     );
-    server.envoy.wait_listener((server.ip, 9080).into()).await;
+    server.envoy().wait_listener((server.ip, 9080).into()).await;
     let client = mesh
         .sidecar(DataPlane::Envoy, "productpage-v1", "app=productpage")
         .await;
@@ -50,7 +50,7 @@ async fn requests_reach_the_app_through_its_sidecar_ingress() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let n = server
-            .envoy
+            .envoy()
             .stat("cluster.inbound|9080||.upstream_rq_total")
             .await
             .unwrap_or(0);

@@ -27,7 +27,7 @@ use super::filters::{
     original_dst_listener_filter, tcp_proxy_filter, tls_inspector_listener_filter, u32_value,
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
-use super::{inbound, route_config};
+use super::route_config;
 use crate::snapshot::OutboundPolicy;
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND_PORT,
@@ -81,7 +81,7 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
     );
     // TCP and TLS service ports, each on its own listener on the proxy's address.
     let mut taken: std::collections::BTreeSet<u16> =
-        inbound::inbound_ports(ctx).into_keys().collect();
+        ctx.inbound_ports().iter().map(|p| p.port).collect();
     taken.insert(HTTP_PROXY_PORT);
     for (port, services) in l4_ports(ctx) {
         if taken.contains(&port) {
