@@ -6,14 +6,15 @@ use serde_json::Value;
 /// with it under `"run"`).
 pub fn table(result: &Value) -> String {
     let run = result.get("run").unwrap_or(result);
-    let ms = |v: &Value| {
-        v.as_f64()
-            .map_or("-".to_string(), |s| format!("{:.1} ms", s * 1000.0))
+    let ms = |v: &Value| match v.as_f64() {
+        Some(s) if s >= 1.0 => format!("{s:.2} s"),
+        Some(s) => format!("{:.1} ms", s * 1000.0),
+        None => "-".to_string(),
     };
     let s = |v: &Value| v.as_f64().map_or("-".to_string(), |s| format!("{s:.2} s"));
     let mb = |v: &Value| v.as_f64().map_or("-".to_string(), |m| format!("{m:.0} MB"));
     let bound = |v: &Value| match v {
-        Value::String(t) => format!("≤ {t}"),
+        Value::String(_) => "> 10 s (above the top bucket)".to_string(),
         v => v
             .as_f64()
             .map_or("-".to_string(), |b| format!("≤ {:.0} ms", b * 1000.0)),
