@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
+# What the script needs beyond the Rust toolchain.
+command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq; }
 STRAIT=$TARGET/release/strait
 LOAD=$TARGET/release/strait-xds-load
 
