@@ -464,3 +464,111 @@ async fn envoy_keeps_serving_while_the_control_plane_restarts() {
         assert_eq!(client.get(REVIEWS, &[]).await.status, 200);
     }
 }
+
+/// Istio's tcp-traffic-shifting task: its samples unchanged, two TCP echo backends (`one` as
+/// v1, `two` as v2), 1000 connections through the ingress gateway's TCP port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_traffic_shifting_80_20_through_the_gateway() {
+    use support::mesh::{tcp_line, tcp_line_until};
+    let mut mesh = Mesh::new();
+    // The Service (ports 9000 `tcp`, 9001 `tcp-other`) and Deployments Strait stores but does
+    // not run; the backends stand in for the Deployments.
+    mesh.apply(&sample("tcp-echo/tcp-echo-services.yaml"));
+    for (version, prefix) in [("v1", "one"), ("v2", "two")] {
+        mesh.workload(
+            "tcp-echo",
+            version,
+            "tcp",
+            strait_testsupport::Backend::tcp_echo(prefix),
+        );
+    }
+    mesh.apply(&sample("tcp-echo/tcp-echo-all-v1.yaml"));
+    let gw = mesh
+        .gateway(
+            PLANE,
+            "istio-ingressgateway",
+            "istio=ingressgateway",
+            &[31400],
+        )
+        .await;
+    let addr = std::net::SocketAddr::from((gw.ip, 31400));
+    tcp_line_until(addr, "tcp-echo v1", |a| a == "one hello", &gw).await;
+    for _ in 0..20 {
+        assert_eq!(tcp_line(addr, "hello").await.unwrap(), "one hello");
+    }
+
+    mesh.apply(&sample("tcp-echo/tcp-echo-20-v2.yaml"));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let dump = gw.envoy.config_dump().await.to_string();
+        if dump.contains("\"weight\":80")
+            && dump.contains("outbound|9000|v1|tcp-echo.default.svc.cluster.local")
+            && dump.contains("outbound|9000|v2|tcp-echo.default.svc.cluster.local")
+            && dump.contains("weighted_clusters")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tcp-echo-20-v2.yaml did not reach Envoy in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The new listener config replaces the old one; let it take over before counting.
+    tcp_line_until(addr, "tcp-echo v2", |a| a == "two hello", &gw).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 1000;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..n {
+        let answer = tcp_line(addr, "hello")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}\n{}", gw.envoy.log()));
+        let who = answer
+            .strip_suffix(" hello")
+            .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
+        *counts.entry(who.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        n,
+        "every connection answered"
+    );
+    for (who, want) in [("one", 80.0), ("two", 20.0)] {
+        let got = share(&counts, who, n);
+        assert!(
+            (got - want).abs() <= 5.0,
+            "{who} got {got:.1}% of {n} connections, want {want}% ±5: {counts:?}"
+        );
+    }
+}
+
+/// Without capture, a sidecar listens on its own address on each TCP service port: an app
+/// whose hosts file maps `tcp-echo` to its sidecar reaches the service there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_service_through_a_no_capture_sidecar() {
+    use support::mesh::{tcp_line, tcp_line_until};
+    let mut mesh = Mesh::new();
+    mesh.service("tcp-echo", 9000, "tcp");
+    mesh.workload(
+        "tcp-echo",
+        "v1",
+        "tcp",
+        strait_testsupport::Backend::tcp_echo("one"),
+    );
+    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let addr = std::net::SocketAddr::from((client.ip, 9000));
+    client.envoy.wait_listener(addr).await;
+    tcp_line_until(
+        addr,
+        "tcp-echo through the sidecar",
+        |a| a == "one hello",
+        &client,
+    )
+    .await;
+    assert_eq!(tcp_line(addr, "again").await.unwrap(), "one again");
+    let backend = mesh.backend("tcp-echo", "v1");
+    assert!(
+        backend.connection_count() >= 2,
+        "the connections reached the backend"
+    );
+}

@@ -310,3 +310,53 @@ impl Proxy {
         counts
     }
 }
+
+/// Opens a TCP connection to `addr`, sends `line` (with a newline) and returns the first line
+/// of the answer, without its newline; 5 s at most.
+pub async fn tcp_line(addr: SocketAddr, line: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        let n = BufReader::new(stream).read_line(&mut answer).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed without an answer",
+            ));
+        }
+        Ok(answer.trim_end().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer in 5 s",
+            ))
+        })
+}
+
+/// Waits (15 s at most) until a line sent to `addr` is answered with one that `check` accepts.
+pub async fn tcp_line_until(
+    addr: SocketAddr,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+    proxy: &Proxy,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let last = match tcp_line(addr, "hello").await {
+            Ok(answer) if check(&answer) => return answer,
+            Ok(answer) => answer,
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "waited 15 s for {what} at {addr}; last answer: {last}\n{}",
+            proxy.envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
