@@ -500,7 +500,7 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
     mesh.apply(&sample("tcp-echo/tcp-echo-20-v2.yaml"));
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let dump = gw.envoy.config_dump().await.to_string();
+        let dump = gw.config_dump().await.to_string();
         if dump.contains("\"weight\":80")
             && dump.contains("outbound|9000|v1|tcp-echo.default.svc.cluster.local")
             && dump.contains("outbound|9000|v2|tcp-echo.default.svc.cluster.local")
@@ -522,7 +522,7 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
     for i in 0..n {
         let answer = tcp_line(addr, "hello")
             .await
-            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}\n{}", gw.envoy.log()));
+            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}\n{}", gw.envoy().log()));
         let who = answer
             .strip_suffix(" hello")
             .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
@@ -557,7 +557,7 @@ async fn tcp_service_through_a_no_capture_sidecar() {
     );
     let client = mesh.sidecar(PLANE, "client", "app=client").await;
     let addr = std::net::SocketAddr::from((client.ip, 9000));
-    client.envoy.wait_listener(addr).await;
+    client.envoy().wait_listener(addr).await;
     tcp_line_until(
         addr,
         "tcp-echo through the sidecar",

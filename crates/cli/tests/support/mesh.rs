@@ -355,7 +355,7 @@ pub async fn tcp_line_until(
         assert!(
             Instant::now() < deadline,
             "waited 15 s for {what} at {addr}; last answer: {last}\n{}",
-            proxy.envoy.log()
+            proxy.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
