@@ -1,7 +1,6 @@
 //! Which VirtualServices and DestinationRules apply to a proxy.
 
 use strait_api::ObjectMeta;
-use strait_api::networking::destination_rule::{ConsistentHashLb, DestinationRule};
 use strait_api::networking::virtual_service::{MESH_GATEWAY, VirtualService};
 use strait_registry::fqdn;
 
@@ -103,95 +102,4 @@ pub(super) fn for_host<'v, 'a>(vss: &'v [BoundVs<'a>], host: &str) -> Option<&'v
             },
         )
         .map(|(_, vs)| vs)
-}
-
-/// The DestinationRule that applies to traffic from this proxy to `host`: one in the proxy's
-/// namespace, else the host's namespace, else the root namespace; an exact host before a
-/// wildcard. Rules with a workload selector apply only in their namespace, to matching proxies.
-///
-/// A local lookup: the clusters side has its own, for the cluster settings.
-pub(super) fn destination_rule<'a>(
-    ctx: &Ctx<'a>,
-    host: &str,
-) -> Option<(&'a ObjectMeta, &'a DestinationRule)> {
-    let suffix = &ctx.config.mesh.domain_suffix;
-    let proxy_ns = ctx.proxy.namespace.as_str();
-    let host_ns = ctx
-        .registry
-        .services
-        .get(host)
-        .map(|s| s.namespace.as_str());
-    ctx.config
-        .destination_rules()
-        .filter_map(|(meta, dr)| {
-            let ns = namespace_of(meta);
-            if !exported_to(&dr.export_to, ns, proxy_ns) {
-                return None;
-            }
-            if let Some(sel) = &dr.workload_selector
-                && (ns != proxy_ns
-                    || !sel
-                        .match_labels
-                        .iter()
-                        .all(|(k, v)| ctx.proxy.labels.get(k) == Some(v)))
-            {
-                return None;
-            }
-            let dr_host = fqdn(&dr.host, ns, suffix);
-            if !host_matches(&dr_host, host) {
-                return None;
-            }
-            let ns_rank = if ns == proxy_ns {
-                0
-            } else if Some(ns) == host_ns {
-                1
-            } else if ns == ctx.config.mesh.root_namespace {
-                2
-            } else {
-                return None;
-            };
-            let exact = usize::from(dr_host != host);
-            Some(((ns_rank, exact), (meta, dr)))
-        })
-        .min_by_key(|(rank, _)| *rank)
-        .map(|(_, found)| found)
-}
-
-/// The consistent-hash settings for traffic to `host`, `subset` (may be empty), `port`, as
-/// Istio picks them: the subset's port-level setting, the subset's, the rule's port-level
-/// setting, the rule's.
-pub(super) fn consistent_hash<'a>(
-    ctx: &Ctx<'a>,
-    host: &str,
-    subset: &str,
-    port: Option<u16>,
-) -> Option<&'a ConsistentHashLb> {
-    let (_, dr) = destination_rule(ctx, host)?;
-    let port_level =
-        |policy: Option<&'a strait_api::networking::destination_rule::TrafficPolicy>| {
-            let port = u32::from(port?);
-            policy?
-                .port_level_settings
-                .iter()
-                .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))?
-                .load_balancer
-                .as_ref()?
-                .consistent_hash
-                .as_ref()
-        };
-    let top = dr.traffic_policy.as_deref();
-    let subset_policy = (!subset.is_empty())
-        .then(|| dr.subset(subset))
-        .flatten()
-        .and_then(|s| s.traffic_policy.as_ref());
-    port_level(subset_policy)
-        .or_else(|| {
-            subset_policy?
-                .load_balancer
-                .as_ref()?
-                .consistent_hash
-                .as_ref()
-        })
-        .or_else(|| port_level(top))
-        .or_else(|| top?.load_balancer.as_ref()?.consistent_hash.as_ref())
 }

@@ -15,7 +15,6 @@ use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent::DenominatorType};
 use envoy_types::util::pack_any;
-use strait_api::networking::destination_rule::ConsistentHashLb;
 use strait_api::networking::virtual_service::{
     AbortError, CorsPolicy, HttpFaultInjection, HttpRedirect, HttpRetry, Percent,
     RedirectPortSelection, UnmatchedPreflights,
@@ -136,36 +135,6 @@ pub(super) fn retry_policy_for(retries: Option<&HttpRetry>, consistent_hash: boo
         });
     }
     out
-}
-
-/// A DestinationRule's consistent hash → a route hash policy.
-pub(super) fn hash_policy(h: &ConsistentHashLb) -> Option<route_action::HashPolicy> {
-    use route_action::hash_policy::{
-        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
-    };
-    let specifier = if let Some(name) = &h.http_header_name {
-        PolicySpecifier::Header(Header {
-            header_name: name.clone(),
-            ..Default::default()
-        })
-    } else if let Some(c) = &h.http_cookie {
-        PolicySpecifier::Cookie(Cookie {
-            name: c.name.clone(),
-            ttl: c.ttl.as_ref().map(|t| duration(t.as_nanos())),
-            path: c.path.clone(),
-            ..Default::default()
-        })
-    } else if let Some(ip) = h.use_source_ip {
-        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: ip })
-    } else if let Some(name) = &h.http_query_parameter_name {
-        PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
-    } else {
-        return None;
-    };
-    Some(route_action::HashPolicy {
-        policy_specifier: Some(specifier),
-        ..Default::default()
-    })
 }
 
 pub(super) fn redirect_action_for(r: &HttpRedirect, port: u16) -> Option<route::Action> {

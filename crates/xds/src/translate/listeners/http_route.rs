@@ -22,19 +22,18 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
 };
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::util::pack_any;
-use strait_api::networking::destination_rule::ConsistentHashLb;
 use strait_api::networking::virtual_service::{
     Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
     StringMatchKind,
 };
 
-use super::config::{BoundVs, consistent_hash, qualified_gateway};
+use super::config::{BoundVs, qualified_gateway};
 use super::filters::{CORS, FAULT, bool_value, u32_value};
 use super::http_policy::{
-    base64_decode, hash_policy, hundred, million, redirect_action_for, retry_policy_for,
-    set_timeout, translate_cors, translate_fault,
+    base64_decode, hundred, million, redirect_action_for, retry_policy_for, set_timeout,
+    translate_cors, translate_fault,
 };
-use crate::translate::{Ctx, outbound_cluster_name};
+use crate::translate::{Ctx, clusters, outbound_cluster_name};
 
 /// Envoy's default is 4 KiB; Istio raises it to the 1 MiB its validation allows.
 pub(super) const MAX_DIRECT_RESPONSE_BODY_BYTES: u32 = 1024 * 1024;
@@ -83,12 +82,16 @@ pub(super) fn virtual_service_routes(scope: &RouteScope<'_, '_>, vs: &BoundVs<'_
 
 /// The route for a host without a VirtualService: everything to the service's cluster, with
 /// Istio's default retries and no timeout.
-pub(super) fn default_route(host: &str, port: u16, hash: Option<&ConsistentHashLb>) -> Route {
+pub(super) fn default_route(
+    host: &str,
+    port: u16,
+    hash: Option<route_action::HashPolicy>,
+) -> Route {
     let cluster = outbound_cluster_name(port, "", host);
     let mut action = RouteAction {
         cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
         retry_policy: Some(retry_policy_for(None, hash.is_some())),
-        hash_policy: hash.and_then(hash_policy).into_iter().collect(),
+        hash_policy: hash.into_iter().collect(),
         ..Default::default()
     };
     set_timeout(&mut action, None);
@@ -493,14 +496,16 @@ fn destination_port(scope: &RouteScope<'_, '_>, host: &str, d: &Destination) -> 
     }
 }
 
-fn destination_hash<'a>(
-    scope: &RouteScope<'_, 'a>,
+/// The hash policy of the DestinationRule (and subset, and port) a destination goes to, as
+/// the cluster builder resolves it.
+fn destination_hash(
+    scope: &RouteScope<'_, '_>,
     vs: &BoundVs<'_>,
     d: &Destination,
-) -> Option<&'a ConsistentHashLb> {
+) -> Option<route_action::HashPolicy> {
     let host = vs.resolve(&d.host, &scope.ctx.config.mesh.domain_suffix);
-    let port = d.port.as_ref().and_then(|p| u16::try_from(p.number).ok());
-    consistent_hash(scope.ctx, &host, &d.subset, port)
+    let port = destination_port(scope, &host, d);
+    clusters::hash_policy(scope.ctx, &host, &d.subset, port)
 }
 
 fn route_action_for(
@@ -566,7 +571,7 @@ fn route_action_for(
             ));
             if let Some(h) = destination_hash(scope, vs, d) {
                 consistent = true;
-                action.hash_policy.extend(hash_policy(h));
+                action.hash_policy.push(h);
             }
         }
         if let Some(headers) = &only.headers {
@@ -610,7 +615,7 @@ fn route_action_for(
                 }
             }
             if let Some(h) = destination_hash(scope, vs, d) {
-                action.hash_policy.extend(hash_policy(h));
+                action.hash_policy.push(h);
             }
             clusters.push(cw);
         }

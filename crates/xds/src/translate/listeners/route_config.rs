@@ -15,14 +15,14 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use strait_registry::{Origin, Resolution, Service};
 
-use super::config::{self, BoundVs, consistent_hash};
+use super::config::{self, BoundVs};
 use super::filters::{bool_value, duration, u32_value};
 use super::http_policy::stream_duration_limit;
 use super::http_route::{
     MAX_DIRECT_RESPONSE_BODY_BYTES, RouteScope, default_route, prefix_match, virtual_service_routes,
 };
 use crate::snapshot::OutboundPolicy;
-use crate::translate::{Ctx, PASSTHROUGH_CLUSTER};
+use crate::translate::{Ctx, PASSTHROUGH_CLUSTER, clusters};
 
 /// The HTTP ports of the services this proxy sees, in order.
 pub(super) fn http_ports(ctx: &Ctx<'_>) -> BTreeSet<u16> {
@@ -123,7 +123,7 @@ fn port_virtual_hosts(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], port: u16) -> Vec<Virt
             .and_then(|vs| vss.iter().position(|v| std::ptr::eq(v, vs)));
         let mut routes = vs_index.map(&mut routes_of).unwrap_or_default();
         if routes.is_empty() {
-            let hash = consistent_hash(ctx, &svc.hostname, "", Some(port));
+            let hash = clusters::hash_policy(ctx, &svc.hostname, "", port);
             routes = vec![default_route(&svc.hostname, port, hash)];
         }
         out.push(VirtualHost {
