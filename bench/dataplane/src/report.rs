@@ -18,22 +18,24 @@ pub struct Settings {
     pub rate: u32,
     pub seconds: u64,
     pub max_seconds: u64,
+    pub h2_seconds: u64,
     pub connections: u32,
     pub body_size: usize,
 }
 
 impl Settings {
     pub fn for_mode(a: &RunArgs) -> Settings {
-        let (rounds, rate, seconds, max_seconds) = match a.mode {
-            Mode::Full => (3, 1000, 30, 15),
-            Mode::Quick => (1, 1000, 10, 8),
-            Mode::Smoke => (1, 200, 2, 2),
+        let (rounds, rate, seconds, max_seconds, h2_seconds) = match a.mode {
+            Mode::Full => (3, 1000, 30, 15, 10),
+            Mode::Quick => (1, 1000, 10, 8, 5),
+            Mode::Smoke => (1, 200, 2, 2, 2),
         };
         Settings {
             rounds: a.rounds.unwrap_or(rounds).max(1),
             rate: a.rate.unwrap_or(rate),
             seconds: a.seconds.unwrap_or(seconds),
             max_seconds: a.max_seconds.unwrap_or(max_seconds),
+            h2_seconds: a.h2_seconds.unwrap_or(h2_seconds),
             connections: a.connections,
             body_size: a.body_size,
         }
@@ -53,6 +55,8 @@ pub struct ProxyUsage {
     /// CPU seconds per 1000 requests: at 1000 requests per second, the cores kept busy.
     pub cpu_per_1000_requests_fixed: f64,
     pub cpu_per_1000_requests_max: f64,
+    pub cpu_per_1000_requests_h2: f64,
+    pub cpu_per_1000_requests_grpc: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +65,22 @@ pub struct RoundResult {
     pub round: u32,
     pub fixed: Outcome,
     pub max: Outcome,
+    /// HTTP/2 (h2c) at the maximum rate (closed loop).
+    pub h2: Outcome,
+    /// gRPC unary at the maximum rate (closed loop).
+    pub grpc: Outcome,
     pub proxies: Vec<ProxyUsage>,
+}
+
+/// Medians over the rounds of one protocol's maximum-rate run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolSummary {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub cpu_per_1000_requests: Option<f64>,
+    pub errors: u64,
 }
 
 /// Medians over the rounds for one configuration.
@@ -86,6 +105,10 @@ pub struct Summary {
     pub idle_rss_mb: Option<f64>,
     pub steady_rss_mb: Option<f64>,
     pub peak_rss_mb: Option<f64>,
+    /// HTTP/2 (h2c) and gRPC unary at the maximum rate (closed loop): requests per second,
+    /// latency, and both sidecars' CPU seconds per 1000 requests.
+    pub h2: ProtocolSummary,
+    pub grpc: ProtocolSummary,
     /// Failed requests plus iterations k6 could not start on time, over every round.
     pub errors: u64,
     pub dropped: u64,
@@ -138,9 +161,25 @@ fn summarize(rounds: &[&RoundResult]) -> Summary {
         idle_rss_mb: max_mem(&|p| p.idle_rss_mb),
         steady_rss_mb: max_mem(&|p| p.steady_rss_mb),
         peak_rss_mb: max_mem(&|p| p.peak_rss_mb),
+        h2: ProtocolSummary {
+            rps: m(&|r| r.h2.rps),
+            p50_ms: m(&|r| r.h2.p50_ms),
+            p99_ms: m(&|r| r.h2.p99_ms),
+            p999_ms: m(&|r| r.h2.p999_ms),
+            cpu_per_1000_requests: sum_cpu(&|p| p.cpu_per_1000_requests_h2),
+            errors: rounds.iter().map(|r| r.h2.failed).sum(),
+        },
+        grpc: ProtocolSummary {
+            rps: m(&|r| r.grpc.rps),
+            p50_ms: m(&|r| r.grpc.p50_ms),
+            p99_ms: m(&|r| r.grpc.p99_ms),
+            p999_ms: m(&|r| r.grpc.p999_ms),
+            cpu_per_1000_requests: sum_cpu(&|p| p.cpu_per_1000_requests_grpc),
+            errors: rounds.iter().map(|r| r.grpc.failed).sum(),
+        },
         errors: rounds
             .iter()
-            .map(|r| r.fixed.failed + r.max.failed + r.fixed.dropped)
+            .map(|r| r.fixed.failed + r.max.failed + r.fixed.dropped + r.h2.failed + r.grpc.failed)
             .sum(),
         dropped: rounds.iter().map(|r| r.fixed.dropped).sum(),
     }
@@ -179,7 +218,11 @@ impl Report {
                     ratios.insert(key.to_string(), a / b);
                 }
             };
-            ratio("added_p99_latency", s.added_p99_ms, e.added_p99_ms);
+            // Added latency is a difference of noisy numbers: a ratio only when both are above
+            // the floor (in a short run either may come out below `direct`).
+            if s.added_p99_ms.is_some_and(|v| v > 0.0) && e.added_p99_ms.is_some_and(|v| v > 0.0) {
+                ratio("added_p99_latency", s.added_p99_ms, e.added_p99_ms);
+            }
             ratio("p99_latency", Some(s.p99_ms), Some(e.p99_ms));
             ratio("steady_rss", s.steady_rss_mb, e.steady_rss_mb);
             ratio("peak_rss", s.peak_rss_mb, e.peak_rss_mb);
@@ -189,6 +232,18 @@ impl Report {
                 e.cpu_per_1000_requests,
             );
             ratio("max_rps", Some(s.max_rps), Some(e.max_rps));
+            ratio("h2_max_rps", Some(s.h2.rps), Some(e.h2.rps));
+            ratio("grpc_max_rps", Some(s.grpc.rps), Some(e.grpc.rps));
+            ratio(
+                "h2_cpu_per_1000_requests",
+                s.h2.cpu_per_1000_requests,
+                e.h2.cpu_per_1000_requests,
+            );
+            ratio(
+                "grpc_cpu_per_1000_requests",
+                s.grpc.cpu_per_1000_requests,
+                e.grpc.cpu_per_1000_requests,
+            );
         }
         Report {
             date: today(),
@@ -327,6 +382,30 @@ pub fn markdown(r: &Report) -> String {
             opt(x.peak_rss_mb, 1),
             x.errors,
         );
+    }
+    let _ = writeln!(
+        s,
+        "\nHTTP/2 (h2c, `GET /`) and gRPC unary (`POST`, 16-byte request, {} B reply), {} connections \
+         with one stream each, {} s each at the maximum rate (closed loop, h2load):\n",
+        st.body_size, st.connections, st.h2_seconds
+    );
+    let _ = writeln!(
+        s,
+        "| config | protocol | req/s | p50 ms | p99 ms | p99.9 ms | CPU s per 1000 req (both sidecars) | errors |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (name, x) in &r.summary {
+        for (proto, p) in [("h2c", &x.h2), ("gRPC", &x.grpc)] {
+            let _ = writeln!(
+                s,
+                "| {name} | {proto} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                p.rps,
+                p.p50_ms,
+                p.p99_ms,
+                p.p999_ms,
+                opt(p.cpu_per_1000_requests, 3),
+                p.errors
+            );
+        }
     }
     if !r.ratios.is_empty() {
         let _ = writeln!(

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::ValueEnum;
 
+use crate::h2load::{self, Kind};
 use crate::k6::{self, Load, Outcome};
 use crate::procs::{self, Process};
 use crate::report::{self, ProxyUsage, Report, RoundResult, Settings};
@@ -48,7 +49,15 @@ struct Paths {
     strait_proxy: PathBuf,
     envoy: Option<PathBuf>,
     k6: PathBuf,
+    h2load: PathBuf,
     me: PathBuf,
+}
+
+/// Where the upstream listens: one port per protocol the Service declares.
+struct Ports {
+    http: u16,
+    http2: u16,
+    grpc: u16,
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
@@ -86,6 +95,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             None
         },
         k6: k6::find(&repo)?,
+        h2load: h2load::find()?,
         me,
     };
     let settings = Settings::for_mode(&args);
@@ -100,19 +110,21 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     );
     let client_ip = format!("{net}.10");
     let server_ip = format!("{net}.11");
-    let port = free_port("127.0.0.1")?;
-    let upstream_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-
+    let ports = Ports {
+        http: free_port("127.0.0.1")?,
+        http2: free_port("127.0.0.1")?,
+        grpc: free_port("127.0.0.1")?,
+    };
+    let upstream_addr: SocketAddr = format!("127.0.0.1:{}", ports.http).parse()?;
+    let mut upstream_args = vec!["upstream".to_string()];
+    for p in [ports.http, ports.http2, ports.grpc] {
+        upstream_args.extend(["--listen".into(), format!("127.0.0.1:{p}")]);
+    }
+    upstream_args.extend(["--size".into(), args.body_size.to_string()]);
     let mut upstream = Process::spawn(
         "upstream",
         &paths.me,
-        &[
-            "upstream".into(),
-            "--listen".into(),
-            upstream_addr.to_string(),
-            "--size".into(),
-            args.body_size.to_string(),
-        ],
+        &upstream_args,
         work.path().join("upstream.log"),
     )?;
     wait_http(
@@ -124,10 +136,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 
     let cp = ControlPlane::start(&paths.strait, work.path())?;
     let yaml = work.path().join("bench.yaml");
-    std::fs::write(&yaml, mesh_yaml(&server_ip, port))?;
+    std::fs::write(&yaml, mesh_yaml(&server_ip, &ports))?;
     cp.strait(&["apply", "-f", &yaml.display().to_string()])?;
 
-    let host = format!("{SERVICE}.{NAMESPACE}.svc.cluster.local:{port}");
+    let service = format!("{SERVICE}.{NAMESPACE}.svc.cluster.local");
+    let host = format!("{service}:{}", ports.http);
     let mut rounds = Vec::new();
     for round in 0..settings.rounds {
         let mut order = args.configs.clone();
@@ -146,12 +159,23 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                     work.path(),
                 )?),
             };
-            let (url, proxy) = match &sidecars {
-                None => (format!("http://{upstream_addr}/"), None),
-                Some(_) => (
-                    format!("http://{host}/"),
-                    Some(format!("http://{client_ip}:15080")),
-                ),
+            let target = match &sidecars {
+                None => Target {
+                    url: format!("http://{upstream_addr}/"),
+                    proxy: None,
+                    h2_url: format!("http://127.0.0.1:{}/", ports.http2),
+                    grpc_url: format!("http://127.0.0.1:{}/", ports.grpc),
+                    h2_authority: format!("127.0.0.1:{}", ports.http2),
+                    grpc_authority: format!("127.0.0.1:{}", ports.grpc),
+                },
+                Some(_) => Target {
+                    url: format!("http://{host}/"),
+                    proxy: Some(format!("http://{client_ip}:15080")),
+                    h2_url: format!("http://{client_ip}:15080/"),
+                    grpc_url: format!("http://{client_ip}:15080/"),
+                    h2_authority: format!("{service}:{}", ports.http2),
+                    grpc_authority: format!("{service}:{}", ports.grpc),
+                },
             };
             if let Some(s) = &sidecars {
                 s.probe(&host)?;
@@ -163,8 +187,8 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                 &args,
                 &paths,
                 work.path(),
-                &url,
-                proxy.as_deref(),
+                &target,
+                upstream_addr,
                 sidecars,
                 ticks,
             )?;
@@ -198,8 +222,8 @@ fn measure(
     args: &RunArgs,
     paths: &Paths,
     work: &Path,
-    url: &str,
-    proxy: Option<&str>,
+    target: &Target,
+    upstream: SocketAddr,
     mut sidecars: Option<Sidecars>,
     ticks: f64,
 ) -> anyhow::Result<RoundResult> {
@@ -227,8 +251,8 @@ fn measure(
         let fixed = k6::run(
             &paths.k6,
             work,
-            url,
-            proxy,
+            &target.url,
+            target.proxy.as_deref(),
             Load::Rate {
                 rate: settings.rate,
             },
@@ -247,8 +271,8 @@ fn measure(
     let max = k6::run(
         &paths.k6,
         work,
-        url,
-        proxy,
+        &target.url,
+        target.proxy.as_deref(),
         Load::Max,
         args.connections,
         Duration::from_secs(settings.max_seconds),
@@ -259,9 +283,37 @@ fn measure(
         .map(|(_, pid)| procs::sample(*pid, ticks))
         .collect::<Result<_, _>>()?;
 
+    // HTTP/2 and gRPC, each at the maximum rate; every success must have reached the upstream.
+    let mut h2_runs = Vec::new();
+    for (kind, url, authority) in [
+        (Kind::H2, &target.h2_url, &target.h2_authority),
+        (Kind::Grpc, &target.grpc_url, &target.grpc_authority),
+    ] {
+        let served_before = served(upstream)?;
+        let mut o = h2load::run(
+            &paths.h2load,
+            work,
+            url,
+            authority,
+            kind,
+            args.connections,
+            Duration::from_secs(settings.h2_seconds),
+        )
+        .with_context(|| format!("{}: {kind:?} load", config.name()))?;
+        let reached = served(upstream)? - served_before;
+        o.failed += o.requests.saturating_sub(reached);
+        let after: Vec<procs::ProcSample> = pids
+            .iter()
+            .map(|(_, pid)| procs::sample(*pid, ticks))
+            .collect::<Result<_, _>>()?;
+        h2_runs.push((o, after));
+    }
     if let Some(s) = sidecars.as_mut() {
         s.check_running()?;
     }
+    let mut runs = h2_runs.into_iter();
+    let (h2, after_h2) = runs.next().expect("the HTTP/2 run");
+    let (grpc, after_grpc) = runs.next().expect("the gRPC run");
     let proxies = pids
         .iter()
         .enumerate()
@@ -284,6 +336,14 @@ fn measure(
                     after_max[i].cpu_seconds - after_fixed[i].cpu_seconds,
                     &max,
                 ),
+                cpu_per_1000_requests_h2: per_1000(
+                    after_h2[i].cpu_seconds - after_max[i].cpu_seconds,
+                    &h2,
+                ),
+                cpu_per_1000_requests_grpc: per_1000(
+                    after_grpc[i].cpu_seconds - after_h2[i].cpu_seconds,
+                    &grpc,
+                ),
             }
         })
         .collect();
@@ -293,6 +353,8 @@ fn measure(
         round,
         fixed,
         max,
+        h2,
+        grpc,
         proxies,
     })
 }
@@ -304,6 +366,31 @@ fn mb(bytes: u64) -> f64 {
 /// CPU seconds per 1000 requests (at 1000 requests per second, the cores it keeps busy).
 fn per_1000(cpu_seconds: f64, o: &Outcome) -> f64 {
     cpu_seconds / (o.requests.max(1) as f64 / 1000.0)
+}
+
+/// Where a configuration's load goes: HTTP/1.1 through k6 (with the client sidecar as its HTTP
+/// proxy), HTTP/2 and gRPC through h2load (straight to the sidecar's listener, with the
+/// service's name as the `:authority`).
+struct Target {
+    url: String,
+    proxy: Option<String>,
+    h2_url: String,
+    grpc_url: String,
+    h2_authority: String,
+    grpc_authority: String,
+}
+
+/// How many requests the upstream has served (its `/__served`).
+fn served(upstream: SocketAddr) -> anyhow::Result<u64> {
+    let mut s = TcpStream::connect_timeout(&upstream, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /__served HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    text.rsplit("\r\n\r\n")
+        .next()
+        .and_then(|b| b.trim().parse().ok())
+        .with_context(|| format!("the upstream's /__served said {text:?}"))
 }
 
 /// `strait control-plane` on a fresh data directory and free loopback ports.
@@ -549,7 +636,8 @@ fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The mesh the benchmark runs: one Service and its one workload, the server.
-fn mesh_yaml(server_ip: &str, port: u16) -> String {
+fn mesh_yaml(server_ip: &str, ports: &Ports) -> String {
+    let Ports { http, http2, grpc } = ports;
     format!(
         "apiVersion: v1
 kind: Namespace
@@ -566,7 +654,11 @@ spec:
     app: {SERVICE}
   ports:
   - name: http
-    port: {port}
+    port: {http}
+  - name: http2
+    port: {http2}
+  - name: grpc
+    port: {grpc}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -578,7 +670,9 @@ spec:
   labels:
     app: {SERVICE}
   ports:
-    http: {port}
+    http: {http}
+    http2: {http2}
+    grpc: {grpc}
 "
     )
 }

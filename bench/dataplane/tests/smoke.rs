@@ -3,8 +3,8 @@
 //! the report's shape and zero errors, never speed.
 //!
 //! Needs the workspace's binaries (`cargo build --workspace --bins`), Envoy
-//! (`bash scripts/install-envoy.sh`) and k6 (`bash scripts/install-k6.sh`); scripts/test.sh does
-//! all three first.
+//! (`bash scripts/install-envoy.sh`), k6 (`bash scripts/install-k6.sh`) and h2load
+//! (`apt-get install -y nghttp2-client`); scripts/test.sh does all of it first.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,7 +22,8 @@ fn smoke_mode_reports_direct_strait_and_envoy_side_by_side_without_errors() {
     assert!(
         run.status.success(),
         "strait-bench --mode smoke failed ({}):\n{stderr}\n(it needs `cargo build --workspace \
-         --bins`, `bash scripts/install-envoy.sh` and `bash scripts/install-k6.sh`)",
+         --bins`, `bash scripts/install-envoy.sh`, `bash scripts/install-k6.sh` and \
+         `apt-get install -y nghttp2-client`)",
         run.status
     );
 
@@ -49,6 +50,13 @@ fn smoke_mode_reports_direct_strait_and_envoy_side_by_side_without_errors() {
             assert!(
                 s[key].as_f64().is_some_and(|v| v > 0.0),
                 "{config}.{key} missing: {s:#}"
+            );
+        }
+        for proto in ["h2", "grpc"] {
+            assert_eq!(s[proto]["errors"], 0, "{config} {proto} had errors: {s:#}");
+            assert!(
+                s[proto]["rps"].as_f64().is_some_and(|v| v > 0.0),
+                "{config} {proto}: no requests: {s:#}"
             );
         }
         if config != "direct" {
