@@ -1,6 +1,7 @@
 //! Istio's traffic-management tasks, with Istio's own sample YAML applied unchanged, through real
-//! Envoy fed by Strait's control plane; the request-routing, traffic-shifting, fault-injection
-//! and request-timeout tasks run a second time through strait-proxy (the `_strait` tests). Backends answer with their name and version; each is
+//! Envoy fed by Strait's control plane; every scenario runs a second time through strait-proxy
+//! (the `_strait` tests, and `strait_proxy_keeps_serving_while_the_control_plane_restarts`)
+//! with the same YAML, backends and assertions. Backends answer with their name and version; each is
 //! registered as a Service and a WorkloadEntry; the client's sidecar runs in no-capture mode
 //! (the client talks to it as its HTTP proxy).
 
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use support::mesh::{DataPlane, Mesh, sample};
 
-const PLANE: DataPlane = DataPlane::Envoy;
 const REVIEWS: &str = "http://reviews:9080/reviews/0";
 const JASON: [(&str, &str); 1] = [("end-user", "jason")];
 
@@ -121,7 +121,7 @@ async fn traffic_shifting(plane: DataPlane) {
             }
             assert!(
                 Instant::now() < deadline,
-                "{file} did not reach Envoy in 15 s"
+                "{file} did not reach the proxy in 15 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -225,7 +225,7 @@ async fn request_timeout(plane: DataPlane) {
     {
         assert!(
             Instant::now() < deadline,
-            "the 0.5 s timeout did not reach Envoy"
+            "the 0.5 s timeout did not reach the proxy"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -245,13 +245,22 @@ async fn request_timeout(plane: DataPlane) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_retry_a_failing_backend() {
+    retries(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_retry_a_failing_backend_strait() {
+    retries(DataPlane::Strait).await;
+}
+
+async fn retries(plane: DataPlane) {
     let mut mesh = Mesh::new();
     mesh.http_service("flaky", 8000, &["v1"]);
     mesh.apply_yaml(
         "retry.yaml",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: flaky}\nspec:\n  hosts: [flaky]\n  http:\n  - route:\n    - destination: {host: flaky}\n    retries:\n      attempts: 3\n      perTryTimeout: 1s\n      retryOn: 5xx\n",
     );
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     let url = "http://flaky:8000/";
     client
         .get_until(url, &[], "flaky reachable", |r| r.status == 200)
@@ -261,7 +270,7 @@ async fn retries_retry_a_failing_backend() {
     while !client.config_dump().await.contains("\"num_retries\":3") {
         assert!(
             Instant::now() < deadline,
-            "the retry policy did not reach Envoy"
+            "the retry policy did not reach the proxy"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -275,6 +284,15 @@ async fn retries_retry_a_failing_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirroring_copies_to_v2_while_v1_answers() {
+    mirroring(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_copies_to_v2_while_v1_answers_strait() {
+    mirroring(DataPlane::Strait).await;
+}
+
+async fn mirroring(plane: DataPlane) {
     let mut mesh = Mesh::new();
     // The task's workloads file holds the httpbin Service (and Deployments Strait stores but does
     // not run); the backends stand in for the Deployments.
@@ -288,7 +306,7 @@ async fn mirroring_copies_to_v2_while_v1_answers() {
         );
     }
     mesh.apply(&sample("tasks/mirroring/mirroring-default-route.yaml"));
-    let client = mesh.sidecar(PLANE, "client", "app=sleep").await;
+    let client = mesh.sidecar(plane, "client", "app=sleep").await;
     let url = "http://httpbin:8000/headers";
     client
         .get_until(url, &[], "httpbin v1", |r| r.json()["version"] == "v1")
@@ -312,21 +330,40 @@ async fn mirroring_copies_to_v2_while_v1_answers() {
         20,
         "every request is mirrored to v2"
     );
-    // Envoy marks the mirrored copy's authority with -shadow.
+    // The mirrored copy's authority is marked with -shadow, after the host, before the port.
     let copy = v2.requests().pop().unwrap();
-    assert!(
-        copy.header("host").unwrap_or_default().contains("-shadow"),
-        "{copy:?}"
-    );
+    assert_eq!(copy.header("host"), Some("httpbin-shadow:8000"), "{copy:?}");
+    // Fire and forget: a slow, failing mirror neither slows nor fails the main request.
+    v2.set_delay(Duration::from_secs(3));
+    v2.set_status(500);
+    for _ in 0..5 {
+        let start = Instant::now();
+        let r = client.get(url, &[]).await;
+        assert_eq!((r.status, r.json()["version"].as_str()), (200, Some("v1")));
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the main request waited for the mirror: {:?}",
+            start.elapsed()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_gateway_serves_productpage_and_refuses_other_paths() {
+    ingress_gateway(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_gateway_serves_productpage_and_refuses_other_paths_strait() {
+    ingress_gateway(DataPlane::Strait).await;
+}
+
+async fn ingress_gateway(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
     mesh.apply(&sample("bookinfo/networking/bookinfo-gateway.yaml"));
     let gw = mesh
         .gateway(
-            PLANE,
+            plane,
             "istio-ingressgateway",
             "istio=ingressgateway",
             &[8080],
@@ -352,6 +389,15 @@ async fn ingress_gateway_serves_productpage_and_refuses_other_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_through_a_service_entry_and_registry_only_blocks_others() {
+    egress(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_through_a_service_entry_and_registry_only_blocks_others_strait() {
+    egress(DataPlane::Strait).await;
+}
+
+async fn egress(plane: DataPlane) {
     let mesh = Mesh::with_flags(&["--outbound-traffic-policy", "registry-only"]);
     let stub = strait_testsupport::Backend::http("httpbin-ext", "stub");
     // Istio's egress sample names httpbin.org, which is not reachable from tests: the same
@@ -364,7 +410,7 @@ async fn egress_through_a_service_entry_and_registry_only_blocks_others() {
             stub.addr().port()
         ),
     );
-    let client = mesh.sidecar(PLANE, "sleep", "app=sleep").await;
+    let client = mesh.sidecar(plane, "sleep", "app=sleep").await;
     let r = client
         .get_until(
             "http://httpbin.org/headers",
@@ -385,8 +431,17 @@ async fn egress_through_a_service_entry_and_registry_only_blocks_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_virtual_service_is_acked_and_shows_synced() {
+    new_virtual_service(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_virtual_service_is_acked_and_shows_synced_strait() {
+    new_virtual_service(DataPlane::Strait).await;
+}
+
+async fn new_virtual_service(plane: DataPlane) {
     let mesh = Mesh::bookinfo();
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     mesh.apply(&sample(
         "bookinfo/networking/virtual-service-reviews-v3.yaml",
     ));
@@ -432,6 +487,15 @@ async fn a_new_virtual_service_is_acked_and_shows_synced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_keeps_serving_while_the_control_plane_restarts() {
+    control_plane_restart(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strait_proxy_keeps_serving_while_the_control_plane_restarts() {
+    control_plane_restart(DataPlane::Strait).await;
+}
+
+async fn control_plane_restart(plane: DataPlane) {
     let xds = strait_testsupport::free_port().to_string();
     let xds_addr = format!("127.0.0.1:{xds}");
     let mut mesh = Mesh::with_flags(&["--xds-addr", &xds_addr]);
@@ -440,7 +504,7 @@ async fn envoy_keeps_serving_while_the_control_plane_restarts() {
     mesh.apply(&sample(
         "bookinfo/networking/virtual-service-reviews-v3.yaml",
     ));
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     client
         .get_until(REVIEWS, &[], "reviews v3", |r| r.json()["version"] == "v3")
         .await;
@@ -469,6 +533,15 @@ async fn envoy_keeps_serving_while_the_control_plane_restarts() {
 /// v1, `two` as v2), 1000 connections through the ingress gateway's TCP port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_traffic_shifting_80_20_through_the_gateway() {
+    tcp_traffic_shifting(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_traffic_shifting_80_20_through_the_gateway_strait() {
+    tcp_traffic_shifting(DataPlane::Strait).await;
+}
+
+async fn tcp_traffic_shifting(plane: DataPlane) {
     use support::mesh::{tcp_line, tcp_line_until};
     let mut mesh = Mesh::new();
     // The Service (ports 9000 `tcp`, 9001 `tcp-other`) and Deployments Strait stores but does
@@ -485,7 +558,7 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
     mesh.apply(&sample("tcp-echo/tcp-echo-all-v1.yaml"));
     let gw = mesh
         .gateway(
-            PLANE,
+            plane,
             "istio-ingressgateway",
             "istio=ingressgateway",
             &[31400],
@@ -510,7 +583,7 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
         }
         assert!(
             Instant::now() < deadline,
-            "tcp-echo-20-v2.yaml did not reach Envoy in 15 s"
+            "tcp-echo-20-v2.yaml did not reach the gateway in 15 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -522,7 +595,7 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
     for i in 0..n {
         let answer = tcp_line(addr, "hello")
             .await
-            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}\n{}", gw.envoy().log()));
+            .unwrap_or_else(|e| panic!("connection {i} to {addr}: {e}\n{}", gw.log()));
         let who = answer
             .strip_suffix(" hello")
             .unwrap_or_else(|| panic!("unexpected answer {answer:?}"));
@@ -546,6 +619,15 @@ async fn tcp_traffic_shifting_80_20_through_the_gateway() {
 /// whose hosts file maps `tcp-echo` to its sidecar reaches the service there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_service_through_a_no_capture_sidecar() {
+    tcp_service_through_a_sidecar(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_service_through_a_no_capture_sidecar_strait() {
+    tcp_service_through_a_sidecar(DataPlane::Strait).await;
+}
+
+async fn tcp_service_through_a_sidecar(plane: DataPlane) {
     use support::mesh::{tcp_line, tcp_line_until};
     let mut mesh = Mesh::new();
     mesh.service("tcp-echo", 9000, "tcp");
@@ -555,9 +637,9 @@ async fn tcp_service_through_a_no_capture_sidecar() {
         "tcp",
         strait_testsupport::Backend::tcp_echo("one"),
     );
-    let client = mesh.sidecar(PLANE, "client", "app=client").await;
+    let client = mesh.sidecar(plane, "client", "app=client").await;
     let addr = std::net::SocketAddr::from((client.ip, 9000));
-    client.envoy().wait_listener(addr).await;
+    client.wait_listener(addr).await;
     tcp_line_until(
         addr,
         "tcp-echo through the sidecar",

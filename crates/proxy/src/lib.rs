@@ -2,9 +2,9 @@
 //! the proxy's own typed [`config`], publishes it whole in one atomic swap, and a data path that
 //! only loads the current config.
 //!
-//! This first slice serves the no-capture sidecar's HTTP proxy listener (`IP_15080`: an HTTP
-//! connection manager with RDS) and an admin interface; docs/xds-support.md lists what it reads,
-//! refuses (NACK) and ignores.
+//! It serves the listeners the translator emits for sidecars (no-capture and iptables mode) and
+//! gateways: HTTP connection managers and TCP proxies in filter chains matched per connection,
+//! and an admin interface; docs/xds-support.md lists what it reads, refuses (NACK) and ignores.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -13,8 +13,10 @@ pub mod admin;
 pub mod config;
 mod http;
 mod listeners;
+mod original_dst;
 pub mod routing;
 mod stats;
+mod tcp;
 mod upstream;
 pub mod xds;
 

@@ -1,13 +1,20 @@
-//! Binds a socket for each listener in the config and stops serving it when the listener goes
-//! away (or moves to another address). Connections in flight finish on their own.
+//! Binds a socket for each listener in the config that asks for one, and stops serving it when
+//! the listener goes away (or moves to another address); connections in flight finish on their
+//! own. Each accepted connection gets its destination (the original one, read with
+//! SO_ORIGINAL_DST, when the listener has the `original_dst` filter or `use_original_dst`), is
+//! handed to the listener of that destination when `use_original_dst` says so, and runs the
+//! network filter of the filter chain that matches it: the HTTP connection manager or tcp_proxy.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::Shared;
+use crate::config::{Config, Listener, NetworkFilter};
 
 struct Bound {
     address: SocketAddr,
@@ -24,26 +31,21 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             let keep = config
                 .listeners
                 .get(name)
-                .is_some_and(|l| l.address == b.address);
+                .is_some_and(|l| l.bind && l.address == b.address);
             if !keep {
                 tracing::info!(listener = %name, address = %b.address, "listener removed: closing");
                 b.task.abort();
             }
             keep
         });
-        for (name, listener) in &config.listeners {
+        for (name, listener) in config.listeners.iter().filter(|(_, l)| l.bind) {
             if bound.contains_key(name) {
                 continue;
             }
-            match tokio::net::TcpListener::bind(listener.address).await {
+            match TcpListener::bind(listener.address).await {
                 Ok(tcp) => {
                     tracing::info!(listener = %name, address = %listener.address, "listening");
-                    let task = tokio::spawn(crate::http::serve(
-                        shared.clone(),
-                        name.clone(),
-                        listener.http.codec,
-                        tcp,
-                    ));
+                    let task = tokio::spawn(accept(shared.clone(), name.as_str().into(), tcp));
                     bound.insert(
                         name.clone(),
                         Bound {
@@ -61,5 +63,213 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         if changes.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Accepts connections on one listener's socket until aborted.
+async fn accept(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpListener) {
+    loop {
+        let (stream, peer) = match tcp.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%listener, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::debug_span!("conn", %peer, listener = %listener);
+        tokio::spawn(connection(shared.clone(), listener.clone(), stream, peer).instrument(span));
+    }
+}
+
+/// Serves one accepted connection with the filter chain that matches it.
+async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let (filter, destination, restored) = {
+        let config = shared.config.load();
+        let Some(l) = config.listeners.get(&*listener) else {
+            return;
+        };
+        let restored = if l.original_dst || l.use_original_dst {
+            crate::original_dst::get(&stream)
+        } else {
+            None
+        };
+        let destination = restored.unwrap_or(local);
+        let target = if l.use_original_dst {
+            handoff(&config, l, destination)
+        } else {
+            l
+        };
+        let Some(chain) = target.chain_for(destination) else {
+            tracing::debug!(%destination, listener = %target.name, "no filter chain matches: closing");
+            return;
+        };
+        tracing::debug!(%destination, listener = %target.name, chain = %chain.name, "filter chain");
+        (chain.filter.clone(), destination, restored)
+    };
+    match filter {
+        NetworkFilter::Http(hcm) => {
+            crate::http::serve_connection(shared, hcm, stream, peer, restored).await
+        }
+        NetworkFilter::Tcp(tcp) => crate::tcp::proxy(&shared, &tcp, stream, destination).await,
+    }
+}
+
+/// `use_original_dst`: the listener whose address is the connection's original destination,
+/// else one on the wildcard address of that port, else `own`.
+pub(crate) fn handoff<'a>(
+    config: &'a Config,
+    own: &'a Listener,
+    destination: SocketAddr,
+) -> &'a Listener {
+    let others = || config.listeners.values().filter(|l| l.name != own.name);
+    others()
+        .find(|l| l.address == destination)
+        .or_else(|| {
+            others().find(|l| {
+                l.address.port() == destination.port()
+                    && l.address.ip().is_unspecified()
+                    && l.address.is_ipv4() == destination.is_ipv4()
+            })
+        })
+        .map_or(own, |l| l.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::listener::{ChainMatch, Cidr, FilterChain, TcpProxyConfig};
+    use crate::config::route::Target;
+
+    fn tcp_chain(name: &str, port: Option<u16>, ranges: &[(&str, u8)]) -> FilterChain {
+        FilterChain {
+            name: name.into(),
+            matcher: ChainMatch {
+                destination_port: port,
+                prefix_ranges: ranges
+                    .iter()
+                    .map(|(a, l)| Cidr {
+                        address: a.parse().unwrap(),
+                        prefix_len: *l,
+                    })
+                    .collect(),
+            },
+            filter: NetworkFilter::Tcp(TcpProxyConfig {
+                target: Target::Cluster(name.into()),
+                idle_timeout: None,
+            }),
+        }
+    }
+
+    fn listener(name: &str, addr: &str, chains: Vec<FilterChain>) -> Listener {
+        Listener {
+            name: name.into(),
+            address: addr.parse().unwrap(),
+            bind: true,
+            use_original_dst: false,
+            original_dst: false,
+            filter_chains: chains,
+            default_filter_chain: None,
+        }
+    }
+
+    fn chain_name(l: &Listener, dest: &str) -> Option<String> {
+        l.chain_for(dest.parse().unwrap()).map(|c| c.name.clone())
+    }
+
+    #[test]
+    fn virtual_inbound_picks_the_chain_of_the_destination_port_else_the_default() {
+        let mut l = listener(
+            "virtualInbound",
+            "0.0.0.0:15006",
+            vec![
+                tcp_chain("blackhole", Some(15006), &[]),
+                tcp_chain("0.0.0.0_9080", Some(9080), &[]),
+                tcp_chain("0.0.0.0_9000", Some(9000), &[]),
+            ],
+        );
+        assert_eq!(
+            chain_name(&l, "10.0.0.1:9080").as_deref(),
+            Some("0.0.0.0_9080")
+        );
+        assert_eq!(
+            chain_name(&l, "10.0.0.1:9000").as_deref(),
+            Some("0.0.0.0_9000")
+        );
+        assert_eq!(
+            chain_name(&l, "10.0.0.1:15006").as_deref(),
+            Some("blackhole")
+        );
+        assert_eq!(chain_name(&l, "10.0.0.1:7777"), None);
+        l.default_filter_chain = Some(tcp_chain("passthrough", None, &[]));
+        assert_eq!(
+            chain_name(&l, "10.0.0.1:7777").as_deref(),
+            Some("passthrough")
+        );
+    }
+
+    #[test]
+    fn a_port_match_beats_no_port_and_the_longest_prefix_wins() {
+        let l = listener(
+            "l",
+            "0.0.0.0:80",
+            vec![
+                tcp_chain("any", None, &[]),
+                tcp_chain("ten", None, &[("10.0.0.0", 8)]),
+                tcp_chain("ten-one", None, &[("10.1.0.0", 16)]),
+                tcp_chain("port", Some(443), &[]),
+            ],
+        );
+        assert_eq!(chain_name(&l, "10.1.2.3:80").as_deref(), Some("ten-one"));
+        assert_eq!(chain_name(&l, "10.2.2.3:80").as_deref(), Some("ten"));
+        assert_eq!(chain_name(&l, "192.168.0.1:80").as_deref(), Some("any"));
+        assert_eq!(chain_name(&l, "10.1.2.3:443").as_deref(), Some("port"));
+        assert_eq!(chain_name(&l, "[::1]:80").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn cidr_ranges_hold_their_addresses() {
+        let c = |a: &str, l| Cidr {
+            address: a.parse().unwrap(),
+            prefix_len: l,
+        };
+        assert!(c("10.0.0.0", 8).contains("10.255.1.1".parse().unwrap()));
+        assert!(!c("10.0.0.0", 8).contains("11.0.0.1".parse().unwrap()));
+        assert!(c("10.1.2.3", 32).contains("10.1.2.3".parse().unwrap()));
+        assert!(c("0.0.0.0", 0).contains("1.2.3.4".parse().unwrap()));
+        assert!(c("10.0.0.128", 25).contains("10.0.0.200".parse().unwrap()));
+        assert!(!c("10.0.0.128", 25).contains("10.0.0.100".parse().unwrap()));
+        assert!(c("fd00::", 8).contains("fd12::1".parse().unwrap()));
+        assert!(!c("fd00::", 8).contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn virtual_outbound_hands_connections_to_the_listener_of_their_destination() {
+        let mut config = Config::default();
+        let mut vo = listener("virtualOutbound", "0.0.0.0:15001", vec![]);
+        vo.use_original_dst = true;
+        vo.default_filter_chain = Some(tcp_chain("PassthroughCluster", None, &[]));
+        for l in [
+            vo,
+            listener("0.0.0.0_9080", "0.0.0.0:9080", vec![]),
+            listener("240.240.0.5_9000", "240.240.0.5:9000", vec![]),
+            listener("0.0.0.0_9000", "0.0.0.0:9000", vec![]),
+        ] {
+            config.listeners.insert(l.name.clone(), Arc::new(l));
+        }
+        let vo = &config.listeners["virtualOutbound"];
+        let to = |d: &str| handoff(&config, vo, d.parse().unwrap()).name.clone();
+        assert_eq!(to("240.240.0.7:9080"), "0.0.0.0_9080");
+        assert_eq!(to("240.240.0.5:9000"), "240.240.0.5_9000");
+        assert_eq!(to("240.240.0.6:9000"), "0.0.0.0_9000");
+        assert_eq!(to("93.184.216.34:443"), "virtualOutbound");
+        // Never to itself through the wildcard rule.
+        assert_eq!(to("10.0.0.1:15001"), "virtualOutbound");
     }
 }

@@ -20,6 +20,8 @@ pub(crate) struct ClusterStats {
     /// Responses by class: 1xx..5xx.
     rq_class: [AtomicU64; 5],
     retries: AtomicU64,
+    /// Upstream connections opened by tcp_proxy.
+    cx_total: AtomicU64,
 }
 
 impl ClusterStats {
@@ -28,6 +30,10 @@ impl ClusterStats {
         if retry {
             self.retries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn connection(&self) {
+        self.cx_total.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn response(&self, status: u16) {
@@ -99,6 +105,16 @@ impl Stats {
                 s.retries.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# TYPE envoy_cluster_upstream_cx_total counter\n");
+        for (name, s) in clusters.iter() {
+            let n = s.cx_total.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "envoy_cluster_upstream_cx_total{{envoy_cluster_name=\"{name}\"}} {n}"
+                );
+            }
+        }
         out.push_str("# TYPE strait_proxy_local_responses_total counter\n");
         for (flag, n) in self.flags.read().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(
@@ -124,12 +140,16 @@ mod tests {
         c.attempt(true);
         c.response(503);
         stats.flag("UT");
+        stats
+            .cluster("outbound|9000||tcp-echo.default.svc.cluster.local")
+            .connection();
         let text = stats.prometheus();
         for line in [
             "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 2",
             "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
             "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
             "strait_proxy_local_responses_total{response_flag=\"UT\"} 1",
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"outbound|9000||tcp-echo.default.svc.cluster.local\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -294,7 +294,8 @@ impl State {
             TypeUrl::Route => self
                 .listeners
                 .values()
-                .filter_map(|l| match &l.value.http.routes {
+                .flat_map(|l| l.value.http_filters())
+                .filter_map(|h| match &h.routes {
                     RouteSource::Rds(name) => Some(name.clone()),
                     RouteSource::Inline(_) => None,
                 })

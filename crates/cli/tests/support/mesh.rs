@@ -198,6 +198,48 @@ impl Mesh {
         Proxy { ip, running }
     }
 
+    /// A workload `service` `version` behind its own sidecar, as the client sidecar → server
+    /// sidecar → app path needs: a Sidecar resource whose ingress listener on `port` (HTTP, or
+    /// `protocol` as Istio names it) sends to `app` (the `defaultEndpoint`), the sidecar (no
+    /// capture, labels `app=SERVICE,version=VERSION`), and the WorkloadEntry at the sidecar's
+    /// address, so clients reach the service there. Returns once the sidecar's inbound
+    /// listener `IP:PORT` accepts connections. The Service itself is the caller's
+    /// ([`Mesh::service`]).
+    pub async fn server_sidecar(
+        &self,
+        plane: DataPlane,
+        service: &str,
+        version: &str,
+        port: u16,
+        protocol: &str,
+        app: SocketAddr,
+    ) -> Proxy {
+        self.apply_yaml(
+            &format!("sidecar-{service}-{version}.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {service}-{version}}}\nspec:\n  workloadSelector:\n    labels: {{app: {service}, version: {version}}}\n  ingress:\n  - port: {{number: {port}, protocol: {protocol}, name: {}}}\n    defaultEndpoint: {app}\n",
+                protocol.to_ascii_lowercase()
+            ),
+        );
+        let server = self
+            .sidecar(
+                plane,
+                &format!("{service}-{version}"),
+                &format!("app={service},version={version}"),
+            )
+            .await;
+        self.apply_yaml(
+            &format!("we-{service}-{version}.yaml"),
+            &format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {service}-{version}}}\nspec:\n  address: {}\n  ports: {{{}: {port}}}\n  labels: {{app: {service}, version: {version}}}\n",
+                server.ip,
+                protocol.to_ascii_lowercase()
+            ),
+        );
+        server.wait_listener((server.ip, port).into()).await;
+        server
+    }
+
     /// `strait proxy-status` as JSON rows.
     pub fn proxy_status(&self) -> Value {
         let (code, body) = super::http(
@@ -247,6 +289,31 @@ impl Proxy {
         match &self.running {
             Running::Envoy(e) => e,
             Running::Strait(_) => panic!("this proxy is strait-proxy, not Envoy"),
+        }
+    }
+
+    /// Waits until the proxy accepts connections on `addr`.
+    pub async fn wait_listener(&self, addr: SocketAddr) {
+        match &self.running {
+            Running::Envoy(e) => e.wait_listener(addr).await,
+            Running::Strait(p) => p.wait_listener_shared(addr).await,
+        }
+    }
+
+    /// Requests the proxy sent to `cluster` (attempts), from Envoy's `/stats` or
+    /// strait-proxy's `/stats/prometheus`; 0 before the first.
+    pub async fn upstream_requests(&self, cluster: &str) -> u64 {
+        match &self.running {
+            Running::Envoy(e) => e
+                .stat(&format!("cluster.{cluster}.upstream_rq_total"))
+                .await
+                .unwrap_or(0),
+            Running::Strait(p) => p
+                .stat(&format!(
+                    "envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"{cluster}\"}}"
+                ))
+                .await
+                .unwrap_or(0),
         }
     }
 

@@ -109,6 +109,33 @@ impl StraitProxy {
         }
     }
 
+    /// Waits until something accepts connections on `addr` (for a shared reference; does not
+    /// check whether the process is still running).
+    pub async fn wait_listener_shared(&self, addr: SocketAddr) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "strait-proxy {} has no listener on {addr} after 10 s; config:\n{}\nlog:\n{}",
+                self.name,
+                self.config_dump().await,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One sample of `/stats/prometheus` by its name and labels as written
+    /// (`envoy_cluster_upstream_rq_total{envoy_cluster_name="inbound|9080||"}`).
+    pub async fn stat(&self, sample: &str) -> Option<u64> {
+        let url = format!("http://{}/stats/prometheus", self.admin);
+        let body = http_get(&url, &[]).await.ok()?.body;
+        body.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
+    }
+
     /// The admin `/config_dump` (strait-proxy's own JSON shape).
     pub async fn config_dump(&self) -> String {
         let url = format!("http://{}/config_dump", self.admin);

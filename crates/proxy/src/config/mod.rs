@@ -16,9 +16,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use cluster::{Cluster, Discovery, Endpoint, LbPolicy, UpstreamProtocol};
-pub use listener::{HttpListener, Listener, RouteSource};
+pub use listener::{
+    ChainMatch, Cidr, FilterChain, HttpListener, Listener, NetworkFilter, RouteSource,
+    TcpProxyConfig,
+};
 pub use route::{
-    Action, Fault, Forward, HeaderMatch, HeaderMutation, PathMatch, QueryMatch, Redirect,
+    Action, Fault, Forward, HeaderMatch, HeaderMutation, Mirror, PathMatch, QueryMatch, Redirect,
     RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch, Target, VirtualHost, WeightedCluster,
 };
 

@@ -139,6 +139,18 @@ pub struct Forward {
     pub host_rewrite: Option<String>,
     /// 503 (Envoy's default) or 404 when the cluster does not exist.
     pub cluster_not_found_status: u16,
+    /// `request_mirror_policies`: copies sent fire and forget.
+    pub mirrors: Vec<Mirror>,
+}
+
+/// A request mirror policy: a copy of the request goes to `cluster` (its `Host` with
+/// `-shadow` appended unless `shadow_suffix` is off), for a share of requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mirror {
+    pub cluster: String,
+    /// Parts per million of requests that are mirrored.
+    pub per_million: u32,
+    pub shadow_suffix: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -466,10 +478,6 @@ fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
             Ok(())
         }
     };
-    refuse(
-        !ra.request_mirror_policies.is_empty(),
-        "request_mirror_policies",
-    )?;
     refuse(!ra.rate_limits.is_empty(), "rate_limits")?;
     refuse(ra.hedge_policy.is_some(), "hedge_policy")?;
     refuse(
@@ -570,8 +578,36 @@ fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
         }
         None => None,
     };
+    let mirrors = ra
+        .request_mirror_policies
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = format!("request_mirror_policies[{i}]");
+            if m.cluster.is_empty() {
+                return Err(unsupported(&format!(
+                    "{field} without a cluster (cluster_header)"
+                )));
+            }
+            if !m.request_headers_mutations.is_empty() || !m.host_rewrite_literal.is_empty() {
+                return Err(unsupported(&format!(
+                    "{field}.request_headers_mutations / host_rewrite_literal"
+                )));
+            }
+            Ok(Mirror {
+                cluster: m.cluster.clone(),
+                per_million: per_million(
+                    m.runtime_fraction
+                        .as_ref()
+                        .and_then(|f| f.default_value.as_ref()),
+                ),
+                shadow_suffix: !m.disable_shadow_host_suffix_append,
+            })
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Forward {
         target,
+        mirrors,
         timeout: match &ra.timeout {
             None => Some(DEFAULT_TIMEOUT),
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),

@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
@@ -241,7 +242,7 @@ fn unsupported_route_features_are_refused_naming_the_field() {
                 };
                 a.request_mirror_policies.push(Default::default());
             }),
-            "route: request_mirror_policies is not supported by strait-proxy".into(),
+            "route: request_mirror_policies[0] without a cluster (cluster_header) is not supported by strait-proxy".into(),
         ),
         (
             route_nack(|r| {
@@ -271,6 +272,43 @@ fn unsupported_route_features_are_refused_naming_the_field() {
         assert!(got.starts_with(at), "{got}");
         assert!(got.contains(&want), "want {want:?} in {got:?}");
     }
+}
+
+#[test]
+fn mirror_policies_convert_with_their_share() {
+    let mut action = to_cluster("outbound|8000|v1|httpbin.default.svc.cluster.local");
+    action
+        .request_mirror_policies
+        .push(rt::route_action::RequestMirrorPolicy {
+            cluster: "outbound|8000|v2|httpbin.default.svc.cluster.local".into(),
+            runtime_fraction: Some(
+                envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {
+                    default_value: Some(FractionalPercent {
+                        numerator: 50,
+                        denominator: 0,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        });
+    let rc = route_config(vec![rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(action)),
+        ..Default::default()
+    }]);
+    let rc = RouteConfig::try_from(&rc).unwrap();
+    let Action::Forward(f) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        f.mirrors,
+        [Mirror {
+            cluster: "outbound|8000|v2|httpbin.default.svc.cluster.local".into(),
+            per_million: 500_000,
+            shadow_suffix: true,
+        }]
+    );
 }
 
 fn hcm_listener(filters: Vec<HttpFilter>) -> li::Listener {
@@ -328,8 +366,16 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
     let fault = http_filter("envoy.filters.http.fault", &HttpFault::default());
     let l = Listener::try_from(&hcm_listener(vec![fault.clone(), router.clone()])).unwrap();
     assert_eq!(l.address, "127.0.0.2:15080".parse().unwrap());
-    assert_eq!(l.http.routes, RouteSource::Rds("15080".into()));
-    assert!(l.http.generate_request_id);
+    assert!(l.bind && !l.use_original_dst && !l.original_dst);
+    let [chain] = l.filter_chains.as_slice() else {
+        panic!("{l:?}")
+    };
+    let NetworkFilter::Http(hcm) = &chain.filter else {
+        panic!("{chain:?}")
+    };
+    assert_eq!(hcm.routes, RouteSource::Rds("15080".into()));
+    assert!(hcm.generate_request_id);
+    assert!(!hcm.use_remote_address);
 
     let rbac = http_filter(
         "envoy.filters.http.rbac",
@@ -339,26 +385,177 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.starts_with("listener \"127.0.0.2_15080\": http filter \"envoy.filters.http.rbac\"")
-            && err.ends_with("is not supported by strait-proxy"),
+        err.starts_with(
+            "listener \"127.0.0.2_15080\": filter_chains[0]: http filter \"envoy.filters.http.rbac\""
+        ) && err.ends_with("is not supported by strait-proxy"),
         "{err}"
     );
-    let err = Listener::try_from(&hcm_listener(vec![router, fault]))
+    let err = Listener::try_from(&hcm_listener(vec![router.clone(), fault]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("the router must be last"), "{err}");
 
-    let mut tcp = hcm_listener(vec![]);
-    tcp.filter_chains[0].filters[0].name = "envoy.filters.network.tcp_proxy".into();
-    let err = Listener::try_from(&tcp).unwrap_err().to_string();
+    let mut other = hcm_listener(vec![router]);
+    other.filter_chains[0].filters[0].config_type = Some(li::filter::ConfigType::TypedConfig(any(
+        &envoy_types::pb::envoy::extensions::filters::network::redis_proxy::v3::RedisProxy::default(
+        ),
+    )));
+    let err = Listener::try_from(&other).unwrap_err().to_string();
     assert!(
-        err.contains("filter \"envoy.filters.network.tcp_proxy\" is not supported by strait-proxy"),
+        err.contains("(type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy) is not supported by strait-proxy"),
         "{err}"
     );
-    let mut captured = hcm_listener(vec![]);
-    captured.use_original_dst = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
-    let err = Listener::try_from(&captured).unwrap_err().to_string();
-    assert!(err.contains("use_original_dst"), "{err}");
+}
+
+fn tcp_filter(tp: &TcpProxy) -> li::Filter {
+    li::Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(li::filter::ConfigType::TypedConfig(any(tp))),
+    }
+}
+
+fn tcp_listener(chains: Vec<li::FilterChain>) -> li::Listener {
+    let mut l = hcm_listener(vec![]);
+    l.name = "10.1.0.2_31400".into();
+    l.filter_chains = chains;
+    l
+}
+
+#[test]
+fn tcp_proxy_listeners_convert_with_weighted_clusters_and_idle_timeouts() {
+    use tcp_proxy::weighted_cluster::ClusterWeight;
+    let weighted = TcpProxy {
+        stat_prefix: "weighted".into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::WeightedClusters(
+            tcp_proxy::WeightedCluster {
+                clusters: vec![
+                    ClusterWeight {
+                        name: "outbound|9000|v1|tcp-echo.default.svc.cluster.local".into(),
+                        weight: 80,
+                        ..Default::default()
+                    },
+                    ClusterWeight {
+                        name: "outbound|9000|v2|tcp-echo.default.svc.cluster.local".into(),
+                        weight: 20,
+                        ..Default::default()
+                    },
+                ],
+            },
+        )),
+        ..Default::default()
+    };
+    let l = Listener::try_from(&tcp_listener(vec![li::FilterChain {
+        filters: vec![tcp_filter(&weighted)],
+        ..Default::default()
+    }]))
+    .unwrap();
+    let NetworkFilter::Tcp(tcp) = &l.filter_chains[0].filter else {
+        panic!("{l:?}")
+    };
+    assert_eq!(
+        tcp.target,
+        Target::Weighted(vec![
+            WeightedCluster {
+                name: "outbound|9000|v1|tcp-echo.default.svc.cluster.local".into(),
+                weight: 80
+            },
+            WeightedCluster {
+                name: "outbound|9000|v2|tcp-echo.default.svc.cluster.local".into(),
+                weight: 20
+            },
+        ])
+    );
+    // Envoy's default idle timeout is an hour; 0 turns it off.
+    assert_eq!(tcp.idle_timeout, Some(Duration::from_secs(3600)));
+    let mut no_idle = weighted.clone();
+    no_idle.idle_timeout = Some(PbDuration::default());
+    let l = Listener::try_from(&tcp_listener(vec![li::FilterChain {
+        filters: vec![tcp_filter(&no_idle)],
+        ..Default::default()
+    }]))
+    .unwrap();
+    let NetworkFilter::Tcp(tcp) = &l.filter_chains[0].filter else {
+        panic!()
+    };
+    assert_eq!(tcp.idle_timeout, None);
+
+    // virtualInbound's shape: original_dst listener filter, chains by port, a default chain.
+    let to = |c: &str| TcpProxy {
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(c.into())),
+        ..Default::default()
+    };
+    let mut vi = tcp_listener(vec![li::FilterChain {
+        name: "0.0.0.0_9000".into(),
+        filter_chain_match: Some(li::FilterChainMatch {
+            destination_port: Some(UInt32Value { value: 9000 }),
+            ..Default::default()
+        }),
+        filters: vec![tcp_filter(&to("inbound|9000||"))],
+        ..Default::default()
+    }]);
+    vi.listener_filters = vec![li::ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(li::listener_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst {},
+        ))),
+        ..Default::default()
+    }];
+    vi.default_filter_chain = Some(li::FilterChain {
+        name: "InboundPassthroughFilterChain".into(),
+        filters: vec![tcp_filter(&to("PassthroughCluster"))],
+        ..Default::default()
+    });
+    vi.bind_to_port = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+    let l = Listener::try_from(&vi).unwrap();
+    assert!(l.original_dst && l.bind);
+    assert_eq!(l.filter_chains[0].matcher.destination_port, Some(9000));
+    assert_eq!(
+        l.chain_for("10.0.0.1:8888".parse().unwrap())
+            .map(|c| c.name.as_str()),
+        Some("InboundPassthroughFilterChain")
+    );
+}
+
+#[test]
+fn tls_passthrough_and_unknown_listener_filters_are_refused() {
+    let to = TcpProxy {
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+        ..Default::default()
+    };
+    let sni = tcp_listener(vec![li::FilterChain {
+        filter_chain_match: Some(li::FilterChainMatch {
+            server_names: vec!["nginx.example.com".into()],
+            ..Default::default()
+        }),
+        filters: vec![tcp_filter(&to)],
+        ..Default::default()
+    }]);
+    let err = Listener::try_from(&sni).unwrap_err().to_string();
+    assert!(
+        err.contains("filter_chains[0]: filter_chain_match.server_names (TLS passthrough by SNI) is not supported by strait-proxy"),
+        "{err}"
+    );
+    let mut inspector = tcp_listener(vec![li::FilterChain {
+        filters: vec![tcp_filter(&to)],
+        ..Default::default()
+    }]);
+    inspector.listener_filters = vec![li::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(li::listener_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    let err = Listener::try_from(&inspector).unwrap_err().to_string();
+    assert!(
+        err.contains("listener_filters[0] \"envoy.filters.listener.tls_inspector\"")
+            && err.contains("is not supported by strait-proxy"),
+        "{err}"
+    );
+    let err = Listener::try_from(&tcp_listener(vec![]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no filter chains"), "{err}");
 }
 
 fn eds_cluster(name: &str) -> cl::Cluster {

@@ -10,10 +10,12 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Version};
 
-use super::{Body, local};
+use std::sync::Arc;
+
+use super::{Body, Downstream, local};
 use crate::Shared;
 use crate::config::{
-    Cluster, Config, Forward, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
+    Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
 };
 use crate::routing;
 
@@ -30,14 +32,16 @@ enum Outcome {
     PerTryTimeout,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     config: &Config,
     route: &Route,
     fwd: &Forward,
     req: Request<Incoming>,
     authority: &str,
     path: &str,
+    down: Downstream,
 ) -> Response<Body> {
     let name = match &fwd.target {
         Target::Cluster(name) => Some(name.as_str()),
@@ -72,6 +76,11 @@ pub(super) async fn forward(
             headers.insert(name, value.clone());
         }
     }
+    // ORIGINAL_DST clusters go where the connection was going (iptables mode), else where the
+    // request's authority says.
+    let original = down
+        .original_dst
+        .map_or_else(|| authority.to_string(), |a| a.to_string());
     let upstream = Upstream {
         shared,
         cluster,
@@ -79,8 +88,13 @@ pub(super) async fn forward(
         path: rewrite(route, fwd, path),
         headers,
         body,
-        authority,
+        authority: &original,
     };
+    for m in &fwd.mirrors {
+        if routing::roll(m.per_million) {
+            mirror(shared, config, m, &upstream, fwd.timeout);
+        }
+    }
     let attempts = upstream.attempts(fwd.retry.as_ref());
     let resp = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
@@ -97,6 +111,72 @@ pub(super) async fn forward(
         .cluster(&cluster.name)
         .response(resp.status().as_u16());
     resp
+}
+
+/// Sends a copy of the request to the mirror's cluster on a task of its own, fire and forget:
+/// its answer, its failure and its time never touch the main request.
+fn mirror(
+    shared: &Arc<Shared>,
+    config: &Config,
+    m: &Mirror,
+    main: &Upstream<'_>,
+    timeout: Option<Duration>,
+) {
+    let Some(cluster) = config.clusters.get(&m.cluster).cloned() else {
+        tracing::debug!(cluster = %m.cluster, "mirror cluster not found: not mirrored");
+        return;
+    };
+    let mut headers = main.headers.clone();
+    if m.shadow_suffix
+        && let Some(host) = headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(shadow_host)
+        && let Ok(v) = HeaderValue::from_str(&host)
+    {
+        headers.insert(hyper::header::HOST, v);
+    }
+    let shared = shared.clone();
+    let (method, path, body) = (main.method.clone(), main.path.clone(), main.body.clone());
+    let authority = main.authority.to_string();
+    tokio::spawn(async move {
+        let copy = Upstream {
+            shared: &shared,
+            cluster: &cluster,
+            method,
+            path,
+            headers,
+            body,
+            authority: &authority,
+        };
+        let sent = copy.attempts(None);
+        let status = match timeout {
+            Some(t) => tokio::time::timeout(t, sent).await.ok().map(|r| r.status()),
+            None => Some(sent.await.status()),
+        };
+        if let Some(status) = status {
+            shared
+                .stats
+                .cluster(&cluster.name)
+                .response(status.as_u16());
+        }
+        tracing::debug!(cluster = %cluster.name, ?status, "mirrored");
+    });
+}
+
+/// Envoy's shadow host: `-shadow` after the host, before any port (`httpbin:8000` →
+/// `httpbin-shadow:8000`).
+fn shadow_host(host: &str) -> String {
+    match host.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']')) =>
+        {
+            format!("{h}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
+    }
 }
 
 /// The upstream path: the route's prefix or regex rewrite.
@@ -146,7 +226,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 struct Upstream<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     cluster: &'a Cluster,
     method: hyper::Method,
     path: String,
@@ -290,5 +370,17 @@ fn should_retry(p: &RetryPolicy, outcome: &Outcome) -> bool {
                     .iter()
                     .any(|(name, code)| on(name) && grpc == Some(code))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shadow_suffix_goes_before_the_port() {
+        assert_eq!(shadow_host("httpbin:8000"), "httpbin-shadow:8000");
+        assert_eq!(shadow_host("httpbin"), "httpbin-shadow");
+        assert_eq!(shadow_host("[fd00::1]:80"), "[fd00::1]-shadow:80");
     }
 }

@@ -14,16 +14,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tracing::Instrument;
+use tokio::net::TcpStream;
 
 use crate::Shared;
-use crate::config::listener::Codec;
+use crate::config::listener::{Codec, HttpListener};
 use crate::config::{Action, Redirect, Route};
 use crate::routing::{self, RequestView};
 
@@ -32,44 +32,41 @@ pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 /// The header that carries the response flags of a response the proxy made itself.
 pub const FLAGS_HEADER: &str = "x-strait-flags";
 
-/// Serves one listener's socket until aborted.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: String, codec: Codec, tcp: TcpListener) {
-    let listener: Arc<str> = listener.into();
-    loop {
-        let (stream, peer) = match tcp.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%listener, error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+/// What the HTTP connection manager knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Downstream {
+    pub(crate) peer: SocketAddr,
+    /// The connection's original destination, when the listener restored it (iptables mode):
+    /// where ORIGINAL_DST clusters send requests.
+    pub(crate) original_dst: Option<SocketAddr>,
+}
+
+/// Serves HTTP on one accepted connection with the given connection manager.
+pub(crate) async fn serve_connection(
+    shared: Arc<Shared>,
+    hcm: Arc<HttpListener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+) {
+    let codec = hcm.codec;
+    let down = Downstream { peer, original_dst };
+    let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        let name = listener.clone();
-        let span = tracing::debug_span!("conn", %peer, listener = %listener);
-        tokio::spawn(
-            async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    let name = name.clone();
-                    async move { Ok::<_, Infallible>(handle(&shared, &name, peer, req).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                match codec {
-                    Codec::Auto => {}
-                    Codec::Http1 => builder = builder.http1_only(),
-                    Codec::Http2 => builder = builder.http2_only(),
-                }
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            }
-            .instrument(span),
-        );
+        let hcm = hcm.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &hcm, down, req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    match codec {
+        Codec::Auto => {}
+        Codec::Http1 => builder = builder.http1_only(),
+        Codec::Http2 => builder = builder.http2_only(),
+    }
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -106,28 +103,21 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn handle(
-    shared: &Shared,
-    listener: &str,
-    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    hcm: &HttpListener,
+    down: Downstream,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let config = shared.config.load_full();
-    let Some(l) = config.listeners.get(listener) else {
-        return local(503, "NR", "the listener was removed");
-    };
-    let Some(routes) = config.route_config(&l.http.routes) else {
+    let peer = down.peer;
+    let Some(routes) = config.route_config(&hcm.routes) else {
         shared.stats.flag("NR");
         return local(404, "NR", "no route configuration yet");
     };
     let Some(authority) = authority(&req) else {
         return local(400, "DPE", "the request has no authority (Host header)");
     };
-    if l.http.generate_request_id && !req.headers().contains_key("x-request-id") {
-        let id = format!("{:032x}", fastrand::u128(..));
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            req.headers_mut().insert("x-request-id", v);
-        }
-    }
+    forwarding_headers(hcm, peer, req.headers_mut());
     let path = req
         .uri()
         .path_and_query()
@@ -155,7 +145,7 @@ async fn handle(
         }
         Action::Redirect(rd) => redirect(rd, &authority, &path),
         Action::Forward(fwd) => {
-            forward::forward(shared, &config, route, fwd, req, &authority, &path).await
+            forward::forward(shared, &config, route, fwd, req, &authority, &path, down).await
         }
     };
     let headers = resp.headers_mut();
@@ -170,6 +160,48 @@ async fn handle(
         }
     }
     resp
+}
+
+/// The headers Envoy's connection manager adds before routing: `x-request-id` when missing
+/// (`generate_request_id`); on an edge proxy (`use_remote_address`: gateways) the peer appended
+/// to `x-forwarded-for` and `x-forwarded-proto` set to the downstream scheme; elsewhere
+/// `x-forwarded-proto` only when missing (an inbound sidecar passes on the client's).
+fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, headers: &mut HeaderMap) {
+    if hcm.generate_request_id && !headers.contains_key("x-request-id") {
+        let id = request_id();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+    // Downstream TLS is not served yet: the scheme is http.
+    let proto = HeaderValue::from_static("http");
+    if hcm.use_remote_address {
+        let ip = peer.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
+            _ => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", proto);
+    } else if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", proto);
+    }
+}
+
+/// A random UUID (version 4), as Envoy's request ids are.
+fn request_id() -> String {
+    let n = fastrand::u128(..) & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
+    let h = format!("{n:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The route's fault: a delay (then carry on) and/or an abort.
