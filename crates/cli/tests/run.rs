@@ -625,3 +625,94 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     server.stop();
     assert_gone(&cp, &web, &web_record);
 }
+
+#[test]
+fn gateways_are_selected_by_labels_and_reach_pods() {
+    require_platform();
+    strait_proxy_built();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let web = format!("gweb-{id}");
+    let token = format!("through the gateway {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), 8000);
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    wait_workload_entry(&cp, &mut server, &web);
+    let web_record = pod_record(&web);
+    // Istio's bookinfo-gateway shape: the selector `istio: ingressgateway`, unchanged.
+    let listen = strait_testsupport::free_loopback_addr();
+    let gw_yaml = root.path().join("gateway.yaml");
+    std::fs::write(
+        &gw_yaml,
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: ['*']\n  gateways: [web-gateway]\n  http:\n  - route:\n    - destination: {{host: web, port: {{number: 8000}}}}\n",
+            port = listen.port()
+        ),
+    )
+    .unwrap();
+    cp.ok(&["apply", "-f", gw_yaml.to_str().unwrap()]);
+    for proxy in ["envoy", "strait"] {
+        let name = format!("ingress-{proxy}-{id}");
+        let ip = listen.ip().to_string();
+        let mut gw = Run::start(
+            &cp,
+            &[
+                "gateway",
+                "--name",
+                &name,
+                "--namespace",
+                "default",
+                "--listen",
+                &ip,
+                "--proxy",
+                proxy,
+            ],
+            root.path(),
+        );
+        let we = wait_workload_entry(&cp, &mut gw, &name);
+        assert_eq!(we["spec"]["labels"]["istio"], "ingressgateway");
+        let record = pod_record(&name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = std::net::TcpStream::connect(listen)
+                .ok()
+                .map(|_| support::http(&listen.to_string(), "GET", "/", None, None));
+            if let Some((200, body)) = &reply
+                && body.trim() == token
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{proxy} gateway at {listen}: no answer from the pod in 60 s (last {reply:?}); stderr:\n{}",
+                gw.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        gw.stop();
+        assert_gone(&cp, &name, &record);
+    }
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+}
