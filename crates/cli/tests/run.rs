@@ -304,8 +304,9 @@ fn envoy_stat(admin: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The client app: a request to `http://web:PORT/` until it answers (at most 60 tries), then
-/// one straight to `DIRECT`'s address; prints what it got, then `DONE`, then waits to be stopped.
+/// The client app: requests to `http://web:PORT/` (unless `BY_NAME=0`), then straight to
+/// `DIRECT`'s address, each until it answers (at most 60 tries); prints what it got and how many
+/// connections it opened, then `DONE`, then waits to be stopped.
 const CLIENT: &str = r#"
 import os, sys, time, urllib.request
 port = os.environ["WEB_PORT"]
@@ -315,19 +316,27 @@ def get(url):
             return r.status, r.read().decode().strip()
     except Exception as e:
         return 0, repr(e)
-attempts = 0
-for _ in range(60):
-    attempts += 1
-    status, body = get("http://web:%s/" % port)
-    if status == 200:
-        break
-    time.sleep(0.5)
-print("SERVICE", status, body, flush=True)
-print("ATTEMPTS", attempts, flush=True)
+def until_ok(url):
+    attempts = 0
+    for _ in range(60):
+        attempts += 1
+        status, body = get(url)
+        print("TRY", url, status, body[:100], flush=True)
+        if status == 200:
+            break
+        time.sleep(0.5)
+    return attempts, status, body
+connections = 0
+if os.environ.get("BY_NAME", "1") == "1":
+    attempts, status, body = until_ok("http://web:%s/" % port)
+    connections += attempts
+    print("SERVICE", status, body, flush=True)
 direct = os.environ.get("DIRECT")
 if direct:
-    status, body = get("http://%s:%s/" % (direct, port))
+    attempts, status, body = until_ok("http://%s:%s/" % (direct, port))
+    connections += attempts
     print("DIRECT", status, body, flush=True)
+print("CONNECTIONS", connections, flush=True)
 print("DONE", flush=True)
 time.sleep(600)
 "#;
@@ -444,7 +453,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
         format!("200 {token}"),
         "{lines:?}"
     );
-    let attempts: u64 = field(&lines, "ATTEMPTS").parse().unwrap();
+    let connections: u64 = field(&lines, "CONNECTIONS").parse().unwrap();
     // Straight to the server pod's address: still through both sidecars.
     assert_eq!(field(&lines, "DIRECT"), format!("200 {token}"), "{lines:?}");
 
@@ -455,10 +464,8 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
     // connections (xDS, and upstream to port 8000) were not captured again.
     let outbound = envoy_stat(&client_admin, "listener.0.0.0.0_8000.downstream_cx_total");
     assert_eq!(
-        outbound,
-        attempts + 1,
-        "the client sidecar's port 8000 listener accepted {outbound} connections; the app opened {}",
-        attempts + 1
+        outbound, connections,
+        "the client sidecar's port 8000 listener accepted {outbound} connections; the app opened {connections}"
     );
     // The direct one left the client's sidecar as passthrough...
     assert!(
@@ -713,6 +720,98 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
         gw.stop();
         assert_gone(&cp, &name, &record);
     }
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+}
+
+#[test]
+fn istio_annotations_exclude_ports_from_outbound_capture() {
+    require_platform();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let (web, client) = (format!("aweb-{id}"), format!("aclient-{id}"));
+    let token = format!("excluded port {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), 8000);
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    let we = wait_workload_entry(&cp, &mut server, &web);
+    let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
+    let web_record = pod_record(&web);
+    // Port 8000 is excluded from the client's outbound capture: straight to the server pod, where
+    // the server's own inbound capture still applies.
+    let mut client_run = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &client,
+            "--labels",
+            "app=client",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--annotation",
+            "traffic.sidecar.istio.io/excludeOutboundPorts=8000",
+            "--",
+            "env",
+            "WEB_PORT=8000",
+            "BY_NAME=0",
+            &format!("DIRECT={web_ip}"),
+            "python3",
+            "-c",
+            CLIENT,
+        ],
+        root.path(),
+    );
+    let lines = client_run.read_until("DONE", Duration::from_secs(90));
+    assert_eq!(field(&lines, "DIRECT"), format!("200 {token}"), "{lines:?}");
+    let client_record = pod_record(&client);
+    let client_ns = client_record["netns"].as_str().unwrap();
+    let rules = tool(
+        "ip",
+        &["netns", "exec", client_ns, "iptables-save", "-t", "nat"],
+    );
+    assert!(
+        rules.contains("-A ISTIO_OUTPUT -p tcp -m tcp --dport 8000 -j RETURN"),
+        "{rules}"
+    );
+    let client_admin = format!("{}:15000", client_record["ip"].as_str().unwrap());
+    assert_eq!(
+        envoy_stat(&client_admin, "listener.0.0.0.0_8000.downstream_cx_total"),
+        0,
+        "the client's sidecar saw a connection to an excluded port"
+    );
+    assert!(
+        envoy_stat(
+            &format!("{web_ip}:15000"),
+            "cluster.inbound|8000||.upstream_rq_200"
+        ) >= 1,
+        "the server's sidecar did not see the direct request"
+    );
+    client_run.stop();
+    assert_gone(&cp, &client, &client_record);
     server.stop();
     assert_gone(&cp, &web, &web_record);
 }
