@@ -355,11 +355,16 @@ fn web_root(token: &str) -> tempfile::TempDir {
 }
 
 fn service(cp: &ControlPlane, dir: &Path, port: u16) {
-    let path = dir.join("svc.yaml");
+    service_named(cp, dir, "web", port);
+}
+
+/// A Service `name` selecting `app: name`, port `http` `port`.
+fn service_named(cp: &ControlPlane, dir: &Path, name: &str, port: u16) {
+    let path = dir.join(format!("svc-{name}.yaml"));
     std::fs::write(
         &path,
         format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: {port}}}\n"
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: {port}}}\n"
         ),
     )
     .unwrap();
@@ -458,6 +463,23 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
     assert_eq!(field(&lines, "DIRECT"), format!("200 {token}"), "{lines:?}");
 
     let client_record = pod_record(&client);
+    // A service made while the pod runs joins its hosts file.
+    service_named(&cp, root.path(), "late", 9090);
+    let hosts = Path::new("/etc/netns")
+        .join(client_record["netns"].as_str().unwrap())
+        .join("hosts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&hosts).unwrap_or_default();
+        if text.contains("\tlate late.default late.default.svc late.default.svc.cluster.local\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new service is not in the pod's hosts file after 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let client_admin = format!("{}:15000", client_record["ip"].as_str().unwrap());
     // Every connection the app opened went through the client's sidecar (virtualOutbound hands
     // it to the listener of its original port, 8000), and only those: the sidecar's own
@@ -628,9 +650,32 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     // The request arrived through the server's sidecar inbound listener.
     let stat = format!("cluster.inbound|{port}||.upstream_rq_200");
     assert!(envoy_stat(&format!("{web_ip}:15000"), &stat) >= 2, "{stat}");
-    // The app exiting stops the run, with the app's exit status.
     server.stop();
     assert_gone(&cp, &web, &web_record);
+    // The app exiting stops the run (the sidecar drains and goes), with the app's exit status.
+    let short = format!("short-{id}");
+    let mut run = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &short,
+            "--capture",
+            "none",
+            "--proxy",
+            "envoy",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 1; exit 3",
+        ],
+        root.path(),
+    );
+    run.read_until("started", Duration::from_secs(60));
+    let record = pod_record(&short);
+    let status = run.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{}", run.stderr());
+    assert_gone(&cp, &short, &record);
 }
 
 #[test]
