@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
@@ -409,9 +410,9 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                 app.env(var, "localhost,127.0.0.1,::1");
             }
         }
-        let mut app = app
-            .spawn()
-            .with_context(|| format!("starting {:?}", args.command))?;
+        let mut app = app.spawn().map_err(|e| {
+            crate::sidecar::launch_error(e, Path::new(&args.command[0]), rec.netns.is_some())
+        })?;
         if let Some(id) = app.id().and_then(ProcId::of) {
             rec.processes.push(id);
         }

@@ -112,6 +112,19 @@ fn check_runnable_by_proxy_uid(bin: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A failed spawn: name the missing launcher (`ip`, `setpriv`) and how to install it.
+pub fn launch_error(e: std::io::Error, bin: &Path, in_netns: bool) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        let launcher = if in_netns { "ip" } else { "setpriv" };
+        return anyhow!(
+            "cannot start {}: `{launcher}` is not installed: install it with `apt-get install -y \
+             iptables iproute2 util-linux`",
+            bin.display()
+        );
+    }
+    anyhow!("cannot start {}: {e}", bin.display())
+}
+
 impl RunningProxy {
     /// Starts the proxy; its output goes to `DIR/proxy.log`.
     pub fn start(l: Launch<'_>) -> Result<RunningProxy> {
@@ -203,7 +216,7 @@ impl RunningProxy {
             .stderr(out)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .map_err(|e| launch_error(e, &bin, l.netns.is_some()))?;
         let pid = child.id().context("the proxy exited at once")?;
         let id = ProcId::of(pid).context("the proxy exited at once")?;
         tracing::info!(pid, bin = %bin.display(), "proxy started");
