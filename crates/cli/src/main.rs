@@ -6,10 +6,13 @@
 mod analyze;
 mod client;
 mod control_plane;
+mod gateway;
 mod input;
 mod output;
 mod proxies;
 mod resources;
+mod run;
+mod sidecar;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +116,11 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: GetFormat,
     },
+    /// Run a workload with its sidecar on the local platform:
+    /// `strait run --name web --labels app=web --port http:8000 -- python3 -m http.server 8000`.
+    Run(run::RunArgs),
+    /// Run an ingress gateway on the host's network, selected by Gateway resources' labels.
+    Gateway(gateway::GatewayArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -168,6 +176,8 @@ fn main() -> ExitCode {
             },
             vip_range,
         }),
+        Command::Run(args) => run::run(&connection, args),
+        Command::Gateway(args) => gateway::run(&connection, args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
         Command::ProxyConfig {

@@ -33,6 +33,7 @@ pub fn routes(ads: AdsServer, mesh: Arc<Mesh>) -> Router {
         .route("/metrics", get(metrics))
         .route("/debug/proxies", get(proxies))
         .route("/debug/proxies/{id}/{what}", get(proxy_config))
+        .route("/debug/services", get(services))
         .with_state(DebugState { ads, mesh })
 }
 
@@ -82,6 +83,26 @@ async fn proxies(State(s): State<DebugState>) -> Response {
                 "connected_at": p.connected_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 "version": revision.to_string(),
                 "types": types,
+            })
+        })
+        .collect();
+    axum::Json(Value::Array(list)).into_response()
+}
+
+/// The registry's services with their virtual IPs and ports (read-only): what `strait run` writes
+/// into a pod's hosts file.
+async fn services(State(s): State<DebugState>) -> Response {
+    let state = s.mesh.current();
+    let list: Vec<Value> = state
+        .registry
+        .services
+        .values()
+        .map(|svc| {
+            json!({
+                "hostname": svc.hostname,
+                "namespace": svc.namespace,
+                "addresses": svc.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "ports": svc.ports.iter().map(|p| json!({"name": p.name, "port": p.number})).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -1,0 +1,555 @@
+//! `strait run`: a workload ("pod") with its sidecar, on the local platform.
+//!
+//! iptables capture (root): the pod gets a network namespace on the bridge, a hosts file with
+//! the services' virtual IPs, Istio's capture rules, and a sidecar under uid 1337 in the same
+//! namespace; the app runs there as the invoking user and calls `http://reviews:9080` as it
+//! would in Kubernetes. No capture: the pod is a loopback address of its own for the sidecar;
+//! the app reaches the mesh through the sidecar's HTTP proxy (`HTTP_PROXY`) and serves on
+//! 127.0.0.1, where the sidecar's inbound listeners forward.
+//!
+//! The app starts once the sidecar is ready; the workload is registered as a WorkloadEntry while
+//! it runs. When the app exits, or on Ctrl-C / SIGTERM, the registration goes, the sidecar
+//! drains and stops, and the pod's network goes. A run killed with `kill -9` leaves a state file;
+//! the next `strait run` or `strait gateway` removes what it left.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::ValueEnum;
+use serde_json::{Value, json};
+use strait_netns::{CaptureRules, HostsEntry, PodKind, PodRange, PodRecord, Pods, ProcId};
+use strait_xds::{CaptureMode, Proxy, ProxyRole};
+use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::client::{Client, Connection};
+use crate::sidecar::{Launch, ProxyKind, RunningProxy};
+
+/// How the sidecar is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Capture {
+    /// A network namespace with Istio's iptables rules (needs root).
+    Iptables,
+    /// A loopback address; the app uses the sidecar as its HTTP proxy.
+    None,
+}
+
+/// The local platform: where pods live.
+#[derive(clap::Args, Clone)]
+pub struct PlatformArgs {
+    /// The pods' address range; the bridge takes its first address.
+    #[arg(long, default_value = "10.44.0.0/16")]
+    pub pod_range: String,
+    /// The bridge pods are attached to.
+    #[arg(long, default_value = "strait0")]
+    pub bridge: String,
+    /// The control plane's xDS address as the proxy dials it (default: the one the local
+    /// control plane recorded; an unspecified IP there means the bridge's address for pods).
+    #[arg(long)]
+    pub xds_addr: Option<SocketAddr>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The workload (pod) name; also its WorkloadEntry's.
+    #[arg(long)]
+    pub name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// The workload's labels: `app=reviews,version=v1`.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// A port the app serves: `NAME:PORT` (repeat for more), as the WorkloadEntry's ports.
+    #[arg(long = "port")]
+    pub ports: Vec<String>,
+    /// iptables (default for root) or none (default otherwise).
+    #[arg(long, value_enum)]
+    pub capture: Option<Capture>,
+    #[arg(long, value_enum, default_value = "strait")]
+    pub proxy: ProxyKind,
+    /// A pod annotation `KEY=VALUE`, e.g. traffic.sidecar.istio.io/excludeOutboundPorts=5432.
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+    /// How long the sidecar drains after the app stops (seconds).
+    #[arg(long, default_value_t = 1)]
+    pub drain_seconds: u64,
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    /// The app: `-- COMMAND ARGS...`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// The proxy's admin port (excluded from capture).
+const ADMIN_PORT: u16 = 15000;
+/// How long the sidecar may take to get its first config.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the hosts file is refreshed from the registry.
+const HOSTS_REFRESH: Duration = Duration::from_secs(2);
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn parse_pairs(
+    items: &[String],
+    what: &str,
+    example: &str,
+) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow!("{what} {l:?} is not KEY=VALUE: write {example}"))
+        })
+        .collect()
+}
+
+fn parse_ports(items: &[String]) -> Result<BTreeMap<String, u16>> {
+    items
+        .iter()
+        .map(|p| {
+            let (name, port) = p
+                .split_once(':')
+                .ok_or_else(|| anyhow!("--port {p:?} is not NAME:PORT: write --port http:9080"))?;
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| anyhow!("--port {p:?}: {port:?} is not a port number"))?;
+            Ok((name.to_string(), port))
+        })
+        .collect()
+}
+
+pub fn logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,strait=info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+impl PlatformArgs {
+    pub fn pods(&self) -> Result<Pods> {
+        let range: PodRange = self.pod_range.parse()?;
+        Ok(Pods::new(Pods::default_dir(), &self.bridge, range))
+    }
+
+    /// The xDS address a proxy dials: from a pod's namespace an unspecified or loopback address
+    /// cannot be reached, so an unspecified one becomes the bridge's.
+    pub fn xds_for(&self, conn: &Connection, in_pod: bool, range: PodRange) -> Result<SocketAddr> {
+        let recorded = match self.xds_addr {
+            Some(a) => a,
+            None => {
+                let file = crate::control_plane::data_dir(conn.data_dir.as_deref())
+                    .join(crate::control_plane::XDS_FILE);
+                std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or_else(|| "127.0.0.1:15010".parse().expect("an address"))
+            }
+        };
+        let ip = recorded.ip();
+        if !in_pod {
+            if ip.is_unspecified() {
+                return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), recorded.port()));
+            }
+            return Ok(recorded);
+        }
+        if ip.is_unspecified() {
+            return Ok(SocketAddr::new(range.gateway().into(), recorded.port()));
+        }
+        if ip.is_loopback() {
+            bail!(
+                "the control plane's xDS listens on {recorded}, which a pod's network namespace \
+                 cannot reach: start it with `strait control-plane --xds-addr 0.0.0.0:15010` (or \
+                 the bridge's address {}), or pass --xds-addr",
+                range.gateway()
+            );
+        }
+        Ok(recorded)
+    }
+}
+
+/// The API resources a pod registered, recorded so that a later run can delete them.
+fn registrations(paths: &[String]) -> Value {
+    json!({ "paths": paths })
+}
+
+/// Deletes what a record says its run registered (a run killed before it could).
+pub fn delete_registrations(client: &Client, rec: &PodRecord) {
+    let paths = rec.registrations["paths"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for p in paths.iter().filter_map(Value::as_str) {
+        match client.request("DELETE", p, None) {
+            Ok(a) if a.is_success() || a.code == 404 => {
+                tracing::info!(path = p, "registration removed")
+            }
+            Ok(a) => tracing::warn!(path = p, error = %a.message(), "cannot remove a registration"),
+            Err(e) => tracing::warn!(path = p, error = %e, "cannot remove a registration"),
+        }
+    }
+}
+
+/// Removes what dead runs left: processes, namespaces, veths, hosts files, registrations.
+pub fn reap(pods: &Pods, client: &Client) -> Result<()> {
+    let removed = pods.reap(|rec| delete_registrations(client, rec))?;
+    for rec in removed {
+        eprintln!(
+            "strait: removed pod {} left by a stopped run (pid {})",
+            rec.name, rec.owner.pid
+        );
+    }
+    Ok(())
+}
+
+fn workload_entry(
+    name: &str,
+    namespace: &str,
+    ip: Ipv4Addr,
+    labels: &BTreeMap<String, String>,
+    service_account: &str,
+    ports: &BTreeMap<String, u16>,
+) -> Value {
+    let mut spec = json!({
+        "address": ip.to_string(),
+        "labels": labels,
+        "serviceAccount": service_account,
+    });
+    if !ports.is_empty() {
+        spec["ports"] = json!(ports);
+    }
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": { "strait.io/registered-by": "strait run" },
+        },
+        "spec": spec,
+    })
+}
+
+pub fn workload_entry_path(namespace: &str, name: &str) -> String {
+    format!("/apis/networking.istio.io/v1/namespaces/{namespace}/workloadentries/{name}")
+}
+
+/// Creates or replaces a resource; the error names it.
+pub fn put(client: &Client, path: &str, body: &Value) -> Result<()> {
+    let answer = client.request("PUT", path, Some(body))?;
+    if !answer.is_success() {
+        bail!("registering {path}: {}", answer.message());
+    }
+    Ok(())
+}
+
+/// The registry's services, for the hosts file.
+fn services(client: &Client) -> Result<Vec<HostsEntry>> {
+    let answer = client.request("GET", "/debug/services", None)?;
+    if !answer.is_success() {
+        bail!("reading the services' virtual IPs: {}", answer.message());
+    }
+    Ok(answer
+        .body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let address: IpAddr = s["addresses"].get(0)?.as_str()?.parse().ok()?;
+            Some(HostsEntry {
+                hostname: s["hostname"].as_str()?.to_string(),
+                namespace: s["namespace"].as_str()?.to_string(),
+                address,
+            })
+        })
+        .collect())
+}
+
+fn refresh_hosts(
+    pods: &Pods,
+    client: &Client,
+    rec: &PodRecord,
+    name: &str,
+    ns: &str,
+) -> Result<()> {
+    let entries = services(client)?;
+    let text = strait_netns::render_hosts(name, ns, rec.ip.into(), &entries, "cluster.local");
+    pods.write_hosts(rec, &text)?;
+    Ok(())
+}
+
+pub fn run(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
+    logging();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(conn, args))
+}
+
+async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
+    let root = is_root();
+    let capture = args.capture.unwrap_or(if root {
+        Capture::Iptables
+    } else {
+        Capture::None
+    });
+    if capture == Capture::Iptables && !root {
+        bail!(
+            "--capture iptables needs root (network namespaces and iptables): run as root, or use --capture none"
+        );
+    }
+    let labels = parse_pairs(&args.labels, "label", "--labels app=reviews,version=v1")?;
+    let annotations = parse_pairs(
+        &args.annotations,
+        "annotation",
+        "--annotation traffic.sidecar.istio.io/excludeOutboundPorts=5432",
+    )?;
+    let ports = parse_ports(&args.ports)?;
+    let rules = CaptureRules::from_annotations(&annotations)?;
+    let client = conn.connect()?;
+    let pods = args.platform.pods()?;
+    reap(&pods, &client)?;
+    let xds = args
+        .platform
+        .xds_for(conn, capture == Capture::Iptables, pods.range())?;
+
+    let kind = match capture {
+        Capture::Iptables => PodKind::Namespace,
+        Capture::None => PodKind::Loopback,
+    };
+    let mut rec = pods.create(&format!("{}.{}", args.name, args.namespace), kind)?;
+    let mut pod = Pod {
+        pods: &pods,
+        client: &client,
+        rec: rec.clone(),
+        sidecar: None,
+    };
+    let result = async {
+        if capture == Capture::Iptables {
+            refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)?;
+            pods.install_capture(&rec, &rules)?;
+        }
+        let proxy = Proxy {
+            id: Proxy::node_id(ProxyRole::Sidecar, rec.ip.into(), &args.name, &args.namespace),
+            role: ProxyRole::Sidecar,
+            ip: rec.ip.into(),
+            workload: args.name.clone(),
+            namespace: args.namespace.clone(),
+            labels: labels.clone(),
+            capture: match capture {
+                Capture::Iptables => CaptureMode::Iptables,
+                Capture::None => CaptureMode::None,
+            },
+            service_account: args.service_account.clone(),
+        };
+        let dir = pods.files_dir(&rec)?;
+        let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);
+        let sidecar = RunningProxy::start(Launch {
+            proxy,
+            kind: args.proxy,
+            xds,
+            admin,
+            netns: rec.netns.as_deref(),
+            dir: &dir,
+        })?;
+        rec.processes.push(sidecar.id);
+        pods.update(&rec)?;
+        pod.rec = rec.clone();
+        let sidecar = pod.sidecar.insert(sidecar);
+        sidecar.wait_ready(READY_TIMEOUT).await?;
+
+        // The app, as the invoking user.
+        let mut app = match &rec.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "setpriv", "--pdeathsig", "KILL", "--"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("setpriv");
+                c.args(["--pdeathsig", "KILL", "--"]);
+                c
+            }
+        };
+        app.args(&args.command)
+            .env("POD_NAME", &args.name)
+            .env("POD_NAMESPACE", &args.namespace)
+            .env("POD_IP", rec.ip.to_string())
+            .env("INSTANCE_IP", rec.ip.to_string())
+            .env("SERVICE_ACCOUNT", &args.service_account)
+            .stdin(Stdio::inherit())
+            .kill_on_drop(true);
+        if capture == Capture::None {
+            let proxy_url = format!("http://{}:15080", rec.ip);
+            for var in ["HTTP_PROXY", "http_proxy"] {
+                app.env(var, &proxy_url);
+            }
+            for var in ["NO_PROXY", "no_proxy"] {
+                app.env(var, "localhost,127.0.0.1,::1");
+            }
+        }
+        let mut app = app.spawn().map_err(|e| {
+            crate::sidecar::launch_error(e, Path::new(&args.command[0]), rec.netns.is_some())
+        })?;
+        if let Some(id) = app.id().and_then(ProcId::of) {
+            rec.processes.push(id);
+        }
+        let path = workload_entry_path(&args.namespace, &args.name);
+        rec.registrations = registrations(std::slice::from_ref(&path));
+        pods.update(&rec)?;
+        pod.rec = rec.clone();
+        put(
+            &client,
+            &path,
+            &workload_entry(&args.name, &args.namespace, rec.ip, &labels, &args.service_account, &ports),
+        )?;
+        eprintln!(
+            "strait: {}.{} runs at {} ({} capture, {} sidecar)",
+            args.name,
+            args.namespace,
+            rec.ip,
+            match capture {
+                Capture::Iptables => "iptables",
+                Capture::None => "no",
+            },
+            match args.proxy {
+                ProxyKind::Strait => "strait-proxy",
+                ProxyKind::Envoy => "Envoy",
+            }
+        );
+
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(HOSTS_REFRESH);
+        let sidecar = pod.sidecar.as_mut().expect("started above");
+        let code = loop {
+            tokio::select! {
+                status = app.wait() => {
+                    let status = status?;
+                    break status.code().map_or(ExitCode::FAILURE, |c| ExitCode::from(c as u8));
+                }
+                status = sidecar.child.wait() => {
+                    let status = status?;
+                    let _ = app.start_kill();
+                    let _ = app.wait().await;
+                    bail!("the sidecar exited ({status}); its log ({}):\n{}", sidecar.log.display(), sidecar.log_tail());
+                }
+                _ = term.recv() => break stop_app(&mut app).await,
+                _ = int.recv() => break stop_app(&mut app).await,
+                _ = tick.tick() => {
+                    if capture == Capture::Iptables
+                        && let Err(e) = refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)
+                    {
+                        tracing::warn!(error = %e, "cannot refresh the hosts file");
+                    }
+                }
+            }
+        };
+        Ok(code)
+    }
+    .await;
+    pod.stop(Duration::from_secs(args.drain_seconds)).await;
+    result
+}
+
+/// SIGTERM to the app, SIGKILL after 10 s.
+async fn stop_app(app: &mut tokio::process::Child) -> ExitCode {
+    if let Some(id) = app.id().and_then(ProcId::of) {
+        let _ = tokio::task::spawn_blocking(move || {
+            strait_netns::terminate(id, Duration::from_secs(10))
+        })
+        .await;
+    }
+    let _ = app.wait().await;
+    ExitCode::from(130)
+}
+
+/// What a run made, undone in order: the registration (endpoints go first), the sidecar
+/// (drained), the pod's network and state file.
+pub struct Pod<'a> {
+    pub pods: &'a Pods,
+    pub client: &'a Client,
+    pub rec: PodRecord,
+    pub sidecar: Option<RunningProxy>,
+}
+
+impl Pod<'_> {
+    pub async fn stop(&mut self, drain: Duration) {
+        delete_registrations(self.client, &self.rec);
+        if let Some(s) = self.sidecar.as_mut() {
+            s.stop(drain).await;
+        }
+        if let Err(e) = self.pods.remove(&self.rec) {
+            eprintln!("strait: cannot remove pod {}: {e}", self.rec.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_pairs_parse() {
+        let ports = parse_ports(&["http:9080".into(), "grpc:7070".into()]).unwrap();
+        assert_eq!(ports["http"], 9080);
+        assert_eq!(ports["grpc"], 7070);
+        assert!(parse_ports(&["9080".into()]).is_err());
+        assert!(parse_ports(&["http:0".into()]).is_err());
+        let labels = parse_pairs(&["app=a".into(), "version=v1".into()], "label", "x").unwrap();
+        assert_eq!(labels["version"], "v1");
+        assert!(parse_pairs(&["app".into()], "label", "x").is_err());
+    }
+
+    #[test]
+    fn the_workload_entry_carries_address_labels_ports_and_account() {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let ports = BTreeMap::from([("http".to_string(), 8000)]);
+        let we = workload_entry(
+            "web-1",
+            "shop",
+            Ipv4Addr::new(10, 44, 0, 2),
+            &labels,
+            "web",
+            &ports,
+        );
+        assert_eq!(we["metadata"]["namespace"], "shop");
+        assert_eq!(we["spec"]["address"], "10.44.0.2");
+        assert_eq!(we["spec"]["labels"]["app"], "web");
+        assert_eq!(we["spec"]["ports"]["http"], 8000);
+        assert_eq!(we["spec"]["serviceAccount"], "web");
+        let parsed = strait_api::parse::parse_value(
+            strait_api::parse::Source {
+                file: "t".into(),
+                index: 0,
+            },
+            we,
+        );
+        assert!(
+            matches!(parsed.outcome, strait_api::parse::Outcome::Resource(_)),
+            "the API accepts it"
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! Starting a data plane for `strait run` and `strait gateway`: strait-proxy or Envoy, in a
+//! pod's network namespace under the proxy's uid or on the host, and waiting for it.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::ValueEnum;
+use strait_netns::{PROXY_GID, PROXY_UID, ProcId};
+use strait_xds::bootstrap::{BootstrapOptions, envoy_bootstrap};
+use strait_xds::{CaptureMode, Proxy};
+use tokio::process::{Child, Command};
+
+/// Which data plane runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyKind {
+    /// strait-proxy, next to the `strait` binary.
+    Strait,
+    /// Envoy: $ENVOY_BIN, else the repository's .venv, else `envoy` on PATH.
+    Envoy,
+}
+
+/// How to start a proxy.
+pub struct Launch<'a> {
+    pub proxy: Proxy,
+    pub kind: ProxyKind,
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    /// Run inside this network namespace, as the proxy's uid (1337).
+    pub netns: Option<&'a str>,
+    /// Where the bootstrap and the log go.
+    pub dir: &'a Path,
+}
+
+/// A running proxy process.
+pub struct RunningProxy {
+    pub child: Child,
+    pub id: ProcId,
+    pub kind: ProxyKind,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+/// The strait-proxy binary beside this one.
+fn strait_proxy_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("finding the strait binary")?;
+    let bin = me.with_file_name("strait-proxy");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it (`cargo build --bin strait-proxy`) or use --proxy envoy",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Envoy: `$ENVOY_BIN`, else the repository's `.venv` (`scripts/install-envoy.sh`), else
+/// `envoy` on PATH.
+pub fn envoy_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("ENVOY_BIN={} is not a file", bin.display());
+        }
+        return Ok(bin);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&venv) {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        if let Some(bin) = found.pop() {
+            return Ok(bin);
+        }
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let bin = dir.join("envoy");
+        if bin.is_file() {
+            return Ok(bin);
+        }
+    }
+    Err(anyhow!(
+        "Envoy is not installed: run `bash scripts/install-envoy.sh` in the repository, or set \
+         ENVOY_BIN to an Envoy 1.40 binary, or use --proxy strait"
+    ))
+}
+
+/// The proxy's uid must be able to run `bin`: every folder on its path searchable by others.
+fn check_runnable_by_proxy_uid(bin: &Path) -> Result<()> {
+    let bin = bin.canonicalize().unwrap_or_else(|_| bin.to_path_buf());
+    for dir in bin.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0o755);
+        if mode & 0o001 == 0 {
+            bail!(
+                "{} cannot be run by the proxy's uid {PROXY_UID}: {} is not searchable by others \
+                 (mode {:o}); put the binary elsewhere (not under /root) or `chmod o+x` the folder",
+                bin.display(),
+                dir.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A failed spawn: name the missing launcher (`ip`, `setpriv`) and how to install it.
+pub fn launch_error(e: std::io::Error, bin: &Path, in_netns: bool) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        let launcher = if in_netns { "ip" } else { "setpriv" };
+        return anyhow!(
+            "cannot start {}: `{launcher}` is not installed: install it with `apt-get install -y \
+             iptables iproute2 util-linux`",
+            bin.display()
+        );
+    }
+    anyhow!("cannot start {}: {e}", bin.display())
+}
+
+impl RunningProxy {
+    /// Starts the proxy; its output goes to `DIR/proxy.log`.
+    pub fn start(l: Launch<'_>) -> Result<RunningProxy> {
+        let log = l.dir.join("proxy.log");
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let (bin, args): (PathBuf, Vec<String>) = match l.kind {
+            ProxyKind::Envoy => {
+                let bootstrap = envoy_bootstrap(&BootstrapOptions {
+                    proxy: l.proxy.clone(),
+                    xds_addr: l.xds,
+                    admin_addr: l.admin,
+                    delta: true,
+                    concurrency: Some(2),
+                });
+                let path = l.dir.join("bootstrap.yaml");
+                std::fs::write(&path, bootstrap)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                let args = vec![
+                    "-c".into(),
+                    path.display().to_string(),
+                    "--disable-hot-restart".into(),
+                    "--concurrency".into(),
+                    "2".into(),
+                    "--drain-time-s".into(),
+                    "2".into(),
+                ];
+                (envoy_bin()?, args)
+            }
+            ProxyKind::Strait => {
+                let p = &l.proxy;
+                let labels: Vec<String> =
+                    p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let mut args = vec![
+                    "--workload".into(),
+                    p.workload.clone(),
+                    "--namespace".into(),
+                    p.namespace.clone(),
+                    "--address".into(),
+                    p.ip.to_string(),
+                    "--role".into(),
+                    match p.role {
+                        strait_xds::ProxyRole::Sidecar => "sidecar".into(),
+                        strait_xds::ProxyRole::Gateway => "gateway".into(),
+                    },
+                    "--capture".into(),
+                    match p.capture {
+                        CaptureMode::Iptables => "iptables".into(),
+                        CaptureMode::None => "none".into(),
+                    },
+                    "--service-account".into(),
+                    p.service_account.clone(),
+                    "--xds".into(),
+                    l.xds.to_string(),
+                    "--admin".into(),
+                    l.admin.to_string(),
+                ];
+                if !labels.is_empty() {
+                    args.push("--labels".into());
+                    args.push(labels.join(","));
+                }
+                (strait_proxy_bin()?, args)
+            }
+        };
+        let mut cmd = match l.netns {
+            Some(ns) => {
+                check_runnable_by_proxy_uid(&bin)?;
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "setpriv"])
+                    .arg(format!("--reuid={PROXY_UID}"))
+                    .arg(format!("--regid={PROXY_GID}"))
+                    .args(["--clear-groups", "--pdeathsig", "KILL", "--"]);
+                c.arg(&bin);
+                c
+            }
+            None => {
+                let mut c = Command::new("setpriv");
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+                c
+            }
+        };
+        let child = cmd
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("STRAIT_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| launch_error(e, &bin, l.netns.is_some()))?;
+        let pid = child.id().context("the proxy exited at once")?;
+        let id = ProcId::of(pid).context("the proxy exited at once")?;
+        tracing::info!(pid, bin = %bin.display(), "proxy started");
+        Ok(RunningProxy {
+            child,
+            id,
+            kind: l.kind,
+            admin: l.admin,
+            log,
+        })
+    }
+
+    /// The last lines of the proxy's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    fn admin_get(&self, path: &str) -> Option<String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        let mut r = agent
+            .get(&format!("http://{}{path}", self.admin))
+            .call()
+            .ok()?;
+        r.body_mut().read_to_string().ok()
+    }
+
+    /// Waits until the proxy's `/ready` says `LIVE` (its first config is in).
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(state) = self.admin_get("/ready")
+                && state.trim() == "LIVE"
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the sidecar exited before it was ready ({status}); its log ({}):\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the sidecar is not ready after {timeout:?} (is the control plane's xDS \
+                     reachable from the pod?); its log ({}):\n{}",
+                    self.log.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Drains (Envoy: listeners stop accepting, connections finish) for up to `drain`, then
+    /// stops the process.
+    pub async fn stop(&mut self, drain: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if self.kind == ProxyKind::Envoy {
+            let admin = self.admin;
+            let _ = tokio::task::spawn_blocking(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(2)))
+                    .build()
+                    .into();
+                agent
+                    .post(&format!("http://{admin}/drain_listeners?graceful"))
+                    .send_empty()
+            })
+            .await;
+            tokio::time::sleep(drain).await;
+        }
+        let id = self.id;
+        let _ = tokio::task::spawn_blocking(move || {
+            strait_netns::terminate(id, Duration::from_secs(5))
+        })
+        .await;
+        let _ = self.child.wait().await;
+    }
+}

@@ -1,0 +1,862 @@
+//! `strait run` on the local platform, end to end: pods in network namespaces with Istio's
+//! capture rules and real Envoy sidecars, and pods on loopback without capture. These tests need
+//! root, iproute2, iptables, setpriv, python3 and Envoy; they fail (never skip) without them.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::ControlPlane;
+
+/// Fails, naming what is missing and how to install it, unless this machine can run pods.
+fn require_platform() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    assert!(
+        root,
+        "these tests make network namespaces and iptables rules: run them as root"
+    );
+    for (tool, arg, install) in [
+        ("ip", "-V", "apt-get install -y iproute2"),
+        (
+            "iptables-restore",
+            "--version",
+            "apt-get install -y iptables",
+        ),
+        ("iptables-save", "--version", "apt-get install -y iptables"),
+        ("setpriv", "--version", "apt-get install -y util-linux"),
+        ("python3", "--version", "apt-get install -y python3"),
+    ] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "`{tool}` is missing: install it with `{install}`");
+    }
+    strait_testsupport::envoy_bin();
+}
+
+fn strait_proxy_built() {
+    let bin = Path::new(support::strait()).with_file_name("strait-proxy");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p strait-proxy-bin --bins`",
+        bin.display()
+    );
+}
+
+fn run_dir() -> PathBuf {
+    PathBuf::from("/run/strait/pods")
+}
+
+/// A `strait run` (or `strait gateway`) process; stopped with SIGTERM when dropped.
+struct Run {
+    name: String,
+    child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn start(cp: &ControlPlane, args: &[&str], cwd: &Path) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr");
+        let mut child = Command::new(support::strait())
+            .arg("--data-dir")
+            .arg(cp.data_dir())
+            .args(args)
+            .env("ENVOY_BIN", strait_testsupport::envoy_bin())
+            .env_remove("STRAIT_SERVER")
+            .env_remove("STRAIT_TOKEN")
+            .env_remove("STRAIT_RUN_DIR")
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting strait run");
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let name = args
+            .windows(2)
+            .find(|w| w[0] == "--name")
+            .map(|w| w[1].to_string())
+            .unwrap_or_default();
+        Run {
+            name,
+            child,
+            lines: Some(rx),
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The app's stdout lines up to (and without) the one that starts with `end`.
+    fn read_until(&mut self, end: &str, timeout: Duration) -> Vec<String> {
+        let rx = self.lines.as_ref().unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with(end) => return lines,
+                Ok(l) => lines.push(l),
+                Err(_) => panic!(
+                    "{}: no {end:?} line within {timeout:?}; app output so far: {lines:?}\nstrait run's stderr:\n{}",
+                    self.name,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.child.id());
+    }
+
+    /// SIGTERM, and the exit status within 20 s.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        self.wait(Duration::from_secs(20))
+    }
+
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {timeout:?}; stderr:\n{}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- strait run {} stderr ---\n{}", self.name, self.stderr());
+        }
+    }
+}
+
+/// The WorkloadEntry `name` as JSON, if it exists.
+fn workload_entry(cp: &ControlPlane, name: &str) -> Option<Value> {
+    let out = cp.cli(&["get", "we", name, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Waits until the WorkloadEntry `name` exists; returns it.
+fn wait_workload_entry(cp: &ControlPlane, run: &mut Run, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(we) = workload_entry(cp, name) {
+            return we;
+        }
+        if let Some(status) = run.child.try_wait().unwrap() {
+            panic!(
+                "strait run {name} exited ({status}); stderr:\n{}",
+                run.stderr()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the WorkloadEntry {name} did not appear within 60 s; strait run's stderr:\n{}",
+            run.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The pod's state file (`/run/strait/pods/NAME.NS.json`).
+fn pod_record(name: &str) -> Value {
+    let path = run_dir().join(format!("{name}.default.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}", path.display());
+    }))
+    .unwrap()
+}
+
+fn pids(record: &Value) -> Vec<u32> {
+    record["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .chain([record["owner"]["pid"].as_u64().unwrap() as u32])
+        .collect()
+}
+
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Nothing of pod `name` is left: namespace, veth, hosts folder, state file, processes,
+/// WorkloadEntry.
+fn assert_gone(cp: &ControlPlane, name: &str, record: &Value) {
+    let netns = record["netns"].as_str().map(str::to_string);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leftovers = loop {
+        let mut left = Vec::new();
+        if let Some(ns) = &netns {
+            if tool("ip", &["netns", "list"]).contains(ns.as_str()) {
+                left.push(format!("network namespace {ns}"));
+            }
+            if Path::new("/etc/netns").join(ns).exists() {
+                left.push(format!("/etc/netns/{ns}"));
+            }
+        }
+        if let Some(veth) = record["veth"].as_str()
+            && tool("ip", &["-o", "link", "show"]).contains(veth)
+        {
+            left.push(format!("veth {veth}"));
+        }
+        if run_dir().join(format!("{name}.default.json")).exists() {
+            left.push("its state file".into());
+        }
+        if run_dir().join(format!("{name}.default.d")).exists() {
+            left.push("its files folder".into());
+        }
+        for pid in pids(record) {
+            if running(pid) {
+                left.push(format!("process {pid}"));
+            }
+        }
+        if workload_entry(cp, name).is_some() {
+            left.push(format!("WorkloadEntry {name}"));
+        }
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        leftovers.is_empty(),
+        "pod {name} left behind: {leftovers:?}"
+    );
+}
+
+/// An Envoy admin stat (`/stats` line `name: value`) at `admin`.
+fn envoy_stat(admin: &str, name: &str) -> u64 {
+    let (code, body) = support::http(admin, "GET", "/stats", None, None);
+    assert_eq!(code, 200, "{admin}/stats: {body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The client app: requests to `http://web:PORT/` (unless `BY_NAME=0`), then straight to
+/// `DIRECT`'s address, each until it answers (at most 60 tries); prints what it got and how many
+/// connections it opened, then `DONE`, then waits to be stopped.
+const CLIENT: &str = r#"
+import os, sys, time, urllib.request
+port = os.environ["WEB_PORT"]
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode().strip()
+    except Exception as e:
+        return 0, repr(e)
+def until_ok(url):
+    attempts = 0
+    for _ in range(60):
+        attempts += 1
+        status, body = get(url)
+        print("TRY", url, status, body[:100], flush=True)
+        if status == 200:
+            break
+        time.sleep(0.5)
+    return attempts, status, body
+connections = 0
+if os.environ.get("BY_NAME", "1") == "1":
+    attempts, status, body = until_ok("http://web:%s/" % port)
+    connections += attempts
+    print("SERVICE", status, body, flush=True)
+direct = os.environ.get("DIRECT")
+if direct:
+    attempts, status, body = until_ok("http://%s:%s/" % (direct, port))
+    connections += attempts
+    print("DIRECT", status, body, flush=True)
+print("CONNECTIONS", connections, flush=True)
+print("DONE", flush=True)
+time.sleep(600)
+"#;
+
+fn field<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key} line in {lines:?}"))
+}
+
+fn web_root(token: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), format!("{token}\n")).unwrap();
+    dir
+}
+
+fn service(cp: &ControlPlane, dir: &Path, port: u16) {
+    service_named(cp, dir, "web", port);
+}
+
+/// A Service `name` selecting `app: name`, port `http` `port`.
+fn service_named(cp: &ControlPlane, dir: &Path, name: &str, port: u16) {
+    let path = dir.join(format!("svc-{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: {port}}}\n"
+        ),
+    )
+    .unwrap();
+    cp.ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+#[test]
+fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sidecar() {
+    require_platform();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let (web, client) = (format!("web-{id}"), format!("client-{id}"));
+    let token = format!("hello from web {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), 8000);
+
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web,version=v1",
+            "--service-account",
+            "web-sa",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    // Registered while it runs: address from the pod range, labels, account, ports.
+    let we = wait_workload_entry(&cp, &mut server, &web);
+    let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("10.44."), "{we}");
+    assert_eq!(we["spec"]["labels"]["app"], "web");
+    assert_eq!(we["spec"]["labels"]["version"], "v1");
+    assert_eq!(we["spec"]["serviceAccount"], "web-sa");
+    assert_eq!(we["spec"]["ports"]["http"], 8000);
+    let web_record = pod_record(&web);
+    let web_ns = web_record["netns"].as_str().unwrap().to_string();
+    // Istio's rules are in the pod's namespace.
+    let rules = tool(
+        "ip",
+        &["netns", "exec", &web_ns, "iptables-save", "-t", "nat"],
+    );
+    for rule in [
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+    ] {
+        assert!(rules.contains(rule), "missing {rule:?} in:\n{rules}");
+    }
+
+    let web_admin = format!("{web_ip}:15000");
+    let mut client_run = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &client,
+            "--labels",
+            "app=client",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "env",
+            "WEB_PORT=8000",
+            &format!("DIRECT={web_ip}"),
+            "python3",
+            "-c",
+            CLIENT,
+        ],
+        root.path(),
+    );
+    let lines = client_run.read_until("DONE", Duration::from_secs(90));
+    // By name, through the service's virtual IP in the pod's hosts file.
+    assert_eq!(
+        field(&lines, "SERVICE"),
+        format!("200 {token}"),
+        "{lines:?}"
+    );
+    let connections: u64 = field(&lines, "CONNECTIONS").parse().unwrap();
+    // Straight to the server pod's address: still through both sidecars.
+    assert_eq!(field(&lines, "DIRECT"), format!("200 {token}"), "{lines:?}");
+
+    let client_record = pod_record(&client);
+    // A service made while the pod runs joins its hosts file.
+    service_named(&cp, root.path(), "late", 9090);
+    let hosts = Path::new("/etc/netns")
+        .join(client_record["netns"].as_str().unwrap())
+        .join("hosts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&hosts).unwrap_or_default();
+        if text.contains("\tlate late.default late.default.svc late.default.svc.cluster.local\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new service is not in the pod's hosts file after 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client_admin = format!("{}:15000", client_record["ip"].as_str().unwrap());
+    // Every connection the app opened went through the client's sidecar (virtualOutbound hands
+    // it to the listener of its original port, 8000), and only those: the sidecar's own
+    // connections (xDS, and upstream to port 8000) were not captured again.
+    let outbound = envoy_stat(&client_admin, "listener.0.0.0.0_8000.downstream_cx_total");
+    assert_eq!(
+        outbound, connections,
+        "the client sidecar's port 8000 listener accepted {outbound} connections; the app opened {connections}"
+    );
+    // The direct one left the client's sidecar as passthrough...
+    assert!(
+        envoy_stat(
+            &client_admin,
+            "cluster.PassthroughCluster.upstream_cx_total"
+        ) >= 1,
+        "the direct connection did not go through the client's sidecar"
+    );
+    // ...and both arrived through the server's sidecar (virtualInbound to the app).
+    assert!(envoy_stat(&web_admin, "listener.0.0.0.0_15006.downstream_cx_total") >= 2);
+    assert!(envoy_stat(&web_admin, "cluster.inbound|8000||.upstream_rq_200") >= 2);
+
+    // Ctrl-C / SIGTERM stops app and sidecar; nothing is left.
+    client_run.stop();
+    assert_gone(&cp, &client, &client_record);
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+
+    // kill -9 of strait run: the next run removes what it left.
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    wait_workload_entry(&cp, &mut server, &web);
+    let killed = pod_record(&web);
+    server.signal("-KILL");
+    server.wait(Duration::from_secs(5));
+    assert!(
+        workload_entry(&cp, &web).is_some(),
+        "the WorkloadEntry of a killed run stays until the next run"
+    );
+    let mut next = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &client,
+            "--labels",
+            "app=client",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "true",
+        ],
+        root.path(),
+    );
+    let status = next.wait(Duration::from_secs(90));
+    assert!(status.success(), "{status}: {}", next.stderr());
+    assert!(
+        next.stderr()
+            .contains(&format!("removed pod {web}.default")),
+        "{}",
+        next.stderr()
+    );
+    assert_gone(&cp, &web, &killed);
+    let rules_left = tool("ip", &["netns", "list"]);
+    assert!(
+        !rules_left.contains(&format!("strait-{client}")),
+        "{rules_left}"
+    );
+}
+
+#[test]
+fn pods_without_capture_use_their_sidecar_as_http_proxy() {
+    require_platform();
+    strait_proxy_built();
+    let cp = ControlPlane::start();
+    let id = std::process::id();
+    let (web, client) = (format!("nweb-{id}"), format!("nclient-{id}"));
+    let port = strait_testsupport::free_port();
+    let token = format!("loopback web {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), port);
+    let port_text = port.to_string();
+    let http_port = format!("http:{port}");
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            &http_port,
+            "--capture",
+            "none",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            &port_text,
+            "--bind",
+            "127.0.0.1",
+        ],
+        root.path(),
+    );
+    let we = wait_workload_entry(&cp, &mut server, &web);
+    let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
+    assert!(web_ip.starts_with("127.44."), "{we}");
+    let web_record = pod_record(&web);
+    assert!(web_record["netns"].is_null());
+
+    for proxy in ["envoy", "strait"] {
+        let name = format!("{client}-{proxy}");
+        let mut client_run = Run::start(
+            &cp,
+            &[
+                "run",
+                "--name",
+                &name,
+                "--labels",
+                "app=client",
+                "--capture",
+                "none",
+                "--proxy",
+                proxy,
+                "--",
+                "env",
+                &format!("WEB_PORT={port}"),
+                "python3",
+                "-c",
+                CLIENT,
+            ],
+            root.path(),
+        );
+        let lines = client_run.read_until("DONE", Duration::from_secs(90));
+        assert_eq!(
+            field(&lines, "SERVICE"),
+            format!("200 {token}"),
+            "{proxy}: {lines:?}"
+        );
+        let record = pod_record(&name);
+        client_run.stop();
+        assert_gone(&cp, &name, &record);
+    }
+    // The request arrived through the server's sidecar inbound listener.
+    let stat = format!("cluster.inbound|{port}||.upstream_rq_200");
+    assert!(envoy_stat(&format!("{web_ip}:15000"), &stat) >= 2, "{stat}");
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+    // The app exiting stops the run (the sidecar drains and goes), with the app's exit status.
+    let short = format!("short-{id}");
+    let mut run = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &short,
+            "--capture",
+            "none",
+            "--proxy",
+            "envoy",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 1; exit 3",
+        ],
+        root.path(),
+    );
+    run.read_until("started", Duration::from_secs(60));
+    let record = pod_record(&short);
+    let status = run.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{}", run.stderr());
+    assert_gone(&cp, &short, &record);
+}
+
+#[test]
+fn gateways_are_selected_by_labels_and_reach_pods() {
+    require_platform();
+    strait_proxy_built();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let web = format!("gweb-{id}");
+    let token = format!("through the gateway {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), 8000);
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    wait_workload_entry(&cp, &mut server, &web);
+    let web_record = pod_record(&web);
+    // Istio's bookinfo-gateway shape: the selector `istio: ingressgateway`, unchanged.
+    let listen = strait_testsupport::free_loopback_addr();
+    let gw_yaml = root.path().join("gateway.yaml");
+    std::fs::write(
+        &gw_yaml,
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: ['*']\n  gateways: [web-gateway]\n  http:\n  - route:\n    - destination: {{host: web, port: {{number: 8000}}}}\n",
+            port = listen.port()
+        ),
+    )
+    .unwrap();
+    cp.ok(&["apply", "-f", gw_yaml.to_str().unwrap()]);
+    for proxy in ["envoy", "strait"] {
+        let name = format!("ingress-{proxy}-{id}");
+        let ip = listen.ip().to_string();
+        let mut gw = Run::start(
+            &cp,
+            &[
+                "gateway",
+                "--name",
+                &name,
+                "--namespace",
+                "default",
+                "--listen",
+                &ip,
+                "--proxy",
+                proxy,
+            ],
+            root.path(),
+        );
+        let we = wait_workload_entry(&cp, &mut gw, &name);
+        assert_eq!(we["spec"]["labels"]["istio"], "ingressgateway");
+        let record = pod_record(&name);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let reply = std::net::TcpStream::connect(listen)
+                .ok()
+                .map(|_| support::http(&listen.to_string(), "GET", "/", None, None));
+            if let Some((200, body)) = &reply
+                && body.trim() == token
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{proxy} gateway at {listen}: no answer from the pod in 60 s (last {reply:?}); stderr:\n{}",
+                gw.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        gw.stop();
+        assert_gone(&cp, &name, &record);
+    }
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+}
+
+#[test]
+fn istio_annotations_exclude_ports_from_outbound_capture() {
+    require_platform();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let (web, client) = (format!("aweb-{id}"), format!("aclient-{id}"));
+    let token = format!("excluded port {id}");
+    let root = web_root(&token);
+    service(&cp, root.path(), 8000);
+    let mut server = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &web,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+        ],
+        root.path(),
+    );
+    let we = wait_workload_entry(&cp, &mut server, &web);
+    let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
+    let web_record = pod_record(&web);
+    // Port 8000 is excluded from the client's outbound capture: straight to the server pod, where
+    // the server's own inbound capture still applies.
+    let mut client_run = Run::start(
+        &cp,
+        &[
+            "run",
+            "--name",
+            &client,
+            "--labels",
+            "app=client",
+            "--capture",
+            "iptables",
+            "--proxy",
+            "envoy",
+            "--annotation",
+            "traffic.sidecar.istio.io/excludeOutboundPorts=8000",
+            "--",
+            "env",
+            "WEB_PORT=8000",
+            "BY_NAME=0",
+            &format!("DIRECT={web_ip}"),
+            "python3",
+            "-c",
+            CLIENT,
+        ],
+        root.path(),
+    );
+    let lines = client_run.read_until("DONE", Duration::from_secs(90));
+    assert_eq!(field(&lines, "DIRECT"), format!("200 {token}"), "{lines:?}");
+    let client_record = pod_record(&client);
+    let client_ns = client_record["netns"].as_str().unwrap();
+    let rules = tool(
+        "ip",
+        &["netns", "exec", client_ns, "iptables-save", "-t", "nat"],
+    );
+    assert!(
+        rules.contains("-A ISTIO_OUTPUT -p tcp -m tcp --dport 8000 -j RETURN"),
+        "{rules}"
+    );
+    let client_admin = format!("{}:15000", client_record["ip"].as_str().unwrap());
+    assert_eq!(
+        envoy_stat(&client_admin, "listener.0.0.0.0_8000.downstream_cx_total"),
+        0,
+        "the client's sidecar saw a connection to an excluded port"
+    );
+    assert!(
+        envoy_stat(
+            &format!("{web_ip}:15000"),
+            "cluster.inbound|8000||.upstream_rq_200"
+        ) >= 1,
+        "the server's sidecar did not see the direct request"
+    );
+    client_run.stop();
+    assert_gone(&cp, &client, &client_record);
+    server.stop();
+    assert_gone(&cp, &web, &web_record);
+}
