@@ -8,6 +8,8 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::mesh::{DataPlane, Mesh, sample};
@@ -509,12 +511,41 @@ async fn control_plane_restart(plane: DataPlane) {
         .get_until(REVIEWS, &[], "reviews v3", |r| r.json()["version"] == "v3")
         .await;
 
+    // Steady load from two concurrent clients across the kill, two seconds down and the
+    // restart: not one request may fail or change its answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loads: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, proxy) = (stop.clone(), client.http_proxy());
+            tokio::spawn(async move {
+                let (mut ok, mut bad) = (0usize, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match strait_testsupport::via_proxy(proxy, REVIEWS, &[]).await {
+                        Ok(r) if r.status == 200 && r.json()["version"] == "v3" => ok += 1,
+                        Ok(r) => bad.push(format!("{} {}", r.status, r.body)),
+                        Err(e) => bad.push(e.to_string()),
+                    }
+                }
+                (ok, bad)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     mesh.cp.kill9();
-    for _ in 0..50 {
-        let r = client.get(REVIEWS, &[]).await;
-        assert_eq!((r.status, r.json()["version"].as_str()), (200, Some("v3")));
-    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     mesh.cp.restart();
+    // Reconnected and resynced (the same config) while the load goes on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for load in loads {
+        let (ok, bad) = load.await.unwrap();
+        assert!(
+            bad.is_empty(),
+            "{} failed requests under load: {bad:?}",
+            bad.len()
+        );
+        assert!(ok > 20, "the load sent only {ok} requests");
+    }
     // Envoy reconnects and resyncs: a change made after the restart reaches it.
     mesh.apply(&sample(
         "bookinfo/networking/virtual-service-reviews-v2-v3.yaml",
