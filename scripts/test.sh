@@ -3,6 +3,8 @@
 # Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# No incremental caches: the suite builds once, and they double the target directory's size.
+export CARGO_INCREMENTAL=0
 
 export STRAIT_TESTDATA="${STRAIT_TESTDATA:-$(cd .. && pwd)/shared/testdata}"
 if [ ! -d "$STRAIT_TESTDATA/istio-validation" ]; then
@@ -37,7 +39,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (every binary: the scenario tests run strait-proxy beside strait)"
-cargo build --workspace --bins --locked
+echo "== cargo build (every binary and test: the scenario tests run strait-proxy beside strait)"
+# Tests and binaries in one build, so both get the same features (tokio's test-util) and
+# `cargo test` below compiles nothing twice.
+cargo build --workspace --all-targets --locked
 echo "== cargo test"
 cargo test --workspace --locked
