@@ -80,6 +80,11 @@ async fn request_routing(plane: DataPlane) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_routing_all_v1_then_jason_to_v2_strait_sotw() {
+    request_routing(DataPlane::StraitSotw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_shifting_splits_within_five_points() {
     traffic_shifting(DataPlane::Envoy).await;
 }
@@ -485,6 +490,11 @@ async fn new_virtual_service(plane: DataPlane) {
         clusters.contains("reviews.default.svc.cluster.local") && clusters.contains("v2"),
         "{clusters}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_virtual_service_is_acked_and_shows_synced_strait_sotw() {
+    new_virtual_service(DataPlane::StraitSotw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

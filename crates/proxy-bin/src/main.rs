@@ -39,6 +39,9 @@ struct Args {
     /// The admin address.
     #[arg(long, default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// The ADS variant: delta (falls back to sotw when the control plane has no Delta) or sotw.
+    #[arg(long, value_enum, default_value = "delta")]
+    api: Api,
     /// Runtime worker threads (default: 2).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
@@ -48,6 +51,12 @@ struct Args {
 enum Role {
     Sidecar,
     Gateway,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Api {
+    Delta,
+    Sotw,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +115,10 @@ fn main() -> Result<()> {
         node,
         xds: args.xds,
         admin: args.admin,
+        api: match args.api {
+            Api::Delta => strait_proxy::XdsApi::Delta,
+            Api::Sotw => strait_proxy::XdsApi::Sotw,
+        },
     }))?;
     Ok(())
 }

@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::{Notify, watch};
 
 pub use config::Config;
+pub use xds::Api as XdsApi;
 
 /// What the proxy needs to start.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct Options {
     pub xds: SocketAddr,
     /// The admin interface's address.
     pub admin: SocketAddr,
+    /// Delta ADS (falling back to state of the world) or state of the world only.
+    pub api: XdsApi,
 }
 
 /// Why the proxy could not run.
@@ -100,7 +103,12 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             source,
         })?;
     tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
-    let xds = tokio::spawn(xds::run(shared.clone(), opts.node.clone(), opts.xds));
+    let xds = tokio::spawn(xds::run(
+        shared.clone(),
+        opts.node.clone(),
+        opts.xds,
+        opts.api,
+    ));
     let listeners = tokio::spawn(listeners::run(shared.clone()));
     let admin = tokio::spawn(admin::serve(shared.clone(), admin));
     shared.quit.notified().await;

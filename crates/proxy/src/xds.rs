@@ -1,9 +1,11 @@
-//! The xDS client: one Delta ADS stream to the control plane. It subscribes to clusters and
-//! listeners (wildcard), then to the endpoints of EDS clusters and the route configurations
-//! listeners name; converts each resource on arrival (off the data path), ACKs or NACKs each
-//! response with its nonce, and publishes the whole config in one swap. When the control plane
-//! is unreachable it reconnects with exponential backoff and jitter, serving the last good config
-//! meanwhile, and tells the control plane what it already has so that nothing is resent.
+//! The xDS client: one ADS stream to the control plane, Delta (incremental) unless told
+//! otherwise or the control plane does not serve it, then state of the world. It subscribes to
+//! clusters and listeners (wildcard), then to the endpoints of EDS clusters and the route
+//! configurations listeners name; converts each resource on arrival (off the data path), ACKs or
+//! NACKs each response with its nonce, and publishes the whole config in one swap. When the
+//! control plane is unreachable it reconnects with exponential backoff and jitter, serving the
+//! last good config meanwhile; over Delta it tells the control plane what it already has so that
+//! nothing is resent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::rpc;
 use prost::Message;
@@ -68,15 +70,38 @@ pub(crate) struct State {
     versions: BTreeMap<TypeUrl, String>,
 }
 
+/// Which ADS variant the client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// Delta (incremental) ADS, falling back to state of the world when the control plane
+    /// answers that it does not implement Delta.
+    #[default]
+    Delta,
+    /// State-of-the-world ADS only.
+    Sotw,
+}
+
 /// Runs the client forever.
-pub(crate) async fn run(shared: Arc<Shared>, node: Node, addr: SocketAddr) {
+pub(crate) async fn run(shared: Arc<Shared>, node: Node, addr: SocketAddr, api: Api) {
     let mut state = State::default();
     let mut failures: u32 = 0;
+    let mut api = api;
     loop {
         let mut got_response = false;
-        let result = stream(&shared, &node, addr, &mut state, &mut got_response).await;
+        let result = match api {
+            Api::Delta => stream(&shared, &node, addr, &mut state, &mut got_response).await,
+            Api::Sotw => stream_sotw(&shared, &node, addr, &mut state, &mut got_response).await,
+        };
         if got_response {
             failures = 0;
+        }
+        if let Err(StreamError::Stream(status)) = &result
+            && api == Api::Delta
+            && status.code() == tonic::Code::Unimplemented
+        {
+            tracing::warn!(%addr, "the control plane does not serve Delta ADS: falling back to state of the world");
+            api = Api::Sotw;
+            continue;
         }
         let err = result.err().unwrap_or(StreamError::Closed);
         failures = failures.saturating_add(1);
@@ -94,6 +119,18 @@ fn backoff(failures: u32) -> Duration {
     cap / 2 + cap.mul_f64(fastrand::f64() / 2.0)
 }
 
+async fn connect(
+    addr: SocketAddr,
+) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a valid URI")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|source| StreamError::Connect { addr, source })?;
+    Ok(AggregatedDiscoveryServiceClient::new(channel))
+}
+
 async fn stream(
     shared: &Shared,
     node: &Node,
@@ -101,13 +138,7 @@ async fn stream(
     state: &mut State,
     got_response: &mut bool,
 ) -> Result<(), StreamError> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address makes a valid URI")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|source| StreamError::Connect { addr, source })?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut client = connect(addr).await?;
     let (tx, rx) = mpsc::channel(16);
     // The first request carries the node; wildcard CDS and LDS, then what we already subscribed
     // to, each with the versions we hold.
@@ -118,13 +149,7 @@ async fn stream(
         TypeUrl::Endpoint,
         TypeUrl::Route,
     ] {
-        let names: Vec<String> = state
-            .subscribed
-            .get(&ty)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let names = state.subscribed_names(ty);
         if matches!(ty, TypeUrl::Endpoint | TypeUrl::Route) && names.is_empty() {
             continue;
         }
@@ -170,6 +195,131 @@ async fn stream(
         shared.publish(state.config(), state.complete());
     }
     Err(StreamError::Closed)
+}
+
+/// State of the world: every response holds all of a type's resources the client subscribed to
+/// (for clusters and listeners, all there are: one missing from a response accepted whole is
+/// removed; a response with a refused resource removes nothing). Each
+/// response is turned into the Delta shape [`State::apply`] takes. The ACK carries the
+/// response's version, a NACK the last version accepted, both with the response's nonce and the
+/// names subscribed to. On reconnect no version is sent, so the control plane answers in full.
+async fn stream_sotw(
+    shared: &Shared,
+    node: &Node,
+    addr: SocketAddr,
+    state: &mut State,
+    got_response: &mut bool,
+) -> Result<(), StreamError> {
+    let mut client = connect(addr).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let mut first = true;
+    for ty in [
+        TypeUrl::Cluster,
+        TypeUrl::Listener,
+        TypeUrl::Endpoint,
+        TypeUrl::Route,
+    ] {
+        let names = state.subscribed_names(ty);
+        if matches!(ty, TypeUrl::Endpoint | TypeUrl::Route) && names.is_empty() {
+            continue;
+        }
+        let req = DiscoveryRequest {
+            node: first.then(|| node.clone()),
+            type_url: ty.as_str().to_string(),
+            resource_names: names,
+            ..Default::default()
+        };
+        first = false;
+        let _ = tx.send(req).await;
+    }
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(%addr, "xDS stream up (state of the world)");
+    // Per type: the last version accepted and the last nonce seen.
+    let mut accepted: BTreeMap<TypeUrl, String> = BTreeMap::new();
+    let mut nonces: BTreeMap<TypeUrl, String> = BTreeMap::new();
+    while let Some(resp) = responses.message().await? {
+        *got_response = true;
+        let Some(ty) = TypeUrl::parse(&resp.type_url) else {
+            let _ = tx
+                .send(DiscoveryRequest {
+                    type_url: resp.type_url.clone(),
+                    response_nonce: resp.nonce.clone(),
+                    error_detail: Some(rpc::Status {
+                        code: tonic::Code::InvalidArgument as i32,
+                        message: format!("type {} is not supported by strait-proxy", resp.type_url),
+                        details: Vec::new(),
+                    }),
+                    ..Default::default()
+                })
+                .await;
+            continue;
+        };
+        let (delta, removed) = state.as_delta(ty, &resp);
+        let errors = state.apply(ty, &delta);
+        if errors.is_empty() && !removed.is_empty() {
+            // Only a response accepted whole says what is gone.
+            let removal = DeltaDiscoveryResponse {
+                removed_resources: removed,
+                resources: Vec::new(),
+                ..delta
+            };
+            state.apply(ty, &removal);
+        }
+        nonces.insert(ty, resp.nonce.clone());
+        let error_detail = if errors.is_empty() {
+            tracing::debug!(ty = ty.short(), version = %resp.version_info, "ACK");
+            accepted.insert(ty, resp.version_info.clone());
+            None
+        } else {
+            let detail = errors.join("; ");
+            tracing::warn!(ty = ty.short(), reason = %detail, "NACK");
+            Some(rpc::Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message: detail,
+                details: Vec::new(),
+            })
+        };
+        let reply = DiscoveryRequest {
+            version_info: accepted.get(&ty).cloned().unwrap_or_default(),
+            resource_names: state.subscribed_names(ty),
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        };
+        let _ = tx.send(reply).await;
+        for delta in state.resubscribe() {
+            let Some(ty) = TypeUrl::parse(&delta.type_url) else {
+                continue;
+            };
+            let req = DiscoveryRequest {
+                version_info: accepted.get(&ty).cloned().unwrap_or_default(),
+                resource_names: state.subscribed_names(ty),
+                type_url: delta.type_url,
+                response_nonce: nonces.get(&ty).cloned().unwrap_or_default(),
+                ..Default::default()
+            };
+            let _ = tx.send(req).await;
+        }
+        shared.publish(state.config(), state.complete());
+    }
+    Err(StreamError::Closed)
+}
+
+/// A resource's name, read from the resource itself (state-of-the-world responses carry no
+/// names); empty when it does not decode, which the conversion then reports.
+fn resource_name(ty: TypeUrl, any: &envoy_types::pb::google::protobuf::Any) -> String {
+    let bytes = any.value.as_slice();
+    match ty {
+        TypeUrl::Listener => PbListener::decode(bytes).map(|l| l.name),
+        TypeUrl::Route => RouteConfiguration::decode(bytes).map(|r| r.name),
+        TypeUrl::Cluster => PbCluster::decode(bytes).map(|c| c.name),
+        TypeUrl::Endpoint => ClusterLoadAssignment::decode(bytes).map(|c| c.cluster_name),
+    }
+    .unwrap_or_default()
 }
 
 fn ack(resp: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
@@ -231,6 +381,54 @@ impl State {
             TypeUrl::Cluster => v(&self.clusters),
             TypeUrl::Endpoint => v(&self.endpoints),
         }
+    }
+
+    fn subscribed_names(&self, ty: TypeUrl) -> Vec<String> {
+        self.subscribed
+            .get(&ty)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// A state-of-the-world response in the Delta shape, each resource named from its body with
+    /// the response's version, and the names it removes: for clusters and listeners, what is
+    /// held but absent (for endpoints and routes absence means nothing: unsubscribing removes
+    /// them).
+    fn as_delta(
+        &self,
+        ty: TypeUrl,
+        resp: &DiscoveryResponse,
+    ) -> (DeltaDiscoveryResponse, Vec<String>) {
+        let resources: Vec<Resource> = resp
+            .resources
+            .iter()
+            .map(|any| Resource {
+                name: resource_name(ty, any),
+                version: resp.version_info.clone(),
+                resource: Some(any.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let removed = match ty {
+            TypeUrl::Cluster | TypeUrl::Listener => {
+                let present: BTreeSet<&str> = resources.iter().map(|r| r.name.as_str()).collect();
+                self.held_versions(ty)
+                    .into_keys()
+                    .filter(|name| !present.contains(name.as_str()))
+                    .collect()
+            }
+            TypeUrl::Endpoint | TypeUrl::Route => Vec::new(),
+        };
+        let delta = DeltaDiscoveryResponse {
+            system_version_info: resp.version_info.clone(),
+            resources,
+            type_url: resp.type_url.clone(),
+            nonce: resp.nonce.clone(),
+            ..Default::default()
+        };
+        (delta, removed)
     }
 
     /// Applies one response: accepts each valid resource and each removal; returns the reasons
@@ -392,6 +590,259 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod sotw_only {
+        //! A control plane that has no Delta ADS: the client falls back to state of the world,
+        //! follows subscriptions, ACKs with versions and nonces, removes clusters a response
+        //! leaves out, and NACKs a bad response with the last version it accepted.
+
+        use std::sync::Mutex;
+
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+        };
+        use envoy_types::pb::envoy::config::core::v3::{
+            Address, SocketAddress, address, socket_address,
+        };
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            Endpoint as PbEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+        };
+        use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+            AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+        };
+        use envoy_types::pb::google::protobuf::Any;
+        use tonic::{Request, Response, Status, Streaming};
+
+        use super::*;
+
+        #[derive(Clone, Default)]
+        struct SotwOnly {
+            requests: Arc<Mutex<Vec<DiscoveryRequest>>>,
+            delta_calls: Arc<Mutex<u32>>,
+        }
+
+        fn any<M: Message>(ty: TypeUrl, m: &M) -> Any {
+            Any {
+                type_url: ty.as_str().into(),
+                value: m.encode_to_vec(),
+            }
+        }
+
+        fn eds_cluster(name: &str) -> Any {
+            any(
+                TypeUrl::Cluster,
+                &PbCluster {
+                    name: name.into(),
+                    cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                        DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(EdsClusterConfig {
+                        service_name: name.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        }
+
+        fn assignment(name: &str, port: u32) -> Any {
+            let address = Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "127.0.0.1".into(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            };
+            any(
+                TypeUrl::Endpoint,
+                &ClusterLoadAssignment {
+                    cluster_name: name.into(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![LbEndpoint {
+                            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                                PbEndpoint {
+                                    address: Some(address),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+        }
+
+        fn response(
+            ty: TypeUrl,
+            version: &str,
+            nonce: &str,
+            resources: Vec<Any>,
+        ) -> DiscoveryResponse {
+            DiscoveryResponse {
+                version_info: version.into(),
+                resources,
+                type_url: ty.as_str().into(),
+                nonce: nonce.into(),
+                ..Default::default()
+            }
+        }
+
+        /// The script: CDS v1 (a, b); LDS v1 (none); EDS for what is asked; after the ACK of
+        /// CDS v1, CDS v2 (b only); after its ACK, CDS v3 holding a listener (refused).
+        fn answer(req: &DiscoveryRequest) -> Option<DiscoveryResponse> {
+            let ty = TypeUrl::parse(&req.type_url)?;
+            let acked = req.error_detail.is_none();
+            match (ty, req.response_nonce.as_str()) {
+                (TypeUrl::Cluster, "") => Some(response(
+                    ty,
+                    "1",
+                    "c1",
+                    vec![eds_cluster("a"), eds_cluster("b")],
+                )),
+                (TypeUrl::Cluster, "c1") if acked => {
+                    Some(response(ty, "2", "c2", vec![eds_cluster("b")]))
+                }
+                (TypeUrl::Cluster, "c2") if acked => Some(response(
+                    ty,
+                    "3",
+                    "c3",
+                    vec![any(TypeUrl::Listener, &PbListener::default())],
+                )),
+                (TypeUrl::Listener, "") => Some(response(ty, "1", "l1", Vec::new())),
+                (TypeUrl::Endpoint, "") => Some(response(
+                    ty,
+                    "1",
+                    "e1",
+                    req.resource_names
+                        .iter()
+                        .map(|n| assignment(n, 9000))
+                        .collect(),
+                )),
+                _ => None,
+            }
+        }
+
+        #[tonic::async_trait]
+        impl AggregatedDiscoveryService for SotwOnly {
+            type StreamAggregatedResourcesStream =
+                ReceiverStream<Result<DiscoveryResponse, Status>>;
+            type DeltaAggregatedResourcesStream =
+                ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+            async fn stream_aggregated_resources(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+                let mut incoming = request.into_inner();
+                let (tx, rx) = mpsc::channel(16);
+                let requests = self.requests.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(req)) = incoming.message().await {
+                        let reply = answer(&req);
+                        requests.lock().unwrap().push(req);
+                        if let Some(resp) = reply
+                            && tx.send(Ok(resp)).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                Ok(Response::new(ReceiverStream::new(rx)))
+            }
+
+            async fn delta_aggregated_resources(
+                &self,
+                _request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+                *self.delta_calls.lock().unwrap() += 1;
+                Err(Status::unimplemented(
+                    "this control plane serves state of the world only",
+                ))
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn falls_back_to_state_of_the_world_and_follows_it() {
+            let server = SotwOnly::default();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let svc = AggregatedDiscoveryServiceServer::new(server.clone());
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            let shared = crate::Shared::new();
+            let node = Node {
+                id: "sidecar~127.0.0.1~test.default~default.svc.cluster.local".into(),
+                ..Default::default()
+            };
+            let client = tokio::spawn(run(shared.clone(), node, addr, Api::Delta));
+
+            // Wait for the NACK of CDS v3: the end of the script.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let nack = loop {
+                let found = server
+                    .requests
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|r| r.response_nonce == "c3")
+                    .cloned();
+                if let Some(r) = found {
+                    break r;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no answer to CDS v3; requests: {:#?}",
+                    server.requests.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            client.abort();
+            assert_eq!(*server.delta_calls.lock().unwrap(), 1, "Delta tried once");
+            assert_eq!(
+                nack.version_info, "2",
+                "a NACK names the last version accepted"
+            );
+            let reason = nack.error_detail.expect("CDS v3 is refused").message;
+            assert!(reason.contains("in a CDS response"), "{reason}");
+
+            let requests = server.requests.lock().unwrap().clone();
+            assert!(
+                requests[0].node.is_some(),
+                "the first request carries the node"
+            );
+            let ack1 = requests.iter().find(|r| r.response_nonce == "c1").unwrap();
+            assert_eq!(
+                (ack1.version_info.as_str(), ack1.error_detail.is_none()),
+                ("1", true)
+            );
+            let eds: Vec<Vec<String>> = requests
+                .iter()
+                .filter(|r| r.type_url == TypeUrl::Endpoint.as_str())
+                .map(|r| r.resource_names.clone())
+                .collect();
+            assert_eq!(eds.first(), Some(&vec!["a".to_string(), "b".to_string()]));
+            assert_eq!(
+                eds.last(),
+                Some(&vec!["b".to_string()]),
+                "a is unsubscribed"
+            );
+
+            // The last good config: b with its endpoint; a removed by CDS v2.
+            assert!(shared.is_ready());
+            let config = shared.config.load();
+            assert_eq!(config.clusters.keys().collect::<Vec<_>>(), ["b"]);
+            assert_eq!(config.clusters["b"].endpoints[0].port, 9000);
+            assert_eq!(
+                config.versions["CDS"], "3",
+                "the response's version is recorded"
+            );
+        }
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {

@@ -31,6 +31,8 @@ pub fn sample(path: &str) -> PathBuf {
 pub enum DataPlane {
     Envoy,
     Strait,
+    /// strait-proxy over state-of-the-world ADS (`--api sotw`) instead of Delta.
+    StraitSotw,
 }
 
 pub struct Mesh {
@@ -182,11 +184,14 @@ impl Mesh {
                 }
                 Running::Envoy(envoy)
             }
-            DataPlane::Strait => {
+            DataPlane::Strait | DataPlane::StraitSotw => {
                 let xds = std::fs::read_to_string(self.cp.data_dir().join("xds"))
                     .expect("the control plane records its xDS address in DATA_DIR/xds");
                 let mut args = identity.to_vec();
                 args.extend(["--xds", xds.trim()]);
+                if plane == DataPlane::StraitSotw {
+                    args.extend(["--api", "sotw"]);
+                }
                 let mut proxy = StraitProxy::start(workload, &args, admin);
                 proxy.wait_ready(Duration::from_secs(20)).await;
                 for l in &listen {
