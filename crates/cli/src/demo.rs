@@ -199,18 +199,25 @@ fn on_path(tool: &str) -> bool {
 }
 
 /// What the pods need on this machine.
-fn check_platform(capture: Capture) -> Result<()> {
+fn check_platform(capture: Option<Capture>) -> Result<()> {
     match capture {
-        Capture::None => bail!(
+        None if !is_root() => bail!(
+            "strait demo runs Bookinfo's pods in network namespaces with iptables capture, which \
+             needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as root). \
+             Without capture (--capture none) reviews v1, v2 and v3 would all serve on \
+             127.0.0.1:9080, which the demo does not support yet"
+        ),
+        None => {}
+        Some(Capture::None) => bail!(
             "`strait demo --capture none` is not supported yet: without capture every pod's app \
              serves on 127.0.0.1, so reviews v1, v2 and v3 (all on port 9080) would collide. Run \
              the demo as root (it uses network namespaces and iptables capture: `sudo strait demo`)"
         ),
-        Capture::Iptables if !is_root() => bail!(
+        Some(Capture::Iptables) if !is_root() => bail!(
             "strait demo runs Bookinfo's pods in network namespaces with iptables capture, which \
              needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as root)"
         ),
-        Capture::Iptables => {}
+        Some(Capture::Iptables) => {}
     }
     for (tool, package) in [
         ("ip", "iproute2"),
@@ -247,12 +254,8 @@ fn fresh_dir() -> Result<PathBuf> {
 
 pub fn run(data_dir: Option<&Path>, args: DemoArgs) -> Result<ExitCode> {
     crate::run::logging();
-    let capture = args.capture.unwrap_or(if is_root() {
-        Capture::Iptables
-    } else {
-        Capture::None
-    });
-    check_platform(capture)?;
+    // iptables when root (the default), else none, which the demo does not support yet.
+    check_platform(args.capture)?;
     let bins = binaries(args.proxy)?;
     // The gateway's port, free before anything starts (else the demo would wait in vain).
     let page_addr = SocketAddr::from((args.listen, GATEWAY_PORT));
@@ -579,17 +582,19 @@ impl Demo {
         println!(
             "\nBookinfo is up (in {:.1} s): {url}\n\
              \n\
-             Open it in a browser, or: curl -s {url} | grep -o 'color=\"[a-z]*\"'\n\
+             Open it in a browser (sign in as jason to be routed as him), or:\n\
+             \x20 curl -s {url} | grep -o 'color=\"[a-z]*\"'\n\
              \n\
              Try Istio's tasks from another shell, against this demo's control plane:\n\
              \x20 export STRAIT_HOME={dir}\n\
              \x20 alias strait={strait}\n\
+             \x20 S={samples}\n\
+             \x20 strait apply -f $S/virtual-service-reviews-v3.yaml         # everyone: red stars\n\
+             \x20 strait apply -f $S/virtual-service-reviews-50-v3.yaml      # half the loads red\n\
+             \x20 strait apply -f $S/virtual-service-reviews-test-v2.yaml    # jason: black stars\n\
+             \x20 strait apply -f $S/virtual-service-ratings-test-abort.yaml # jason: ratings unavailable\n\
+             \x20 strait apply -f $S/virtual-service-all-v1.yaml             # everyone: v1, no stars\n\
              \x20 strait get vs\n\
-             \x20 strait apply -f {samples}/virtual-service-reviews-v3.yaml        # everyone sees red stars\n\
-             \x20 strait apply -f {samples}/virtual-service-reviews-test-v2.yaml   # sign in as jason: black stars\n\
-             \x20 strait apply -f {samples}/virtual-service-reviews-50-v3.yaml     # half the loads red\n\
-             \x20 strait apply -f {samples}/virtual-service-ratings-test-abort.yaml # jason: ratings unavailable\n\
-             \x20 strait apply -f {samples}/virtual-service-all-v1.yaml            # back to v1\n\
              \x20 strait proxy-status\n\
              \n\
              Logs: {logs}. Press Ctrl-C to stop the demo; it removes everything it started.",
