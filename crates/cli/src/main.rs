@@ -6,6 +6,7 @@
 mod analyze;
 mod client;
 mod control_plane;
+mod demo;
 mod gateway;
 mod input;
 mod output;
@@ -121,6 +122,9 @@ enum Command {
     Run(run::RunArgs),
     /// Run an ingress gateway on the host's network, selected by Gateway resources' labels.
     Gateway(gateway::GatewayArgs),
+    /// Bookinfo with sidecars behind an ingress gateway, with its own control plane, until
+    /// Ctrl-C: `strait demo [--proxy envoy]` (root: pods in network namespaces).
+    Demo(demo::DemoArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
         }),
         Command::Run(args) => run::run(&connection, args),
         Command::Gateway(args) => gateway::run(&connection, args),
+        Command::Demo(args) => demo::run(cli.data_dir.as_deref(), args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
         Command::ProxyConfig {

@@ -1,0 +1,616 @@
+//! `strait demo` end to end: the whole Bookinfo mesh with its ingress gateway, and Istio's tasks
+//! through the gateway with Istio's own sample YAML applied unchanged: request routing, fault
+//! injection and traffic shifting; then Ctrl-C leaves nothing behind. One demo per data plane,
+//! the tasks in sequence. These tests need root, iproute2, iptables, setpriv, the `bookinfo` and
+//! `strait-proxy` binaries beside `strait`, and Envoy; they fail (never skip) without them.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The two demos use the same pod names and the same bridge: one at a time.
+static ONE_DEMO: Mutex<()> = Mutex::new(());
+
+const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
+const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
+const PODS: [&str; 7] = [
+    "details-v1.default",
+    "ratings-v1.default",
+    "reviews-v1.default",
+    "reviews-v2.default",
+    "reviews-v3.default",
+    "productpage-v1.default",
+    "istio-ingressgateway.istio-system",
+];
+
+fn require_platform(proxy: &str) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    assert!(
+        root,
+        "strait demo makes network namespaces and iptables rules: run these tests as root"
+    );
+    for (tool, arg, install) in [
+        ("ip", "-V", "apt-get install -y iproute2"),
+        (
+            "iptables-restore",
+            "--version",
+            "apt-get install -y iptables",
+        ),
+        ("setpriv", "--version", "apt-get install -y util-linux"),
+    ] {
+        let ok = Command::new(tool)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "`{tool}` is missing: install it with `{install}`");
+    }
+    let dir = Path::new(support::strait()).parent().unwrap();
+    for (bin, package) in [
+        ("bookinfo", "strait-bookinfo"),
+        ("strait-proxy", "strait-proxy-bin"),
+    ] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} is missing: build it first with `cargo build -p {package} --bins`",
+            dir.join(bin).display()
+        );
+    }
+    if proxy == "envoy" {
+        strait_testsupport::envoy_bin();
+    }
+}
+
+fn networking(file: &str) -> String {
+    let path = support::testdata()
+        .join("istio-samples/bookinfo/networking")
+        .join(file);
+    assert!(path.is_file(), "{} is missing", path.display());
+    path.display().to_string()
+}
+
+/// A running `strait demo`: its stdout lines, its stderr in a file.
+struct Demo {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    fn start(proxy: &str, listen: &str) -> Demo {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("stderr");
+        let mut cmd = Command::new(support::strait());
+        if proxy == "envoy" {
+            cmd.env("ENVOY_BIN", strait_testsupport::envoy_bin());
+        }
+        let mut child = cmd
+            .args([
+                "demo",
+                "--proxy",
+                proxy,
+                "--capture",
+                "iptables",
+                "--listen",
+                listen,
+            ])
+            .env_remove("STRAIT_SERVER")
+            .env_remove("STRAIT_TOKEN")
+            .env_remove("STRAIT_HOME")
+            .env_remove("STRAIT_RUN_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting strait demo");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Demo {
+            child,
+            lines: rx,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Stdout up to the line that starts with `end` (included).
+    fn read_until(&mut self, end: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let done = l.trim_start().starts_with(end);
+                    lines.push(l);
+                    if done {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {end:?} line from strait demo within {timeout:?}; stdout so far: {lines:?}\nstderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "strait demo did not stop within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- strait demo stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+/// An HTTP/1.1 request through the gateway; (status, headers, body).
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, BTreeMap<String, String>, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to the gateway at {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    stream
+        .read_to_end(&mut resp)
+        .unwrap_or_else(|e| panic!("{method} {path} through {addr}: {e}"));
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, headers, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What a product page shows in its reviews.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stars {
+    None,
+    Black,
+    Red,
+    ReviewsUnavailable,
+    RatingsUnavailable,
+}
+
+fn stars(page: &str) -> Stars {
+    if page.contains(REVIEWS_UNAVAILABLE) {
+        return Stars::ReviewsUnavailable;
+    }
+    if page.contains(RATINGS_UNAVAILABLE) {
+        return Stars::RatingsUnavailable;
+    }
+    let black = page.contains("<font color=\"black\">");
+    let red = page.contains("<font color=\"red\">");
+    match (black, red) {
+        (false, false) => Stars::None,
+        (true, false) => Stars::Black,
+        (false, true) => Stars::Red,
+        (true, true) => panic!("black and red stars on one page:\n{page}"),
+    }
+}
+
+/// A client of the product page through the gateway, signed in or not.
+struct Browser {
+    gateway: SocketAddr,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn anonymous(gateway: SocketAddr) -> Browser {
+        Browser {
+            gateway,
+            cookie: None,
+        }
+    }
+
+    /// Signs in as `user` through the page's form; keeps the cookie it sets.
+    fn login(gateway: SocketAddr, user: &str) -> Browser {
+        let (code, headers, body) = request(
+            gateway,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            &format!("username={user}"),
+        );
+        assert!(
+            (300..400).contains(&code),
+            "POST /login: {code} {headers:?} {body}"
+        );
+        let cookie = headers
+            .get("set-cookie")
+            .unwrap_or_else(|| panic!("POST /login set no cookie: {headers:?}"));
+        let cookie = cookie.split(';').next().unwrap().trim().to_string();
+        assert_eq!(cookie, format!("user={user}"));
+        Browser {
+            gateway,
+            cookie: Some(cookie),
+        }
+    }
+
+    fn page(&self) -> String {
+        let headers: Vec<(&str, &str)> = self
+            .cookie
+            .as_deref()
+            .map(|c| vec![("Cookie", c)])
+            .unwrap_or_default();
+        let (code, _, body) = request(self.gateway, "GET", "/productpage", &headers, "");
+        assert_eq!(code, 200, "GET /productpage through the gateway: {body}");
+        assert!(
+            body.contains("<h4>Book Details</h4>"),
+            "the page lacks the book's details:\n{body}"
+        );
+        if let Some(c) = &self.cookie {
+            let user = c.trim_start_matches("user=");
+            assert!(body.contains(user), "the page does not greet {user}");
+        }
+        body
+    }
+
+    fn stars(&self) -> Stars {
+        stars(&self.page())
+    }
+
+    /// Loads the page until it shows `want` (the new config has reached the proxies), within
+    /// `timeout`.
+    fn until(&self, want: Stars, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let got = self.stars();
+            if got == want {
+                return;
+            }
+            seen.push(got);
+            assert!(
+                Instant::now() < deadline,
+                "{}: the page did not show {want:?} within {timeout:?}; it showed {seen:?}",
+                self.who()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `n` page loads all show `want`.
+    fn always(&self, want: Stars, n: usize) {
+        for i in 0..n {
+            let got = self.stars();
+            assert_eq!(got, want, "{}: page load {i} of {n}", self.who());
+        }
+    }
+
+    fn who(&self) -> String {
+        self.cookie
+            .as_deref()
+            .map_or("anonymous".into(), |c| c.trim_start_matches("user=").into())
+    }
+}
+
+/// Applies one of Istio's Bookinfo samples, unchanged, to the demo's control plane.
+fn apply(strait_home: &str, file: &str) {
+    let out = Command::new(support::strait())
+        .args(["apply", "-f", &networking(file)])
+        .env("STRAIT_HOME", strait_home)
+        .env_remove("STRAIT_SERVER")
+        .env_remove("STRAIT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "strait apply -f {file}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// (pid, start time, ppid) of every process.
+fn processes() -> Vec<(u32, u64, u32)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f[0] == "Z" {
+                return None;
+            }
+            Some((pid, f.get(19)?.parse().ok()?, f.get(1)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every process under `root`: (pid, start time).
+fn descendants(root: u32) -> BTreeSet<(u32, u64)> {
+    let all = processes();
+    let mut found = BTreeSet::new();
+    let mut parents = vec![root];
+    while let Some(p) = parents.pop() {
+        for (pid, start, ppid) in &all {
+            if *ppid == p && found.insert((*pid, *start)) {
+                parents.push(*pid);
+            }
+        }
+    }
+    found
+}
+
+fn run_dir() -> PathBuf {
+    PathBuf::from("/run/strait/pods")
+}
+
+fn pod_record(name: &str) -> Value {
+    let path = run_dir().join(format!("{name}.json"));
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(out.status.success(), "{cmd} {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The whole demo with one data plane: up, Istio's tasks through the gateway, down with nothing
+/// left.
+fn demo_runs_istio_tasks(proxy: &str, listen: &str) {
+    require_platform(proxy);
+    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let mut demo = Demo::start(proxy, listen);
+    let out = demo.read_until("Logs:", Duration::from_secs(120));
+    let text = out.join("\n");
+    let url = format!("http://{listen}:8080/productpage");
+    assert!(
+        text.contains("Bookinfo is up (in ") && text.contains(&url),
+        "{text}"
+    );
+    let up = started.elapsed();
+    let home = out
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export STRAIT_HOME="))
+        .unwrap_or_else(|| panic!("no STRAIT_HOME in what the demo printed:\n{text}"))
+        .to_string();
+    assert!(
+        text.contains("virtual-service-reviews-v3.yaml"),
+        "what to try next: {text}"
+    );
+    eprintln!("{proxy}: the demo was up in {up:?}");
+    assert!(
+        up < Duration::from_secs(30),
+        "the demo took {up:?} to come up"
+    );
+
+    // What the demo made, for the check at the end.
+    let records: Vec<Value> = PODS.iter().map(|p| pod_record(p)).collect();
+    let procs = descendants(demo.child.id());
+    assert!(
+        procs.len() > 7 * 2,
+        "the control plane, and a strait run/gateway process and a proxy per pod: {procs:?}"
+    );
+
+    let gateway: SocketAddr = format!("{listen}:8080").parse().unwrap();
+    let anonymous = Browser::anonymous(gateway);
+    let jason = Browser::login(gateway, "jason");
+    // The demo's own routes: everything to v1.
+    anonymous.always(Stars::None, 10);
+    jason.always(Stars::None, 5);
+
+    // Request routing: all to v1, then jason to reviews v2 (black stars), others v1.
+    apply(&home, "virtual-service-all-v1.yaml");
+    anonymous.always(Stars::None, 10);
+    apply(&home, "virtual-service-reviews-test-v2.yaml");
+    jason.until(Stars::Black, Duration::from_secs(10));
+    jason.always(Stars::Black, 20);
+    anonymous.always(Stars::None, 20);
+    eprintln!("{proxy}: request routing done at {:?}", started.elapsed());
+
+    // Fault injection: a 7 s delay to ratings for jason; reviews v2 waits 10 s, productpage
+    // 3 s with one retry: the reviews are unavailable for him, and only for him.
+    apply(&home, "virtual-service-ratings-test-delay.yaml");
+    jason.until(Stars::ReviewsUnavailable, Duration::from_secs(40));
+    anonymous.always(Stars::None, 5);
+    // An HTTP 500 from ratings for jason: reviews v2 shows the ratings unavailable.
+    apply(&home, "virtual-service-ratings-test-abort.yaml");
+    jason.until(Stars::RatingsUnavailable, Duration::from_secs(30));
+    jason.always(Stars::RatingsUnavailable, 5);
+    anonymous.always(Stars::None, 5);
+    eprintln!("{proxy}: fault injection done at {:?}", started.elapsed());
+
+    // Traffic shifting: back to v1, then reviews 50 % v1, 50 % v3.
+    apply(&home, "virtual-service-all-v1.yaml");
+    jason.until(Stars::None, Duration::from_secs(10));
+    apply(&home, "virtual-service-reviews-50-v3.yaml");
+    anonymous.until(Stars::Red, Duration::from_secs(10));
+    let mut counts: BTreeMap<Stars, u32> = BTreeMap::new();
+    for _ in 0..1000 {
+        *counts.entry(anonymous.stars()).or_default() += 1;
+    }
+    let red = counts.get(&Stars::Red).copied().unwrap_or(0);
+    let none = counts.get(&Stars::None).copied().unwrap_or(0);
+    assert_eq!(red + none, 1000, "only v1 and v3 pages: {counts:?}");
+    assert!(
+        (450..=550).contains(&red),
+        "50/50 within ±5 points over 1000 loads: {counts:?}"
+    );
+    eprintln!(
+        "{proxy}: traffic shifting done at {:?}: {counts:?}",
+        started.elapsed()
+    );
+
+    // Ctrl-C: everything the demo started goes.
+    let ok = Command::new("kill")
+        .args(["-INT", &demo.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = demo.wait(Duration::from_secs(60));
+    assert!(status.success(), "{status}; stderr:\n{}", demo.stderr());
+    let mut left = Vec::new();
+    let netns = tool("ip", &["netns", "list"]);
+    let links = tool("ip", &["-o", "link", "show"]);
+    let bridged = tool("ip", &["-o", "link", "show", "master", "strait0"]);
+    for (name, rec) in PODS.iter().zip(&records) {
+        if run_dir().join(format!("{name}.json")).exists() {
+            left.push(format!("the state file of {name}"));
+        }
+        if run_dir().join(format!("{name}.d")).exists() {
+            left.push(format!("the files of {name}"));
+        }
+        if let Some(ns) = rec["netns"].as_str() {
+            if netns.contains(ns) {
+                left.push(format!("network namespace {ns}"));
+            }
+            if Path::new("/etc/netns").join(ns).exists() {
+                left.push(format!("/etc/netns/{ns}"));
+            }
+        }
+        if let Some(veth) = rec["veth"].as_str()
+            && (links.contains(veth) || bridged.contains(veth))
+        {
+            left.push(format!("veth {veth}"));
+        }
+    }
+    let now: BTreeSet<(u32, u64)> = processes().iter().map(|(p, s, _)| (*p, *s)).collect();
+    for p in procs.intersection(&now) {
+        let cmd = std::fs::read_to_string(format!("/proc/{}/cmdline", p.0))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        left.push(format!("process {} ({cmd})", p.0));
+    }
+    if Path::new(&home).exists() {
+        left.push(format!("the demo's data directory {home}"));
+    }
+    assert!(left.is_empty(), "strait demo left behind: {left:?}");
+    eprintln!("{proxy}: the whole test took {:?}", started.elapsed());
+}
+
+#[test]
+fn the_demo_with_strait_proxy_runs_istios_bookinfo_tasks_and_leaves_nothing() {
+    demo_runs_istio_tasks("strait", "127.0.211.1");
+}
+
+#[test]
+fn the_demo_with_envoy_runs_istios_bookinfo_tasks_and_leaves_nothing() {
+    demo_runs_istio_tasks("envoy", "127.0.211.2");
+}
+
+#[test]
+fn the_demo_without_capture_is_refused_with_its_reason() {
+    let out = Command::new(support::strait())
+        .args(["demo", "--capture", "none"])
+        .env_remove("STRAIT_HOME")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--capture none` is not supported yet") && err.contains("9080"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing started: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
