@@ -64,7 +64,7 @@ pub(crate) async fn proxy(
     };
     let stats = shared.stats.cluster(&cluster.name);
     stats.connection();
-    let failed = |shared: &Shared| {
+    let failed = || {
         shared
             .upstreams
             .report(&cluster, &picked.authority, Observed::LocalFailure)
@@ -77,13 +77,13 @@ pub(crate) async fn proxy(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            failed(&shared);
+            failed();
             shared.stats.flag("UF");
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, error = %e, "tcp_proxy: connect failed");
             return;
         }
         Err(_) => {
-            failed(&shared);
+            failed();
             shared.stats.flag("UF");
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, "tcp_proxy: connect timed out");
             return;

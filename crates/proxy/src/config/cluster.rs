@@ -299,7 +299,10 @@ impl TryFrom<&pb::Cluster> for Cluster {
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The default-priority thresholds (high-priority ones are not used: routes have no priority).
