@@ -4,6 +4,9 @@
 //!   `"0.500s"`). These are strait-proxy's own types, not
 //!   Envoy's config dump shape;
 //! - `/stats/prometheus`: per-cluster request counters and the proxy's own responses by flag;
+//! - `/clusters`: Envoy's text format, per cluster its circuit breaker thresholds and per
+//!   endpoint `rq_active` and `health_flags` (`healthy`, or `/failed_outlier_check` while outlier
+//!   detection has it ejected);
 //! - `/quitquitquit` (POST, or GET for convenience): stops the proxy.
 
 use std::convert::Infallible;
@@ -75,6 +78,14 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             "text/plain; version=0.0.4",
             shared.stats.prometheus(),
         ),
+        "/clusters" => {
+            let config = shared.config.load_full();
+            reply(
+                StatusCode::OK,
+                "text/plain",
+                shared.upstreams.clusters_text(&config),
+            )
+        }
         "/quitquitquit" => {
             shared.quit.notify_one();
             reply(StatusCode::OK, "text/plain", "OK\n".into())
@@ -82,12 +93,15 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "strait-proxy admin: /ready /config_dump /stats/prometheus /quitquitquit\n".into(),
+            "strait-proxy admin: /ready /config_dump /clusters /stats/prometheus /quitquitquit\n"
+                .into(),
         ),
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            format!("no admin path {other}: try /ready, /config_dump, /stats/prometheus\n"),
+            format!(
+                "no admin path {other}: try /ready, /config_dump, /clusters, /stats/prometheus\n"
+            ),
         ),
     }
 }

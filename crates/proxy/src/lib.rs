@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+mod balance;
 pub mod config;
 mod http;
 mod listeners;

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::Shared;
+use crate::balance::outlier::Observed;
 use crate::config::listener::TcpProxyConfig;
 use crate::config::route::Target;
 use crate::routing;
@@ -46,14 +47,28 @@ pub(crate) async fn proxy(
     };
     let Some(picked) = shared
         .upstreams
-        .pick(&cluster, None, &destination.to_string())
+        .pick(&cluster, None, &destination.to_string(), None)
     else {
         shared.stats.flag("UH");
         tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream: closing");
         return;
     };
+    // max_connections (and pending connections) hold for the connection's life.
+    let _admitted = match shared.upstreams.circuit(&cluster).admit(false).await {
+        Ok(a) => a,
+        Err(overflow) => {
+            shared.stats.flag("UO");
+            tracing::debug!(cluster = %cluster.name, %overflow, "tcp_proxy: circuit breaker overflow: closing");
+            return;
+        }
+    };
     let stats = shared.stats.cluster(&cluster.name);
     stats.connection();
+    let failed = || {
+        shared
+            .upstreams
+            .report(&cluster, &picked.authority, Observed::LocalFailure)
+    };
     let upstream = match tokio::time::timeout(
         cluster.connect_timeout,
         TcpStream::connect(picked.authority.as_str()),
@@ -62,16 +77,22 @@ pub(crate) async fn proxy(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
+            failed();
             shared.stats.flag("UF");
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, error = %e, "tcp_proxy: connect failed");
             return;
         }
         Err(_) => {
+            failed();
             shared.stats.flag("UF");
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, "tcp_proxy: connect timed out");
             return;
         }
     };
+    // A connection made is a success for outlier detection (Envoy's connect success).
+    shared
+        .upstreams
+        .report(&cluster, &picked.authority, Observed::Status(200));
     let _ = upstream.set_nodelay(true);
     tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, "tcp_proxy: connected");
     match pipe(downstream, upstream, tcp.idle_timeout).await {

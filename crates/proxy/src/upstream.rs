@@ -1,12 +1,14 @@
 //! Upstream connections and load balancing: a hyper client (its pool keeps idle connections per
 //! endpoint) per protocol and connect timeout, round robin / least request (power of two
-//! choices) / random over a cluster's endpoints, and in-flight counts per endpoint.
+//! choices) / random / ring hash / Maglev over a cluster's endpoints less those outlier
+//! detection ejected (all of them below the panic threshold), in-flight counts per endpoint,
+//! and the clusters' circuit breakers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -14,7 +16,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{Cluster, Discovery, Endpoint, LbPolicy, UpstreamProtocol};
+use crate::balance::circuit::{Circuit, Circuits};
+use crate::balance::hash::{self, Table};
+use crate::balance::outlier::{Observed, Outliers};
+use crate::config::{Cluster, Config, Discovery, Endpoint, LbPolicy, UpstreamProtocol};
 
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -28,6 +33,16 @@ pub(crate) struct Upstreams {
     cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     /// Requests in flight, by endpoint (`host:port`).
     active: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    outliers: Outliers,
+    circuits: Circuits,
+    /// Consistent-hash tables by cluster, with the endpoints and policy they were built for.
+    tables: RwLock<HashMap<String, Arc<HashTable>>>,
+}
+
+struct HashTable {
+    endpoints: Vec<String>,
+    lb: LbPolicy,
+    table: Table,
 }
 
 /// An endpoint picked for one attempt; counts as in flight until dropped.
@@ -105,39 +120,50 @@ impl Upstreams {
     }
 
     /// Picks an endpoint of `cluster`, avoiding `avoid` (the previous attempt's) when there is
-    /// another. `original` is the request's authority, for ORIGINAL_DST clusters.
+    /// another. `original` is the request's authority, for ORIGINAL_DST clusters; `hash` the
+    /// request's hash, for consistent-hash clusters.
     pub(crate) fn pick(
         &self,
         cluster: &Cluster,
         avoid: Option<&str>,
         original: &str,
+        hash: Option<u64>,
     ) -> Option<Picked> {
         let chosen = if cluster.discovery == Discovery::OriginalDst {
             // Only an explicit IP:port authority names a destination.
             original.parse::<SocketAddr>().ok()?.to_string()
         } else {
-            let eps: Vec<String> = cluster.endpoints.iter().map(authority).collect();
-            let candidates: Vec<&String> = if eps.len() > 1 {
-                eps.iter().filter(|e| Some(e.as_str()) != avoid).collect()
-            } else {
-                eps.iter().collect()
-            };
-            if candidates.is_empty() {
+            let eps = self.healthy(cluster);
+            if eps.is_empty() {
                 return None;
             }
-            let n = candidates.len();
-            let i = match cluster.lb {
-                LbPolicy::RoundRobin => {
-                    self.cursor(&cluster.name).fetch_add(1, Ordering::Relaxed) % n
-                }
-                LbPolicy::Random => fastrand::usize(0..n),
-                LbPolicy::LeastRequest => {
-                    let (a, b) = (fastrand::usize(0..n), fastrand::usize(0..n));
-                    let load = |i: usize| self.active(candidates[i]).load(Ordering::Relaxed);
-                    if load(b) < load(a) { b } else { a }
-                }
-            };
-            candidates[i].clone()
+            if let LbPolicy::RingHash { .. } | LbPolicy::Maglev { .. } = cluster.lb {
+                self.pick_hashed(
+                    cluster,
+                    eps,
+                    avoid,
+                    hash.unwrap_or_else(|| fastrand::u64(..)),
+                )
+            } else {
+                let candidates: Vec<&String> = if eps.len() > 1 {
+                    eps.iter().filter(|e| Some(e.as_str()) != avoid).collect()
+                } else {
+                    eps.iter().collect()
+                };
+                let n = candidates.len();
+                let i = match cluster.lb {
+                    LbPolicy::RoundRobin => {
+                        self.cursor(&cluster.name).fetch_add(1, Ordering::Relaxed) % n
+                    }
+                    LbPolicy::LeastRequest => {
+                        let (a, b) = (fastrand::usize(0..n), fastrand::usize(0..n));
+                        let load = |i: usize| self.active(candidates[i]).load(Ordering::Relaxed);
+                        if load(b) < load(a) { b } else { a }
+                    }
+                    _ => fastrand::usize(0..n),
+                };
+                candidates[i].clone()
+            }
         };
         let active = self.active(&chosen);
         active.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +171,155 @@ impl Upstreams {
             authority: chosen,
             active,
         })
+    }
+
+    /// The endpoints to balance over: those outlier detection has not ejected, or all of them
+    /// when fewer than the panic threshold are left (none, with a threshold of 0, when all are
+    /// ejected).
+    fn healthy(&self, cluster: &Cluster) -> Vec<String> {
+        let all: Vec<String> = cluster.endpoints.iter().map(authority).collect();
+        let Some(od) = &cluster.outlier_detection else {
+            return all;
+        };
+        let ejected = self
+            .outliers
+            .cluster(&cluster.name)
+            .ejected(od, &all, Instant::now());
+        if ejected.is_empty() {
+            return all;
+        }
+        let healthy: Vec<String> = all
+            .iter()
+            .filter(|e| !ejected.contains(*e))
+            .cloned()
+            .collect();
+        if (100 * healthy.len()) as f64 / (all.len() as f64) < cluster.healthy_panic_threshold {
+            all
+        } else {
+            healthy
+        }
+    }
+
+    fn pick_hashed(
+        &self,
+        cluster: &Cluster,
+        eps: Vec<String>,
+        avoid: Option<&str>,
+        h: u64,
+    ) -> String {
+        let cached = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cluster.name)
+            .filter(|t| t.endpoints == eps && t.lb == cluster.lb)
+            .cloned();
+        let t = cached.unwrap_or_else(|| {
+            let table = match cluster.lb {
+                LbPolicy::Maglev { table_size } => Table::maglev(&eps, table_size),
+                LbPolicy::RingHash { minimum_ring_size } => Table::ring(&eps, minimum_ring_size),
+                _ => Table::ring(&eps, 1),
+            };
+            let t = Arc::new(HashTable {
+                endpoints: eps,
+                lb: cluster.lb,
+                table,
+            });
+            self.tables
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cluster.name.clone(), t.clone());
+            t
+        });
+        let at = |h: u64| &t.endpoints[t.table.lookup(h).unwrap_or(0)];
+        let first = at(h);
+        if t.endpoints.len() < 2 || Some(first.as_str()) != avoid {
+            return first.clone();
+        }
+        // A retry: another endpoint, the same for the same key.
+        (1..=8u64)
+            .map(|k| at(hash::mix(h ^ k)))
+            .chain(t.endpoints.iter())
+            .find(|e| Some(e.as_str()) != avoid)
+            .unwrap_or(first)
+            .clone()
+    }
+
+    /// Tells outlier detection how an attempt on `endpoint` ended.
+    pub(crate) fn report(&self, cluster: &Cluster, endpoint: &str, observed: Observed) {
+        let Some(od) = &cluster.outlier_detection else {
+            return;
+        };
+        if cluster.discovery == Discovery::OriginalDst {
+            return;
+        }
+        let ejected = self.outliers.cluster(&cluster.name).report(
+            od,
+            endpoint,
+            cluster.endpoints.len(),
+            observed,
+            Instant::now(),
+        );
+        if let Some(detector) = ejected {
+            tracing::info!(cluster = %cluster.name, %endpoint, ?detector, "outlier detection: ejected");
+        }
+    }
+
+    /// The cluster's circuit breakers.
+    pub(crate) fn circuit(&self, cluster: &Cluster) -> Arc<Circuit> {
+        self.circuits
+            .cluster(&cluster.name, cluster.circuit_breakers)
+    }
+
+    /// Envoy's admin `/clusters` text: per cluster its thresholds, and per endpoint its
+    /// requests in flight and health flags (`/failed_outlier_check` when ejected).
+    pub(crate) fn clusters_text(&self, config: &Config) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for (name, c) in &config.clusters {
+            let cb = c.circuit_breakers;
+            let _ = writeln!(out, "{name}::observability_name::{name}");
+            for (k, v) in [
+                ("max_connections", cb.max_connections),
+                ("max_pending_requests", cb.max_pending_requests),
+                ("max_requests", cb.max_requests),
+                ("max_retries", cb.max_retries),
+            ] {
+                let _ = writeln!(out, "{name}::default_priority::{k}::{v}");
+            }
+            if let Some(circuit) = self.circuits.get(name) {
+                let (rq, cx) = circuit.active();
+                let _ = writeln!(out, "{name}::rq_active::{rq}");
+                let _ = writeln!(out, "{name}::cx_active::{cx}");
+            }
+            let _ = writeln!(out, "{name}::added_via_api::true");
+            let all: Vec<String> = c.endpoints.iter().map(authority).collect();
+            let ejected = match &c.outlier_detection {
+                Some(od) => self
+                    .outliers
+                    .cluster(name)
+                    .ejected(od, &all, Instant::now()),
+                None => Default::default(),
+            };
+            for ep in &all {
+                let rq = self
+                    .active
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(ep)
+                    .map_or(0, |a| a.load(Ordering::Relaxed));
+                let flags = if ejected.contains(ep) {
+                    "/failed_outlier_check"
+                } else {
+                    "healthy"
+                };
+                let _ = writeln!(out, "{name}::{ep}::rq_active::{rq}");
+                let _ = writeln!(out, "{name}::{ep}::hostname::");
+                let _ = writeln!(out, "{name}::{ep}::health_flags::{flags}");
+                let _ = writeln!(out, "{name}::{ep}::weight::1");
+            }
+        }
+        out
     }
 }
 
@@ -165,6 +340,9 @@ mod tests {
                     port: 8000 + i,
                 })
                 .collect(),
+            circuit_breakers: Default::default(),
+            outlier_detection: None,
+            healthy_panic_threshold: 50.0,
         }
     }
 
@@ -173,7 +351,7 @@ mod tests {
         let up = Upstreams::default();
         let c = cluster(LbPolicy::RoundRobin, 3);
         let picks: Vec<String> = (0..6)
-            .map(|_| up.pick(&c, None, "").unwrap().authority.clone())
+            .map(|_| up.pick(&c, None, "", None).unwrap().authority.clone())
             .collect();
         assert_eq!(picks[..3], picks[3..]);
         let mut first = picks[..3].to_vec();
@@ -188,12 +366,14 @@ mod tests {
         let c = cluster(LbPolicy::Random, 2);
         for _ in 0..20 {
             assert_eq!(
-                up.pick(&c, Some("127.0.0.1:8000"), "").unwrap().authority,
+                up.pick(&c, Some("127.0.0.1:8000"), "", None)
+                    .unwrap()
+                    .authority,
                 "127.0.0.1:8001"
             );
         }
         assert!(
-            up.pick(&cluster(LbPolicy::RoundRobin, 0), None, "")
+            up.pick(&cluster(LbPolicy::RoundRobin, 0), None, "", None)
                 .is_none()
         );
     }
@@ -204,15 +384,88 @@ mod tests {
         let c = cluster(LbPolicy::LeastRequest, 2);
         // Keep 8000 busy: every pick that compares the two must choose 8001.
         let busy: Vec<Picked> = (0..50)
-            .filter_map(|_| up.pick(&c, Some("127.0.0.1:8001"), ""))
+            .filter_map(|_| up.pick(&c, Some("127.0.0.1:8001"), "", None))
             .collect();
         assert!(busy.iter().all(|p| p.authority == "127.0.0.1:8000"));
         let picks: Vec<String> = (0..200)
-            .map(|_| up.pick(&c, None, "").unwrap().authority.clone())
+            .map(|_| up.pick(&c, None, "", None).unwrap().authority.clone())
             .collect();
         let idle = picks.iter().filter(|a| *a == "127.0.0.1:8001").count();
         // P(both samples hit 8000) = 1/4 per pick: about 150 of 200 go to the idle one.
         assert!(idle > 120, "{idle} of 200 picks went to the idle endpoint");
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_the_panic_threshold() {
+        use crate::config::OutlierDetection;
+        use std::collections::BTreeSet;
+        let up = Upstreams::default();
+        let mut c = cluster(LbPolicy::RoundRobin, 3);
+        c.outlier_detection = Some(OutlierDetection {
+            consecutive_5xx: 1,
+            max_ejection_percent: 100,
+            ..Default::default()
+        });
+        let picks = |c: &Cluster| -> BTreeSet<String> {
+            (0..30)
+                .filter_map(|_| up.pick(c, None, "", None).map(|p| p.authority.clone()))
+                .collect()
+        };
+        up.report(&c, "127.0.0.1:8000", Observed::Status(503));
+        assert_eq!(
+            picks(&c),
+            BTreeSet::from(["127.0.0.1:8001".into(), "127.0.0.1:8002".into()])
+        );
+        assert!(
+            up.clusters_text(&Config {
+                clusters: [("c".to_string(), Arc::new(c.clone()))].into(),
+                ..Default::default()
+            })
+            .contains("c::127.0.0.1:8000::health_flags::/failed_outlier_check\n")
+        );
+        // Two of three out: 33% healthy is below the 50% panic threshold, all three serve.
+        up.report(&c, "127.0.0.1:8001", Observed::LocalFailure);
+        assert_eq!(picks(&c).len(), 3);
+        // A threshold of 0 (Istio's default with outlier detection) never panics.
+        c.healthy_panic_threshold = 0.0;
+        assert_eq!(picks(&c), BTreeSet::from(["127.0.0.1:8002".into()]));
+        up.report(&c, "127.0.0.1:8002", Observed::Status(500));
+        assert!(up.pick(&c, None, "", None).is_none());
+    }
+
+    #[test]
+    fn consistent_hash_keeps_each_key_on_one_endpoint_and_spreads_keys() {
+        use std::collections::BTreeSet;
+        for lb in [
+            LbPolicy::RingHash {
+                minimum_ring_size: 1024,
+            },
+            LbPolicy::Maglev { table_size: 65537 },
+        ] {
+            let up = Upstreams::default();
+            let c = cluster(lb, 3);
+            let mut used = BTreeSet::new();
+            for k in 0..60 {
+                let h = hash::hash(format!("user-{k}").as_bytes());
+                let first = up.pick(&c, None, "", Some(h)).unwrap().authority.clone();
+                for _ in 0..5 {
+                    assert_eq!(up.pick(&c, None, "", Some(h)).unwrap().authority, first);
+                }
+                // A retry goes to another endpoint, the same one each time.
+                let retry = up
+                    .pick(&c, Some(&first), "", Some(h))
+                    .unwrap()
+                    .authority
+                    .clone();
+                assert_ne!(retry, first);
+                assert_eq!(
+                    up.pick(&c, Some(&first), "", Some(h)).unwrap().authority,
+                    retry
+                );
+                used.insert(first);
+            }
+            assert_eq!(used.len(), 3, "{lb:?}: {used:?}");
+        }
     }
 
     #[test]
@@ -221,9 +474,9 @@ mod tests {
         let mut c = cluster(LbPolicy::RoundRobin, 0);
         c.discovery = Discovery::OriginalDst;
         assert_eq!(
-            up.pick(&c, None, "10.0.0.1:80").unwrap().authority,
+            up.pick(&c, None, "10.0.0.1:80", None).unwrap().authority,
             "10.0.0.1:80"
         );
-        assert!(up.pick(&c, None, "httpbin.org").is_none());
+        assert!(up.pick(&c, None, "httpbin.org", None).is_none());
     }
 }

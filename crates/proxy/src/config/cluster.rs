@@ -19,6 +19,12 @@ const HTTP_OPTIONS_TYPE: &str =
     "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Envoy's connect timeout when a cluster sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Envoy's `common_lb_config.healthy_panic_threshold` when unset, in percent.
+const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
+/// Envoy's ring size bounds (`RingHashLbConfig`) and Maglev table size.
+const DEFAULT_MIN_RING: u64 = 1024;
+const DEFAULT_MAX_RING: u64 = 8 * 1024 * 1024;
+const DEFAULT_MAGLEV_TABLE: u64 = 65537;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
@@ -30,6 +36,72 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// For EDS clusters, filled in from the ClusterLoadAssignment when it arrives.
     pub endpoints: Vec<Endpoint>,
+    /// The default-priority thresholds of `circuit_breakers`.
+    pub circuit_breakers: CircuitBreakers,
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `common_lb_config.healthy_panic_threshold`, in percent: below this share of
+    /// non-ejected endpoints the balancer uses all of them (0: never).
+    pub healthy_panic_threshold: f64,
+}
+
+/// A cluster's circuit breaker thresholds (Envoy's `circuit_breakers.thresholds`, default
+/// priority), with Envoy's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreakers {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> CircuitBreakers {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// `outlier_detection`, the consecutive-error detectors, with Envoy's defaults. Enforcing
+/// values are percentages: the chance that a detection ejects.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub enforcing_consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// Local-origin failures (connect failure, reset, timeout) counted apart from 5xx.
+    pub split_external_local_origin_errors: bool,
+    pub consecutive_local_origin_failure: u32,
+    pub enforcing_consecutive_local_origin_failure: u32,
+    #[serde(serialize_with = "super::secs::one")]
+    pub interval: Duration,
+    #[serde(serialize_with = "super::secs::one")]
+    pub base_ejection_time: Duration,
+    #[serde(serialize_with = "super::secs::one")]
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            enforcing_consecutive_5xx: 100,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +121,14 @@ pub enum LbPolicy {
     /// Power of two choices over the requests in flight.
     LeastRequest,
     Random,
+    /// Consistent hashing of the route's `hash_policy` on a ring of at least this many points.
+    RingHash {
+        minimum_ring_size: u64,
+    },
+    /// Consistent hashing on a Maglev table of this (prime) size.
+    Maglev {
+        table_size: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -114,6 +194,42 @@ impl TryFrom<&pb::Cluster> for Cluster {
             Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
             Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
             Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
+            Ok(pb::cluster::LbPolicy::RingHash) => {
+                let (min, max) = match &c.lb_config {
+                    Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => (
+                        r.minimum_ring_size
+                            .as_ref()
+                            .map_or(DEFAULT_MIN_RING, |v| v.value),
+                        r.maximum_ring_size
+                            .as_ref()
+                            .map_or(DEFAULT_MAX_RING, |v| v.value),
+                    ),
+                    _ => (DEFAULT_MIN_RING, DEFAULT_MAX_RING),
+                };
+                if min > max || max > DEFAULT_MAX_RING {
+                    return Err(bad(format!(
+                        "ring_hash_lb_config: minimum_ring_size {min} must be at most maximum_ring_size {max} (at most {DEFAULT_MAX_RING})"
+                    )));
+                }
+                LbPolicy::RingHash {
+                    minimum_ring_size: min.max(1),
+                }
+            }
+            Ok(pb::cluster::LbPolicy::Maglev) => {
+                let size = match &c.lb_config {
+                    Some(pb::cluster::LbConfig::MaglevLbConfig(m)) => m
+                        .table_size
+                        .as_ref()
+                        .map_or(DEFAULT_MAGLEV_TABLE, |v| v.value),
+                    _ => DEFAULT_MAGLEV_TABLE,
+                };
+                if size > 5_000_011 || !is_prime(size) {
+                    return Err(bad(format!(
+                        "maglev_lb_config.table_size {size} must be a prime number of at most 5000011"
+                    )));
+                }
+                LbPolicy::Maglev { table_size: size }
+            }
             Ok(pb::cluster::LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
                 LbPolicy::RoundRobin
             }
@@ -171,7 +287,105 @@ impl TryFrom<&pb::Cluster> for Cluster {
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             protocol,
             endpoints,
+            circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
+            outlier_detection: c.outlier_detection.as_ref().map(outlier_detection),
+            healthy_panic_threshold: c
+                .common_lb_config
+                .as_ref()
+                .and_then(|l| l.healthy_panic_threshold.as_ref())
+                .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
         })
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
+}
+
+/// The default-priority thresholds (high-priority ones are not used: routes have no priority).
+fn circuit_breakers(cb: Option<&pb::CircuitBreakers>) -> CircuitBreakers {
+    use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
+    let mut out = CircuitBreakers::default();
+    let Some(t) = cb.and_then(|cb| {
+        cb.thresholds
+            .iter()
+            .find(|t| t.priority == RoutingPriority::Default as i32)
+    }) else {
+        return out;
+    };
+    let set = |field: &mut u32, v: Option<u32>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    set(
+        &mut out.max_connections,
+        t.max_connections.as_ref().map(|v| v.value),
+    );
+    set(
+        &mut out.max_pending_requests,
+        t.max_pending_requests.as_ref().map(|v| v.value),
+    );
+    set(
+        &mut out.max_requests,
+        t.max_requests.as_ref().map(|v| v.value),
+    );
+    set(
+        &mut out.max_retries,
+        t.max_retries.as_ref().map(|v| v.value),
+    );
+    out
+}
+
+fn outlier_detection(o: &pb::OutlierDetection) -> OutlierDetection {
+    let d = OutlierDetection::default();
+    let n = |v: Option<u32>, default: u32| v.unwrap_or(default);
+    let t = |v: Option<&envoy_types::pb::google::protobuf::Duration>, default: Duration| {
+        v.map_or(default, |d| {
+            Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+        })
+    };
+    OutlierDetection {
+        consecutive_5xx: n(
+            o.consecutive_5xx.as_ref().map(|v| v.value),
+            d.consecutive_5xx,
+        ),
+        enforcing_consecutive_5xx: n(
+            o.enforcing_consecutive_5xx.as_ref().map(|v| v.value),
+            d.enforcing_consecutive_5xx,
+        ),
+        consecutive_gateway_failure: n(
+            o.consecutive_gateway_failure.as_ref().map(|v| v.value),
+            d.consecutive_gateway_failure,
+        ),
+        enforcing_consecutive_gateway_failure: n(
+            o.enforcing_consecutive_gateway_failure
+                .as_ref()
+                .map(|v| v.value),
+            d.enforcing_consecutive_gateway_failure,
+        ),
+        split_external_local_origin_errors: o.split_external_local_origin_errors,
+        consecutive_local_origin_failure: n(
+            o.consecutive_local_origin_failure.as_ref().map(|v| v.value),
+            d.consecutive_local_origin_failure,
+        ),
+        enforcing_consecutive_local_origin_failure: n(
+            o.enforcing_consecutive_local_origin_failure
+                .as_ref()
+                .map(|v| v.value),
+            d.enforcing_consecutive_local_origin_failure,
+        ),
+        interval: t(o.interval.as_ref(), d.interval),
+        base_ejection_time: t(o.base_ejection_time.as_ref(), d.base_ejection_time),
+        max_ejection_time: t(o.max_ejection_time.as_ref(), d.max_ejection_time),
+        max_ejection_percent: n(
+            o.max_ejection_percent.as_ref().map(|v| v.value),
+            d.max_ejection_percent,
+        )
+        .min(100),
     }
 }
 

@@ -15,14 +15,17 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use cluster::{Cluster, Discovery, Endpoint, LbPolicy, UpstreamProtocol};
+pub use cluster::{
+    CircuitBreakers, Cluster, Discovery, Endpoint, LbPolicy, OutlierDetection, UpstreamProtocol,
+};
 pub use listener::{
     ChainMatch, Cidr, FilterChain, HttpListener, Listener, NetworkFilter, RouteSource,
     TcpProxyConfig,
 };
 pub use route::{
-    Action, Fault, Forward, HeaderMatch, HeaderMutation, Mirror, PathMatch, QueryMatch, Redirect,
-    RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch, Target, VirtualHost, WeightedCluster,
+    Action, Fault, Forward, HashKey, HashPolicy, HeaderMatch, HeaderMutation, Mirror, PathMatch,
+    QueryMatch, Redirect, RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch, Target,
+    VirtualHost, WeightedCluster,
 };
 
 /// Why an xDS resource was refused (NACKed): which resource, and what in it strait-proxy cannot

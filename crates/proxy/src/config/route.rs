@@ -141,6 +141,27 @@ pub struct Forward {
     pub cluster_not_found_status: u16,
     /// `request_mirror_policies`: copies sent fire and forget.
     pub mirrors: Vec<Mirror>,
+    /// `hash_policy`: the key of consistent-hash balancers (RING_HASH, MAGLEV).
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+/// One `hash_policy` entry: what to hash, and whether a hash from it ends the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HashPolicy {
+    pub key: HashKey,
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HashKey {
+    /// A request header's value (lower-case name).
+    Header(String),
+    /// A cookie's value (strait-proxy does not generate the cookie when it is missing).
+    Cookie(String),
+    /// The downstream connection's source IP.
+    SourceIp,
+    /// A query parameter's value.
+    QueryParameter(String),
 }
 
 /// A request mirror policy: a copy of the request goes to `cluster` (its `Host` with
@@ -605,9 +626,44 @@ fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
             })
         })
         .collect::<Result<_, String>>()?;
+    let hash_policy = ra
+        .hash_policy
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            use pb::route_action::hash_policy::PolicySpecifier as P;
+            let key = match &h.policy_specifier {
+                Some(P::Header(hd)) => {
+                    if hd.regex_rewrite.is_some() {
+                        return Err(unsupported(&format!(
+                            "hash_policy[{i}].header.regex_rewrite"
+                        )));
+                    }
+                    HashKey::Header(hd.header_name.to_ascii_lowercase())
+                }
+                Some(P::Cookie(c)) => HashKey::Cookie(c.name.clone()),
+                Some(P::ConnectionProperties(cp)) if cp.source_ip => HashKey::SourceIp,
+                Some(P::QueryParameter(q)) => HashKey::QueryParameter(q.name.clone()),
+                Some(P::ConnectionProperties(_)) => {
+                    return Err(format!(
+                        "hash_policy[{i}].connection_properties hashes nothing (source_ip is false)"
+                    ));
+                }
+                Some(P::FilterState(_)) => {
+                    return Err(unsupported(&format!("hash_policy[{i}].filter_state")));
+                }
+                None => return Err(format!("hash_policy[{i}] has no policy")),
+            };
+            Ok(HashPolicy {
+                key,
+                terminal: h.terminal,
+            })
+        })
+        .collect::<Result<_, String>>()?;
     Ok(Forward {
         target,
         mirrors,
+        hash_policy,
         timeout: match &ra.timeout {
             None => Some(DEFAULT_TIMEOUT),
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),

@@ -612,8 +612,29 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
     let mut ring = eds_cluster(name);
     ring.lb_policy = cl::cluster::LbPolicy::RingHash as i32;
     assert_eq!(
-        Cluster::try_from(&ring).unwrap_err().to_string(),
-        format!("cluster {name:?}: lb_policy RING_HASH is not supported by strait-proxy")
+        Cluster::try_from(&ring).unwrap().lb,
+        LbPolicy::RingHash {
+            minimum_ring_size: 1024
+        }
+    );
+    let mut maglev = eds_cluster(name);
+    maglev.lb_policy = cl::cluster::LbPolicy::Maglev as i32;
+    maglev.lb_config = Some(cl::cluster::LbConfig::MaglevLbConfig(
+        cl::cluster::MaglevLbConfig {
+            table_size: Some(envoy_types::pb::google::protobuf::UInt64Value { value: 100 }),
+        },
+    ));
+    assert!(
+        Cluster::try_from(&maglev)
+            .unwrap_err()
+            .to_string()
+            .contains("table_size 100 must be a prime")
+    );
+    let mut provided = eds_cluster(name);
+    provided.lb_policy = cl::cluster::LbPolicy::ClusterProvided as i32;
+    assert_eq!(
+        Cluster::try_from(&provided).unwrap_err().to_string(),
+        format!("cluster {name:?}: lb_policy CLUSTER_PROVIDED is not supported by strait-proxy")
     );
     let mut tls = eds_cluster(name);
     tls.transport_socket = Some(Default::default());

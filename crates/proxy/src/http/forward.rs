@@ -1,6 +1,7 @@
 //! Forwarding a request to a cluster: the cluster pick (weighted), the upstream request (path
 //! rewrites, Host, header mutations, hop-by-hop headers removed), retries with Envoy's
-//! conditions and back-off, the per-try and route timeouts.
+//! conditions and back-off, the per-try and route timeouts; each attempt passes the cluster's
+//! circuit breakers and tells outlier detection how it ended.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use super::{Body, Downstream, local};
 use crate::Shared;
+use crate::balance::outlier::Observed;
 use crate::config::{
     Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
 };
@@ -56,6 +58,9 @@ pub(super) async fn forward(
         );
     };
     let (parts, body) = req.into_parts();
+    let hash = (!fwd.hash_policy.is_empty()).then(|| {
+        crate::balance::hash::request_hash(&fwd.hash_policy, &parts.headers, down.peer.ip(), path)
+    });
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return local(413, "DPE", &format!("cannot read the request body: {e}")),
@@ -89,6 +94,7 @@ pub(super) async fn forward(
         headers,
         body,
         authority: &original,
+        hash: hash.flatten(),
     };
     for m in &fwd.mirrors {
         if routing::roll(m.per_million) {
@@ -148,6 +154,7 @@ fn mirror(
             headers,
             body,
             authority: &authority,
+            hash: None,
         };
         let sent = copy.attempts(None);
         let status = match timeout {
@@ -234,6 +241,8 @@ struct Upstream<'a> {
     body: Bytes,
     /// The request's authority, for ORIGINAL_DST clusters.
     authority: &'a str,
+    /// The request's hash, for consistent-hash clusters.
+    hash: Option<u64>,
 }
 
 impl Upstream<'_> {
@@ -242,16 +251,36 @@ impl Upstream<'_> {
         let stats = self.shared.stats.cluster(&self.cluster.name);
         let client = self.shared.upstreams.client(self.cluster);
         let retries = policy.map_or(0, |p| p.num_retries);
+        let circuit = self.shared.upstreams.circuit(self.cluster);
+        let mut _retry = None;
         let mut previous: Option<String> = None;
         let mut attempt: u32 = 0;
         loop {
-            let Some(picked) =
-                self.shared
-                    .upstreams
-                    .pick(self.cluster, previous.as_deref(), self.authority)
-            else {
+            let Some(picked) = self.shared.upstreams.pick(
+                self.cluster,
+                previous.as_deref(),
+                self.authority,
+                self.hash,
+            ) else {
                 self.shared.stats.flag("UH");
                 return local(503, "UH", "no healthy upstream");
+            };
+            let admitted = match circuit
+                .admit(self.cluster.protocol == UpstreamProtocol::Http2)
+                .await
+            {
+                Ok(a) => a,
+                Err(overflow) => {
+                    self.shared.stats.flag("UO");
+                    return local(
+                        503,
+                        "UO",
+                        &format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: overflow ({overflow} of cluster {})",
+                            self.cluster.name
+                        ),
+                    );
+                }
             };
             stats.attempt(attempt > 0);
             let mut req = Request::new(Full::new(self.body.clone()));
@@ -276,12 +305,26 @@ impl Upstream<'_> {
                 Some(Err(e)) if e.is_connect() => Outcome::ConnectFailure(error_chain(&e)),
                 Some(Err(e)) => Outcome::Reset(error_chain(&e)),
             };
-            let again = attempt < retries && policy.is_some_and(|p| should_retry(p, &outcome));
+            let observed = match &outcome {
+                Outcome::Response(r) => Observed::Status(r.status().as_u16()),
+                _ => Observed::LocalFailure,
+            };
+            self.shared
+                .upstreams
+                .report(self.cluster, &picked.authority, observed);
+            let mut again = attempt < retries && policy.is_some_and(|p| should_retry(p, &outcome));
+            if again {
+                // max_retries: a retry over the limit is not made; this answer stands.
+                _retry = circuit.retry();
+                again = _retry.is_some();
+            }
             if !again {
-                return self.respond(outcome, attempt > 0);
+                // The endpoint and the circuit's place stay taken until the body is sent.
+                return hold(self.respond(outcome, attempt > 0), (admitted, picked));
             }
             previous = Some(picked.authority.clone());
             drop(picked);
+            drop(admitted);
             attempt += 1;
             tokio::time::sleep(backoff(attempt)).await;
         }
@@ -316,6 +359,17 @@ impl Upstream<'_> {
             Outcome::PerTryTimeout => local(504, flag("UT"), "upstream request timeout"),
         }
     }
+}
+
+/// Keeps `guard` alive until the response body is done (or dropped).
+fn hold<G: Send + Sync + 'static>(resp: Response<Body>, guard: G) -> Response<Body> {
+    resp.map(|b| {
+        b.map_frame(move |f| {
+            let _ = &guard;
+            f
+        })
+        .boxed()
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
