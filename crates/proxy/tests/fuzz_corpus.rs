@@ -32,7 +32,7 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
 
 /// Deterministic mutations: byte flips, truncations, duplications and splices.
 fn mutations(seeds: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
-    let mut rng = fastrand::Rng::with_seed(0x5752_4149_54);
+    let mut rng = fastrand::Rng::with_seed(0x0057_5241_4954);
     (0..n)
         .map(|_| {
             let mut m = seeds[rng.usize(..seeds.len())].clone();
