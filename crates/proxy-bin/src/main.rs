@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, ValueEnum};
@@ -45,6 +46,28 @@ struct Args {
     /// Runtime worker threads (default: 2).
     #[arg(long, default_value_t = 2)]
     concurrency: usize,
+    /// Write a JSON access log line per request (Istio's fields) to PATH, or `-` for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    access_log: Option<strait_proxy::AccessLogTarget>,
+    /// Seconds a client may take to send a request's headers, from their first byte (0: no limit).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    request_headers_timeout: f64,
+    /// Seconds after which a downstream connection with no request in flight is closed (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 3600.0)]
+    idle_timeout: f64,
+    /// HTTP/2 streams at once on one downstream connection.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_concurrent_streams: u32,
+}
+
+/// Seconds from a flag as a timeout: 0 is none.
+fn timeout(flag: &str, secs: f64) -> Result<Option<Duration>> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| anyhow!("--{flag} {secs} is not a number of seconds: write e.g. --{flag} 10"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +129,12 @@ fn main() -> Result<()> {
         service_account: args.service_account.clone(),
     };
     let node = strait_proxy::node(&proxy);
+    let limits = strait_proxy::HttpLimits {
+        request_headers_timeout: timeout("request-headers-timeout", args.request_headers_timeout)?,
+        idle_timeout: timeout("idle-timeout", args.idle_timeout)?,
+        max_concurrent_streams: args.max_concurrent_streams.max(1),
+        ..strait_proxy::HttpLimits::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.concurrency.max(1))
         .enable_all()
@@ -119,6 +148,8 @@ fn main() -> Result<()> {
             Api::Delta => strait_proxy::XdsApi::Delta,
             Api::Sotw => strait_proxy::XdsApi::Sotw,
         },
+        limits,
+        access_log: args.access_log.clone(),
     }))?;
     Ok(())
 }

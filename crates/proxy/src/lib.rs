@@ -9,9 +9,11 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 mod balance;
 pub mod config;
+pub mod fuzzing;
 mod http;
 mod listeners;
 mod original_dst;
@@ -29,7 +31,10 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio::sync::{Notify, watch};
 
+pub use access_log::{AccessLog, AccessLogTarget};
 pub use config::Config;
+pub use http::HttpLimits;
+pub use http::h1_check::HeadLimits;
 pub use xds::Api as XdsApi;
 
 /// What the proxy needs to start.
@@ -43,6 +48,10 @@ pub struct Options {
     pub admin: SocketAddr,
     /// Delta ADS (falling back to state of the world) or state of the world only.
     pub api: XdsApi,
+    /// Limits and timeouts of downstream HTTP connections.
+    pub limits: HttpLimits,
+    /// Where access log lines go (`None`: no access log).
+    pub access_log: Option<AccessLogTarget>,
 }
 
 /// Why the proxy could not run.
@@ -51,6 +60,11 @@ pub enum Error {
     #[error("cannot listen on the admin address {addr}: {source} (pick another with --admin)")]
     AdminBind {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the access log {target:?}: {source} (pick another with --access-log)")]
+    AccessLog {
+        target: AccessLogTarget,
         source: std::io::Error,
     },
 }
@@ -66,10 +80,12 @@ pub struct Shared {
     stats: stats::Stats,
     upstreams: upstream::Upstreams,
     quit: Notify,
+    limits: HttpLimits,
+    access_log: Option<AccessLog>,
 }
 
 impl Shared {
-    fn new() -> Arc<Shared> {
+    fn new(limits: HttpLimits, access_log: Option<AccessLog>) -> Arc<Shared> {
         Arc::new(Shared {
             config: ArcSwap::from_pointee(Config::default()),
             generation: watch::channel(0).0,
@@ -77,6 +93,8 @@ impl Shared {
             stats: stats::Stats::default(),
             upstreams: upstream::Upstreams::default(),
             quit: Notify::new(),
+            limits,
+            access_log,
         })
     }
 
@@ -96,7 +114,7 @@ impl Shared {
 
 /// Runs the proxy until `/quitquitquit` (or the future is dropped).
 pub async fn run(opts: Options) -> Result<(), Error> {
-    let shared = Shared::new();
+    let shared = Shared::new(opts.limits, open_access_log(opts.access_log.as_ref())?);
     let admin = tokio::net::TcpListener::bind(opts.admin)
         .await
         .map_err(|source| Error::AdminBind {
@@ -117,6 +135,30 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     xds.abort();
     listeners.abort();
     admin.abort();
+    Ok(())
+}
+
+fn open_access_log(target: Option<&AccessLogTarget>) -> Result<Option<AccessLog>, Error> {
+    target
+        .map(|t| {
+            AccessLog::open(t).map_err(|source| Error::AccessLog {
+                target: t.clone(),
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// Serves a fixed config, without a control plane or admin interface, until the future is
+/// dropped: for tests and for embedding the data plane.
+pub async fn run_static(
+    config: Config,
+    limits: HttpLimits,
+    access_log: Option<AccessLogTarget>,
+) -> Result<(), Error> {
+    let shared = Shared::new(limits, open_access_log(access_log.as_ref())?);
+    shared.publish(config, true);
+    listeners::run(shared).await;
     Ok(())
 }
 

@@ -774,7 +774,7 @@ mod tests {
                     .add_service(svc)
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
             );
-            let shared = crate::Shared::new();
+            let shared = crate::Shared::new(crate::HttpLimits::default(), None);
             let node = Node {
                 id: "sidecar~127.0.0.1~test.default~default.svc.cluster.local".into(),
                 ..Default::default()

@@ -13,7 +13,7 @@ use hyper::{Request, Response, Version};
 
 use std::sync::Arc;
 
-use super::{Body, Downstream, local};
+use super::{Body, Downstream, UpstreamInfo, local, local_details};
 use crate::Shared;
 use crate::balance::outlier::Observed;
 use crate::config::{
@@ -63,8 +63,28 @@ pub(super) async fn forward(
     });
     let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return local(413, "DPE", &format!("cannot read the request body: {e}")),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return local_details(
+                413,
+                "DPE",
+                "request_payload_too_large",
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+        // A malformed body (a bad chunk) or a client gone: answered 400, and the connection
+        // closes, as Envoy does after a codec error.
+        Err(e) => {
+            let mut r = local(
+                400,
+                "DPE",
+                &format!("cannot read the request body: {}", error_chain(&*e)),
+            );
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
     };
+    let bytes_received = body.len() as u64;
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let host = fwd.host_rewrite.as_deref().unwrap_or(authority);
@@ -102,7 +122,7 @@ pub(super) async fn forward(
         }
     }
     let attempts = upstream.attempts(fwd.retry.as_ref());
-    let resp = match fwd.timeout {
+    let mut resp = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, attempts).await {
             Ok(r) => r,
             Err(_) => {
@@ -116,6 +136,15 @@ pub(super) async fn forward(
         .stats
         .cluster(&cluster.name)
         .response(resp.status().as_u16());
+    let info = resp
+        .extensions_mut()
+        .remove::<UpstreamInfo>()
+        .unwrap_or_default();
+    resp.extensions_mut().insert(UpstreamInfo {
+        cluster: Some(cluster.name.clone()),
+        bytes_received,
+        ..info
+    });
     resp
 }
 
@@ -294,6 +323,7 @@ impl Upstream<'_> {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(400, "DPE", "the request path is not valid"),
             }
+            let sent_at = std::time::Instant::now();
             let sent = client.request(req);
             let result = match policy.and_then(|p| p.per_try_timeout) {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
@@ -319,8 +349,16 @@ impl Upstream<'_> {
                 again = _retry.is_some();
             }
             if !again {
+                let service_time =
+                    matches!(outcome, Outcome::Response(_)).then(|| sent_at.elapsed());
+                let mut resp = self.respond(outcome, attempt > 0);
+                resp.extensions_mut().insert(UpstreamInfo {
+                    host: Some(picked.authority.clone()),
+                    service_time,
+                    ..UpstreamInfo::default()
+                });
                 // The endpoint and the circuit's place stay taken until the body is sent.
-                return hold(self.respond(outcome, attempt > 0), (admitted, picked));
+                return hold(resp, (admitted, picked));
             }
             previous = Some(picked.authority.clone());
             drop(picked);

@@ -3,34 +3,72 @@
 //! directly, redirects, or forwards (see [`forward`]).
 //!
 //! Responses the proxy makes itself say so: an `x-strait-flags` header with Envoy's response flag
-//! (`NR`, `UH`, `UF`, `UT`, `FI`, `DI`, `NC`, ...) and a one-line reason as the body.
+//! (`NR`, `UH`, `UF`, `UT`, `FI`, `DI`, `NC`, `DPE`, ...) and a one-line reason as the body; an
+//! upstream's own responses pass through as they are. Bad input is refused before hyper sees it
+//! ([`h1_check`], [`conn_io`]), within the [`HttpLimits`]; each request ends with an access log
+//! line when one is asked for ([`crate::access_log`]).
 
+pub(crate) mod conn_io;
 mod forward;
+pub mod h1_check;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use crate::Shared;
+use crate::access_log::{Entry, millis};
 use crate::config::listener::{Codec, HttpListener};
 use crate::config::{Action, Redirect, Route};
 use crate::routing::{self, RequestView};
+use conn_io::{ConnState, Ended, GuardedIo, InFlight};
+use h1_check::{HeadLimits, Scanner};
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The header that carries the response flags of a response the proxy made itself.
 pub const FLAGS_HEADER: &str = "x-strait-flags";
+
+/// Limits and timeouts of downstream HTTP connections, with Envoy's defaults where Envoy has a
+/// useful one (docs/ARCHITECTURE.md, "Robustness").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Size and count of a request's headers (60 KiB, 100; over them: 431).
+    pub head: HeadLimits,
+    /// From a request head's first byte to its last (`None`: no limit). Default 10 s.
+    pub request_headers_timeout: Option<Duration>,
+    /// A connection with no request in flight and no byte either way for this long is closed
+    /// (`None`: never). Default one hour, Envoy's `idle_timeout`.
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 streams at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). Default 1024.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            head: HeadLimits::default(),
+            request_headers_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(3600)),
+            max_concurrent_streams: 1024,
+        }
+    }
+}
 
 /// What the HTTP connection manager knows about the downstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +77,39 @@ pub(crate) struct Downstream {
     /// The connection's original destination, when the listener restored it (iptables mode):
     /// where ORIGINAL_DST clusters send requests.
     pub(crate) original_dst: Option<SocketAddr>,
+}
+
+/// A response the proxy made itself: its flags and Envoy's response code details.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalReply {
+    pub(crate) flags: &'static str,
+    pub(crate) details: &'static str,
+}
+
+/// Where a forwarded request went, for the access log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UpstreamInfo {
+    pub(crate) cluster: Option<String>,
+    pub(crate) host: Option<String>,
+    /// From sending the request upstream to its response headers.
+    pub(crate) service_time: Option<Duration>,
+    pub(crate) bytes_received: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RouteName(String);
+
+/// The route's fault delayed the request (Envoy's `DI` flag).
+#[derive(Debug, Clone, Copy)]
+struct DelayInjected;
+
+/// One downstream connection, as its requests see it.
+struct Conn {
+    shared: Arc<Shared>,
+    hcm: Arc<HttpListener>,
+    down: Downstream,
+    local: Option<SocketAddr>,
+    state: Arc<ConnState>,
 }
 
 /// Serves HTTP on one accepted connection with the given connection manager.
@@ -50,29 +121,294 @@ pub(crate) async fn serve_connection(
     original_dst: Option<SocketAddr>,
 ) {
     let codec = hcm.codec;
-    let down = Downstream { peer, original_dst };
-    let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        let hcm = hcm.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &hcm, down, req).await) }
+    let limits = shared.limits;
+    let state = Arc::new(ConnState::default());
+    let scanner = (codec != Codec::Http2).then(|| Scanner::new(limits.head, codec == Codec::Auto));
+    let conn = Arc::new(Conn {
+        shared: shared.clone(),
+        hcm,
+        down: Downstream { peer, original_dst },
+        local: stream.local_addr().ok(),
+        state: state.clone(),
     });
+    let io = GuardedIo::new(
+        stream,
+        scanner,
+        limits.request_headers_timeout,
+        limits.idle_timeout,
+        state.clone(),
+    );
+    let service = {
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(serve_request(&conn, req).await) }
+        })
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_headers(limits.head.max_headers)
+        // The request-headers timeout is GuardedIo's: hyper's would also cut idle keep-alives.
+        .header_read_timeout(None::<Duration>);
+    builder
+        .http2()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.head.max_bytes).unwrap_or(u32::MAX));
     match codec {
         Codec::Auto => {}
         Codec::Http1 => builder = builder.http1_only(),
         Codec::Http2 => builder = builder.http2_only(),
     }
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
+    let result = builder.serve_connection(TokioIo::new(io), service).await;
+    if let Err(e) = &result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+    let hyper_refused = result.as_ref().err().and_then(|e| parse_error(e.as_ref()));
+    let ended = state.ended.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let entry = match ended {
+        Some(Ended::Refused(r)) if !r.in_body => {
+            shared.stats.flag("DPE");
+            let (method, path) = r.request_line.clone().unzip();
+            Some(Entry {
+                method,
+                path,
+                protocol: Some("HTTP/1.1".into()),
+                response_code: r.status,
+                response_flags: "DPE".into(),
+                response_code_details: Some(r.details.into()),
+                ..conn.entry_now()
+            })
+        }
+        Some(Ended::HeaderTimeout) => Some(Entry {
+            response_code_details: Some("request_header_timeout".into()),
+            ..conn.entry_now()
+        }),
+        // Refusals hyper makes itself (a request line it cannot parse): its 400 has no flags.
+        None if hyper_refused.is_some() => {
+            shared.stats.flag("DPE");
+            Some(Entry {
+                response_code: hyper_refused.unwrap_or(400),
+                response_flags: "DPE".into(),
+                response_code_details: Some("http1.codec_error".into()),
+                ..conn.entry_now()
+            })
+        }
+        _ => None,
+    };
+    if let (Some(entry), Some(log)) = (entry, &shared.access_log) {
+        log.write(&entry);
+    }
+}
+
+/// The status hyper answered a parse error with, if the error is one.
+fn parse_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some(431)
+    } else if e.is_parse() {
+        Some(400)
+    } else {
+        None
+    }
+}
+
+impl Conn {
+    /// An access log entry for this connection, starting now.
+    fn entry_now(&self) -> Entry {
+        Entry {
+            downstream_local_address: self.down.original_dst.or(self.local).map(|a| a.to_string()),
+            downstream_remote_address: Some(self.down.peer.to_string()),
+            ..Entry::started(SystemTime::now())
+        }
+    }
+}
+
+/// One request: the connection manager's headers, the route's answer, and the access log line
+/// when the response ends.
+async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let in_flight = InFlight::new(&conn.state);
+    forwarding_headers(&conn.hcm, conn.down.peer, req.headers_mut());
+    let entry = conn
+        .shared
+        .access_log
+        .as_ref()
+        .map(|_| request_entry(conn, &req));
+    let resp = handle(&conn.shared, &conn.hcm, conn.down, req).await;
+    let entry = entry.map(|e| response_entry(e, &resp));
+    let (parts, body) = resp.into_parts();
+    let body = Logged {
+        inner: body,
+        sent: 0,
+        finish: Some(Finish {
+            entry,
+            started,
+            shared: conn.shared.clone(),
+            _in_flight: in_flight,
+        }),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+fn request_entry(conn: &Conn, req: &Request<Incoming>) -> Entry {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let protocol = match req.version() {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/3",
+    };
+    Entry {
+        method: Some(req.method().to_string()),
+        path: Some(
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+        ),
+        protocol: Some(protocol.to_string()),
+        x_forwarded_for: header("x-forwarded-for"),
+        user_agent: header("user-agent"),
+        request_id: header("x-request-id"),
+        authority: authority(req),
+        ..conn.entry_now()
+    }
+}
+
+fn response_entry(mut e: Entry, resp: &Response<Body>) -> Entry {
+    let ext = resp.extensions();
+    e.response_code = resp.status().as_u16();
+    let upstream = ext.get::<UpstreamInfo>();
+    let (mut flags, details) = match ext.get::<LocalReply>() {
+        Some(l) => (l.flags.to_string(), l.details),
+        None if upstream.is_some() => ("-".to_string(), "via_upstream"),
+        None => ("-".to_string(), "direct_response"),
+    };
+    if ext.get::<DelayInjected>().is_some() && !flags.split(',').any(|f| f == "DI") {
+        flags = if flags == "-" {
+            "DI".to_string()
+        } else {
+            format!("DI,{flags}")
+        };
+    }
+    e.response_flags = flags;
+    e.response_code_details = Some(details.to_string());
+    if let Some(u) = upstream {
+        e.upstream_cluster = u.cluster.clone();
+        e.upstream_host = u.host.clone();
+        e.upstream_service_time = u.service_time.map(|d| millis(d).to_string());
+        e.bytes_received = u.bytes_received;
+    }
+    e.route_name = ext.get::<RouteName>().map(|r| r.0.clone());
+    e
+}
+
+/// A response body that counts what it sends and writes the access log line when it ends (or
+/// is dropped: the client went away).
+struct Logged {
+    inner: Body,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+struct Finish {
+    entry: Option<Entry>,
+    started: Instant,
+    shared: Arc<Shared>,
+    _in_flight: InFlight,
+}
+
+impl Logged {
+    fn finish(&mut self) {
+        let Some(f) = self.finish.take() else {
+            return;
+        };
+        if let (Some(mut e), Some(log)) = (f.entry, &f.shared.access_log) {
+            e.bytes_sent = self.sent;
+            e.duration = millis(f.started.elapsed());
+            log.write(&e);
+        }
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(_) => this.finish(),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
 /// A response the proxy makes itself, with its flag and reason.
 pub(crate) fn local(status: u16, flag: &'static str, reason: &str) -> Response<Body> {
+    local_details(status, flag, details(flag), reason)
+}
+
+/// Envoy's response code details for a flag, when nothing more precise is known.
+fn details(flag: &str) -> &'static str {
+    match flag {
+        "NR" => "route_not_found",
+        "NC" => "cluster_not_found",
+        "UH" => "no_healthy_upstream",
+        "UF" | "URX" => "upstream_reset_before_response_started{connection_failure}",
+        "UR" => "upstream_reset_before_response_started{remote_reset}",
+        "UT" => "upstream_response_timeout",
+        "FI" => "fault_filter_abort",
+        "DPE" => "http1.codec_error",
+        _ => "local_reply",
+    }
+}
+
+/// A response the proxy makes itself, with its flag, Envoy's response code details and a reason.
+pub(crate) fn local_details(
+    status: u16,
+    flag: &'static str,
+    details: &'static str,
+    reason: &str,
+) -> Response<Body> {
     let mut resp = Response::new(full(format!("{reason}\n")));
+    resp.extensions_mut().insert(LocalReply {
+        flags: flag,
+        details,
+    });
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = resp.headers_mut();
     headers.insert(FLAGS_HEADER, HeaderValue::from_static(flag));
@@ -106,7 +442,7 @@ async fn handle(
     shared: &Arc<Shared>,
     hcm: &HttpListener,
     down: Downstream,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<Body> {
     let config = shared.config.load_full();
     let peer = down.peer;
@@ -115,9 +451,13 @@ async fn handle(
         return local(404, "NR", "no route configuration yet");
     };
     let Some(authority) = authority(&req) else {
-        return local(400, "DPE", "the request has no authority (Host header)");
+        return local_details(
+            400,
+            "DPE",
+            "missing_host_header",
+            "the request has no authority (Host header)",
+        );
     };
-    forwarding_headers(hcm, peer, req.headers_mut());
     let path = req
         .uri()
         .path_and_query()
@@ -134,7 +474,9 @@ async fn handle(
         tracing::debug!(%peer, %authority, %path, "no route");
         return local(404, "NR", &format!("no route for {authority}{path}"));
     };
-    if let Some(resp) = fault(shared, route, &req).await {
+    let (aborted, delayed) = fault(shared, route, &req).await;
+    if let Some(mut resp) = aborted {
+        resp.extensions_mut().insert(RouteName(route.name.clone()));
         return resp;
     }
     let mut resp = match &route.action {
@@ -158,6 +500,10 @@ async fn handle(
         } else {
             headers.insert(name, value.clone());
         }
+    }
+    resp.extensions_mut().insert(RouteName(route.name.clone()));
+    if delayed {
+        resp.extensions_mut().insert(DelayInjected);
     }
     resp
 }
@@ -204,11 +550,17 @@ fn request_id() -> String {
     )
 }
 
-/// The route's fault: a delay (then carry on) and/or an abort.
-async fn fault(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let f = route.fault.as_ref()?;
+/// The route's fault: a delay (then carry on) and/or an abort; whether it delayed.
+async fn fault(
+    shared: &Shared,
+    route: &Route,
+    req: &Request<Incoming>,
+) -> (Option<Response<Body>>, bool) {
+    let Some(f) = route.fault.as_ref() else {
+        return (None, false);
+    };
     if !routing::headers_match(&f.headers, req.headers()) {
-        return None;
+        return (None, false);
     }
     let mut delayed = false;
     if let Some((delay, share)) = f.delay
@@ -226,10 +578,14 @@ async fn fault(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Optio
         if delayed {
             r.headers_mut()
                 .insert(FLAGS_HEADER, HeaderValue::from_static("DI,FI"));
+            r.extensions_mut().insert(LocalReply {
+                flags: "DI,FI",
+                details: "fault_filter_abort",
+            });
         }
-        return Some(r);
+        return (Some(r), delayed);
     }
-    None
+    (None, delayed)
 }
 
 fn redirect(rd: &Redirect, authority: &str, path_and_query: &str) -> Response<Body> {
