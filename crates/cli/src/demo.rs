@@ -567,9 +567,45 @@ impl Demo {
         }
         self.welcome(&url, started.elapsed());
 
+        // Up: a Bookinfo pod that ends is reported and the others keep serving (its endpoint
+        // leaves the mesh, as when a Kubernetes pod dies); the control plane or the gateway
+        // ending ends the demo.
+        let mut gone = std::collections::BTreeSet::new();
         loop {
-            if self.pause(Duration::from_millis(500), int, term).await? {
-                return Ok(ExitCode::SUCCESS);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = int.recv() => return Ok(ExitCode::SUCCESS),
+                _ = term.recv() => return Ok(ExitCode::SUCCESS),
+            }
+            for p in self.children.iter_mut() {
+                let is_pod = WORKLOADS.iter().any(|w| w.name == p.name);
+                if !is_pod || gone.contains(&p.name) {
+                    continue;
+                }
+                if let Some(status) = p.exited() {
+                    eprintln!(
+                        "strait demo: pod {} ended ({status}); it left the mesh and the other pods \
+                         keep serving. Its log: {}",
+                        p.name,
+                        p.log.display()
+                    );
+                    gone.insert(p.name.clone());
+                }
+            }
+            let fatal = self
+                .control_plane
+                .iter_mut()
+                .chain(self.children.iter_mut())
+                .filter(|p| !WORKLOADS.iter().any(|w| w.name == p.name))
+                .find_map(|p| {
+                    p.exited()
+                        .map(|status| (p.name.clone(), status, p.tail(), p.log.clone()))
+                });
+            if let Some((name, status, tail, log)) = fatal {
+                bail!(
+                    "{name} exited ({status}); the end of its log ({}):\n{tail}",
+                    log.display()
+                );
             }
         }
     }

@@ -295,8 +295,7 @@ fn refresh_hosts(
 ) -> Result<()> {
     let entries = services(client)?;
     let text = strait_netns::render_hosts(name, ns, rec.ip.into(), &entries, "cluster.local");
-    // The file is rewritten in place (truncated, then written): a lookup in between finds no
-    // name and falls back to DNS (a 5 s stall). Rewrite it only when it changes.
+    // Rewritten only when it changes (a lookup that reads it mid-write may see a mix).
     if let Some(path) = rec.hosts_path()
         && std::fs::read_to_string(&path).is_ok_and(|old| old == text)
     {

@@ -537,6 +537,12 @@ fn demo_runs_istio_tasks(proxy: &str, listen: &str) {
         started.elapsed()
     );
 
+    reviews_pod_dies_mid_load(proxy, &home, listen, gateway);
+    eprintln!(
+        "{proxy}: a reviews pod died mid-load at {:?}",
+        started.elapsed()
+    );
+
     // Ctrl-C: everything the demo started goes.
     let ok = Command::new("kill")
         .args(["-INT", &demo.child.id().to_string()])
@@ -583,6 +589,156 @@ fn demo_runs_istio_tasks(proxy: &str, listen: &str) {
     }
     assert!(left.is_empty(), "strait demo left behind: {left:?}");
     eprintln!("{proxy}: the whole test took {:?}", started.elapsed());
+}
+
+/// reviews over all its versions, with retries: the project's own YAML (Istio's samples have no
+/// retries for reviews).
+const REVIEWS_WITH_RETRIES: &str = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+    retries:
+      attempts: 3
+      perTryTimeout: 2s
+      retryOn: connect-failure,refused-stream,reset,gateway-error
+";
+
+/// The product page through the gateway, or why it failed (no panic: for load loops).
+fn try_page(gateway: SocketAddr) -> Result<(), String> {
+    let (code, _, body) = request(gateway, "GET", "/productpage", &[], "");
+    if code != 200 {
+        return Err(format!("HTTP {code}"));
+    }
+    for bad in [REVIEWS_UNAVAILABLE, "Error fetching product details"] {
+        if body.contains(bad) {
+            return Err(bad.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// A reviews pod dies mid-load (its app is killed): its endpoint leaves every proxy (the
+/// gateway and each sidecar, as their own `/clusters` show) within 1 s of the process ending,
+/// and with retries configured no page load fails.
+fn reviews_pod_dies_mid_load(proxy: &str, home: &str, listen: &str, gateway: SocketAddr) {
+    let file = std::env::temp_dir().join(format!("strait-demo-reviews-retries-{proxy}.yaml"));
+    std::fs::write(&file, REVIEWS_WITH_RETRIES).unwrap();
+    let out = Command::new(support::strait())
+        .args(["apply", "-f"])
+        .arg(&file)
+        .env("STRAIT_HOME", home)
+        .env_remove("STRAIT_SERVER")
+        .env_remove("STRAIT_TOKEN")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "strait apply: {out:?}");
+    let anonymous = Browser::anonymous(gateway);
+    anonymous.until(Stars::Black, Duration::from_secs(10));
+
+    let v3 = pod_record("reviews-v3.default");
+    let v3_ip = v3["ip"].as_str().unwrap().to_string();
+    let needle = format!("reviews.default.svc.cluster.local::{v3_ip}:9080::");
+    let app = v3["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("bookinfo"))
+        })
+        .unwrap_or_else(|| panic!("no bookinfo process in reviews-v3's record: {v3}"));
+    let mut admins: Vec<(String, SocketAddr)> = PODS
+        .iter()
+        .filter(|p| !p.starts_with("reviews-v3") && !p.starts_with("istio-ingressgateway"))
+        .map(|p| {
+            let ip = pod_record(p)["ip"].as_str().unwrap().to_string();
+            (p.to_string(), format!("{ip}:15000").parse().unwrap())
+        })
+        .collect();
+    admins.push((
+        "the gateway".into(),
+        format!("{listen}:15000").parse().unwrap(),
+    ));
+    let listing = |admin: SocketAddr| request(admin, "GET", "/clusters", &[], "").2;
+    for (name, admin) in &admins {
+        let text = listing(*admin);
+        assert!(
+            text.contains(&needle),
+            "{proxy}: {name}'s /clusters does not list reviews-v3 ({needle}) before the kill:\n{text}"
+        );
+    }
+
+    // Steady load from two clients across the kill.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 5000 {
+                    match try_page(gateway) {
+                        Ok(()) => ok += 1,
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let ok = Command::new("kill")
+        .args(["-KILL", &app.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -KILL {app}");
+    let killed = Instant::now();
+    loop {
+        let still: Vec<&str> = admins
+            .iter()
+            .filter(|(_, a)| listing(*a).contains(&needle))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if still.is_empty() {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "{proxy}: 1 s after reviews-v3's app ended, these proxies still list it: {still:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "{proxy}: reviews-v3's endpoint left every proxy {:?} after its app was killed",
+        killed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut total, mut failures) = (0, Vec::new());
+    for l in loads {
+        let (ok, failed) = l.join().unwrap();
+        total += ok as usize + failed.len();
+        failures.extend(failed);
+    }
+    assert!(
+        total > 20,
+        "{proxy}: only {total} page loads across the kill"
+    );
+    assert!(
+        failures.is_empty(),
+        "{proxy}: {} of {total} page loads failed across the kill: {failures:?}",
+        failures.len()
+    );
 }
 
 #[test]

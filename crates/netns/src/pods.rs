@@ -307,13 +307,18 @@ impl Pods {
             return Ok(());
         };
         use std::io::Write;
+        // In place (the pod's /etc/hosts is a bind mount of this very file, so it cannot be
+        // replaced by a rename), but never empty: the new text over the old, then the rest cut.
+        // Truncating first would leave a moment in which a lookup finds no name and falls back
+        // to DNS (a 5 s stall).
         let mut f = File::options()
             .create(true)
             .write(true)
-            .truncate(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("cannot write", &path, e))?;
         f.write_all(content.as_bytes())
+            .and_then(|()| f.set_len(content.len() as u64))
             .map_err(|e| Error::io("cannot write", &path, e))
     }
 
