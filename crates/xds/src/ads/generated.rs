@@ -1,6 +1,6 @@
 //! A proxy's generated resources, encoded once, with content versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
@@ -40,9 +40,36 @@ impl Generated {
         generated
     }
 
+    /// This generation with the clusters and ClusterLoadAssignments of `hosts` (every
+    /// `outbound|PORT|SUBSET|HOST`) replaced by those of `partial`; everything else shared.
+    pub(crate) fn with_hosts(&self, partial: &XdsResources, hosts: &BTreeSet<String>) -> Self {
+        let mut types = self.types.clone();
+        let fresh = Generated::new(partial);
+        for ty in [TypeUrl::Cluster, TypeUrl::Endpoint] {
+            let map = &mut types[index(ty)];
+            map.retain(|name, _| !host_of(name).is_some_and(|h| hosts.contains(h)));
+            for (name, encoded) in fresh.get(ty) {
+                // Unchanged bytes keep their Arc (and version).
+                match self.get(ty).get(name) {
+                    Some(old) if old.version == encoded.version => {
+                        map.insert(name.clone(), old.clone())
+                    }
+                    _ => map.insert(name.clone(), encoded.clone()),
+                };
+            }
+        }
+        Generated { types }
+    }
+
     pub(crate) fn get(&self, ty: TypeUrl) -> &Resources {
         &self.types[index(ty)]
     }
+}
+
+/// The host of an outbound cluster name `outbound|PORT|SUBSET|HOST`.
+fn host_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("outbound|")?;
+    rest.splitn(3, '|').nth(2)
 }
 
 fn index(ty: TypeUrl) -> usize {
@@ -128,5 +155,51 @@ mod tests {
         assert_eq!(versions(&one), versions(&two));
         res.clusters.get_mut("b").unwrap().alt_stat_name = "changed".into();
         assert_ne!(versions(&one), versions(&Generated::new(&res)));
+    }
+
+    #[test]
+    fn with_hosts_replaces_only_those_hosts() {
+        let cluster = |name: &str, stat: &str| Cluster {
+            name: name.into(),
+            alt_stat_name: stat.into(),
+            ..Default::default()
+        };
+        let mut res = XdsResources::default();
+        for name in [
+            "outbound|80||a.ns.svc",
+            "outbound|80|v1|a.ns.svc",
+            "outbound|80||b.ns.svc",
+            "inbound|80||",
+        ] {
+            res.clusters.insert(name.into(), cluster(name, ""));
+        }
+        let before = Generated::new(&res);
+        let mut partial = XdsResources::default();
+        partial.clusters.insert(
+            "outbound|80||a.ns.svc".into(),
+            cluster("outbound|80||a.ns.svc", "new"),
+        );
+        let hosts: BTreeSet<String> = ["a.ns.svc".to_string()].into();
+        let after = before.with_hosts(&partial, &hosts);
+        let names: Vec<&String> = after.get(TypeUrl::Cluster).keys().collect();
+        // The v1 subset of a is gone, b and the inbound cluster are untouched (same Arc).
+        assert_eq!(
+            names,
+            [
+                "inbound|80||",
+                "outbound|80||a.ns.svc",
+                "outbound|80||b.ns.svc"
+            ]
+        );
+        let b = "outbound|80||b.ns.svc";
+        assert!(Arc::ptr_eq(
+            &before.get(TypeUrl::Cluster)[b],
+            &after.get(TypeUrl::Cluster)[b]
+        ));
+        let a = "outbound|80||a.ns.svc";
+        assert_ne!(
+            before.get(TypeUrl::Cluster)[a].version,
+            after.get(TypeUrl::Cluster)[a].version
+        );
     }
 }
