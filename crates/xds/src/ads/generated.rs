@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -19,10 +20,27 @@ pub struct Encoded {
 pub(crate) type Resources = BTreeMap<String, Arc<Encoded>>;
 
 /// Everything one proxy gets, encoded, per type.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Generated {
     types: [Resources; 4],
+    /// Unique per generation.
+    id: u64,
+    /// For a generation derived from another ([`Generated::with_hosts`]): that one's id, and the
+    /// names per type that differ from it (added, removed or changed).
+    base: Option<(u64, [BTreeSet<String>; 4])>,
 }
+
+impl Default for Generated {
+    fn default() -> Self {
+        Generated {
+            types: Default::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            base: None,
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Generated {
     pub(crate) fn new(resources: &XdsResources) -> Self {
@@ -44,21 +62,50 @@ impl Generated {
     /// `outbound|PORT|SUBSET|HOST`) replaced by those of `partial`; everything else shared.
     pub(crate) fn with_hosts(&self, partial: &XdsResources, hosts: &BTreeSet<String>) -> Self {
         let mut types = self.types.clone();
+        let mut changed: [BTreeSet<String>; 4] = Default::default();
         let fresh = Generated::new(partial);
         for ty in [TypeUrl::Cluster, TypeUrl::Endpoint] {
             let map = &mut types[index(ty)];
-            map.retain(|name, _| !host_of(name).is_some_and(|h| hosts.contains(h)));
+            let changed = &mut changed[index(ty)];
+            map.retain(|name, _| {
+                let keep = !host_of(name).is_some_and(|h| hosts.contains(h));
+                if !keep {
+                    changed.insert(name.clone());
+                }
+                keep
+            });
             for (name, encoded) in fresh.get(ty) {
                 // Unchanged bytes keep their Arc (and version).
                 match self.get(ty).get(name) {
                     Some(old) if old.version == encoded.version => {
-                        map.insert(name.clone(), old.clone())
+                        changed.remove(name);
+                        map.insert(name.clone(), old.clone());
                     }
-                    _ => map.insert(name.clone(), encoded.clone()),
-                };
+                    _ => {
+                        changed.insert(name.clone());
+                        map.insert(name.clone(), encoded.clone());
+                    }
+                }
             }
         }
-        Generated { types }
+        Generated {
+            types,
+            base: Some((self.id, changed)),
+            ..Generated::default()
+        }
+    }
+
+    /// The names of `ty` that differ from generation `base`, if this generation was derived
+    /// from it.
+    pub(crate) fn changed_since(&self, base: u64, ty: TypeUrl) -> Option<&BTreeSet<String>> {
+        match &self.base {
+            Some((id, changed)) if *id == base => Some(&changed[index(ty)]),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn get(&self, ty: TypeUrl) -> &Resources {
@@ -181,6 +228,16 @@ mod tests {
         );
         let hosts: BTreeSet<String> = ["a.ns.svc".to_string()].into();
         let after = before.with_hosts(&partial, &hosts);
+        let changed: Vec<&String> = after
+            .changed_since(before.id(), TypeUrl::Cluster)
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(
+            changed,
+            ["outbound|80|v1|a.ns.svc", "outbound|80||a.ns.svc"]
+        );
+        assert!(after.changed_since(after.id(), TypeUrl::Cluster).is_none());
         let names: Vec<&String> = after.get(TypeUrl::Cluster).keys().collect();
         // The v1 subset of a is gone, b and the inbound cluster are untouched (same Arc).
         assert_eq!(
