@@ -469,4 +469,33 @@ mod tests {
         let (seen, last) = publishes(100, 1000, 50);
         assert_eq!(seen, [last]);
     }
+
+    #[test]
+    fn endpoint_only_changes_skip_the_long_debounce() {
+        let server = AdsServer::new(
+            Arc::new(Empty),
+            AdsOptions {
+                debounce: Duration::from_millis(300),
+                max_debounce: Duration::from_secs(1),
+                eds_debounce: Duration::from_millis(5),
+            },
+        );
+        let mut rx = server.inner.revisions.subscribe();
+        let wait_for = |rx: &mut watch::Receiver<u64>, revision: u64| {
+            let start = Instant::now();
+            while *rx.borrow_and_update() != revision {
+                assert!(start.elapsed() < Duration::from_secs(2), "never published");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            start.elapsed()
+        };
+        server.notify_endpoints(1, SystemTime::now());
+        let fast = wait_for(&mut rx, 1);
+        assert!(fast < Duration::from_millis(150), "{fast:?}");
+        // A config change in the batch: the whole batch waits the full debounce.
+        server.notify_endpoints(2, SystemTime::now());
+        server.notify(3, SystemTime::now());
+        let slow = wait_for(&mut rx, 3);
+        assert!(slow >= Duration::from_millis(250), "{slow:?}");
+    }
 }
