@@ -1,34 +1,71 @@
-//! The mesh as the translator sees it: the config snapshot and the registry, rebuilt from the
-//! store whenever it changes, and the generator the ADS server calls.
+//! The mesh as the translator sees it: the config snapshot and the registry, kept current from
+//! the store's events (each changed object is parsed once; unchanged kinds are shared between
+//! snapshots), and the generator the ADS server calls.
+//!
+//! Every change is logged with the hosts whose endpoints it changed when nothing else changed
+//! (an endpoint-only change): the ADS server then regenerates only those hosts' clusters and
+//! endpoints, and pushes at once (see [`AdsServer::notify_endpoints`]).
 
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use strait_api::Kind;
 use strait_api::parse::{Outcome, Source, parse_value};
+use strait_api::{Kind, Resource};
 use strait_registry::{Registry, VipRange, VipTable};
-use strait_store::{Key, Precondition, Store, StoreError};
-use strait_xds::ads::{AdsServer, Generator};
-use strait_xds::translate::translate;
+use strait_store::{Event, EventType, Key, Precondition, Store, StoreError};
+use strait_xds::ads::{AdsServer, Generator, Inputs};
+use strait_xds::translate::{translate, translate_hosts};
 use strait_xds::{ConfigSnapshot, MeshConfig, Proxy, XdsResources};
 
 /// The store kind under which the virtual IP table is kept, so VIPs survive restarts. The API
 /// does not serve it.
 pub const VIP_KEY_KIND: &str = "internal.strait.io/VipTable";
 
+/// How many changes the log keeps: a shape last generated further back is generated in full.
+const LOG_LEN: usize = 64;
+
 /// What the translator reads, at one store revision.
 pub struct MeshState {
     pub snapshot: ConfigSnapshot,
     pub registry: Registry,
+    /// (address, WorkloadEntry name) of the registry's endpoints: a proxy at that address with
+    /// that workload name has its own endpoints (and inbound ports) in the registry.
+    owners: HashSet<(IpAddr, String)>,
+    /// The latest changes, oldest first.
+    log: VecDeque<Logged>,
 }
 
-/// The current mesh state, and how to rebuild it.
+/// One change of the mesh state.
+#[derive(Debug, Clone)]
+struct Logged {
+    /// The revision of the state before, and after.
+    from: u64,
+    to: u64,
+    /// For an endpoint-only change, what changed; `None` for any other change.
+    endpoints: Option<EndpointChange>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct EndpointChange {
+    /// Hosts whose endpoints changed.
+    hosts: BTreeSet<String>,
+    /// The addresses of the endpoints that changed (before and after).
+    addresses: BTreeSet<String>,
+}
+
+/// The parsed resources, by kind, by store key.
+type Objects = BTreeMap<Kind, BTreeMap<Key, Arc<Resource>>>;
+
+/// The current mesh state, and how to update it.
 pub struct Mesh {
     store: Arc<dyn Store>,
     config: MeshConfig,
     vips: Mutex<VipTable>,
+    objects: Mutex<Objects>,
     state: RwLock<Arc<MeshState>>,
 }
 
@@ -38,6 +75,80 @@ fn vip_key() -> Key {
         namespace: String::new(),
         name: "vips".to_string(),
     }
+}
+
+fn kind_of(key: &Key) -> Option<Kind> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.qualified_name() == key.kind)
+}
+
+/// Parses a stored object; `None` (logged) if it is not a resource the mesh reads.
+fn parse(key: &Key, value: serde_json::Value) -> Option<Resource> {
+    let parsed = parse_value(
+        Source {
+            file: format!("store:{key}"),
+            index: 0,
+        },
+        value,
+    );
+    match parsed.outcome {
+        Outcome::Resource(r) => Some(*r),
+        Outcome::Unsupported(why) => {
+            tracing::warn!(%key, %why, "stored resource skipped");
+            None
+        }
+        Outcome::Invalid(e) => {
+            tracing::warn!(%key, error = %e, "stored resource no longer parses; skipped");
+            None
+        }
+    }
+}
+
+/// The resources of one kind in (namespace, name) order, as the snapshot keeps them.
+fn sorted(objects: &BTreeMap<Key, Arc<Resource>>) -> Arc<Vec<Arc<Resource>>> {
+    let mut list: Vec<Arc<Resource>> = objects.values().cloned().collect();
+    list.sort_by(|a, b| {
+        (strait_xds::snapshot::namespace_of(&a.metadata), a.name())
+            .cmp(&(strait_xds::snapshot::namespace_of(&b.metadata), b.name()))
+    });
+    Arc::new(list)
+}
+
+fn owners(registry: &Registry) -> HashSet<(IpAddr, String)> {
+    registry
+        .endpoints
+        .values()
+        .flatten()
+        .filter_map(|e| Some((e.address.parse().ok()?, e.workload.clone()?)))
+        .collect()
+}
+
+/// What changed between two registries, if only endpoints did.
+fn endpoint_change(before: &Registry, after: &Registry) -> Option<EndpointChange> {
+    if before.services != after.services {
+        return None;
+    }
+    let mut change = EndpointChange::default();
+    let empty = Vec::new();
+    let keys: BTreeSet<&(String, u16)> = before
+        .endpoints
+        .keys()
+        .chain(after.endpoints.keys())
+        .collect();
+    for key in keys {
+        let old = before.endpoints.get(key).unwrap_or(&empty);
+        let new = after.endpoints.get(key).unwrap_or(&empty);
+        if old != new {
+            change.hosts.insert(key.0.clone());
+            let gone = old.iter().filter(|e| !new.contains(e));
+            let came = new.iter().filter(|e| !old.contains(e));
+            for e in gone.chain(came) {
+                change.addresses.insert(e.address.clone());
+            }
+        }
+    }
+    Some(change)
 }
 
 impl Mesh {
@@ -65,9 +176,12 @@ impl Mesh {
             store,
             config,
             vips: Mutex::new(vips),
+            objects: Mutex::default(),
             state: RwLock::new(Arc::new(MeshState {
                 snapshot: ConfigSnapshot::default(),
                 registry: Registry::default(),
+                owners: HashSet::new(),
+                log: VecDeque::new(),
             })),
         };
         mesh.rebuild()?;
@@ -78,32 +192,77 @@ impl Mesh {
         self.state.read().expect("mesh state lock poisoned").clone()
     }
 
-    /// Rebuilds the snapshot and registry from the store; returns the revision it reflects.
+    /// Rebuilds the snapshot and registry from everything in the store (at start, and when the
+    /// watch fell behind); returns the revision it reflects.
     pub fn rebuild(&self) -> Result<u64> {
         let revision = self.store.revision();
-        let mut resources = Vec::new();
+        let mut objects = Objects::new();
         for kind in Kind::ALL {
-            let (objects, _) = self.store.list(&kind.qualified_name(), None)?;
-            for obj in objects {
-                let parsed = parse_value(
-                    Source {
-                        file: format!("store:{}", obj.key),
-                        index: 0,
-                    },
-                    obj.value,
-                );
-                match parsed.outcome {
-                    Outcome::Resource(r) => resources.push(*r),
-                    Outcome::Unsupported(why) => {
-                        tracing::warn!(key = %obj.key, %why, "stored resource skipped")
-                    }
-                    Outcome::Invalid(e) => {
-                        tracing::warn!(key = %obj.key, error = %e, "stored resource no longer parses; skipped")
-                    }
+            let (listed, _) = self.store.list(&kind.qualified_name(), None)?;
+            for obj in listed {
+                if let Some(r) = parse(&obj.key, obj.value) {
+                    objects
+                        .entry(r.kind)
+                        .or_default()
+                        .insert(obj.key, Arc::new(r));
                 }
             }
         }
-        let snapshot = ConfigSnapshot::new(revision, self.config.clone(), resources);
+        let mut snapshot = ConfigSnapshot::new(revision, self.config.clone(), []);
+        for (kind, list) in &objects {
+            snapshot = snapshot.with_kind(revision, *kind, sorted(list));
+        }
+        *self.objects.lock().expect("mesh objects lock poisoned") = objects;
+        self.install(snapshot, None);
+        Ok(revision)
+    }
+
+    /// Applies a batch of store events. Returns the new revision and whether only endpoints
+    /// changed, or `None` if no event concerned the mesh.
+    pub fn apply(&self, events: Vec<Event>) -> Option<(u64, bool)> {
+        let mut changed: BTreeSet<Kind> = BTreeSet::new();
+        let mut revision = 0;
+        let before = self.current();
+        let mut snapshot = before.snapshot.clone();
+        {
+            let mut objects = self.objects.lock().expect("mesh objects lock poisoned");
+            for event in events {
+                let key = event.object.key;
+                let Some(kind) = kind_of(&key) else {
+                    continue;
+                };
+                revision = revision.max(event.object.revision);
+                changed.insert(kind);
+                let list = objects.entry(kind).or_default();
+                let parsed = match event.event_type {
+                    EventType::Deleted => None,
+                    EventType::Added | EventType::Modified => parse(&key, event.object.value),
+                };
+                match parsed {
+                    Some(r) if r.kind == kind => {
+                        list.insert(key, Arc::new(r));
+                    }
+                    _ => {
+                        list.remove(&key);
+                    }
+                }
+            }
+            if changed.is_empty() {
+                return None;
+            }
+            for kind in &changed {
+                snapshot = snapshot.with_kind(revision, *kind, sorted(&objects[kind]));
+            }
+        }
+        let endpoints_kinds = changed.iter().all(|k| *k == Kind::WorkloadEntry);
+        let endpoints_only = self.install(snapshot, Some(endpoints_kinds));
+        Some((revision, endpoints_only))
+    }
+
+    /// Builds the registry for `snapshot` and makes it current. `might_be_endpoints_only`: only
+    /// kinds that change nothing but endpoints changed since the current state (`None`: a full
+    /// rebuild). Returns whether the change was endpoint-only.
+    fn install(&self, snapshot: ConfigSnapshot, might_be_endpoints_only: Option<bool>) -> bool {
         let registry = {
             let mut vips = self.vips.lock().expect("vip lock poisoned");
             let before = vips.to_json();
@@ -120,9 +279,28 @@ impl Mesh {
             }
             registry
         };
-        *self.state.write().expect("mesh state lock poisoned") =
-            Arc::new(MeshState { snapshot, registry });
-        Ok(revision)
+        let mut state = self.state.write().expect("mesh state lock poisoned");
+        let endpoints = match might_be_endpoints_only {
+            Some(true) => endpoint_change(&state.registry, &registry),
+            _ => None,
+        };
+        let endpoints_only = endpoints.is_some();
+        let mut log = state.log.clone();
+        log.push_back(Logged {
+            from: state.snapshot.revision,
+            to: snapshot.revision,
+            endpoints,
+        });
+        while log.len() > LOG_LEN {
+            log.pop_front();
+        }
+        *state = Arc::new(MeshState {
+            owners: owners(&registry),
+            snapshot,
+            registry,
+            log,
+        });
+        endpoints_only
     }
 }
 
@@ -130,6 +308,68 @@ impl Generator for Mesh {
     fn generate(&self, proxy: &Proxy) -> XdsResources {
         let state = self.current();
         translate(&state.snapshot, &state.registry, proxy)
+    }
+
+    fn inputs(&self) -> Option<Arc<dyn Inputs>> {
+        Some(self.current())
+    }
+}
+
+impl Inputs for MeshState {
+    fn revision(&self) -> u64 {
+        self.snapshot.revision
+    }
+
+    /// What the translation reads of a proxy: role, address, namespace, labels and capture
+    /// mode, and its workload name only when the registry has endpoints of that workload at its
+    /// address (then its inbound ports are its own).
+    fn shape(&self, proxy: &Proxy) -> String {
+        let owner = self.owners.contains(&(proxy.ip, proxy.workload.clone()));
+        format!(
+            "{:?}|{}|{}|{:?}|{:?}|{}",
+            proxy.role,
+            proxy.ip,
+            proxy.namespace,
+            proxy.labels,
+            proxy.capture,
+            if owner { proxy.workload.as_str() } else { "" }
+        )
+    }
+
+    fn generate(&self, proxy: &Proxy) -> XdsResources {
+        translate(&self.snapshot, &self.registry, proxy)
+    }
+
+    fn endpoint_changes_since(&self, revision: u64) -> Option<BTreeSet<String>> {
+        let mut after = self.log.iter().skip_while(|l| l.to <= revision).peekable();
+        // The log must reach back to `revision`.
+        if after.peek()?.from > revision {
+            return None;
+        }
+        let mut hosts = BTreeSet::new();
+        for logged in after {
+            hosts.extend(logged.endpoints.as_ref()?.hosts.iter().cloned());
+        }
+        Some(hosts)
+    }
+
+    fn generate_hosts(&self, proxy: &Proxy, hosts: &BTreeSet<String>) -> Option<XdsResources> {
+        // An endpoint at the proxy's own address may change its inbound side: not just clusters.
+        let own = self
+            .log
+            .iter()
+            .filter_map(|l| l.endpoints.as_ref())
+            .flat_map(|e| &e.addresses)
+            .any(|a| a.parse::<IpAddr>().ok() == Some(proxy.ip));
+        if own {
+            return None;
+        }
+        Some(translate_hosts(
+            &self.snapshot,
+            &self.registry,
+            proxy,
+            hosts,
+        ))
     }
 }
 
@@ -152,16 +392,27 @@ pub async fn follow(mesh: Arc<Mesh>, store: Arc<dyn Store>, ads: AdsServer) {
         };
         while let Some(event) = watch.next().await {
             let written_at = SystemTime::now();
-            let mut relevant = event.object.key.kind != VIP_KEY_KIND;
+            let mut events = vec![event];
             while let Some(more) = watch.try_next() {
-                relevant |= more.object.key.kind != VIP_KEY_KIND;
+                events.push(more);
             }
-            if !relevant {
+            if events.iter().all(|e| e.object.key.kind == VIP_KEY_KIND) {
                 continue;
             }
-            if let Some(rev) = rebuild_at(&mesh, &ads, written_at).await {
-                after = rev;
+            let last = events.last().map_or(after, |e| e.object.revision);
+            let m = mesh.clone();
+            match tokio::task::spawn_blocking(move || m.apply(events)).await {
+                Ok(Some((rev, endpoints_only))) => {
+                    if endpoints_only {
+                        ads.notify_endpoints(rev, written_at);
+                    } else {
+                        ads.notify(rev, written_at);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "applying store events failed"),
             }
+            after = after.max(last);
         }
         // The watch ended: the store is closing, or this watcher fell behind and must relist.
         match watch.ended() {
@@ -190,5 +441,153 @@ async fn rebuild_at(mesh: &Arc<Mesh>, ads: &AdsServer, written_at: SystemTime) -
             tracing::error!(error = %e, "the rebuild task failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_store::MemoryStore;
+    use strait_xds::{CaptureMode, ProxyRole, TypeUrl};
+
+    fn put(store: &MemoryStore, kind: &str, name: &str, value: serde_json::Value) -> Event {
+        let key = Key {
+            kind: kind.to_string(),
+            namespace: "default".to_string(),
+            name: name.to_string(),
+        };
+        let object = store.put(&key, value, Precondition::None).unwrap();
+        Event {
+            event_type: EventType::Modified,
+            object,
+        }
+    }
+
+    fn service(name: &str) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "default"},
+               "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 9080}]}})
+    }
+
+    fn workload(name: &str, app: &str, address: &str, weight: u32) -> serde_json::Value {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+               "metadata": {"name": name, "namespace": "default"},
+               "spec": {"address": address, "labels": {"app": app}, "weight": weight}})
+    }
+
+    fn proxy(workload: &str, ip: &str) -> Proxy {
+        Proxy {
+            id: Proxy::node_id(ProxyRole::Sidecar, ip.parse().unwrap(), workload, "default"),
+            role: ProxyRole::Sidecar,
+            ip: ip.parse().unwrap(),
+            workload: workload.into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "client".to_string())].into(),
+            capture: CaptureMode::Iptables,
+            service_account: "default".into(),
+        }
+    }
+
+    const WE: &str = "workloadentry.networking.istio.io";
+
+    #[test]
+    fn events_update_the_state_and_endpoint_only_changes_are_told_apart() {
+        let store = Arc::new(MemoryStore::new());
+        put(&store, "service", "a", service("a"));
+        put(&store, "service", "b", service("b"));
+        put(&store, WE, "a-1", workload("a-1", "a", "10.0.0.1", 1));
+        put(&store, WE, "b-1", workload("b-1", "b", "10.0.0.2", 1));
+        let mesh = Mesh::load(store.clone(), MeshConfig::default(), "240.240.0.0/16").unwrap();
+        let first = mesh.current();
+        assert_eq!(first.registry.services.len(), 2, "{:?}", first.registry);
+
+        // A WorkloadEntry's weight: endpoint-only, for host a.
+        let ev = put(&store, WE, "a-1", workload("a-1", "a", "10.0.0.1", 3));
+        let (rev, endpoints_only) = mesh.apply(vec![ev]).unwrap();
+        assert!(endpoints_only);
+        let state = mesh.current();
+        assert_eq!(state.revision(), rev);
+        assert_eq!(
+            state.endpoint_changes_since(first.revision()),
+            Some(["a.default.svc.cluster.local".to_string()].into())
+        );
+        let a = &state.registry.endpoints[&("a.default.svc.cluster.local".to_string(), 9080)];
+        assert_eq!(a[0].weight, 3);
+
+        // Only a's cluster and endpoints are regenerated, and they equal the full translation's.
+        let client = proxy("client", "10.0.0.9");
+        let hosts = state.endpoint_changes_since(first.revision()).unwrap();
+        let partial = state.generate_hosts(&client, &hosts).unwrap();
+        let full = Inputs::generate(&*state, &client);
+        assert_eq!(
+            partial.encode(TypeUrl::Endpoint).keys().collect::<Vec<_>>(),
+            ["outbound|9080||a.default.svc.cluster.local"]
+        );
+        let name = "outbound|9080||a.default.svc.cluster.local";
+        assert_eq!(partial.endpoints[name], full.endpoints[name]);
+        // The proxy at the changed endpoint's address needs a full generation.
+        assert!(
+            state
+                .generate_hosts(&proxy("a-1", "10.0.0.1"), &hosts)
+                .is_none()
+        );
+        // Proxies that differ only in name share a shape; one whose endpoints the registry
+        // has does not.
+        assert_eq!(
+            state.shape(&client),
+            state.shape(&proxy("other", "10.0.0.9"))
+        );
+        assert_ne!(
+            state.shape(&proxy("a-1", "10.0.0.1")),
+            state.shape(&proxy("x", "10.0.0.1"))
+        );
+
+        // A new Service is not endpoint-only, and cuts the chain of endpoint changes.
+        let ev = put(&store, "service", "c", service("c"));
+        let (_, endpoints_only) = mesh.apply(vec![ev]).unwrap();
+        assert!(!endpoints_only);
+        let state = mesh.current();
+        assert!(
+            state
+                .registry
+                .services
+                .contains_key("c.default.svc.cluster.local")
+        );
+        assert_eq!(state.endpoint_changes_since(first.revision()), None);
+
+        // A WorkloadEntry that moves to another service changes both; a deleted one its own.
+        let ev = put(&store, WE, "b-1", workload("b-1", "c", "10.0.0.2", 1));
+        let before = mesh.current().revision();
+        assert!(mesh.apply(vec![ev]).unwrap().1);
+        assert_eq!(
+            mesh.current().endpoint_changes_since(before),
+            Some(
+                [
+                    "b.default.svc.cluster.local".to_string(),
+                    "c.default.svc.cluster.local".to_string()
+                ]
+                .into()
+            )
+        );
+        let key = Key {
+            kind: WE.to_string(),
+            namespace: "default".to_string(),
+            name: "a-1".to_string(),
+        };
+        let object = store.delete(&key, Precondition::None).unwrap();
+        let before = mesh.current().revision();
+        let deleted = Event {
+            event_type: EventType::Deleted,
+            object,
+        };
+        assert!(mesh.apply(vec![deleted]).unwrap().1);
+        assert_eq!(
+            mesh.current().endpoint_changes_since(before),
+            Some(["a.default.svc.cluster.local".to_string()].into())
+        );
+        // The state equals a full rebuild from the store.
+        let incremental = mesh.current();
+        mesh.rebuild().unwrap();
+        assert_eq!(incremental.registry, mesh.current().registry);
     }
 }

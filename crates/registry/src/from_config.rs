@@ -1,6 +1,6 @@
 //! The registry, built from config: Kubernetes Services, ServiceEntries and WorkloadEntries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use strait_api::core::service::{IntOrString, Protocol as L4Protocol, ServiceSpec};
@@ -19,6 +19,61 @@ struct Workload<'a> {
     namespace: &'a str,
     name: &'a str,
     spec: &'a WorkloadEntry,
+}
+
+/// The WorkloadEntries, indexed by namespace and by (namespace, label, value), so a selector finds
+/// its workloads without scanning every one.
+struct Workloads<'a> {
+    all: Vec<Workload<'a>>,
+    by_namespace: HashMap<&'a str, Vec<usize>>,
+    by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>>,
+}
+
+impl<'a> Workloads<'a> {
+    fn new(all: Vec<Workload<'a>>) -> Self {
+        let mut by_namespace: HashMap<&'a str, Vec<usize>> = HashMap::new();
+        let mut by_label: HashMap<(&'a str, &'a str, &'a str), Vec<usize>> = HashMap::new();
+        for (i, w) in all.iter().enumerate() {
+            by_namespace.entry(w.namespace).or_default().push(i);
+            for (k, v) in &w.spec.labels {
+                by_label
+                    .entry((w.namespace, k.as_str(), v.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        Workloads {
+            all,
+            by_namespace,
+            by_label,
+        }
+    }
+
+    /// The workloads of `namespace` whose labels `selector` selects (all of them for an empty
+    /// selector), in their original order.
+    fn selected<'s>(
+        &'s self,
+        namespace: &'s str,
+        selector: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'s Workload<'a>> + 's {
+        // The rarest of the selector's pairs narrows the candidates.
+        let candidates: &[usize] = match selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(namespace, k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|c| c.len())
+        {
+            Some(c) => c,
+            None => self.by_namespace.get(namespace).map_or(&[], Vec::as_slice),
+        };
+        candidates
+            .iter()
+            .map(|i| &self.all[*i])
+            .filter(move |w| selects(selector, &w.spec.labels))
+    }
 }
 
 fn namespace_of(meta: &ObjectMeta) -> &str {
@@ -61,6 +116,7 @@ impl Registry {
         services.sort_by_key(|(m, _)| key(m));
         entries.sort_by_key(|(m, _)| key(m));
 
+        let workloads = Workloads::new(workloads);
         let mut reg = Registry::default();
         for (meta, spec) in services {
             add_kube_service(&mut reg, meta, spec, &workloads, vips, domain_suffix);
@@ -128,7 +184,7 @@ fn add_kube_service(
     reg: &mut Registry,
     meta: &ObjectMeta,
     spec: &ServiceSpec,
-    workloads: &[Workload<'_>],
+    workloads: &Workloads<'_>,
     vips: &mut VipTable,
     domain_suffix: &str,
 ) {
@@ -183,8 +239,7 @@ fn add_kube_service(
             Vec::new()
         } else {
             workloads
-                .iter()
-                .filter(|w| w.namespace == namespace && selects(&spec.selector, &w.spec.labels))
+                .selected(namespace, &spec.selector)
                 .map(|w| {
                     let port = w
                         .spec
@@ -231,7 +286,7 @@ fn add_service_entry(
     reg: &mut Registry,
     meta: &ObjectMeta,
     spec: &ServiceEntry,
-    workloads: &[Workload<'_>],
+    workloads: &Workloads<'_>,
     vips: &mut VipTable,
 ) {
     let namespace = namespace_of(meta);
@@ -325,8 +380,7 @@ fn add_service_entry(
                     .collect()
             } else if let Some(sel) = &spec.workload_selector {
                 workloads
-                    .iter()
-                    .filter(|w| w.namespace == namespace && sel.matches(&w.spec.labels))
+                    .selected(namespace, &sel.labels)
                     .map(|w| workload_endpoint(w, port_of(w.spec, &port.name, *target)))
                     .collect()
             } else {

@@ -2,6 +2,7 @@
 //! revision, and the mesh-wide settings.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use strait_api::networking::destination_rule::DestinationRule;
 use strait_api::networking::gateway::Gateway;
@@ -43,12 +44,13 @@ impl Default for MeshConfig {
     }
 }
 
-/// Every resource, by kind, at one store revision.
+/// Every resource, by kind, at one store revision. Cheap to clone: the resources of each kind
+/// are shared, so a new snapshot that changes one kind shares the others.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigSnapshot {
     pub revision: u64,
     pub mesh: MeshConfig,
-    by_kind: BTreeMap<Kind, Vec<Resource>>,
+    by_kind: BTreeMap<Kind, Arc<Vec<Arc<Resource>>>>,
 }
 
 /// A resource's namespace, `default` when it names none.
@@ -60,7 +62,7 @@ macro_rules! typed_iter {
     ($(#[$doc:meta])* $fn:ident, $kind:ident, $ty:ty) => {
         $(#[$doc])*
         pub fn $fn(&self) -> impl Iterator<Item = (&ObjectMeta, &$ty)> {
-            self.of(Kind::$kind).iter().filter_map(|r| match &r.spec {
+            self.of(Kind::$kind).filter_map(|r| match &r.spec {
                 Spec::$kind(s) => Some((&r.metadata, s)),
                 _ => None,
             })
@@ -75,9 +77,9 @@ impl ConfigSnapshot {
         mesh: MeshConfig,
         resources: impl IntoIterator<Item = Resource>,
     ) -> Self {
-        let mut by_kind: BTreeMap<Kind, Vec<Resource>> = BTreeMap::new();
+        let mut by_kind: BTreeMap<Kind, Vec<Arc<Resource>>> = BTreeMap::new();
         for r in resources {
-            by_kind.entry(r.kind).or_default().push(r);
+            by_kind.entry(r.kind).or_default().push(Arc::new(r));
         }
         for list in by_kind.values_mut() {
             list.sort_by(|a, b| {
@@ -87,18 +89,39 @@ impl ConfigSnapshot {
         Self {
             revision,
             mesh,
+            by_kind: by_kind.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        }
+    }
+
+    /// This snapshot at `revision`, with the resources of `kind` replaced by `resources`, which
+    /// must be in (namespace, name) order; the other kinds are shared.
+    pub fn with_kind(&self, revision: u64, kind: Kind, resources: Arc<Vec<Arc<Resource>>>) -> Self {
+        let mut by_kind = self.by_kind.clone();
+        if resources.is_empty() {
+            by_kind.remove(&kind);
+        } else {
+            by_kind.insert(kind, resources);
+        }
+        Self {
+            revision,
+            mesh: self.mesh.clone(),
             by_kind,
         }
     }
 
     /// All resources of a kind, in (namespace, name) order.
-    pub fn of(&self, kind: Kind) -> &[Resource] {
-        self.by_kind.get(&kind).map_or(&[], Vec::as_slice)
+    pub fn of(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        self.by_kind
+            .get(&kind)
+            .into_iter()
+            .flat_map(|list| list.iter().map(|r| &**r))
     }
 
     /// All resources.
     pub fn all(&self) -> impl Iterator<Item = &Resource> {
-        self.by_kind.values().flatten()
+        self.by_kind
+            .values()
+            .flat_map(|list| list.iter().map(|r| &**r))
     }
 
     typed_iter!(

@@ -74,6 +74,7 @@ async fn start(debounce_ms: u64) -> (AdsServer, Arc<FakeGenerator>, SocketAddr) 
         AdsOptions {
             debounce: Duration::from_millis(debounce_ms),
             max_debounce: Duration::from_secs(1),
+            ..AdsOptions::default()
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -30,6 +30,8 @@ struct Subscription {
 pub(crate) struct Delta {
     types: BTreeMap<TypeUrl, TypeState>,
     subscriptions: BTreeMap<TypeUrl, Subscription>,
+    /// The generation every started type was last brought up to date with.
+    reconciled: Option<u64>,
 }
 
 impl Delta {
@@ -42,7 +44,7 @@ impl Delta {
         force: bool,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Vec<DeltaDiscoveryResponse> {
         let state = self.types.entry(ty).or_default();
         let sub = self.subscriptions.entry(ty).or_default();
         let all = generated.get(ty);
@@ -79,24 +81,115 @@ impl Delta {
                 removed.push(name.clone());
             }
         }
-        removed.sort();
-        removed.dedup();
-        if resources.is_empty() && removed.is_empty() && !force {
-            return None;
-        }
-        let version = set_version(sub.have.iter());
-        let nonce = nonces();
-        state.sent(ty, nonce.clone(), version.clone(), ev);
-        Some(DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources,
-            type_url: ty.as_str().to_string(),
-            removed_resources: removed,
-            nonce,
-            control_plane: Some(control_plane()),
-            ..Default::default()
-        })
+        respond(ty, state, sub, resources, removed, force, nonces, ev)
     }
+
+    /// Like [`Delta::diff`] without `force`, for a generation whose only differences from the
+    /// one this type was last brought up to date with are `changed`: looks at those names only.
+    fn diff_changed(
+        &mut self,
+        ty: TypeUrl,
+        generated: &Generated,
+        changed: &BTreeSet<String>,
+        nonces: &mut dyn FnMut() -> String,
+        ev: &mut Events,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let state = self.types.entry(ty).or_default();
+        let sub = self.subscriptions.entry(ty).or_default();
+        let all = generated.get(ty);
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for name in changed {
+            let wanted = sub.wildcard || sub.names.contains(name);
+            match all.get(name) {
+                Some(encoded) => {
+                    sub.told_absent.remove(name);
+                    if !wanted {
+                        continue;
+                    }
+                    if sub.have.get(name) != Some(&encoded.version) {
+                        resources.push(Resource {
+                            name: name.clone(),
+                            version: encoded.version.clone(),
+                            resource: Some(encoded.resource.clone()),
+                            ..Default::default()
+                        });
+                        sub.have.insert(name.clone(), encoded.version.clone());
+                    }
+                    state.sent.insert(name.clone(), encoded.clone());
+                }
+                None => {
+                    if sub.have.remove(name).is_some() {
+                        state.sent.remove(name);
+                        removed.push(name.clone());
+                    }
+                    if sub.names.contains(name) && sub.told_absent.insert(name.clone()) {
+                        removed.push(name.clone());
+                    }
+                }
+            }
+        }
+        respond(ty, state, sub, resources, removed, false, nonces, ev)
+    }
+}
+
+/// Responses larger than this are split: a stream's gRPC encoder keeps a buffer as large as the
+/// largest message it sent, for as long as the stream lives.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The responses with these changes, if any (always one when `force`): one, or several of at
+/// most [`MAX_RESPONSE_BYTES`] of resources each, the removals in the last. The client merges
+/// them (Delta responses are incremental); the last one's nonce is the one awaited.
+#[allow(clippy::too_many_arguments)]
+fn respond(
+    ty: TypeUrl,
+    state: &mut TypeState,
+    sub: &Subscription,
+    resources: Vec<Resource>,
+    mut removed: Vec<String>,
+    force: bool,
+    nonces: &mut dyn FnMut() -> String,
+    ev: &mut Events,
+) -> Vec<DeltaDiscoveryResponse> {
+    removed.sort();
+    removed.dedup();
+    if resources.is_empty() && removed.is_empty() && !force {
+        return Vec::new();
+    }
+    let version = set_version(sub.have.iter());
+    let mut chunks: Vec<Vec<Resource>> = vec![Vec::new()];
+    let mut size = 0;
+    for r in resources {
+        let bytes = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len();
+        if size + bytes > MAX_RESPONSE_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += bytes;
+        chunks.last_mut().expect("one chunk at least").push(r);
+    }
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, resources)| {
+            let nonce = nonces();
+            state.sent(ty, nonce.clone(), version.clone(), ev);
+            DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources,
+                type_url: ty.as_str().to_string(),
+                removed_resources: if i == last {
+                    std::mem::take(&mut removed)
+                } else {
+                    Vec::new()
+                },
+                nonce,
+                control_plane: Some(control_plane()),
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 impl Protocol for Delta {
@@ -127,6 +220,12 @@ impl Protocol for Delta {
         // A stale nonce's ACK or NACK is ignored, but its subscription changes still count.
         state.answer(ty, &req.response_nonce, req.error_detail.as_ref(), ev);
         let sub = self.subscriptions.entry(ty).or_default();
+        let resubscribed =
+            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
+        if !first && !resubscribed && self.reconciled == Some(generated.id()) {
+            // A plain ACK or NACK: the type is up to date with this generation already.
+            return Vec::new();
+        }
         if first {
             sub.have = req.initial_resource_versions.into_iter().collect();
             // The legacy wildcard: Listeners and Clusters asked for with no names.
@@ -158,9 +257,9 @@ impl Protocol for Delta {
                 state.sent.remove(&name);
             }
         }
-        self.diff(ty, generated, first, nonces, ev)
-            .into_iter()
-            .collect()
+        let out = self.diff(ty, generated, first, nonces, ev);
+        self.reconciled = Some(generated.id());
+        out
     }
 
     fn on_generated(
@@ -173,9 +272,19 @@ impl Protocol for Delta {
             .into_iter()
             .filter(|ty| self.types.get(ty).is_some_and(|t| t.started))
             .collect();
+        let base = self.reconciled.replace(generated.id());
+        if base == Some(generated.id()) {
+            // The same generation again: every started type is up to date with it.
+            return Vec::new();
+        }
         started
             .into_iter()
-            .filter_map(|ty| self.diff(ty, generated, false, nonces, ev))
+            .flat_map(
+                |ty| match base.and_then(|base| generated.changed_since(base, ty)) {
+                    Some(changed) => self.diff_changed(ty, generated, changed, nonces, ev),
+                    None => self.diff(ty, generated, false, nonces, ev),
+                },
+            )
             .collect()
     }
 
@@ -321,5 +430,107 @@ mod tests {
         let out = d.on_generated(&g2, &mut nonces, &mut ev);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].removed_resources, ["y"]);
+    }
+
+    #[test]
+    fn a_derived_generation_is_diffed_by_its_changed_names() {
+        let mut nonces = {
+            let mut n = 0;
+            move || {
+                n += 1;
+                n.to_string()
+            }
+        };
+        let mut ev = Events::default();
+        let cla = |name: &str, weight: u32| ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![Default::default(); weight as usize],
+            ..Default::default()
+        };
+        let mut res = XdsResources::default();
+        for name in [
+            "outbound|80||a.ns",
+            "outbound|80||b.ns",
+            "outbound|80|v1|b.ns",
+        ] {
+            res.endpoints.insert(name.to_string(), cla(name, 1));
+        }
+        let g1 = Generated::new(&res);
+        let mut d = Delta::default();
+        let names = [
+            "outbound|80||a.ns",
+            "outbound|80||b.ns",
+            "outbound|80|v1|b.ns",
+            "x",
+        ];
+        let out = d.on_request(
+            TypeUrl::Endpoint,
+            req(TypeUrl::Endpoint, &names, &[], ""),
+            &g1,
+            &mut nonces,
+            &mut ev,
+        );
+        assert_eq!(out[0].resources.len(), 3);
+        assert_eq!(out[0].removed_resources, ["x"]);
+
+        // b changes: its plain set gets new endpoints, its subset goes away.
+        let mut partial = XdsResources::default();
+        partial
+            .endpoints
+            .insert("outbound|80||b.ns".into(), cla("outbound|80||b.ns", 2));
+        let g2 = g1.with_hosts(&partial, &["b.ns".to_string()].into());
+        let out = d.on_generated(&g2, &mut nonces, &mut ev);
+        assert_eq!(names_of(&out[0]), ["outbound|80||b.ns"]);
+        assert_eq!(out[0].removed_resources, ["outbound|80|v1|b.ns"]);
+        // The same as a full diff from scratch would conclude.
+        let sent: Vec<&String> = d.types[&TypeUrl::Endpoint].sent.keys().collect();
+        assert_eq!(sent, ["outbound|80||a.ns", "outbound|80||b.ns"]);
+        assert!(d.on_generated(&g2, &mut nonces, &mut ev).is_empty());
+    }
+
+    #[test]
+    fn large_responses_are_split() {
+        let mut nonces = {
+            let mut n = 0;
+            move || {
+                n += 1;
+                n.to_string()
+            }
+        };
+        let mut ev = Events::default();
+        let big = "x".repeat(MAX_RESPONSE_BYTES / 2 + 1);
+        let g = generated(&[("a", &big), ("b", &big), ("c", &big), ("d", "")], &[]);
+        let mut d = Delta::default();
+        let mut first = req(TypeUrl::Cluster, &[], &[], "");
+        first.initial_resource_versions = [("gone".to_string(), "1".to_string())].into();
+        let out = d.on_request(TypeUrl::Cluster, first, &g, &mut nonces, &mut ev);
+        let sizes: Vec<usize> = out.iter().map(|r| r.resources.len()).collect();
+        assert_eq!(sizes, [1, 1, 2]);
+        assert!(out[..2].iter().all(|r| r.removed_resources.is_empty()));
+        assert_eq!(out[2].removed_resources, ["gone"]);
+        // The last nonce is the one awaited: an earlier one's ACK is stale.
+        assert!(
+            d.on_request(
+                TypeUrl::Cluster,
+                req(TypeUrl::Cluster, &[], &[], &out[0].nonce),
+                &g,
+                &mut nonces,
+                &mut ev
+            )
+            .is_empty()
+        );
+        assert!(d.awaiting());
+        d.on_request(
+            TypeUrl::Cluster,
+            req(TypeUrl::Cluster, &[], &[], &out[2].nonce),
+            &g,
+            &mut nonces,
+            &mut ev,
+        );
+        assert!(!d.awaiting());
+    }
+
+    fn names_of(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        names(r)
     }
 }

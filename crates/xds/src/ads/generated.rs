@@ -1,7 +1,8 @@
 //! A proxy's generated resources, encoded once, with content versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -19,10 +20,27 @@ pub struct Encoded {
 pub(crate) type Resources = BTreeMap<String, Arc<Encoded>>;
 
 /// Everything one proxy gets, encoded, per type.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Generated {
     types: [Resources; 4],
+    /// Unique per generation.
+    id: u64,
+    /// For a generation derived from another ([`Generated::with_hosts`]): that one's id, and the
+    /// names per type that differ from it (added, removed or changed).
+    base: Option<(u64, [BTreeSet<String>; 4])>,
 }
+
+impl Default for Generated {
+    fn default() -> Self {
+        Generated {
+            types: Default::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            base: None,
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Generated {
     pub(crate) fn new(resources: &XdsResources) -> Self {
@@ -40,9 +58,65 @@ impl Generated {
         generated
     }
 
+    /// This generation with the clusters and ClusterLoadAssignments of `hosts` (every
+    /// `outbound|PORT|SUBSET|HOST`) replaced by those of `partial`; everything else shared.
+    pub(crate) fn with_hosts(&self, partial: &XdsResources, hosts: &BTreeSet<String>) -> Self {
+        let mut types = self.types.clone();
+        let mut changed: [BTreeSet<String>; 4] = Default::default();
+        let fresh = Generated::new(partial);
+        for ty in [TypeUrl::Cluster, TypeUrl::Endpoint] {
+            let map = &mut types[index(ty)];
+            let changed = &mut changed[index(ty)];
+            map.retain(|name, _| {
+                let keep = !host_of(name).is_some_and(|h| hosts.contains(h));
+                if !keep {
+                    changed.insert(name.clone());
+                }
+                keep
+            });
+            for (name, encoded) in fresh.get(ty) {
+                // Unchanged bytes keep their Arc (and version).
+                match self.get(ty).get(name) {
+                    Some(old) if old.version == encoded.version => {
+                        changed.remove(name);
+                        map.insert(name.clone(), old.clone());
+                    }
+                    _ => {
+                        changed.insert(name.clone());
+                        map.insert(name.clone(), encoded.clone());
+                    }
+                }
+            }
+        }
+        Generated {
+            types,
+            base: Some((self.id, changed)),
+            ..Generated::default()
+        }
+    }
+
+    /// The names of `ty` that differ from generation `base`, if this generation was derived
+    /// from it.
+    pub(crate) fn changed_since(&self, base: u64, ty: TypeUrl) -> Option<&BTreeSet<String>> {
+        match &self.base {
+            Some((id, changed)) if *id == base => Some(&changed[index(ty)]),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn get(&self, ty: TypeUrl) -> &Resources {
         &self.types[index(ty)]
     }
+}
+
+/// The host of an outbound cluster name `outbound|PORT|SUBSET|HOST`.
+fn host_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("outbound|")?;
+    rest.splitn(3, '|').nth(2)
 }
 
 fn index(ty: TypeUrl) -> usize {
@@ -128,5 +202,61 @@ mod tests {
         assert_eq!(versions(&one), versions(&two));
         res.clusters.get_mut("b").unwrap().alt_stat_name = "changed".into();
         assert_ne!(versions(&one), versions(&Generated::new(&res)));
+    }
+
+    #[test]
+    fn with_hosts_replaces_only_those_hosts() {
+        let cluster = |name: &str, stat: &str| Cluster {
+            name: name.into(),
+            alt_stat_name: stat.into(),
+            ..Default::default()
+        };
+        let mut res = XdsResources::default();
+        for name in [
+            "outbound|80||a.ns.svc",
+            "outbound|80|v1|a.ns.svc",
+            "outbound|80||b.ns.svc",
+            "inbound|80||",
+        ] {
+            res.clusters.insert(name.into(), cluster(name, ""));
+        }
+        let before = Generated::new(&res);
+        let mut partial = XdsResources::default();
+        partial.clusters.insert(
+            "outbound|80||a.ns.svc".into(),
+            cluster("outbound|80||a.ns.svc", "new"),
+        );
+        let hosts: BTreeSet<String> = ["a.ns.svc".to_string()].into();
+        let after = before.with_hosts(&partial, &hosts);
+        let changed: Vec<&String> = after
+            .changed_since(before.id(), TypeUrl::Cluster)
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(
+            changed,
+            ["outbound|80|v1|a.ns.svc", "outbound|80||a.ns.svc"]
+        );
+        assert!(after.changed_since(after.id(), TypeUrl::Cluster).is_none());
+        let names: Vec<&String> = after.get(TypeUrl::Cluster).keys().collect();
+        // The v1 subset of a is gone, b and the inbound cluster are untouched (same Arc).
+        assert_eq!(
+            names,
+            [
+                "inbound|80||",
+                "outbound|80||a.ns.svc",
+                "outbound|80||b.ns.svc"
+            ]
+        );
+        let b = "outbound|80||b.ns.svc";
+        assert!(Arc::ptr_eq(
+            &before.get(TypeUrl::Cluster)[b],
+            &after.get(TypeUrl::Cluster)[b]
+        ));
+        let a = "outbound|80||a.ns.svc";
+        assert_ne!(
+            before.get(TypeUrl::Cluster)[a].version,
+            after.get(TypeUrl::Cluster)[a].version
+        );
     }
 }

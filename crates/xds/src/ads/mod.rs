@@ -15,7 +15,7 @@ mod sotw;
 mod state;
 mod stream;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
@@ -38,6 +38,37 @@ use crate::{Proxy, TypeUrl, XdsResources};
 /// Computes a proxy's resources from the current config (the translator, in the control plane).
 pub trait Generator: Send + Sync + 'static {
     fn generate(&self, proxy: &Proxy) -> XdsResources;
+
+    /// The current inputs, for generation shared between proxies of one shape and for
+    /// endpoint-only updates. `None` (the default): every stream generates its own config with
+    /// [`Generator::generate`].
+    fn inputs(&self) -> Option<Arc<dyn Inputs>> {
+        None
+    }
+}
+
+/// The generator's inputs at one revision. The server generates once per revision and proxy
+/// *shape*, and shares the encoded result (read-only, behind an `Arc`) between the streams of
+/// that shape.
+pub trait Inputs: Send + Sync {
+    /// The store revision these inputs reflect.
+    fn revision(&self) -> u64;
+
+    /// Proxies with equal shapes get identical resources from these inputs (the shape names
+    /// everything about the proxy that the translation reads).
+    fn shape(&self, proxy: &Proxy) -> String;
+
+    /// Everything `proxy` should get.
+    fn generate(&self, proxy: &Proxy) -> XdsResources;
+
+    /// The hosts whose endpoints changed after `revision`, when nothing but endpoints changed
+    /// since (an endpoint-only change); `None` when something else changed, or it is not known.
+    fn endpoint_changes_since(&self, revision: u64) -> Option<BTreeSet<String>>;
+
+    /// The clusters and ClusterLoadAssignments `proxy` gets for these hosts only (every cluster
+    /// of a host named `outbound|PORT|SUBSET|HOST`), or `None` if the change of these hosts
+    /// needs a full generation for this proxy (its own workload's endpoints changed).
+    fn generate_hosts(&self, proxy: &Proxy, hosts: &BTreeSet<String>) -> Option<XdsResources>;
 }
 
 /// How the server batches config changes.
@@ -47,6 +78,11 @@ pub struct AdsOptions {
     pub debounce: Duration,
     /// A stream of changes is pushed at least this often.
     pub max_debounce: Duration,
+    /// The debounce of endpoint-only changes ([`AdsServer::notify_endpoints`]), while no config
+    /// change is waiting: they go out after this much quiet (at most `max_debounce`), as Istio
+    /// pushes EDS-only updates on its fast path. A config change that arrives meanwhile makes
+    /// the whole batch wait `debounce`.
+    pub eds_debounce: Duration,
 }
 
 impl Default for AdsOptions {
@@ -54,6 +90,7 @@ impl Default for AdsOptions {
         AdsOptions {
             debounce: Duration::from_millis(100),
             max_debounce: Duration::from_secs(1),
+            eds_debounce: Duration::from_millis(5),
         }
     }
 }
@@ -138,6 +175,15 @@ pub struct AdsServer {
 struct Change {
     revision: u64,
     written_at: SystemTime,
+    /// Only endpoints changed.
+    endpoints_only: bool,
+}
+
+/// The latest generation of one proxy shape.
+#[derive(Default)]
+struct Shared {
+    revision: u64,
+    generated: Option<Arc<generated::Generated>>,
 }
 
 struct Inner {
@@ -150,6 +196,11 @@ struct Inner {
     metrics: metrics::Metrics,
     next_conn: AtomicU64,
     next_nonce: AtomicU64,
+    /// The latest generation per proxy shape; a stream of that shape waits on its lock while
+    /// another generates.
+    shapes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shared>>>>,
+    /// Bounds concurrent generations to the number of cores.
+    generating: tokio::sync::Semaphore,
 }
 
 impl AdsServer {
@@ -165,6 +216,10 @@ impl AdsServer {
             metrics: metrics::Metrics::default(),
             next_conn: AtomicU64::new(1),
             next_nonce: AtomicU64::new(1),
+            shapes: Mutex::default(),
+            generating: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -182,6 +237,17 @@ impl AdsServer {
         let _ = self.inner.changes.send(Change {
             revision,
             written_at,
+            endpoints_only: false,
+        });
+    }
+
+    /// Like [`AdsServer::notify`], for a change of endpoints only: debounced with
+    /// `eds_debounce` while no other change waits.
+    pub fn notify_endpoints(&self, revision: u64, written_at: SystemTime) {
+        let _ = self.inner.changes.send(Change {
+            revision,
+            written_at,
+            endpoints_only: true,
         });
     }
 
@@ -254,14 +320,22 @@ impl Inner {
     }
 }
 
-/// The debouncer: waits for a change, then for `debounce` of quiet (at most `max_debounce`
-/// after the first), and publishes the latest.
+/// The debouncer: waits for a change, then for `debounce` of quiet (`eds_debounce` while every
+/// change is endpoint-only; at most `max_debounce` after the first), and publishes the latest.
 fn debounce(rx: std_mpsc::Receiver<Change>, inner: Weak<Inner>, options: AdsOptions) {
     while let Ok(first) = rx.recv() {
         let start = Instant::now();
         let cap = start + options.max_debounce;
+        let mut endpoints_only = first.endpoints_only;
+        let quiet = |endpoints_only: bool| {
+            if endpoints_only {
+                options.eds_debounce.min(options.debounce)
+            } else {
+                options.debounce
+            }
+        };
         let mut latest = first;
-        let mut quiet_until = start + options.debounce;
+        let mut quiet_until = start + quiet(endpoints_only);
         let mut closed = false;
         loop {
             let until = quiet_until.min(cap);
@@ -271,10 +345,11 @@ fn debounce(rx: std_mpsc::Receiver<Change>, inner: Weak<Inner>, options: AdsOpti
             }
             match rx.recv_timeout(until - now) {
                 Ok(change) => {
+                    endpoints_only &= change.endpoints_only;
                     if change.revision >= latest.revision {
                         latest = change;
                     }
-                    quiet_until = Instant::now() + options.debounce;
+                    quiet_until = Instant::now() + quiet(endpoints_only);
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => {
@@ -361,6 +436,7 @@ mod tests {
             AdsOptions {
                 debounce: Duration::from_millis(debounce_ms),
                 max_debounce: Duration::from_millis(max_ms),
+                ..AdsOptions::default()
             },
         );
         let mut rx = server.inner.revisions.subscribe();
@@ -392,5 +468,34 @@ mod tests {
         // A burst shorter than the debounce: one push, of the last revision.
         let (seen, last) = publishes(100, 1000, 50);
         assert_eq!(seen, [last]);
+    }
+
+    #[test]
+    fn endpoint_only_changes_skip_the_long_debounce() {
+        let server = AdsServer::new(
+            Arc::new(Empty),
+            AdsOptions {
+                debounce: Duration::from_millis(300),
+                max_debounce: Duration::from_secs(1),
+                eds_debounce: Duration::from_millis(5),
+            },
+        );
+        let mut rx = server.inner.revisions.subscribe();
+        let wait_for = |rx: &mut watch::Receiver<u64>, revision: u64| {
+            let start = Instant::now();
+            while *rx.borrow_and_update() != revision {
+                assert!(start.elapsed() < Duration::from_secs(2), "never published");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            start.elapsed()
+        };
+        server.notify_endpoints(1, SystemTime::now());
+        let fast = wait_for(&mut rx, 1);
+        assert!(fast < Duration::from_millis(150), "{fast:?}");
+        // A config change in the batch: the whole batch waits the full debounce.
+        server.notify_endpoints(2, SystemTime::now());
+        server.notify(3, SystemTime::now());
+        let slow = wait_for(&mut rx, 3);
+        assert!(slow >= Duration::from_millis(250), "{slow:?}");
     }
 }

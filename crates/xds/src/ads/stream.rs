@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::generated::Generated;
 use super::state::{Events, Protocol};
-use super::{Inner, ProxyStatus, SentConfig, StreamKind};
+use super::{Inner, ProxyStatus, SentConfig, Shared, StreamKind};
 use crate::proxy::ProxyError;
 use crate::{Proxy, TypeUrl};
 
@@ -219,20 +219,84 @@ async fn serve<P: Protocol>(
     }
 }
 
-/// Generates a proxy's resources on a blocking thread.
+/// Generates a proxy's resources on a blocking thread, at most one generation per core at a time.
+/// With the generator's [`Inputs`](super::Inputs), once per revision and proxy shape: streams of
+/// the same shape share the result, and an endpoint-only change regenerates only the changed
+/// hosts' clusters and endpoints.
 async fn generate(inner: &Arc<Inner>, proxy: &Proxy) -> Result<Arc<Generated>, Status> {
-    let generator = inner.generator.clone();
-    let who = proxy.clone();
-    inner.metrics.generated();
-    tokio::task::spawn_blocking(move || Arc::new(Generated::new(&generator.generate(&who))))
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "generating the proxy's config failed");
-            Status::internal(format!(
-                "the control plane failed to generate the config of proxy {}: {error}",
-                proxy.id
-            ))
+    let failed = |error: tokio::task::JoinError| {
+        tracing::error!(%error, "generating the proxy's config failed");
+        Status::internal(format!(
+            "the control plane failed to generate the config of proxy {}: {error}",
+            proxy.id
+        ))
+    };
+    let Some(inputs) = inner.generator.inputs() else {
+        let _permit = inner.generating.acquire().await;
+        let generator = inner.generator.clone();
+        let who = proxy.clone();
+        inner.metrics.generated();
+        return tokio::task::spawn_blocking(move || {
+            Arc::new(Generated::new(&generator.generate(&who)))
         })
+        .await
+        .map_err(failed);
+    };
+    let shape = inputs.shape(proxy);
+    let slot = shape_slot(inner, &shape);
+    let mut shared = slot.lock().await;
+    // Another stream of this shape may have generated while this one waited; use the newest
+    // inputs either way.
+    let inputs = inner.generator.inputs().unwrap_or(inputs);
+    if let Some(generated) = &shared.generated
+        && shared.revision >= inputs.revision()
+    {
+        return Ok(generated.clone());
+    }
+    if inputs.shape(proxy) != shape {
+        // The proxy's shape changed with the inputs: generate for it alone.
+        drop(shared);
+        return Box::pin(generate(inner, proxy)).await;
+    }
+    let _permit = inner.generating.acquire().await;
+    let previous = shared.generated.clone();
+    let since = shared.revision;
+    let who = proxy.clone();
+    let inputs2 = inputs.clone();
+    inner.metrics.generated();
+    let generated = tokio::task::spawn_blocking(move || {
+        let incremental = previous.and_then(|previous| {
+            let hosts = inputs2.endpoint_changes_since(since)?;
+            let partial = inputs2.generate_hosts(&who, &hosts)?;
+            Some(previous.with_hosts(&partial, &hosts))
+        });
+        Arc::new(incremental.unwrap_or_else(|| Generated::new(&inputs2.generate(&who))))
+    })
+    .await
+    .map_err(failed)?;
+    shared.revision = inputs.revision();
+    shared.generated = Some(generated.clone());
+    Ok(generated)
+}
+
+/// The generation slot of a proxy shape. Slots no stream uses any more are dropped when a new
+/// shape arrives.
+fn shape_slot(inner: &Inner, shape: &str) -> Arc<tokio::sync::Mutex<Shared>> {
+    let mut shapes = inner.shapes.lock().expect("ADS shapes lock");
+    if let Some(slot) = shapes.get(shape) {
+        return slot.clone();
+    }
+    shapes.retain(|_, slot| {
+        Arc::strong_count(slot) > 1
+            || slot.try_lock().map_or(true, |s| {
+                s.generated
+                    .as_ref()
+                    .is_some_and(|g| Arc::strong_count(g) > 1)
+            })
+    });
+    let slot = Arc::new(tokio::sync::Mutex::new(Shared::default()));
+    shapes.insert(shape.to_string(), slot.clone());
+    slot
 }
 
 async fn send_all<R>(tx: &mpsc::Sender<Result<R, Status>>, responses: Vec<R>) -> bool {

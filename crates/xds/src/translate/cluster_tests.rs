@@ -593,3 +593,28 @@ spec:
     assert!(c.eds_cluster_config.is_none());
     assert!(!out.endpoints.contains_key(&c.name));
 }
+
+#[test]
+fn translate_hosts_matches_the_full_translation_for_those_hosts() {
+    let (config, registry) = snapshot(CONFIG);
+    let p = proxy("productpage", "default", "127.0.0.40", "v1");
+    let full = translate(&config, &registry, &p);
+    let hosts: std::collections::BTreeSet<String> =
+        ["reviews.default.svc.cluster.local".into()].into();
+    let partial = crate::translate::translate_hosts(&config, &registry, &p, &hosts);
+    let of_reviews = |name: &&String| name.ends_with("|reviews.default.svc.cluster.local");
+    let want: Vec<&String> = full.clusters.keys().filter(of_reviews).collect();
+    // The plain cluster and one per subset of the DestinationRule.
+    assert!(want.len() > 1, "{want:?}");
+    assert_eq!(partial.clusters.keys().collect::<Vec<_>>(), want);
+    for (name, c) in &partial.clusters {
+        assert_eq!(c, &full.clusters[name]);
+    }
+    let want: Vec<&String> = full.endpoints.keys().filter(of_reviews).collect();
+    assert!(!want.is_empty());
+    assert_eq!(partial.endpoints.keys().collect::<Vec<_>>(), want);
+    for (name, cla) in &partial.endpoints {
+        assert_eq!(cla, &full.endpoints[name]);
+    }
+    assert!(partial.listeners.is_empty() && partial.routes.is_empty());
+}

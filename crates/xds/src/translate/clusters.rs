@@ -55,28 +55,49 @@ use crate::snapshot::namespace_of;
 /// clusters, with their endpoints.
 pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     for service in ctx.visible_services() {
-        let rule = destination_rule(ctx, service).map(|(_, dr)| dr);
-        for port in &service.ports {
-            let endpoints = ctx.registry.endpoints(&service.hostname, port.number);
-            outbound(ctx, service, port, rule, None, endpoints, out);
-            for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-                let picked: Vec<Endpoint> = endpoints
-                    .iter()
-                    .filter(|e| {
-                        subset
-                            .labels
-                            .iter()
-                            .all(|(k, v)| e.labels.get(k) == Some(v))
-                    })
-                    .cloned()
-                    .collect();
-                outbound(ctx, service, port, rule, Some(&subset.name), &picked, out);
-            }
-        }
+        service_clusters(ctx, service, out);
     }
     inbound(ctx, out);
     for c in [passthrough_cluster(), blackhole_cluster()] {
         out.clusters.insert(c.name.clone(), c);
+    }
+}
+
+/// Only the outbound clusters (and their endpoints) of these hosts, as [`build`] makes them.
+pub(super) fn build_hosts(
+    ctx: &Ctx<'_>,
+    hosts: &std::collections::BTreeSet<String>,
+    out: &mut XdsResources,
+) {
+    for host in hosts {
+        if let Some(service) = ctx.registry.services.get(host)
+            && service.visible_from(&ctx.proxy.namespace)
+            && ctx.egress_allows(service)
+        {
+            service_clusters(ctx, service, out);
+        }
+    }
+}
+
+/// The outbound clusters of one service: per port, and per port and subset.
+fn service_clusters(ctx: &Ctx<'_>, service: &Service, out: &mut XdsResources) {
+    let rule = destination_rule(ctx, service).map(|(_, dr)| dr);
+    for port in &service.ports {
+        let endpoints = ctx.registry.endpoints(&service.hostname, port.number);
+        outbound(ctx, service, port, rule, None, endpoints, out);
+        for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
+            let picked: Vec<Endpoint> = endpoints
+                .iter()
+                .filter(|e| {
+                    subset
+                        .labels
+                        .iter()
+                        .all(|(k, v)| e.labels.get(k) == Some(v))
+                })
+                .cloned()
+                .collect();
+            outbound(ctx, service, port, rule, Some(&subset.name), &picked, out);
+        }
     }
 }
 

@@ -246,6 +246,20 @@ pub fn translate(config: &ConfigSnapshot, registry: &Registry, proxy: &Proxy) ->
     out
 }
 
+/// The outbound clusters and ClusterLoadAssignments `proxy` gets for `hosts` only, exactly as
+/// [`translate`] makes them (for an endpoint-only change of those hosts).
+pub fn translate_hosts(
+    config: &ConfigSnapshot,
+    registry: &Registry,
+    proxy: &Proxy,
+    hosts: &std::collections::BTreeSet<String>,
+) -> XdsResources {
+    let ctx = Ctx::new(config, registry, proxy);
+    let mut out = XdsResources::default();
+    clusters::build_hosts(&ctx, hosts, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
