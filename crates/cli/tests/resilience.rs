@@ -241,7 +241,7 @@ async fn circuit_breaking(plane: DataPlane) {
                 assert_eq!(r.header("x-envoy-overloaded"), Some("true"), "{r:?}");
             }
         }
-        DataPlane::Strait => {
+        DataPlane::Strait | DataPlane::StraitSotw => {
             for r in &by_status[&503] {
                 assert_eq!(r.header("x-strait-flags"), Some("UO"), "{r:?}");
                 assert!(
@@ -274,7 +274,7 @@ async fn consistent_hash(plane: DataPlane) {
     let client = mesh.sidecar(plane, "client", "app=client").await;
     let ring = match plane {
         DataPlane::Envoy => "\"lb_policy\":\"RING_HASH\"",
-        DataPlane::Strait => "\"RingHash\"",
+        DataPlane::Strait | DataPlane::StraitSotw => "\"RingHash\"",
     };
     wait_dump(
         &client,
