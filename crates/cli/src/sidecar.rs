@@ -92,24 +92,64 @@ pub fn envoy_bin() -> Result<PathBuf> {
     ))
 }
 
-/// The proxy's uid must be able to run `bin`: every folder on its path searchable by others.
-fn check_runnable_by_proxy_uid(bin: &Path) -> Result<()> {
-    let bin = bin.canonicalize().unwrap_or_else(|_| bin.to_path_buf());
-    for dir in bin.ancestors().skip(1) {
+/// Is some folder on `bin`'s path not searchable by others (so the proxy's uid cannot run it)?
+fn closed_folder(bin: &Path) -> Option<(PathBuf, u32)> {
+    bin.ancestors().skip(1).find_map(|dir| {
         let mode = std::fs::metadata(dir)
             .map(|m| m.permissions().mode())
             .unwrap_or(0o755);
-        if mode & 0o001 == 0 {
-            bail!(
-                "{} cannot be run by the proxy's uid {PROXY_UID}: {} is not searchable by others \
-                 (mode {:o}); put the binary elsewhere (not under /root) or `chmod o+x` the folder",
-                bin.display(),
-                dir.display(),
-                mode & 0o777
-            );
-        }
+        (mode & 0o001 == 0).then(|| (dir.to_path_buf(), mode & 0o777))
+    })
+}
+
+/// A path the proxy's uid can run `bin` from: `bin` itself when every folder on its path is
+/// searchable by others, else a copy in `RUN_DIR/bin` (made once per binary, size and mtime),
+/// as a checkout under /root or a private temporary folder would otherwise keep the sidecar from
+/// starting.
+fn runnable_by_proxy_uid(bin: &Path) -> Result<PathBuf> {
+    let bin = bin.canonicalize().unwrap_or_else(|_| bin.to_path_buf());
+    let Some((dir, mode)) = closed_folder(&bin) else {
+        return Ok(bin);
+    };
+    let cannot = |why: String| {
+        anyhow!(
+            "{} cannot be run by the proxy's uid {PROXY_UID}: {} is not searchable by others \
+             (mode {mode:o}), and a copy it could run could not be made: {why}; put the binary \
+             elsewhere (not under /root) or `chmod o+x` the folder",
+            bin.display(),
+            dir.display(),
+        )
+    };
+    let meta = std::fs::metadata(&bin).map_err(|e| cannot(e.to_string()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let name = bin
+        .file_name()
+        .map_or("proxy".into(), |n| n.to_string_lossy().into_owned());
+    let staged_dir = strait_netns::Pods::default_dir().join("bin");
+    let staged = staged_dir.join(format!("{name}-{}-{mtime}", meta.len()));
+    if staged.is_file() && closed_folder(&staged).is_none() {
+        return Ok(staged);
     }
-    Ok(())
+    std::fs::create_dir_all(&staged_dir).map_err(|e| cannot(e.to_string()))?;
+    let _ = std::fs::set_permissions(&staged_dir, std::fs::Permissions::from_mode(0o755));
+    // Copied under a temporary name, then renamed: a concurrent run never sees half a binary.
+    let partial = staged_dir.join(format!(".{name}-{}.partial", std::process::id()));
+    std::fs::copy(&bin, &partial)
+        .and_then(|_| std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&partial, &staged))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            cannot(e.to_string())
+        })?;
+    if let Some((dir, mode)) = closed_folder(&staged) {
+        return Err(cannot(format!("{} has mode {mode:o}", dir.display())));
+    }
+    tracing::info!(from = %bin.display(), to = %staged.display(), "the proxy binary is copied where uid {PROXY_UID} can run it");
+    Ok(staged)
 }
 
 /// A failed spawn: name the missing launcher (`ip`, `setpriv`) and how to install it.
@@ -190,13 +230,13 @@ impl RunningProxy {
         };
         let mut cmd = match l.netns {
             Some(ns) => {
-                check_runnable_by_proxy_uid(&bin)?;
+                let runnable = runnable_by_proxy_uid(&bin)?;
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, "setpriv"])
                     .arg(format!("--reuid={PROXY_UID}"))
                     .arg(format!("--regid={PROXY_GID}"))
                     .args(["--clear-groups", "--pdeathsig", "KILL", "--"]);
-                c.arg(&bin);
+                c.arg(&runnable);
                 c
             }
             None => {

@@ -142,25 +142,14 @@ async fn stream(
     let (tx, rx) = mpsc::channel(16);
     // The first request carries the node; wildcard CDS and LDS, then what we already subscribed
     // to, each with the versions we hold.
-    let mut first = true;
-    for ty in [
-        TypeUrl::Cluster,
-        TypeUrl::Listener,
-        TypeUrl::Endpoint,
-        TypeUrl::Route,
-    ] {
-        let names = state.subscribed_names(ty);
-        if matches!(ty, TypeUrl::Endpoint | TypeUrl::Route) && names.is_empty() {
-            continue;
-        }
+    for (i, (ty, names)) in state.opening().into_iter().enumerate() {
         let req = DeltaDiscoveryRequest {
-            node: first.then(|| node.clone()),
+            node: (i == 0).then(|| node.clone()),
             type_url: ty.as_str().to_string(),
             resource_names_subscribe: names,
             initial_resource_versions: state.held_versions(ty),
             ..Default::default()
         };
-        first = false;
         let _ = tx.send(req).await;
     }
     let mut responses = client
@@ -212,24 +201,13 @@ async fn stream_sotw(
 ) -> Result<(), StreamError> {
     let mut client = connect(addr).await?;
     let (tx, rx) = mpsc::channel(16);
-    let mut first = true;
-    for ty in [
-        TypeUrl::Cluster,
-        TypeUrl::Listener,
-        TypeUrl::Endpoint,
-        TypeUrl::Route,
-    ] {
-        let names = state.subscribed_names(ty);
-        if matches!(ty, TypeUrl::Endpoint | TypeUrl::Route) && names.is_empty() {
-            continue;
-        }
+    for (i, (ty, names)) in state.opening().into_iter().enumerate() {
         let req = DiscoveryRequest {
-            node: first.then(|| node.clone()),
+            node: (i == 0).then(|| node.clone()),
             type_url: ty.as_str().to_string(),
             resource_names: names,
             ..Default::default()
         };
-        first = false;
         let _ = tx.send(req).await;
     }
     let mut responses = client
@@ -381,6 +359,23 @@ impl State {
             TypeUrl::Cluster => v(&self.clusters),
             TypeUrl::Endpoint => v(&self.endpoints),
         }
+    }
+
+    /// What a new stream asks for, in order: clusters and listeners (wildcard), then the
+    /// endpoints and routes already subscribed to.
+    fn opening(&self) -> Vec<(TypeUrl, Vec<String>)> {
+        [
+            TypeUrl::Cluster,
+            TypeUrl::Listener,
+            TypeUrl::Endpoint,
+            TypeUrl::Route,
+        ]
+        .into_iter()
+        .map(|ty| (ty, self.subscribed_names(ty)))
+        .filter(|(ty, names)| {
+            matches!(ty, TypeUrl::Cluster | TypeUrl::Listener) || !names.is_empty()
+        })
+        .collect()
     }
 
     fn subscribed_names(&self, ty: TypeUrl) -> Vec<String> {
