@@ -103,7 +103,8 @@ fn closed_folder(bin: &Path) -> Option<(PathBuf, u32)> {
 }
 
 /// A path the proxy's uid can run `bin` from: `bin` itself when every folder on its path is
-/// searchable by others, else a copy in `RUN_DIR/bin` (made once per binary, size and mtime),
+/// searchable by others, else a copy in `RUN_DIR/bin` (made once per binary, size and mtime;
+/// older copies of the same binary are removed),
 /// as a checkout under /root or a private temporary folder would otherwise keep the sidecar from
 /// starting.
 fn runnable_by_proxy_uid(bin: &Path) -> Result<PathBuf> {
@@ -147,6 +148,19 @@ fn runnable_by_proxy_uid(bin: &Path) -> Result<PathBuf> {
         })?;
     if let Some((dir, mode)) = closed_folder(&staged) {
         return Err(cannot(format!("{} has mode {mode:o}", dir.display())));
+    }
+    // Older copies of this binary go (a proxy running one keeps its file until it exits).
+    let prefix = format!("{name}-");
+    for old in std::fs::read_dir(&staged_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = old.path();
+        let file = old.file_name().to_string_lossy().into_owned();
+        if path != staged && file.starts_with(&prefix) {
+            let _ = std::fs::remove_file(&path);
+        }
     }
     tracing::info!(from = %bin.display(), to = %staged.display(), "the proxy binary is copied where uid {PROXY_UID} can run it");
     Ok(staged)
