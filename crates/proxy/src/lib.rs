@@ -37,6 +37,22 @@ pub use http::HttpLimits;
 pub use http::h1_check::HeadLimits;
 pub use xds::Api as XdsApi;
 
+/// The shared value for `key` in a read-mostly map, made (default) on first use: the read lock
+/// on the path every request takes, the write lock only the first time.
+pub(crate) fn shared_entry<T: Default>(
+    map: &std::sync::RwLock<std::collections::HashMap<String, Arc<T>>>,
+    key: &str,
+) -> Arc<T> {
+    if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
+        return v.clone();
+    }
+    map.write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key.to_string())
+        .or_default()
+        .clone()
+}
+
 /// What the proxy needs to start.
 #[derive(Debug, Clone)]
 pub struct Options {

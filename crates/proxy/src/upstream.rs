@@ -86,37 +86,11 @@ impl Upstreams {
     }
 
     fn active(&self, authority: &str) -> Arc<AtomicUsize> {
-        if let Some(a) = self
-            .active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(authority)
-        {
-            return a.clone();
-        }
-        self.active
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(authority.to_string())
-            .or_default()
-            .clone()
+        crate::shared_entry(&self.active, authority)
     }
 
     fn cursor(&self, cluster: &str) -> Arc<AtomicUsize> {
-        if let Some(c) = self
-            .cursors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(cluster)
-        {
-            return c.clone();
-        }
-        self.cursors
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(cluster.to_string())
-            .or_default()
-            .clone()
+        crate::shared_entry(&self.cursors, cluster)
     }
 
     /// Picks an endpoint of `cluster`, avoiding `avoid` (the previous attempt's) when there is

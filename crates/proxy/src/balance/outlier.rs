@@ -232,20 +232,7 @@ pub(crate) struct Outliers {
 
 impl Outliers {
     pub(crate) fn cluster(&self, name: &str) -> Arc<ClusterOutliers> {
-        if let Some(c) = self
-            .clusters
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return c.clone();
-        }
-        self.clusters
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default()
-            .clone()
+        crate::shared_entry(&self.clusters, name)
     }
 }
 
