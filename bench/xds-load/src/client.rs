@@ -80,6 +80,7 @@ pub fn proxy(index: usize) -> Proxy {
         namespace: "default".to_string(),
         capture: CaptureMode::Iptables,
         service_account: "default".to_string(),
+        app_address: None,
     }
 }
 

@@ -32,7 +32,9 @@ pub struct DemoArgs {
     /// The sidecars' and the gateway's data plane.
     #[arg(long, value_enum, default_value = "strait")]
     pub proxy: ProxyKind,
-    /// iptables (the default for root); `none` is not supported by the demo yet.
+    /// How the pods' traffic reaches their sidecars: iptables (the default for root: each pod in
+    /// a network namespace of its own) or none (the default otherwise: each pod on loopback
+    /// addresses of its own, the apps using their sidecars as HTTP proxies).
     #[arg(long, value_enum)]
     pub capture: Option<Capture>,
     /// The address the ingress gateway listens on: the page is http://LISTEN:8080/productpage.
@@ -198,37 +200,35 @@ fn on_path(tool: &str) -> bool {
         .any(|d| d.join(tool).is_file())
 }
 
-/// What the pods need on this machine.
-fn check_platform(capture: Option<Capture>) -> Result<()> {
-    match capture {
-        None if !is_root() => bail!(
-            "strait demo runs Bookinfo's pods in network namespaces with iptables capture, which \
-             needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as root). \
-             Without capture (--capture none) reviews v1, v2 and v3 would all serve on \
-             127.0.0.1:9080, which the demo does not support yet"
-        ),
-        None => {}
-        Some(Capture::None) => bail!(
-            "`strait demo --capture none` is not supported yet: without capture every pod's app \
-             serves on 127.0.0.1, so reviews v1, v2 and v3 (all on port 9080) would collide. Run \
-             the demo as root (it uses network namespaces and iptables capture: `sudo strait demo`)"
-        ),
-        Some(Capture::Iptables) if !is_root() => bail!(
-            "strait demo runs Bookinfo's pods in network namespaces with iptables capture, which \
-             needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as root)"
-        ),
-        Some(Capture::Iptables) => {}
+/// The capture mode the pods get: the flag, else iptables for root and none otherwise; and what
+/// that mode needs on this machine.
+fn check_platform(capture: Option<Capture>) -> Result<Capture> {
+    let capture = capture.unwrap_or(if is_root() {
+        Capture::Iptables
+    } else {
+        Capture::None
+    });
+    if capture == Capture::Iptables && !is_root() {
+        bail!(
+            "--capture iptables runs Bookinfo's pods in network namespaces with iptables capture, \
+             which needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as \
+             root), or use --capture none"
+        );
     }
-    for (tool, package) in [
-        ("ip", "iproute2"),
-        ("iptables-restore", "iptables"),
-        ("setpriv", "util-linux"),
-    ] {
+    let tools: &[(&str, &str)] = match capture {
+        Capture::Iptables => &[
+            ("ip", "iproute2"),
+            ("iptables-restore", "iptables"),
+            ("setpriv", "util-linux"),
+        ],
+        Capture::None => &[("setpriv", "util-linux")],
+    };
+    for (tool, package) in tools {
         if !on_path(tool) {
             bail!("`{tool}` is missing: install it with `apt-get install -y {package}`");
         }
     }
-    Ok(())
+    Ok(capture)
 }
 
 /// Istio's Bookinfo samples (`samples/bookinfo/networking`), if this checkout has them beside it.
@@ -254,8 +254,7 @@ fn fresh_dir() -> Result<PathBuf> {
 
 pub fn run(data_dir: Option<&Path>, args: DemoArgs) -> Result<ExitCode> {
     crate::run::logging();
-    // iptables when root (the default), else none, which the demo does not support yet.
-    check_platform(args.capture)?;
+    let capture = check_platform(args.capture)?;
     let bins = binaries(args.proxy)?;
     // The gateway's port, free before anything starts (else the demo would wait in vain).
     let page_addr = SocketAddr::from((args.listen, GATEWAY_PORT));
@@ -280,6 +279,7 @@ pub fn run(data_dir: Option<&Path>, args: DemoArgs) -> Result<ExitCode> {
         bins,
         dir: dir.clone(),
         proxy: args.proxy,
+        capture,
         control_plane: None,
         children: Vec::new(),
     };
@@ -307,6 +307,7 @@ struct Demo {
     bins: Binaries,
     dir: PathBuf,
     proxy: ProxyKind,
+    capture: Capture,
     control_plane: Option<Proc>,
     children: Vec<Proc>,
 }
@@ -485,6 +486,10 @@ impl Demo {
         )?;
         self.children.push(gw);
         let bookinfo = self.bins.bookinfo.display().to_string();
+        let capture = match self.capture {
+            Capture::Iptables => "iptables",
+            Capture::None => "none",
+        };
         for w in &WORKLOADS {
             let labels = format!("app={},version={}", w.service, w.version);
             let account = format!("bookinfo-{}", w.service);
@@ -501,7 +506,7 @@ impl Demo {
                 "--port",
                 "http:9080",
                 "--capture",
-                "iptables",
+                capture,
                 "--proxy",
                 proxy,
                 "--",
@@ -515,10 +520,14 @@ impl Demo {
             self.children.push(p);
         }
         eprintln!(
-            "strait demo: starting the ingress gateway and Bookinfo's pods ({} sidecars, iptables capture)",
+            "strait demo: starting the ingress gateway and Bookinfo's pods ({} sidecars, {})",
             match self.proxy {
                 ProxyKind::Strait => "strait-proxy",
                 ProxyKind::Envoy => "Envoy",
+            },
+            match self.capture {
+                Capture::Iptables => "iptables capture",
+                Capture::None => "no capture: the apps use their sidecars as HTTP proxies",
             }
         );
 

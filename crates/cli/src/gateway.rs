@@ -81,6 +81,7 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
             labels: labels.clone(),
             capture: CaptureMode::None,
             service_account: args.service_account.clone(),
+            app_address: None,
         };
         let dir = pods.files_dir(&rec)?;
         let gw = RunningProxy::start(Launch {

@@ -41,6 +41,10 @@ pub struct ProxyArgs {
     pub capture: CaptureArg,
     #[arg(long, default_value = "default")]
     pub service_account: String,
+    /// Where the app serves, when not on 127.0.0.1 (without capture, apps on one machine need
+    /// addresses of their own): the proxy's inbound traffic goes there.
+    #[arg(long)]
+    pub app_address: Option<IpAddr>,
     /// The control plane's xDS address (default: the one the local control plane recorded).
     #[arg(long)]
     pub xds: Option<SocketAddr>,
@@ -121,6 +125,7 @@ impl ProxyArgs {
                 CaptureArg::None => CaptureMode::None,
             },
             service_account: self.service_account.clone(),
+            app_address: self.app_address,
         })
     }
 

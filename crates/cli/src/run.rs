@@ -369,6 +369,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                 Capture::None => CaptureMode::None,
             },
             service_account: args.service_account.clone(),
+            app_address: rec.app_ip().map(IpAddr::V4),
         };
         let dir = pods.files_dir(&rec)?;
         let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);
@@ -407,6 +408,11 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             .env("SERVICE_ACCOUNT", &args.service_account)
             .stdin(Stdio::inherit())
             .kill_on_drop(true);
+        if let Some(app_ip) = rec.app_ip() {
+            // Without capture, the app serves on an address of its own; its sidecar serves
+            // the workload's ports on the pod's address and passes inbound requests on.
+            app.env("STRAIT_APP_ADDRESS", app_ip.to_string());
+        }
         if capture == Capture::None {
             let proxy_url = format!("http://{}:15080", rec.ip);
             for var in ["HTTP_PROXY", "http_proxy"] {

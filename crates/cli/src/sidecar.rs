@@ -239,6 +239,10 @@ impl RunningProxy {
                     args.push("--labels".into());
                     args.push(labels.join(","));
                 }
+                if let Some(app) = l.proxy.app_address {
+                    args.push("--app-address".into());
+                    args.push(app.to_string());
+                }
                 (strait_proxy_bin()?, args)
             }
         };

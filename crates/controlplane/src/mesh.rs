@@ -320,19 +320,20 @@ impl Inputs for MeshState {
         self.snapshot.revision
     }
 
-    /// What the translation reads of a proxy: role, address, namespace, labels and capture
-    /// mode, and its workload name only when the registry has endpoints of that workload at its
+    /// What the translation reads of a proxy: role, address, namespace, labels, capture mode
+    /// and app address, and its workload name only when the registry has endpoints of that workload at its
     /// address (then its inbound ports are its own).
     fn shape(&self, proxy: &Proxy) -> String {
         let owner = self.owners.contains(&(proxy.ip, proxy.workload.clone()));
         format!(
-            "{:?}|{}|{}|{:?}|{:?}|{}",
+            "{:?}|{}|{}|{:?}|{:?}|{}|{:?}",
             proxy.role,
             proxy.ip,
             proxy.namespace,
             proxy.labels,
             proxy.capture,
-            if owner { proxy.workload.as_str() } else { "" }
+            if owner { proxy.workload.as_str() } else { "" },
+            proxy.app_address
         )
     }
 
@@ -485,6 +486,7 @@ mod tests {
             labels: [("app".to_string(), "client".to_string())].into(),
             capture: CaptureMode::Iptables,
             service_account: "default".into(),
+            app_address: None,
         }
     }
 

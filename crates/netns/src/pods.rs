@@ -12,6 +12,10 @@ use crate::{CaptureRules, Error, PodRange, run_tool, run_tool_stdin};
 
 /// Where loopback pods (no namespace) take their addresses from.
 pub const LOOPBACK_RANGE: &str = "127.44.0.0/16";
+/// Where the apps of loopback pods serve: the pod's address with 127.45 for 127.44, so that
+/// apps on the same port (reviews v1, v2 and v3 on 9080) do not collide with each other or
+/// with the sidecars, which serve on the pods' own addresses.
+const LOOPBACK_APP_PREFIX: [u8; 2] = [127, 45];
 
 /// How long a recorded process gets between SIGTERM and SIGKILL when a pod is removed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -22,7 +26,8 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 pub enum PodKind {
     /// Its own network namespace on the bridge (needs root).
     Namespace,
-    /// A loopback address of its own (the sidecar's; the app serves on 127.0.0.1).
+    /// A loopback address of its own for the sidecar, and one for the app
+    /// ([`PodRecord::app_ip`]).
     Loopback,
     /// The host's own network, at an address the owner gives (a gateway).
     Host,
@@ -49,6 +54,16 @@ pub struct PodRecord {
 }
 
 impl PodRecord {
+    /// Where the app of a loopback pod serves (the sidecar's inbound traffic goes there);
+    /// other pods' apps serve on their own network's addresses.
+    pub fn app_ip(&self) -> Option<Ipv4Addr> {
+        (self.kind == PodKind::Loopback).then(|| {
+            let [_, _, c, d] = self.ip.octets();
+            let [a, b] = LOOPBACK_APP_PREFIX;
+            Ipv4Addr::new(a, b, c, d)
+        })
+    }
+
     /// Is its owner gone?
     pub fn is_stale(&self) -> bool {
         !alive(self.owner)
@@ -407,6 +422,9 @@ mod tests {
         let b = p.create("b.default", PodKind::Loopback).unwrap();
         assert_eq!(a.ip, Ipv4Addr::new(127, 44, 0, 2));
         assert_eq!(b.ip, Ipv4Addr::new(127, 44, 0, 3));
+        // Each app has an address of its own, beside its sidecar's.
+        assert_eq!(a.app_ip(), Some(Ipv4Addr::new(127, 45, 0, 2)));
+        assert_eq!(b.app_ip(), Some(Ipv4Addr::new(127, 45, 0, 3)));
         assert!(a.netns.is_none() && a.hosts_path().is_none());
         // A live owner holds its name.
         let e = p.create("a.default", PodKind::Loopback).unwrap_err();

@@ -34,6 +34,10 @@ struct Args {
     capture: Capture,
     #[arg(long, default_value = "default")]
     service_account: String,
+    /// Where the app serves, when not on 127.0.0.1 (without capture, apps on one machine need
+    /// addresses of their own): inbound traffic goes there.
+    #[arg(long)]
+    app_address: Option<IpAddr>,
     /// The control plane's xDS address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds: SocketAddr,
@@ -127,6 +131,7 @@ fn main() -> Result<()> {
             Capture::None => CaptureMode::None,
         },
         service_account: args.service_account.clone(),
+        app_address: args.app_address,
     };
     let node = strait_proxy::node(&proxy);
     let limits = strait_proxy::HttpLimits {

@@ -214,6 +214,7 @@ mod tests {
             labels,
             capture,
             service_account: "bookinfo-reviews".into(),
+            app_address: None,
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Node ids follow Istio's form, `sidecar~IP~POD.NS~NS.svc.cluster.local` (`router~...` for
 //! gateways), and the node metadata carries Istio's keys: `NAMESPACE`, `NAME`, `LABELS`,
-//! `INTERCEPTION_MODE` (`REDIRECT` or `NONE`), `SERVICE_ACCOUNT`, `INSTANCE_IPS`.
+//! `INTERCEPTION_MODE` (`REDIRECT` or `NONE`), `SERVICE_ACCOUNT`, `INSTANCE_IPS`, and one of
+//! Strait's own: `STRAIT_APP_ADDRESS`, where the proxy's inbound traffic goes (its app's
+//! address when that is not 127.0.0.1: without capture, each app on a machine has its own).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +53,8 @@ pub struct Proxy {
     pub labels: BTreeMap<String, String>,
     pub capture: CaptureMode,
     pub service_account: String,
+    /// Where the app serves, for the inbound clusters; `None` is 127.0.0.1.
+    pub app_address: Option<IpAddr>,
 }
 
 /// Why a node could not be read.
@@ -60,6 +64,10 @@ pub enum ProxyError {
         "node id {id:?} is not of the form sidecar~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local (or router~... for a gateway): {reason}"
     )]
     BadId { id: String, reason: &'static str },
+    #[error(
+        "node {id:?}: STRAIT_APP_ADDRESS {value:?} in its metadata is not an IP address: set it to the app's address (127.45.0.2, say) or leave it out for 127.0.0.1"
+    )]
+    BadAppAddress { id: String, value: String },
     #[error(
         "the first request has no node: set node.id (Envoy's --service-node or bootstrap node)"
     )]
@@ -123,6 +131,13 @@ impl Proxy {
             Some("NONE") => CaptureMode::None,
             _ => CaptureMode::Iptables,
         };
+        let app_address = match text("STRAIT_APP_ADDRESS") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| ProxyError::BadAppAddress {
+                id: id.clone(),
+                value: v.clone(),
+            })?),
+        };
         Ok(Proxy {
             role,
             ip,
@@ -131,6 +146,7 @@ impl Proxy {
             labels,
             capture,
             service_account: text("SERVICE_ACCOUNT").unwrap_or_else(|| "default".to_string()),
+            app_address,
             id,
         })
     }
@@ -152,6 +168,9 @@ impl Proxy {
                 CaptureMode::None => "NONE",
             }),
         );
+        if let Some(app) = self.app_address {
+            fields.insert("STRAIT_APP_ADDRESS".to_string(), s(&app.to_string()));
+        }
         let labels = Struct {
             fields: self.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
         };
@@ -195,6 +214,7 @@ mod tests {
             labels: [("app".to_string(), "productpage".to_string())].into(),
             capture: CaptureMode::None,
             service_account: "bookinfo-productpage".into(),
+            app_address: Some("127.45.0.2".parse().unwrap()),
         };
         let id = Proxy::node_id(proxy.role, proxy.ip, &proxy.workload, &proxy.namespace);
         assert_eq!(
@@ -206,7 +226,42 @@ mod tests {
             metadata: Some(proxy.node_metadata()),
             ..Default::default()
         };
-        assert_eq!(Proxy::from_node(&node).unwrap(), Proxy { id, ..proxy });
+        assert_eq!(
+            Proxy::from_node(&node).unwrap(),
+            Proxy {
+                id: id.clone(),
+                ..proxy.clone()
+            }
+        );
+        // Without an app address, the app is on 127.0.0.1 (no key sent).
+        let plain = Proxy {
+            app_address: None,
+            ..proxy.clone()
+        };
+        assert!(
+            !plain
+                .node_metadata()
+                .fields
+                .contains_key("STRAIT_APP_ADDRESS")
+        );
+        let mut meta = proxy.node_metadata();
+        meta.fields.insert(
+            "STRAIT_APP_ADDRESS".into(),
+            Value {
+                kind: Some(Kind::StringValue("reviews".into())),
+            },
+        );
+        let err = Proxy::from_node(&Node {
+            id,
+            metadata: Some(meta),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("STRAIT_APP_ADDRESS \"reviews\"") && err.contains("not an IP address"),
+            "{err}"
+        );
         let bad = Node {
             id: "nope".into(),
             ..Default::default()

@@ -170,6 +170,7 @@ fn translated() -> XdsResources {
         .into(),
         capture: CaptureMode::Iptables,
         service_account: "default".into(),
+        app_address: None,
     };
     translate(&config, &registry, &proxy)
 }

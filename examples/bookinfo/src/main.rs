@@ -50,9 +50,30 @@ enum Service {
 
 #[derive(clap::Args)]
 struct Serve {
-    /// Where to listen.
-    #[arg(long, default_value = "0.0.0.0:9080")]
-    listen: SocketAddr,
+    /// Where to listen [default: port 9080 on `$STRAIT_APP_ADDRESS` (the address `strait run`
+    /// gives an app whose sidecar does not capture traffic), else on 0.0.0.0].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+impl Serve {
+    fn address(&self) -> Result<SocketAddr> {
+        listen_address(self.listen, std::env::var("STRAIT_APP_ADDRESS").ok())
+    }
+}
+
+/// `--listen`, else port 9080 on the app's address from `strait run`, else on every address.
+fn listen_address(flag: Option<SocketAddr>, app_address: Option<String>) -> Result<SocketAddr> {
+    if let Some(a) = flag {
+        return Ok(a);
+    }
+    let ip = match app_address.filter(|a| !a.is_empty()) {
+        Some(a) => a.parse().with_context(|| {
+            format!("STRAIT_APP_ADDRESS {a:?} is not an IP address: unset it, or pass --listen ADDR:PORT")
+        })?,
+        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    Ok(SocketAddr::new(ip, client::DEFAULT_PORT))
 }
 
 #[derive(clap::Args)]
@@ -92,10 +113,10 @@ async fn main() -> Result<()> {
                 ratings: Upstream::from_env("ratings")?,
             };
             let app = productpage::router(pp);
-            ("productpage", Version::V1, serve.listen, app)
+            ("productpage", Version::V1, serve.address()?, app)
         }
-        Service::Details(v) => ("details", v.version, v.serve.listen, details::router()),
-        Service::Ratings(v) => ("ratings", v.version, v.serve.listen, ratings::router()),
+        Service::Details(v) => ("details", v.version, v.serve.address()?, details::router()),
+        Service::Ratings(v) => ("ratings", v.version, v.serve.address()?, ratings::router()),
         Service::Reviews(v) => {
             let reviews = reviews::Reviews {
                 version: v.version,
@@ -107,7 +128,7 @@ async fn main() -> Result<()> {
             (
                 "reviews",
                 v.version,
-                v.serve.listen,
+                v.serve.address()?,
                 reviews::router(reviews),
             )
         }
@@ -144,4 +165,27 @@ async fn shutdown() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listens_on_the_flag_else_the_app_address_else_everywhere() {
+        let flag: SocketAddr = "127.0.0.1:19080".parse().unwrap();
+        let given = listen_address(Some(flag), Some("127.45.0.2".into())).unwrap();
+        assert_eq!(given, flag);
+        let app = listen_address(None, Some("127.45.0.2".into())).unwrap();
+        assert_eq!(app, "127.45.0.2:9080".parse().unwrap());
+        let any = listen_address(None, None).unwrap();
+        assert_eq!(any, "0.0.0.0:9080".parse().unwrap());
+        let err = listen_address(None, Some("reviews".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("STRAIT_APP_ADDRESS \"reviews\"") && err.contains("--listen"),
+            "{err}"
+        );
+    }
 }

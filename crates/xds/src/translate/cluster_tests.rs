@@ -167,6 +167,7 @@ fn proxy(workload: &str, namespace: &str, ip: &str, version: &str) -> Proxy {
             .collect(),
         capture: CaptureMode::Iptables,
         service_account: "default".into(),
+        app_address: None,
     }
 }
 
@@ -483,6 +484,21 @@ fn inbound_clusters_for_the_proxys_own_services() {
     assert_eq!(
         addresses(c.load_assignment.as_ref().unwrap()),
         [("127.0.0.1".to_string(), 9080, 1)]
+    );
+    // A proxy whose app has an address of its own (no capture) sends inbound traffic there.
+    let own_address = Proxy {
+        app_address: Some("127.45.0.12".parse().unwrap()),
+        ..proxy("reviews-v2", "default", "127.0.0.12", "v2")
+    };
+    let out = resources_for(CONFIG, &own_address);
+    assert_eq!(
+        addresses(
+            out.clusters["inbound|9080||"]
+                .load_assignment
+                .as_ref()
+                .unwrap()
+        ),
+        [("127.45.0.12".to_string(), 9080, 1)]
     );
     // Another workload on the same address is not this proxy.
     let other = resources_for(

@@ -4,7 +4,7 @@
 //!   DNS_ROUND_ROBIN (endpoints inline), ORIGINAL_DST for NONE;
 //! - per subset of the host's DestinationRule, `outbound|PORT|SUBSET|HOST`, with the endpoints
 //!   whose labels match the subset's;
-//! - per port of the proxy's own services, `inbound|PORT||`, to the app on 127.0.0.1;
+//! - per port of the proxy's own services, `inbound|PORT||`, to the app (on 127.0.0.1, or the proxy's `STRAIT_APP_ADDRESS`);
 //! - `PassthroughCluster` (ORIGINAL_DST) and `BlackHoleCluster` (no endpoints).
 //!
 //! The DestinationRule's traffic policy (merged with the subset's and the port's settings) gives
@@ -385,7 +385,7 @@ fn lb_endpoint(e: &Endpoint) -> LbEndpoint {
 /// workload, or (for endpoints not from a WorkloadEntry of that name) carries the proxy's
 /// labels.
 /// `inbound|PORT||` for each port the proxy's workload serves ([`Ctx::inbound_ports`]), to the
-/// application: 127.0.0.1 on the same port, or a Sidecar ingress listener's `defaultEndpoint`.
+/// application: the same port on 127.0.0.1 (or the proxy's app address), or a Sidecar ingress listener's `defaultEndpoint`.
 fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
     for p in ctx.inbound_ports() {
         let (port, protocol) = (p.port, p.protocol);

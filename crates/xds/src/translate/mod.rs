@@ -114,10 +114,17 @@ impl<'a> Ctx<'a> {
             || (!e.labels.is_empty() && e.labels == proxy.labels)
     }
 
+    /// Where the app serves: the proxy's `STRAIT_APP_ADDRESS`, else 127.0.0.1.
+    fn app_address(&self) -> String {
+        self.proxy
+            .app_address
+            .map_or_else(|| "127.0.0.1".to_string(), |a| a.to_string())
+    }
+
     /// The ports the proxy's workload serves. A Sidecar with `ingress` listeners names them (and
-    /// where each goes: `defaultEndpoint`, else the same port on 127.0.0.1), as Istio does;
-    /// otherwise they are the ports of the registry's endpoints that are this workload's,
-    /// forwarded to 127.0.0.1 on the same port.
+    /// where each goes: `defaultEndpoint`, else the same port at the app's address), as Istio
+    /// does; otherwise they are the ports of the registry's endpoints that are this workload's,
+    /// forwarded to the same port at the app's address (127.0.0.1 unless the proxy says).
     pub fn inbound_ports(&self) -> Vec<InboundPort> {
         if let Some((_, sidecar)) = self.sidecar
             && !sidecar.ingress.is_empty()
@@ -129,7 +136,7 @@ impl<'a> Ctx<'a> {
                     let p = l.port.as_ref()?;
                     let port = u16::try_from(p.number).ok().filter(|n| *n != 0)?;
                     let target = parse_endpoint(&l.default_endpoint)
-                        .unwrap_or_else(|| ("127.0.0.1".to_string(), port));
+                        .unwrap_or_else(|| (self.app_address(), port));
                     Some(InboundPort {
                         port,
                         protocol: Protocol::parse(&p.protocol).unwrap_or(Protocol::Unknown),
@@ -164,7 +171,7 @@ impl<'a> Ctx<'a> {
             .map(|(port, protocol)| InboundPort {
                 port,
                 protocol,
-                target: ("127.0.0.1".to_string(), port),
+                target: (self.app_address(), port),
                 bind: None,
                 capture_none: false,
             })

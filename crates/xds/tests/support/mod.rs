@@ -200,6 +200,7 @@ pub fn proxy(
             .collect(),
         capture,
         service_account: "default".into(),
+        app_address: None,
     }
 }
 
