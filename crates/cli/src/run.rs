@@ -144,6 +144,8 @@ pub fn logging() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,strait=info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: the demo's logs are files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

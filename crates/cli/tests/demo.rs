@@ -452,13 +452,352 @@ fn tool(cmd: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Applies a file of Istio's task YAML (`istio-samples/tasks/...`), unchanged.
+fn apply_task(strait_home: &str, file: &str) {
+    let path = support::testdata().join("istio-samples/tasks").join(file);
+    assert!(path.is_file(), "{} is missing", path.display());
+    apply_path(strait_home, &path);
+}
+
+/// Applies YAML written here (not one of Istio's files).
+fn apply_text(strait_home: &str, name: &str, yaml: &str) {
+    let file = std::env::temp_dir().join(format!("strait-demo-{}-{name}", std::process::id()));
+    std::fs::write(&file, yaml).unwrap();
+    apply_path(strait_home, &file);
+    let _ = std::fs::remove_file(&file);
+}
+
+fn apply_path(strait_home: &str, path: &Path) {
+    let out = Command::new(support::strait())
+        .args(["apply", "-f"])
+        .arg(path)
+        .env("STRAIT_HOME", strait_home)
+        .env_remove("STRAIT_SERVER")
+        .env_remove("STRAIT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "strait apply -f {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// More pods in the demo's mesh, as a user adds them: `strait run` with the demo's control
+/// plane, data plane and capture mode.
+struct PodMesh {
+    home: String,
+    proxy: &'static str,
+    capture: &'static str,
+}
+
+impl PodMesh {
+    fn run(&self, name: &str, labels: &str, ports: &[&str], command: &[&str]) -> Command {
+        let mut cmd = Command::new(support::strait());
+        cmd.args(["run", "--name", name, "--labels", labels]).args([
+            "--capture",
+            self.capture,
+            "--proxy",
+            self.proxy,
+        ]);
+        for p in ports {
+            cmd.args(["--port", p]);
+        }
+        cmd.arg("--")
+            .args(command)
+            .env("STRAIT_HOME", &self.home)
+            .env_remove("STRAIT_SERVER")
+            .env_remove("STRAIT_TOKEN")
+            .env_remove("STRAIT_RUN_DIR")
+            .stdin(Stdio::null());
+        if self.proxy == "envoy" {
+            cmd.env("ENVOY_BIN", strait_testsupport::envoy_bin());
+        }
+        cmd
+    }
+
+    /// Runs `sh -c SCRIPT` in a `sleep` pod (Istio's curl client) to its end: its stdout.
+    fn sleep(&self, script: &str) -> String {
+        let out = self
+            .run("sleep", "app=sleep", &[], &["sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "strait run sleep -- sh -c {script:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// `curl` in a pod: prints the body, then the status code on a line of its own (000 when no
+/// HTTP answer came).
+fn curl(url: &str) -> String {
+    format!("curl -sS -m 10 -w '\\n%{{http_code}}\\n' {url} 2>/dev/null; true")
+}
+
+/// The answers of `curl` commands in order: (status, body).
+fn curl_answers(out: &str) -> Vec<(u16, String)> {
+    let mut answers = Vec::new();
+    let mut body = Vec::new();
+    for line in out.lines() {
+        match line.trim().parse::<u16>() {
+            Ok(code) if line.trim().len() == 3 => {
+                answers.push((code, body.join("\n").trim().to_string()));
+                body.clear();
+            }
+            _ => body.push(line),
+        }
+    }
+    answers
+}
+
+/// A stand-in for httpbin in a pod: Python's http.server on port 80 (its access log on
+/// stderr), answering `/headers` with `httpbin VERSION`.
+struct Httpbin {
+    child: Child,
+    log: PathBuf,
+    stopped: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Httpbin {
+    /// A test that failed half-way still stops its pods (`strait run` cleans up on SIGTERM).
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Httpbin {
+    fn start(mesh: &PodMesh, version: &str) -> Httpbin {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("headers"), format!("httpbin {version}\n")).unwrap();
+        let log = dir.path().join("log");
+        let script = format!(
+            "exec python3 -u -m http.server 80 --bind \"${{STRAIT_APP_ADDRESS:-0.0.0.0}}\" --directory {}",
+            dir.path().display()
+        );
+        let child = mesh
+            .run(
+                &format!("httpbin-{version}"),
+                &format!("app=httpbin,version={version}"),
+                &["http:80"],
+                &["sh", "-c", &script],
+            )
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+            .spawn()
+            .expect("strait run httpbin");
+        Httpbin {
+            child,
+            log,
+            stopped: false,
+            _dir: dir,
+        }
+    }
+
+    fn gets(&self, path: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(&format!("\"GET {path} HTTP/1.1\""))
+            .count()
+    }
+
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = self.child.wait().unwrap();
+        self.stopped = true;
+        assert!(
+            // `strait run` stopped by a signal exits 130, having stopped its app.
+            status.code() == Some(130),
+            "strait run httpbin: {status}\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+}
+
+/// Istio's mirroring task: httpbin v1 and v2 behind one Service; all traffic to v1, then
+/// mirrored to v2 as well: the client still gets v1's answers, and v2 sees the copies.
+fn mirroring(mesh: &PodMesh, proxy: &str) {
+    // The task's workloads file: its Service, unchanged (Strait runs the Deployments' pods
+    // with `strait run`).
+    let path = support::testdata().join("istio-samples/tasks/mirroring/mirroring-workloads.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let service = text
+        .split("\n---")
+        .find(|doc| doc.contains("\nkind: Service\n"))
+        .unwrap_or_else(|| panic!("no Service in {}", path.display()));
+    apply_text(&mesh.home, "httpbin-service.yaml", service);
+    let v1 = Httpbin::start(mesh, "v1");
+    let v2 = Httpbin::start(mesh, "v2");
+    apply_task(&mesh.home, "mirroring/mirroring-default-route.yaml");
+    // Until both pods are up and routed: v1 answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = mesh.sleep(&curl("http://httpbin:8000/headers"));
+        if curl_answers(&out)
+            .first()
+            .is_some_and(|(code, body)| *code == 200 && body == "httpbin v1")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: httpbin v1 did not answer through the mesh within 30 s: {out:?}\nv1: {}\nv2: {}",
+            std::fs::read_to_string(&v1.log).unwrap_or_default(),
+            std::fs::read_to_string(&v2.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        v2.gets("/headers"),
+        0,
+        "{proxy}: v2 got requests before the mirror"
+    );
+
+    apply_task(&mesh.home, "mirroring/mirroring-to-v2.yaml");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while v2.gets("/headers") == 0 {
+        let out = mesh.sleep(&format!("{0}; {0}", curl("http://httpbin:8000/headers")));
+        for (code, body) in curl_answers(&out) {
+            assert_eq!(
+                (code, body.as_str()),
+                (200, "httpbin v1"),
+                "{proxy}: with the mirror, answers still come from v1"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: v2 saw no mirrored request within 30 s\nv2: {}",
+            std::fs::read_to_string(&v2.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(v1.gets("/headers") > 0);
+    v1.stop();
+    v2.stop();
+}
+
+/// Istio's egress task: a ServiceEntry for httpbin.org reaches a local stand-in; with
+/// REGISTRY_ONLY (a Sidecar's outboundTrafficPolicy), a host outside the registry is blocked
+/// while the ServiceEntry's host still answers.
+fn egress(mesh: &PodMesh, proxy: &str) {
+    // Outside the mesh: where pods reach the host (the bridge's address, or a loopback
+    // address that is not in the pods' NO_PROXY).
+    let host_ip: std::net::IpAddr = if mesh.capture == "iptables" {
+        let out = tool("ip", &["-4", "-o", "addr", "show", "dev", "strait0"]);
+        let cidr = out.split_whitespace().nth(3).unwrap_or_default();
+        cidr.split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("the bridge's address: {out}"))
+    } else {
+        "127.0.212.1".parse().unwrap()
+    };
+    let external = strait_testsupport::Backend::http_on((host_ip, 0).into(), "httpbin-ext", "stub");
+    let other = strait_testsupport::Backend::http_on((host_ip, 0).into(), "unregistered", "v1");
+    // Istio's ServiceEntry for httpbin.org (serviceentry-httpbin-ext.yaml) with a static
+    // endpoint: httpbin.org itself is not reachable from tests.
+    apply_text(
+        &mesh.home,
+        "httpbin-ext.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: httpbin-ext\nspec:\n  hosts:\n  - httpbin.org\n  ports:\n  - number: 80\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints:\n  - address: {}\n    ports:\n      http: {}\n",
+            external.addr().ip(),
+            external.addr().port()
+        ),
+    );
+    let both = format!(
+        "{}; {}",
+        curl("http://httpbin.org/headers"),
+        curl(&format!("http://{}/", other.addr()))
+    );
+    // ALLOW_ANY (the default): both answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answers = curl_answers(&mesh.sleep(&both));
+        if answers.len() == 2 && answers[0].0 == 200 && answers[1].0 == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: httpbin.org (the ServiceEntry) and a host outside the registry (ALLOW_ANY) did not both answer: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let seen = external
+        .requests()
+        .pop()
+        .expect("the stand-in saw the request");
+    assert_eq!(seen.header("host"), Some("httpbin.org"), "{seen:?}");
+    let reached = other.request_count();
+    assert!(reached > 0);
+
+    // REGISTRY_ONLY for the namespace: only what the registry knows.
+    apply_text(
+        &mesh.home,
+        "registry-only.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: default\n  namespace: default\nspec:\n  egress:\n  - hosts:\n    - ./*\n    - istio-system/*\n  outboundTrafficPolicy:\n    mode: REGISTRY_ONLY\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answers = curl_answers(&mesh.sleep(&both));
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(
+            answers[0].0, 200,
+            "{proxy}: httpbin.org is in the registry: {answers:?}"
+        );
+        if answers[1].0 != 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: REGISTRY_ONLY did not block a host outside the registry within 30 s: {answers:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let before = other.request_count();
+    let answers = curl_answers(&mesh.sleep(&both));
+    assert_eq!(answers[0].0, 200, "{answers:?}");
+    assert_ne!(answers[1].0, 200, "{proxy}: blocked: {answers:?}");
+    assert_eq!(
+        other.request_count(),
+        before,
+        "{proxy}: nothing reached the unregistered host"
+    );
+    let out = Command::new(support::strait())
+        .args(["delete", "sidecar", "default", "-n", "default"])
+        .env("STRAIT_HOME", &mesh.home)
+        .env_remove("STRAIT_SERVER")
+        .env_remove("STRAIT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strait delete sidecar: {out:?}");
+}
+
 /// The whole demo with one data plane: up, Istio's tasks through the gateway, down with nothing
 /// left.
-fn demo_runs_istio_tasks(proxy: &str, capture: &str, listen: &str) {
+fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &str) {
     require_platform(proxy);
     let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let mut demo = Demo::start(proxy, capture, listen);
+    let mesh_kind = (proxy, capture);
     let proxy = &format!("{proxy} ({capture} capture)");
     let out = demo.read_until("Logs:", Duration::from_secs(120));
     let text = out.join("\n");
@@ -519,6 +858,23 @@ fn demo_runs_istio_tasks(proxy: &str, capture: &str, listen: &str) {
     anonymous.always(Stars::None, 5);
     eprintln!("{proxy}: fault injection done at {:?}", started.elapsed());
 
+    // Request timeouts (Istio's task file, applied in order): reviews to v2, ratings delayed
+    // 2 s, and a 0.5 s timeout on reviews. productpage's two tries at reviews each time out
+    // after 0.5 s, so the page shows the reviews unavailable after about 1 s, not 2.
+    apply(&home, "virtual-service-all-v1.yaml");
+    apply_task(&home, "request-timeouts/request-timeouts.yaml");
+    anonymous.until(Stars::ReviewsUnavailable, Duration::from_secs(20));
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert_eq!(anonymous.stars(), Stars::ReviewsUnavailable);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took < Duration::from_millis(1900),
+            "{proxy}: two 0.5 s timeouts make the page take about 1 s; it took {took:?}"
+        );
+    }
+    eprintln!("{proxy}: request timeouts done at {:?}", started.elapsed());
+
     // Traffic shifting: back to v1, then reviews 50 % v1, 50 % v3.
     apply(&home, "virtual-service-all-v1.yaml");
     jason.until(Stars::None, Duration::from_secs(10));
@@ -545,6 +901,16 @@ fn demo_runs_istio_tasks(proxy: &str, capture: &str, listen: &str) {
         "{proxy}: a reviews pod died mid-load at {:?}",
         started.elapsed()
     );
+
+    let mesh = PodMesh {
+        home: home.clone(),
+        proxy: mesh_kind.0,
+        capture: mesh_kind.1,
+    };
+    mirroring(&mesh, proxy);
+    eprintln!("{proxy}: mirroring done at {:?}", started.elapsed());
+    egress(&mesh, proxy);
+    eprintln!("{proxy}: egress done at {:?}", started.elapsed());
 
     // Ctrl-C: everything the demo started goes.
     let ok = Command::new("kill")

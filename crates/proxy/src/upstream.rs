@@ -317,6 +317,7 @@ mod tests {
             circuit_breakers: Default::default(),
             outlier_detection: None,
             healthy_panic_threshold: 50.0,
+            original_dst_header: None,
         }
     }
 

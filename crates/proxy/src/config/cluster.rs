@@ -42,6 +42,10 @@ pub struct Cluster {
     /// `common_lb_config.healthy_panic_threshold`, in percent: below this share of
     /// non-ejected endpoints the balancer uses all of them (0: never).
     pub healthy_panic_threshold: f64,
+    /// ORIGINAL_DST clusters: the request header that names the destination (`IP:PORT`), from
+    /// `original_dst_lb_config` (`use_http_header`, `http_header_name`); `None`: where the
+    /// connection was going before iptables redirected it.
+    pub original_dst_header: Option<String>,
 }
 
 /// A cluster's circuit breaker thresholds (Envoy's `circuit_breakers.thresholds`, default
@@ -276,10 +280,33 @@ impl TryFrom<&pb::Cluster> for Cluster {
             endpoints = load_assignment(cla, discovery == Discovery::Dns)
                 .map_err(|e| bad(format!("load_assignment: {e}")))?;
         }
+        let original_dst_header = match &c.lb_config {
+            Some(pb::cluster::LbConfig::OriginalDstLbConfig(o))
+                if discovery == Discovery::OriginalDst =>
+            {
+                refuse(
+                    o.upstream_port_override.is_some(),
+                    "original_dst_lb_config.upstream_port_override",
+                )?;
+                refuse(
+                    o.metadata_key.is_some(),
+                    "original_dst_lb_config.metadata_key",
+                )?;
+                o.use_http_header.then(|| {
+                    if o.http_header_name.is_empty() {
+                        "x-envoy-original-dst-host".to_string()
+                    } else {
+                        o.http_header_name.to_ascii_lowercase()
+                    }
+                })
+            }
+            _ => None,
+        };
         Ok(Cluster {
             name: c.name.clone(),
             discovery,
             lb,
+            original_dst_header,
             connect_timeout: c
                 .connect_timeout
                 .as_ref()

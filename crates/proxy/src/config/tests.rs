@@ -636,6 +636,39 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
         Cluster::try_from(&provided).unwrap_err().to_string(),
         format!("cluster {name:?}: lb_policy CLUSTER_PROVIDED is not supported by strait-proxy")
     );
+    // ORIGINAL_DST: where the connection was going, or where a request header says.
+    let mut original = eds_cluster("PassthroughCluster");
+    original.cluster_discovery_type = Some(cl::cluster::ClusterDiscoveryType::Type(
+        cl::cluster::DiscoveryType::OriginalDst as i32,
+    ));
+    original.lb_policy = cl::cluster::LbPolicy::ClusterProvided as i32;
+    let c = Cluster::try_from(&original).unwrap();
+    assert_eq!(
+        (c.discovery, c.original_dst_header),
+        (Discovery::OriginalDst, None)
+    );
+    let header = |name: &str| {
+        let mut by_header = original.clone();
+        by_header.lb_config = Some(cl::cluster::LbConfig::OriginalDstLbConfig(
+            cl::cluster::OriginalDstLbConfig {
+                use_http_header: true,
+                http_header_name: name.into(),
+                ..Default::default()
+            },
+        ));
+        Cluster::try_from(&by_header).unwrap().original_dst_header
+    };
+    assert_eq!(header(":authority").as_deref(), Some(":authority"));
+    assert_eq!(header("").as_deref(), Some("x-envoy-original-dst-host"));
+    let mut by_metadata = original.clone();
+    by_metadata.lb_config = Some(cl::cluster::LbConfig::OriginalDstLbConfig(
+        cl::cluster::OriginalDstLbConfig {
+            metadata_key: Some(Default::default()),
+            ..Default::default()
+        },
+    ));
+    let err = Cluster::try_from(&by_metadata).unwrap_err().to_string();
+    assert!(err.contains("original_dst_lb_config.metadata_key"), "{err}");
     let mut tls = eds_cluster(name);
     tls.transport_socket = Some(Default::default());
     assert!(

@@ -101,11 +101,17 @@ pub(super) async fn forward(
             headers.insert(name, value.clone());
         }
     }
-    // ORIGINAL_DST clusters go where the connection was going (iptables mode), else where the
-    // request's authority says.
-    let original = down
-        .original_dst
-        .map_or_else(|| authority.to_string(), |a| a.to_string());
+    // ORIGINAL_DST clusters go where a request header says when the cluster names one (the
+    // HTTP proxy listener: `:authority`), else where the connection was going (iptables mode).
+    let original = match &cluster.original_dst_header {
+        Some(h) if h == ":authority" => authority.to_string(),
+        Some(h) => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        None => down.original_dst.map(|a| a.to_string()).unwrap_or_default(),
+    };
     let upstream = Upstream {
         shared,
         cluster,

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
-    LbPolicy,
+    LbConfig, LbPolicy, OriginalDstLbConfig,
 };
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
@@ -48,8 +48,8 @@ use super::{
     BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, host_matches, inbound_cluster_name,
     outbound_cluster_name,
 };
-use crate::XdsResources;
 use crate::snapshot::namespace_of;
+use crate::{CaptureMode, XdsResources};
 
 /// Outbound clusters per visible service port and subset, inbound clusters, and the special
 /// clusters, with their endpoints.
@@ -58,7 +58,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
         service_clusters(ctx, service, out);
     }
     inbound(ctx, out);
-    for c in [passthrough_cluster(), blackhole_cluster()] {
+    for c in [passthrough_cluster(ctx), blackhole_cluster()] {
         out.clusters.insert(c.name.clone(), c);
     }
 }
@@ -420,12 +420,22 @@ fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
 }
 
-/// `PassthroughCluster`: to the address the client asked for, in the protocol it spoke.
-fn passthrough_cluster() -> Cluster {
+/// `PassthroughCluster`: to the address the client asked for, in the protocol it spoke. With
+/// iptables capture that is where the connection was going; without capture (the HTTP proxy
+/// listener) it is the request's `:authority`, when that is an `IP:PORT` (a host name has no
+/// address to go to: 503, no healthy upstream).
+fn passthrough_cluster(ctx: &Ctx<'_>) -> Cluster {
     let mut b = ClusterBuild::new(Cluster {
         name: PASSTHROUGH_CLUSTER.to_string(),
         cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
         lb_policy: LbPolicy::ClusterProvided as i32,
+        lb_config: (ctx.proxy.capture == CaptureMode::None).then(|| {
+            LbConfig::OriginalDstLbConfig(OriginalDstLbConfig {
+                use_http_header: true,
+                http_header_name: ":authority".to_string(),
+                ..Default::default()
+            })
+        }),
         ..Default::default()
     });
     policy::apply_connection_pool(&mut b, None);
