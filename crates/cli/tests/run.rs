@@ -1,5 +1,6 @@
 //! `strait run` on the local platform, end to end: pods in network namespaces with Istio's
-//! capture rules and real Envoy sidecars, and pods on loopback without capture. These tests need
+//! capture rules (Envoy and strait-proxy sidecars), and pods on loopback without capture, each
+//! app on an address of its own. These tests need
 //! root, iproute2, iptables, setpriv, python3 and Envoy; they fail (never skip) without them.
 
 mod support;
@@ -13,8 +14,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::ControlPlane;
 
-/// Fails, naming what is missing and how to install it, unless this machine can run pods.
-fn require_platform() {
+/// One test at a time: a `strait run` removes whatever pod a killed run left, so a test's own
+/// check that the next run cleans up after `kill -9` needs no other test's runs meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Fails, naming what is missing and how to install it, unless this machine can run pods;
+/// then holds the one-at-a-time lock for the test.
+#[must_use]
+fn require_platform() -> std::sync::MutexGuard<'static, ()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let root = status
         .lines()
@@ -45,6 +52,7 @@ fn require_platform() {
         assert!(ok, "`{tool}` is missing: install it with `{install}`");
     }
     strait_testsupport::envoy_bin();
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn strait_proxy_built() {
@@ -294,6 +302,19 @@ fn assert_gone(cp: &ControlPlane, name: &str, record: &Value) {
     );
 }
 
+/// The sum of a counter in `/stats/prometheus` at `admin` (Envoy's names, which strait-proxy
+/// uses too) over the series whose labels include every one of `labels`.
+fn prometheus_stat(admin: &str, metric: &str, labels: &[&str]) -> u64 {
+    let (code, body) = support::http(admin, "GET", "/stats/prometheus", None, None);
+    assert_eq!(code, 200, "{admin}/stats/prometheus: {body}");
+    body.lines()
+        .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once("} "))
+        .filter(|(series, _)| labels.iter().all(|want| series.contains(want)))
+        .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+        .sum()
+}
+
 /// An Envoy admin stat (`/stats` line `name: value`) at `admin`.
 fn envoy_stat(admin: &str, name: &str) -> u64 {
     let (code, body) = support::http(admin, "GET", "/stats", None, None);
@@ -373,10 +394,19 @@ fn service_named(cp: &ControlPlane, dir: &Path, name: &str, port: u16) {
 
 #[test]
 fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sidecar() {
-    require_platform();
+    iptables_capture("envoy");
+}
+
+#[test]
+fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sidecar_strait() {
+    iptables_capture("strait");
+}
+
+fn iptables_capture(proxy: &str) {
+    let _one = require_platform();
     let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
     let id = std::process::id();
-    let (web, client) = (format!("web-{id}"), format!("client-{id}"));
+    let (web, client) = (format!("web-{proxy}-{id}"), format!("client-{proxy}-{id}"));
     let token = format!("hello from web {id}");
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
@@ -396,7 +426,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
             "--capture",
             "iptables",
             "--proxy",
-            "envoy",
+            proxy,
             "--",
             "python3",
             "-m",
@@ -440,7 +470,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
             "--capture",
             "iptables",
             "--proxy",
-            "envoy",
+            proxy,
             "--",
             "env",
             "WEB_PORT=8000",
@@ -484,22 +514,43 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
     // Every connection the app opened went through the client's sidecar (virtualOutbound hands
     // it to the listener of its original port, 8000), and only those: the sidecar's own
     // connections (xDS, and upstream to port 8000) were not captured again.
-    let outbound = envoy_stat(&client_admin, "listener.0.0.0.0_8000.downstream_cx_total");
+    let outbound = prometheus_stat(
+        &client_admin,
+        "envoy_listener_downstream_cx_total",
+        &["envoy_listener_address=\"0.0.0.0_8000\""],
+    );
     assert_eq!(
         outbound, connections,
         "the client sidecar's port 8000 listener accepted {outbound} connections; the app opened {connections}"
     );
     // The direct one left the client's sidecar as passthrough...
     assert!(
-        envoy_stat(
+        prometheus_stat(
             &client_admin,
-            "cluster.PassthroughCluster.upstream_cx_total"
+            "envoy_cluster_upstream_rq_total",
+            &["envoy_cluster_name=\"PassthroughCluster\""]
         ) >= 1,
-        "the direct connection did not go through the client's sidecar"
+        "{proxy}: the direct connection did not go through the client's sidecar"
     );
     // ...and both arrived through the server's sidecar (virtualInbound to the app).
-    assert!(envoy_stat(&web_admin, "listener.0.0.0.0_15006.downstream_cx_total") >= 2);
-    assert!(envoy_stat(&web_admin, "cluster.inbound|8000||.upstream_rq_200") >= 2);
+    let inbound = prometheus_stat(
+        &web_admin,
+        "envoy_listener_downstream_cx_total",
+        &["envoy_listener_address=\"0.0.0.0_15006\""],
+    );
+    assert!(
+        inbound >= 2,
+        "{proxy}: {inbound} connections through virtualInbound"
+    );
+    let answered = prometheus_stat(
+        &web_admin,
+        "envoy_cluster_upstream_rq_xx",
+        &[
+            "envoy_response_code_class=\"2\"",
+            "envoy_cluster_name=\"inbound|8000||\"",
+        ],
+    );
+    assert!(answered >= 2, "{proxy}: {answered} 2xx from the app");
 
     // Ctrl-C / SIGTERM stops app and sidecar; nothing is left.
     client_run.stop();
@@ -521,7 +572,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
             "--capture",
             "iptables",
             "--proxy",
-            "envoy",
+            proxy,
             "--",
             "python3",
             "-m",
@@ -549,7 +600,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
             "--capture",
             "iptables",
             "--proxy",
-            "envoy",
+            proxy,
             "--",
             "true",
         ],
@@ -573,7 +624,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
 
 #[test]
 fn pods_without_capture_use_their_sidecar_as_http_proxy() {
-    require_platform();
+    let _one = require_platform();
     strait_proxy_built();
     let cp = ControlPlane::start();
     let id = std::process::id();
@@ -599,12 +650,11 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
             "--proxy",
             "envoy",
             "--",
-            "python3",
-            "-m",
-            "http.server",
-            &port_text,
-            "--bind",
-            "127.0.0.1",
+            "sh",
+            "-c",
+            &format!(
+                "echo APP_ADDRESS $STRAIT_APP_ADDRESS; echo APP_STARTED; exec python3 -u -m http.server {port_text} --bind \"$STRAIT_APP_ADDRESS\""
+            ),
         ],
         root.path(),
     );
@@ -613,6 +663,11 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     assert!(web_ip.starts_with("127.44."), "{we}");
     let web_record = pod_record(&web);
     assert!(web_record["netns"].is_null());
+    // The app has an address of its own beside its sidecar's (127.45.x.y for 127.44.x.y): its
+    // sidecar serves the workload's port on the pod's address and passes requests on to it.
+    let lines = server.read_until("APP_STARTED", Duration::from_secs(30));
+    let app_address = web_ip.replacen("127.44.", "127.45.", 1);
+    assert_eq!(lines, [format!("APP_ADDRESS {app_address}")]);
 
     for proxy in ["envoy", "strait"] {
         let name = format!("{client}-{proxy}");
@@ -680,7 +735,7 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
 
 #[test]
 fn gateways_are_selected_by_labels_and_reach_pods() {
-    require_platform();
+    let _one = require_platform();
     strait_proxy_built();
     let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
     let id = std::process::id();
@@ -771,7 +826,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
 
 #[test]
 fn istio_annotations_exclude_ports_from_outbound_capture() {
-    require_platform();
+    let _one = require_platform();
     let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
     let id = std::process::id();
     let (web, client) = (format!("aweb-{id}"), format!("aclient-{id}"));

@@ -109,6 +109,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
             return;
         };
         tracing::debug!(%destination, listener = %target.name, chain = %chain.name, "filter chain");
+        shared.stats.listener_connection(target.address);
         (chain.filter.clone(), destination, restored)
     };
     match filter {

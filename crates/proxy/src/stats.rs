@@ -1,5 +1,6 @@
-//! Counters for `/stats/prometheus`: requests per cluster by response class, and the responses
-//! the proxy produced itself, by response flag. Named after Envoy's cluster stats.
+//! Counters for `/stats/prometheus`: requests per cluster by response class, connections per
+//! listener, and the responses the proxy produced itself, by response flag. Named after Envoy's
+//! cluster and listener stats.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,6 +10,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Default)]
 pub(crate) struct Stats {
     clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
+    /// Downstream connections by listener address (`0.0.0.0_8000`, as Envoy labels them).
+    listeners: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
     flags: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
 }
 
@@ -59,6 +62,20 @@ impl Stats {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// A connection served by the listener at `address` (after a virtualOutbound hand-off, the
+    /// listener it was handed to, as in Envoy).
+    pub(crate) fn listener_connection(&self, address: std::net::SocketAddr) {
+        let label = format!("{}_{}", address.ip(), address.port());
+        let counter = self
+            .listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(label)
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn flag(&self, flag: &'static str) {
@@ -115,6 +132,19 @@ impl Stats {
                 );
             }
         }
+        out.push_str("# TYPE envoy_listener_downstream_cx_total counter\n");
+        for (address, n) in self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "envoy_listener_downstream_cx_total{{envoy_listener_address=\"{address}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# TYPE strait_proxy_local_responses_total counter\n");
         for (flag, n) in self.flags.read().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(
@@ -143,8 +173,11 @@ mod tests {
         stats
             .cluster("outbound|9000||tcp-echo.default.svc.cluster.local")
             .connection();
+        stats.listener_connection("0.0.0.0:8000".parse().unwrap());
+        stats.listener_connection("0.0.0.0:8000".parse().unwrap());
         let text = stats.prometheus();
         for line in [
+            "envoy_listener_downstream_cx_total{envoy_listener_address=\"0.0.0.0_8000\"} 2",
             "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 2",
             "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
             "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
