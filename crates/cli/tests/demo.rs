@@ -387,19 +387,7 @@ impl Browser {
 
 /// Applies one of Istio's Bookinfo samples, unchanged, to the demo's control plane.
 fn apply(strait_home: &str, file: &str) {
-    let out = Command::new(support::strait())
-        .args(["apply", "-f", &networking(file)])
-        .env("STRAIT_HOME", strait_home)
-        .env_remove("STRAIT_SERVER")
-        .env_remove("STRAIT_TOKEN")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "strait apply -f {file}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    apply_path(strait_home, Path::new(&networking(file)));
 }
 
 /// (pid, start time, ppid) of every process.
@@ -1003,21 +991,7 @@ fn try_page(gateway: SocketAddr) -> Result<(), String> {
 /// gateway and each sidecar, as their own `/clusters` show) within 1 s of the process ending,
 /// and with retries configured no page load fails.
 fn reviews_pod_dies_mid_load(proxy: &str, home: &str, listen: &str, gateway: SocketAddr) {
-    let file = std::env::temp_dir().join(format!(
-        "strait-demo-reviews-retries-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&file, REVIEWS_WITH_RETRIES).unwrap();
-    let out = Command::new(support::strait())
-        .args(["apply", "-f"])
-        .arg(&file)
-        .env("STRAIT_HOME", home)
-        .env_remove("STRAIT_SERVER")
-        .env_remove("STRAIT_TOKEN")
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "strait apply: {out:?}");
+    apply_text(home, "reviews-retries.yaml", REVIEWS_WITH_RETRIES);
     let anonymous = Browser::anonymous(gateway);
     anonymous.until(Stars::Black, Duration::from_secs(10));
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, RwLock};
 #[derive(Default)]
 pub(crate) struct Stats {
     clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
-    /// Downstream connections by listener address (`0.0.0.0_8000`, as Envoy labels them).
-    listeners: RwLock<BTreeMap<String, Arc<AtomicU64>>>,
+    /// Downstream connections by listener address.
+    listeners: RwLock<BTreeMap<std::net::SocketAddr, Arc<AtomicU64>>>,
     flags: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
 }
 
@@ -67,26 +67,11 @@ impl Stats {
     /// A connection served by the listener at `address` (after a virtualOutbound hand-off, the
     /// listener it was handed to, as in Envoy).
     pub(crate) fn listener_connection(&self, address: std::net::SocketAddr) {
-        let label = format!("{}_{}", address.ip(), address.port());
-        let counter = self
-            .listeners
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(label)
-            .or_default()
-            .clone();
-        counter.fetch_add(1, Ordering::Relaxed);
+        bump(&self.listeners, address);
     }
 
     pub(crate) fn flag(&self, flag: &'static str) {
-        let counter = self
-            .flags
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(flag)
-            .or_default()
-            .clone();
-        counter.fetch_add(1, Ordering::Relaxed);
+        bump(&self.flags, flag);
     }
 
     /// The Prometheus text format.
@@ -133,15 +118,14 @@ impl Stats {
             }
         }
         out.push_str("# TYPE envoy_listener_downstream_cx_total counter\n");
-        for (address, n) in self
-            .listeners
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        // Labelled `0.0.0.0_8000`, as Envoy labels its listeners.
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        for (address, n) in listeners.iter() {
             let _ = writeln!(
                 out,
-                "envoy_listener_downstream_cx_total{{envoy_listener_address=\"{address}\"}} {}",
+                "envoy_listener_downstream_cx_total{{envoy_listener_address=\"{}_{}\"}} {}",
+                address.ip(),
+                address.port(),
                 n.load(Ordering::Relaxed)
             );
         }
@@ -155,6 +139,20 @@ impl Stats {
         }
         out
     }
+}
+
+/// Adds one to the counter at `key`, made on first use (then only a read lock is taken).
+fn bump<K: Ord>(counters: &RwLock<BTreeMap<K, Arc<AtomicU64>>>, key: K) {
+    if let Some(c) = counters.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        c.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    counters
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]
