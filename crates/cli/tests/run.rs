@@ -20,7 +20,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Fails, naming what is missing and how to install it, unless this machine can run pods;
 /// then holds the one-at-a-time lock for the test.
-#[must_use]
 fn require_platform() -> std::sync::MutexGuard<'static, ()> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let root = status
