@@ -9,15 +9,15 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::process::Spawned;
 
 /// The two demos use the same pod names and the same bridge: one at a time.
 static ONE_DEMO: Mutex<()> = Mutex::new(());
@@ -86,117 +86,26 @@ fn networking(file: &str) -> String {
     path.display().to_string()
 }
 
-/// A running `strait demo`: its stdout lines, its stderr in a file.
-struct Demo {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Demo {
-    fn start(proxy: &str, capture: &str, listen: &str) -> Demo {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = dir.path().join("stderr");
-        let mut cmd = Command::new(support::strait());
-        if proxy == "envoy" {
-            cmd.env("ENVOY_BIN", strait_testsupport::envoy_bin());
-        }
-        let mut child = cmd
-            .args([
-                "demo",
-                "--proxy",
-                proxy,
-                "--capture",
-                capture,
-                "--listen",
-                listen,
-            ])
-            .env_remove("STRAIT_SERVER")
-            .env_remove("STRAIT_TOKEN")
-            .env_remove("STRAIT_HOME")
-            .env_remove("STRAIT_RUN_DIR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting strait demo");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Demo {
-            child,
-            lines: rx,
-            stderr,
-            _dir: dir,
-        }
+/// A running `strait demo`: its stdout lines, its stderr in a file; Ctrl-C when dropped.
+fn start_demo(proxy: &str, capture: &str, listen: &str) -> Spawned {
+    let mut cmd = Command::new(support::strait());
+    if proxy == "envoy" {
+        cmd.env("ENVOY_BIN", strait_testsupport::envoy_bin());
     }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Stdout up to the line that starts with `end` (included).
-    fn read_until(&mut self, end: &str, timeout: Duration) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let done = l.trim_start().starts_with(end);
-                    lines.push(l);
-                    if done {
-                        return lines;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {end:?} line from strait demo within {timeout:?}; stdout so far: {lines:?}\nstderr:\n{}",
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "strait demo did not stop within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- strait demo stderr ---\n{}", self.stderr());
-        }
-    }
+    cmd.args([
+        "demo",
+        "--proxy",
+        proxy,
+        "--capture",
+        capture,
+        "--listen",
+        listen,
+    ])
+    .env_remove("STRAIT_SERVER")
+    .env_remove("STRAIT_TOKEN")
+    .env_remove("STRAIT_HOME")
+    .env_remove("STRAIT_RUN_DIR");
+    Spawned::start(cmd, "strait demo", "-INT", Duration::from_secs(60))
 }
 
 /// An HTTP/1.1 request through the gateway; (status, headers, body).
@@ -545,75 +454,55 @@ fn curl_answers(out: &str) -> Vec<(u16, String)> {
 }
 
 /// A stand-in for httpbin in a pod: Python's http.server on port 80 (its access log on
-/// stderr), answering `/headers` with `httpbin VERSION`.
+/// stderr), answering `/headers` with `httpbin VERSION`; stopped (SIGTERM) when dropped.
 struct Httpbin {
-    child: Child,
-    log: PathBuf,
-    stopped: bool,
+    run: Spawned,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Httpbin {
-    /// A test that failed half-way still stops its pods (`strait run` cleans up on SIGTERM).
-    fn drop(&mut self) {
-        if !self.stopped {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Httpbin {
     fn start(mesh: &PodMesh, version: &str) -> Httpbin {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("headers"), format!("httpbin {version}\n")).unwrap();
-        let log = dir.path().join("log");
         let script = format!(
             "exec python3 -u -m http.server 80 --bind \"${{STRAIT_APP_ADDRESS:-0.0.0.0}}\" --directory {}",
             dir.path().display()
         );
-        let child = mesh
-            .run(
-                &format!("httpbin-{version}"),
-                &format!("app=httpbin,version={version}"),
-                &["http:80"],
-                &["sh", "-c", &script],
-            )
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-            .spawn()
-            .expect("strait run httpbin");
+        let name = format!("httpbin-{version}");
+        let cmd = mesh.run(
+            &name,
+            &format!("app=httpbin,version={version}"),
+            &["http:80"],
+            &["sh", "-c", &script],
+        );
         Httpbin {
-            child,
-            log,
-            stopped: false,
+            run: Spawned::start(
+                cmd,
+                &format!("strait run {name}"),
+                "-TERM",
+                Duration::from_secs(20),
+            ),
             _dir: dir,
         }
     }
 
+    fn log(&self) -> String {
+        self.run.stderr()
+    }
+
     fn gets(&self, path: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+        self.log()
             .matches(&format!("\"GET {path} HTTP/1.1\""))
             .count()
     }
 
     fn stop(mut self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-        let status = self.child.wait().unwrap();
-        self.stopped = true;
+        let status = self.run.stop();
         assert!(
             // `strait run` stopped by a signal exits 130, having stopped its app.
             status.code() == Some(130),
             "strait run httpbin: {status}\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
+            self.log()
         );
     }
 }
@@ -646,8 +535,8 @@ fn mirroring(mesh: &PodMesh, proxy: &str) {
         assert!(
             Instant::now() < deadline,
             "{proxy}: httpbin v1 did not answer through the mesh within 30 s: {out:?}\nv1: {}\nv2: {}",
-            std::fs::read_to_string(&v1.log).unwrap_or_default(),
-            std::fs::read_to_string(&v2.log).unwrap_or_default()
+            v1.log(),
+            v2.log()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -671,7 +560,7 @@ fn mirroring(mesh: &PodMesh, proxy: &str) {
         assert!(
             Instant::now() < deadline,
             "{proxy}: v2 saw no mirrored request within 30 s\nv2: {}",
-            std::fs::read_to_string(&v2.log).unwrap_or_default()
+            v2.log()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -784,7 +673,7 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     require_platform(proxy);
     let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let mut demo = Demo::start(proxy, capture, listen);
+    let mut demo = start_demo(proxy, capture, listen);
     let mesh_kind = (proxy, capture);
     let proxy = &format!("{proxy} ({capture} capture)");
     let out = demo.read_until("Logs:", Duration::from_secs(120));
@@ -901,13 +790,7 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     eprintln!("{proxy}: egress done at {:?}", started.elapsed());
 
     // Ctrl-C: everything the demo started goes.
-    let ok = Command::new("kill")
-        .args(["-INT", &demo.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = demo.wait(Duration::from_secs(60));
+    let status = demo.stop();
     assert!(status.success(), "{status}; stderr:\n{}", demo.stderr());
     let mut left = Vec::new();
     let netns = tool("ip", &["netns", "list"]);

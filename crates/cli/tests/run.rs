@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::ControlPlane;
+use support::process::Spawned;
 
 /// One test at a time: a `strait run` removes whatever pod a killed run left, so a test's own
 /// check that the next run cleans up after `kill -9` needs no other test's runs meanwhile.
@@ -68,127 +67,29 @@ fn run_dir() -> PathBuf {
 }
 
 /// A `strait run` (or `strait gateway`) process; stopped with SIGTERM when dropped.
-struct Run {
-    name: String,
-    child: Child,
-    lines: Option<mpsc::Receiver<String>>,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
+type Run = Spawned;
 
-impl Run {
-    fn start(cp: &ControlPlane, args: &[&str], cwd: &Path) -> Run {
-        let dir = tempfile::tempdir().unwrap();
-        let stderr = dir.path().join("stderr");
-        let mut child = Command::new(support::strait())
-            .arg("--data-dir")
-            .arg(cp.data_dir())
-            .args(args)
-            .env("ENVOY_BIN", strait_testsupport::envoy_bin())
-            .env_remove("STRAIT_SERVER")
-            .env_remove("STRAIT_TOKEN")
-            .env_remove("STRAIT_RUN_DIR")
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting strait run");
-        let out: ChildStdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let name = args
-            .windows(2)
-            .find(|w| w[0] == "--name")
-            .map(|w| w[1].to_string())
-            .unwrap_or_default();
-        Run {
-            name,
-            child,
-            lines: Some(rx),
-            stderr,
-            _dir: dir,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The app's stdout lines up to (and without) the one that starts with `end`.
-    fn read_until(&mut self, end: &str, timeout: Duration) -> Vec<String> {
-        let rx = self.lines.as_ref().unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut lines = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with(end) => return lines,
-                Ok(l) => lines.push(l),
-                Err(_) => panic!(
-                    "{}: no {end:?} line within {timeout:?}; app output so far: {lines:?}\nstrait run's stderr:\n{}",
-                    self.name,
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {}", self.child.id());
-    }
-
-    /// SIGTERM, and the exit status within 20 s.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        self.wait(Duration::from_secs(20))
-    }
-
-    fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within {timeout:?}; stderr:\n{}",
-                self.name,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- strait run {} stderr ---\n{}", self.name, self.stderr());
-        }
-    }
+/// Starts `strait ARGS` with the control plane's data directory, in `cwd`.
+fn start(cp: &ControlPlane, args: &[&str], cwd: &Path) -> Run {
+    let mut cmd = Command::new(support::strait());
+    cmd.arg("--data-dir")
+        .arg(cp.data_dir())
+        .args(args)
+        .env("ENVOY_BIN", strait_testsupport::envoy_bin())
+        .env_remove("STRAIT_SERVER")
+        .env_remove("STRAIT_TOKEN")
+        .env_remove("STRAIT_RUN_DIR")
+        .current_dir(cwd);
+    let name = args
+        .windows(2)
+        .find(|w| w[0] == "--name")
+        .map(|w| w[1])
+        .unwrap_or_default();
+    let what = format!(
+        "strait {} {name}",
+        args.first().copied().unwrap_or_default()
+    );
+    Spawned::start(cmd, &what, "-TERM", Duration::from_secs(20))
 }
 
 /// The WorkloadEntry `name` as JSON, if it exists.
@@ -324,6 +225,33 @@ fn envoy_stat(admin: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A web server pod with iptables capture: Python's http.server on port 8000, serving `root`.
+fn web_pod(
+    cp: &ControlPlane,
+    root: &Path,
+    name: &str,
+    labels: &str,
+    proxy: &str,
+    more: &[&str],
+) -> Run {
+    let mut args = vec!["run", "--name", name, "--labels", labels];
+    args.extend_from_slice(more);
+    args.extend([
+        "--port",
+        "http:8000",
+        "--capture",
+        "iptables",
+        "--proxy",
+        proxy,
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+    ]);
+    start(cp, &args, root)
+}
+
 /// The client app: requests to `http://web:PORT/` (unless `BY_NAME=0`), then straight to
 /// `DIRECT`'s address, each until it answers (at most 60 tries); prints what it got and how many
 /// connections it opened, then `DONE`, then waits to be stopped.
@@ -410,29 +338,13 @@ fn iptables_capture(proxy: &str) {
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
 
-    let mut server = Run::start(
+    let mut server = web_pod(
         &cp,
-        &[
-            "run",
-            "--name",
-            &web,
-            "--labels",
-            "app=web,version=v1",
-            "--service-account",
-            "web-sa",
-            "--port",
-            "http:8000",
-            "--capture",
-            "iptables",
-            "--proxy",
-            proxy,
-            "--",
-            "python3",
-            "-m",
-            "http.server",
-            "8000",
-        ],
         root.path(),
+        &web,
+        "app=web,version=v1",
+        proxy,
+        &["--service-account", "web-sa"],
     );
     // Registered while it runs: address from the pod range, labels, account, ports.
     let we = wait_workload_entry(&cp, &mut server, &web);
@@ -458,7 +370,7 @@ fn iptables_capture(proxy: &str) {
     }
 
     let web_admin = format!("{web_ip}:15000");
-    let mut client_run = Run::start(
+    let mut client_run = start(
         &cp,
         &[
             "run",
@@ -558,28 +470,7 @@ fn iptables_capture(proxy: &str) {
     assert_gone(&cp, &web, &web_record);
 
     // kill -9 of strait run: the next run removes what it left.
-    let mut server = Run::start(
-        &cp,
-        &[
-            "run",
-            "--name",
-            &web,
-            "--labels",
-            "app=web",
-            "--port",
-            "http:8000",
-            "--capture",
-            "iptables",
-            "--proxy",
-            proxy,
-            "--",
-            "python3",
-            "-m",
-            "http.server",
-            "8000",
-        ],
-        root.path(),
-    );
+    let mut server = web_pod(&cp, root.path(), &web, "app=web", proxy, &[]);
     wait_workload_entry(&cp, &mut server, &web);
     let killed = pod_record(&web);
     server.signal("-KILL");
@@ -588,7 +479,7 @@ fn iptables_capture(proxy: &str) {
         workload_entry(&cp, &web).is_some(),
         "the WorkloadEntry of a killed run stays until the next run"
     );
-    let mut next = Run::start(
+    let mut next = start(
         &cp,
         &[
             "run",
@@ -634,7 +525,7 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     service(&cp, root.path(), port);
     let port_text = port.to_string();
     let http_port = format!("http:{port}");
-    let mut server = Run::start(
+    let mut server = start(
         &cp,
         &[
             "run",
@@ -666,11 +557,11 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     // sidecar serves the workload's port on the pod's address and passes requests on to it.
     let lines = server.read_until("APP_STARTED", Duration::from_secs(30));
     let app_address = web_ip.replacen("127.44.", "127.45.", 1);
-    assert_eq!(lines, [format!("APP_ADDRESS {app_address}")]);
+    assert_eq!(lines[0], format!("APP_ADDRESS {app_address}"), "{lines:?}");
 
     for proxy in ["envoy", "strait"] {
         let name = format!("{client}-{proxy}");
-        let mut client_run = Run::start(
+        let mut client_run = start(
             &cp,
             &[
                 "run",
@@ -708,7 +599,7 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
     assert_gone(&cp, &web, &web_record);
     // The app exiting stops the run (the sidecar drains and goes), with the app's exit status.
     let short = format!("short-{id}");
-    let mut run = Run::start(
+    let mut run = start(
         &cp,
         &[
             "run",
@@ -742,28 +633,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
     let token = format!("through the gateway {id}");
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
-    let mut server = Run::start(
-        &cp,
-        &[
-            "run",
-            "--name",
-            &web,
-            "--labels",
-            "app=web",
-            "--port",
-            "http:8000",
-            "--capture",
-            "iptables",
-            "--proxy",
-            "envoy",
-            "--",
-            "python3",
-            "-m",
-            "http.server",
-            "8000",
-        ],
-        root.path(),
-    );
+    let mut server = web_pod(&cp, root.path(), &web, "app=web", "envoy", &[]);
     wait_workload_entry(&cp, &mut server, &web);
     let web_record = pod_record(&web);
     // Istio's bookinfo-gateway shape: the selector `istio: ingressgateway`, unchanged.
@@ -781,7 +651,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
     for proxy in ["envoy", "strait"] {
         let name = format!("ingress-{proxy}-{id}");
         let ip = listen.ip().to_string();
-        let mut gw = Run::start(
+        let mut gw = start(
             &cp,
             &[
                 "gateway",
@@ -832,34 +702,13 @@ fn istio_annotations_exclude_ports_from_outbound_capture() {
     let token = format!("excluded port {id}");
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
-    let mut server = Run::start(
-        &cp,
-        &[
-            "run",
-            "--name",
-            &web,
-            "--labels",
-            "app=web",
-            "--port",
-            "http:8000",
-            "--capture",
-            "iptables",
-            "--proxy",
-            "envoy",
-            "--",
-            "python3",
-            "-m",
-            "http.server",
-            "8000",
-        ],
-        root.path(),
-    );
+    let mut server = web_pod(&cp, root.path(), &web, "app=web", "envoy", &[]);
     let we = wait_workload_entry(&cp, &mut server, &web);
     let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
     let web_record = pod_record(&web);
     // Port 8000 is excluded from the client's outbound capture: straight to the server pod, where
     // the server's own inbound capture still applies.
-    let mut client_run = Run::start(
+    let mut client_run = start(
         &cp,
         &[
             "run",

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod process;
 pub mod strait_proxy;
 
 use std::io::Write;
