@@ -510,15 +510,9 @@ impl Httpbin {
 /// Istio's mirroring task: httpbin v1 and v2 behind one Service; all traffic to v1, then
 /// mirrored to v2 as well: the client still gets v1's answers, and v2 sees the copies.
 fn mirroring(mesh: &PodMesh, proxy: &str) {
-    // The task's workloads file: its Service, unchanged (Strait runs the Deployments' pods
-    // with `strait run`).
-    let path = support::testdata().join("istio-samples/tasks/mirroring/mirroring-workloads.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let service = text
-        .split("\n---")
-        .find(|doc| doc.contains("\nkind: Service\n"))
-        .unwrap_or_else(|| panic!("no Service in {}", path.display()));
-    apply_text(&mesh.home, "httpbin-service.yaml", service);
+    // The task's workloads file, unchanged: its Service, and its Deployments, which Strait
+    // stores but does not run: their pods are started here with `strait run`.
+    apply_task(&mesh.home, "mirroring/mirroring-workloads.yaml");
     let v1 = Httpbin::start(mesh, "v1");
     let v2 = Httpbin::start(mesh, "v2");
     apply_task(&mesh.home, "mirroring/mirroring-default-route.yaml");
