@@ -619,6 +619,40 @@ fn egress(mesh: &PodMesh, proxy: &str) {
     let reached = other.request_count();
     assert!(reached > 0);
 
+    // The task's timeout: a 3 s timeout on httpbin.org (Istio's VirtualService, unchanged);
+    // `/delay/5` (the stand-in answers after 5 s) gets 504 after about 3 s.
+    apply_task(
+        &mesh.home,
+        "egress-control/virtualservice-httpbin-ext-timeout.yaml",
+    );
+    external.set_delay(Duration::from_secs(5));
+    let timed = format!(
+        "start=$(date +%s%N); {}; echo $(( ($(date +%s%N) - start) / 1000000 ))",
+        curl("http://httpbin.org/delay/5")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = mesh.sleep(&timed);
+        let answers = curl_answers(&out);
+        let ms: u64 = out
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if answers.first().is_some_and(|(code, _)| *code == 504) {
+            assert!(
+                (2900..4900).contains(&ms),
+                "{proxy}: the 3 s timeout answered 504 after {ms} ms: {out:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: no 504 from the 3 s timeout on httpbin.org: {out:?}"
+        );
+    }
+    external.set_delay(Duration::ZERO);
+
     // REGISTRY_ONLY for the namespace: only what the registry knows.
     apply_text(
         &mesh.home,
