@@ -151,15 +151,25 @@ struct Binaries {
     bookinfo: PathBuf,
 }
 
-/// `cargo build` with the profile `strait` was built with.
-fn build_command(dir: &Path, packages: &str) -> String {
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    format!(
-        "cargo build{} {packages}",
-        if release { " --release" } else { "" }
-    )
+/// The `cargo build` arguments for `packages` with the profile `strait` was built with.
+fn build_args<'a>(dir: &Path, packages: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["build"];
+    if dir.file_name().is_some_and(|n| n == "release") {
+        args.push("--release");
+    }
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    args
 }
 
+fn build_command(dir: &Path, packages: &[&str]) -> String {
+    format!("cargo {}", build_args(dir, packages).join(" "))
+}
+
+/// The binaries the demo runs beside `strait`. Under `cargo run` (which builds only `strait`)
+/// the missing ones are built with the same cargo and profile; otherwise their absence is an
+/// error that names the build command.
 fn binaries(proxy: ProxyKind) -> Result<Binaries> {
     let strait = std::env::current_exe().context("finding the strait executable")?;
     let dir = strait
@@ -167,27 +177,54 @@ fn binaries(proxy: ProxyKind) -> Result<Binaries> {
         .context("the strait executable has no folder")?
         .to_path_buf();
     let bookinfo = dir.join("bookinfo");
-    let mut missing = Vec::new();
-    let mut packages = Vec::new();
-    if !bookinfo.is_file() {
-        missing.push(bookinfo.display().to_string());
-        packages.push("-p strait-bookinfo");
-    }
+    let mut wanted = vec![(bookinfo.clone(), "strait-bookinfo")];
     if proxy == ProxyKind::Strait {
-        let sp = dir.join("strait-proxy");
-        if !sp.is_file() {
-            missing.push(sp.display().to_string());
-            packages.push("-p strait-proxy-bin");
-        }
+        wanted.push((dir.join("strait-proxy"), "strait-proxy-bin"));
     }
-    if !missing.is_empty() {
-        bail!(
-            "{} missing beside {}: build {} with `{}`",
-            missing.join(" and "),
-            strait.display(),
-            if missing.len() == 1 { "it" } else { "them" },
-            build_command(&dir, &packages.join(" "))
-        );
+    let missing = |wanted: &[(PathBuf, &'static str)]| -> Vec<(PathBuf, &'static str)> {
+        wanted
+            .iter()
+            .filter(|(b, _)| !b.is_file())
+            .cloned()
+            .collect()
+    };
+    let absent = missing(&wanted);
+    if !absent.is_empty() {
+        let packages: Vec<&str> = absent.iter().map(|(_, p)| *p).collect();
+        let names: Vec<String> = absent
+            .iter()
+            .map(|(b, _)| b.display().to_string())
+            .collect();
+        let cargo = std::env::var_os("CARGO");
+        let workspace = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+        match (cargo, workspace) {
+            (Some(cargo), Some(workspace)) => {
+                eprintln!(
+                    "strait demo: building {} (`{}`)",
+                    names.join(" and "),
+                    build_command(&dir, &packages)
+                );
+                let status = std::process::Command::new(cargo)
+                    .args(build_args(&dir, &packages))
+                    .current_dir(&workspace)
+                    .status()
+                    .context("running cargo")?;
+                if !status.success() || !missing(&wanted).is_empty() {
+                    bail!(
+                        "`{}` did not build {} ({status})",
+                        build_command(&dir, &packages),
+                        names.join(" and ")
+                    );
+                }
+            }
+            _ => bail!(
+                "{} missing beside {}: build {} with `{}`",
+                names.join(" and "),
+                strait.display(),
+                if names.len() == 1 { "it" } else { "them" },
+                build_command(&dir, &packages)
+            ),
+        }
     }
     if proxy == ProxyKind::Envoy {
         crate::sidecar::envoy_bin()?;
@@ -750,12 +787,15 @@ mod tests {
     #[test]
     fn the_build_command_follows_the_profile() {
         assert_eq!(
-            build_command(Path::new("/x/target/release"), "-p strait-bookinfo"),
+            build_command(Path::new("/x/target/release"), &["strait-bookinfo"]),
             "cargo build --release -p strait-bookinfo"
         );
         assert_eq!(
-            build_command(Path::new("/x/target/debug"), "-p strait-bookinfo"),
-            "cargo build -p strait-bookinfo"
+            build_command(
+                Path::new("/x/target/debug"),
+                &["strait-bookinfo", "strait-proxy-bin"]
+            ),
+            "cargo build -p strait-bookinfo -p strait-proxy-bin"
         );
     }
 }
