@@ -257,6 +257,112 @@ async fn large_bodies(plane: DataPlane) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_bodies_within_the_buffer_are_retried() {
+    retries_by_body_size(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_bodies_within_the_buffer_are_retried_strait() {
+    retries_by_body_size(DataPlane::Strait).await;
+}
+
+/// Requests per path, and the body length of each, as an app that fails once saw them.
+type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+
+/// An app that reads each body, answers the first request to a path 503 (which Istio's default
+/// retry policy retries) and later ones 200 with the body's length.
+fn spawn_fail_once_app(seen: Seen) -> SocketAddr {
+    let (listener, addr) = listen();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let len = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_or(0, |b| b.to_bytes().len());
+                        let first = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push((path.clone(), len));
+                            seen.iter().filter(|(p, _)| *p == path).count() == 1
+                        };
+                        Ok::<_, Infallible>(if first {
+                            text(503, "first try fails")
+                        } else {
+                            text(200, &len.to_string())
+                        })
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A body that fits the 1 MiB buffer (Envoy's `per_connection_buffer_limit_bytes` default) is
+/// sent again on a retry; a larger one streams through and its failed try's answer stands.
+async fn retries_by_body_size(plane: DataPlane) {
+    let mesh = Mesh::new();
+    mesh.service("flaky", 8080, "http");
+    let seen: Seen = Arc::default();
+    let app = spawn_fail_once_app(seen.clone());
+    let _server = mesh
+        .server_sidecar(plane, "flaky", "v1", 8080, "HTTP", app)
+        .await;
+    let client = mesh.sidecar(plane, "client-v1", "app=client").await;
+    client
+        .get_until(
+            "http://flaky:8080/ready",
+            &[],
+            "flaky through both sidecars",
+            |r| r.status == 200,
+        )
+        .await;
+    let post = |path: &str, len: usize| {
+        Request::post(format!("http://flaky:8080{path}"))
+            .header("host", "flaky:8080")
+            .body(Full::new(Bytes::from(vec![b'b'; len])))
+            .unwrap()
+    };
+    let answer = |resp: Response<Incoming>| async move {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let small = 64 * 1024;
+    let r = answer(h1_send(client.http_proxy(), post("/small", small)).await).await;
+    assert_eq!(
+        r,
+        (200, small.to_string()),
+        "the small body was retried whole"
+    );
+    let large = 4 << 20;
+    let r = answer(h1_send(client.http_proxy(), post("/large", large)).await).await;
+    assert_eq!(
+        r,
+        (503, "first try fails".to_string()),
+        "a body over the buffer is not retried"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let tries = |path: &str| -> Vec<usize> {
+        seen.iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, len)| *len)
+            .collect()
+    };
+    assert_eq!(tries("/small"), [small, small]);
+    assert_eq!(tries("/large"), [large]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket
 

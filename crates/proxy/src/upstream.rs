@@ -143,10 +143,21 @@ impl Upstreams {
                 let mut sender = self
                     .h2_connection(endpoint, cluster.connect_timeout)
                     .await?;
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))?;
+                if sender.ready().await.is_err() {
+                    // The connection went away since its last request (GOAWAY, closed while
+                    // idle): a new one, once.
+                    self.h2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(endpoint);
+                    sender = self
+                        .h2_connection(endpoint, cluster.connect_timeout)
+                        .await?;
+                    sender
+                        .ready()
+                        .await
+                        .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))?;
+                }
                 sender
                     .send_request(req)
                     .await
@@ -557,6 +568,60 @@ mod tests {
             }
             assert_eq!(used.len(), 3, "{lb:?}: {used:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn http2_requests_carry_their_host_as_authority_and_outlive_a_closed_connection() {
+        use std::convert::Infallible;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (close, _) = tokio::sync::broadcast::channel::<()>(1);
+        let closer = close.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen_tx.clone();
+                let mut closed = closer.subscribe();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let authority = req.uri().authority().map(|a| a.to_string());
+                        let seen = seen.clone();
+                        async move {
+                            seen.send(authority.unwrap_or_default()).unwrap();
+                            Ok::<_, Infallible>(Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Dropping the connection closes it.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = closed.recv() => {}
+                    }
+                });
+            }
+        });
+        let up = Upstreams::default();
+        let mut c = cluster(LbPolicy::RoundRobin, 0);
+        c.protocol = UpstreamProtocol::Http2;
+        let req = || {
+            let mut r = Request::new(RequestBody::complete(Vec::new(), None));
+            *r.uri_mut() = "/x".parse().unwrap();
+            r.headers_mut()
+                .insert(HOST, "reviews.test:9080".parse().unwrap());
+            r
+        };
+        let resp = up.send(&c, &endpoint, req()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.recv().await.unwrap(), "reviews.test:9080");
+        // The upstream closes the connection: the next request opens another.
+        close.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = up.send(&c, &endpoint, req()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.recv().await.unwrap(), "reviews.test:9080");
     }
 
     #[test]
