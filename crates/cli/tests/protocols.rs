@@ -3,6 +3,7 @@
 //!
 //! - 100 MiB request and response bodies stream: they arrive whole (length and checksum) and the
 //!   proxies' peak memory stays far below the body's size;
+//! - a request body within the 1 MiB buffer is retried whole, a larger one is not retried;
 //! - WebSocket: an HTTP/1.1 upgrade, the backend's 101, then bytes both ways;
 //! - h2c with prior knowledge to a Service port named `http2`, several streams on one connection;
 //! - gRPC to a port named `grpc`: a unary call and a bidirectional stream whose replies come back
