@@ -1,8 +1,8 @@
 //! A request body on its way upstream: streamed as it arrives, with a copy kept (up to
 //! [`BUFFER_LIMIT`], Envoy's default `per_connection_buffer_limit_bytes`) so that a retry can send
 //! it again and a mirror can send it once it is complete. A body that outgrows the buffer goes on
-//! streaming without the copy, as in Envoy: the request is then neither retried nor mirrored, and
-//! the proxy's memory does not grow with the body.
+//! streaming without the copy: the request is then not retried (as in Envoy) nor mirrored (Envoy
+//! streams it to mirrors), and the proxy's memory does not grow with the body.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -294,6 +294,12 @@ impl http_body::Body for RequestBody {
                     Ok(d) => {
                         s.take_data(&d);
                         *pos += 1;
+                        // The last frame by its length: hyper then stops polling, so the end
+                        // is noted now, not at a `None` that never comes.
+                        if s.incoming.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            s.finish();
+                            *trailers_sent = true;
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(d))));
                     }
                     Err(frame) => {
