@@ -3,6 +3,7 @@
 //!
 //! - 100 MiB request and response bodies stream: they arrive whole (length and checksum) and the
 //!   proxies' peak memory stays far below the body's size;
+//! - a route timeout (Istio's, also a max_stream_duration) cuts a slow upload after the timeout;
 //! - a request body within the 1 MiB buffer is retried whole, a larger one is not retried; both
 //!   are mirrored by Envoy, only the one within the buffer by strait-proxy (its documented choice);
 //! - WebSocket: an HTTP/1.1 upgrade, the backend's 101, then bytes both ways;
@@ -475,6 +476,75 @@ async fn mirrors_by_body_size(plane: DataPlane) {
         copies("/large"),
         expected_large,
         "{plane:?}: the large body's mirror"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_with_streamed_bodies() {
+    timeouts_with_bodies(DataPlane::Envoy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_with_streamed_bodies_strait() {
+    timeouts_with_bodies(DataPlane::Strait).await;
+}
+
+/// A route with Istio's `timeout: 1s` and a request body that takes 2.5 s to arrive.
+async fn timeouts_with_bodies(plane: DataPlane) {
+    let mesh = Mesh::new();
+    mesh.service("slow", 8080, "http");
+    let seen: Seen = Arc::default();
+    let addr = spawn_recording_app(seen.clone());
+    mesh.apply_yaml(
+        "we-slow.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: slow-v1}}\nspec:\n  address: {}\n  ports: {{http: {}}}\n  labels: {{app: slow, version: v1}}\n",
+            addr.ip(),
+            addr.port()
+        ),
+    );
+    mesh.apply_yaml(
+        "slow-vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: slow}\nspec:\n  hosts: [slow]\n  http:\n  - route:\n    - destination: {host: slow}\n    timeout: 1s\n",
+    );
+    let client = mesh.sidecar(plane, "client-v1", "app=client").await;
+    client
+        .get_until("http://slow:8080/ready", &[], "slow", |r| r.status == 200)
+        .await;
+    // A body trickled over 2.5 s.
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if tx
+                .send(Frame::data(Bytes::from(vec![b't'; 1000])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let req = Request::post("http://slow:8080/trickle")
+        .header("host", "slow:8080")
+        .body(Channel(rx))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = h1_send(client.http_proxy(), req).await;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let took = started.elapsed();
+    // Istio puts the timeout in max_stream_duration too, which counts from the request's start:
+    // the upload is cut after 1 s, not answered 2.5 s later.
+    assert_eq!(status, 408, "{plane:?}: {body:?} after {took:?}");
+    assert_eq!(
+        body.trim_ascii(),
+        b"downstream duration timeout",
+        "{plane:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2000),
+        "{plane:?}: answered after {took:?}"
     );
 }
 

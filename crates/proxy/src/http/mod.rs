@@ -243,7 +243,7 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .as_ref()
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
-    let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req).await;
+    let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req, started).await;
     if upgrade.is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The request scanner let the bytes after an upgrade request through unchecked (they
         // may be another protocol): a connection whose upgrade did not happen ends here.
@@ -463,6 +463,7 @@ async fn handle(
     hcm: &HttpListener,
     down: Downstream,
     mut req: Request<Incoming>,
+    started: Instant,
 ) -> Response<Body> {
     let config = shared.config.load_full();
     let peer = down.peer;
@@ -532,10 +533,29 @@ async fn handle(
         }
         Action::Redirect(rd) => redirect(rd, &authority, &path),
         Action::Forward(fwd) => {
-            forward::forward(
+            let forwarded = forward::forward(
                 shared, &config, route, fwd, req, &authority, &path, down, upgrade,
-            )
-            .await
+            );
+            match fwd.max_stream_duration {
+                // Envoy's max_stream_duration counts from the request's start, its body and
+                // any fault delay included.
+                Some(d) => {
+                    let deadline = tokio::time::Instant::from_std(started + d);
+                    tokio::select! {
+                        r = forwarded => r,
+                        () = tokio::time::sleep_until(deadline) => {
+                            shared.stats.flag("DT");
+                            local_details(
+                                408,
+                                "DT",
+                                "max_duration_timeout",
+                                "downstream duration timeout",
+                            )
+                        }
+                    }
+                }
+                None => forwarded.await,
+            }
         }
     };
     let headers = resp.headers_mut();
