@@ -122,7 +122,7 @@ pub struct QueryMatch {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Action {
-    Forward(Forward),
+    Forward(Box<Forward>),
     Redirect(Redirect),
     Direct { status: u16, body: String },
 }
@@ -341,7 +341,7 @@ fn route(r: &pb::Route) -> Result<Route, String> {
         .map_err(|e| format!("match: {e}"))?;
     let action = match &r.action {
         Some(pb::route::Action::Route(ra)) => {
-            Action::Forward(forward(ra).map_err(|e| format!("route: {e}"))?)
+            Action::Forward(Box::new(forward(ra).map_err(|e| format!("route: {e}"))?))
         }
         Some(pb::route::Action::Redirect(rd)) => {
             Action::Redirect(redirect(rd).map_err(|e| format!("redirect: {e}"))?)
