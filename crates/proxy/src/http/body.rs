@@ -193,6 +193,12 @@ impl RequestBody {
             .unwrap_or(true)
     }
 
+    /// Whether the client's body has ended (or failed).
+    pub(crate) fn is_ended(&self) -> bool {
+        self.with_state(|s| s.ended || s.failed.is_some())
+            .unwrap_or(true)
+    }
+
     /// Why the client's body failed, if it did.
     pub(crate) fn downstream_failure(&self) -> Option<String> {
         self.with_state(|s| s.failed.clone()).flatten()

@@ -6,7 +6,7 @@
 //! An allowed HTTP/1.1 upgrade (WebSocket) becomes a byte tunnel after the upstream's 101.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::body::{Progress, RequestBody};
-use super::{Body, Downstream, UpstreamInfo, local};
+use super::{Body, Downstream, UpstreamInfo, local, local_details};
 use crate::Shared;
 use crate::balance::outlier::Observed;
 use crate::config::{
@@ -47,6 +47,7 @@ pub(super) async fn forward(
     path: &str,
     down: Downstream,
     upgrade: Option<Upgrade>,
+    started: Instant,
 ) -> Response<Body> {
     let name = match &fwd.target {
         Target::Cluster(name) => Some(name.as_str()),
@@ -113,15 +114,25 @@ pub(super) async fn forward(
     // An upgrade is one attempt: the tunnel cannot be opened twice.
     let policy = fwd.retry.as_ref().filter(|_| upgrade.is_none());
     let attempts = upstream.attempts(policy);
-    let mut resp = match fwd.timeout {
-        Some(t) => tokio::select! {
+    // A route with max_stream_duration uses it instead of `timeout`, as Envoy does.
+    let mut resp = match (fwd.max_stream_duration, fwd.timeout) {
+        (Some(d), _) => tokio::select! {
+            r = attempts => r,
+            () = tokio::time::sleep_until((started + d).into()) => {
+                shared.stats.flag("DT");
+                // Envoy: 504 once the whole request is in, else 408.
+                let status = if upstream.body.is_ended() { 504 } else { 408 };
+                local_details(status, "DT", "max_duration_timeout", "downstream duration timeout")
+            }
+        },
+        (None, Some(t)) => tokio::select! {
             r = attempts => r,
             () = after_body(&upstream.body, t) => {
                 shared.stats.flag("UT");
                 local(504, "UT", "upstream request timeout")
             }
         },
-        None => attempts.await,
+        (None, None) => attempts.await,
     };
     shared
         .stats

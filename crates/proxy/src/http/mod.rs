@@ -533,29 +533,10 @@ async fn handle(
         }
         Action::Redirect(rd) => redirect(rd, &authority, &path),
         Action::Forward(fwd) => {
-            let forwarded = forward::forward(
-                shared, &config, route, fwd, req, &authority, &path, down, upgrade,
-            );
-            match fwd.max_stream_duration {
-                // Envoy's max_stream_duration counts from the request's start, its body and
-                // any fault delay included.
-                Some(d) => {
-                    let deadline = tokio::time::Instant::from_std(started + d);
-                    tokio::select! {
-                        r = forwarded => r,
-                        () = tokio::time::sleep_until(deadline) => {
-                            shared.stats.flag("DT");
-                            local_details(
-                                408,
-                                "DT",
-                                "max_duration_timeout",
-                                "downstream duration timeout",
-                            )
-                        }
-                    }
-                }
-                None => forwarded.await,
-            }
+            forward::forward(
+                shared, &config, route, fwd, req, &authority, &path, down, upgrade, started,
+            )
+            .await
         }
     };
     let headers = resp.headers_mut();
