@@ -1,5 +1,7 @@
-//! Upstream connections and load balancing: a hyper client (its pool keeps idle connections per
-//! endpoint) per protocol and connect timeout, round robin / least request (power of two
+//! Upstream connections and load balancing: for HTTP/1.1 a hyper client (its pool keeps idle
+//! connections per endpoint) per connect timeout; for HTTP/2 one multiplexed connection per
+//! endpoint, whose requests carry their own `:authority` (the pooled client would take it from
+//! the endpoint's address); round robin / least request (power of two
 //! choices) / random / ring hash / Maglev over a cluster's endpoints less those outlier
 //! detection ejected (all of them below the panic threshold), in-flight counts per endpoint,
 //! and the clusters' circuit breakers.
@@ -10,25 +12,42 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper::header::HOST;
+use hyper::{Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::balance::circuit::{Circuit, Circuits};
 use crate::balance::hash::{self, Table};
 use crate::balance::outlier::{Observed, Outliers};
 use crate::config::{Cluster, Config, Discovery, Endpoint, LbPolicy, UpstreamProtocol};
+use crate::http::RequestBody;
 
-pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, RequestBody>;
 
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// Why an upstream request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection to the endpoint (refused, timed out, the HTTP/2 handshake failed).
+    Connect(String),
+    /// The connection or stream failed after the request was sent, or while sending it.
+    Reset(String),
+}
+
+type H2Connections = Arc<Mutex<HashMap<String, http2::SendRequest<RequestBody>>>>;
+
 #[derive(Default)]
 pub(crate) struct Upstreams {
-    clients: Mutex<HashMap<(UpstreamProtocol, Duration), HttpClient>>,
+    /// HTTP/1.1 clients by connect timeout.
+    clients: Mutex<HashMap<Duration, HttpClient>>,
+    /// The HTTP/2 connection to each endpoint (`host:port`), until it closes.
+    h2: H2Connections,
     /// Round-robin positions, by cluster.
     cursors: RwLock<HashMap<String, Arc<AtomicUsize>>>,
     /// Requests in flight, by endpoint (`host:port`).
@@ -65,24 +84,133 @@ fn authority(e: &Endpoint) -> String {
 }
 
 impl Upstreams {
-    /// The client for a cluster's protocol and connect timeout (made once, then shared).
-    pub(crate) fn client(&self, cluster: &Cluster) -> HttpClient {
-        let key = (cluster.protocol, cluster.connect_timeout);
+    /// The HTTP/1.1 client for a connect timeout (made once, then shared).
+    fn client(&self, connect_timeout: Duration) -> HttpClient {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
-            .entry(key)
+            .entry(connect_timeout)
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(cluster.connect_timeout));
+                connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
                 let mut builder = Client::builder(TokioExecutor::new());
                 builder.pool_idle_timeout(POOL_IDLE);
-                if cluster.protocol == UpstreamProtocol::Http2 {
-                    builder.http2_only(true);
-                }
                 builder.build(connector)
             })
             .clone()
+    }
+
+    /// Sends `req` (its URI: the path and query) to `endpoint` of `cluster` in the cluster's
+    /// protocol. Over HTTP/2 the request's `Host` becomes its `:authority`.
+    pub(crate) async fn send(
+        &self,
+        cluster: &Cluster,
+        endpoint: &str,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let uri = |authority: &str| format!("http://{authority}{path}").parse::<Uri>();
+        match cluster.protocol {
+            UpstreamProtocol::Http1 => {
+                *req.uri_mut() = uri(endpoint)
+                    .map_err(|e| SendError::Reset(format!("bad upstream URI: {e}")))?;
+                *req.version_mut() = Version::HTTP_11;
+                self.client(cluster.connect_timeout)
+                    .request(req)
+                    .await
+                    .map_err(|e| {
+                        let chain = crate::http::error_chain(&e);
+                        if e.is_connect() {
+                            SendError::Connect(chain)
+                        } else {
+                            SendError::Reset(chain)
+                        }
+                    })
+            }
+            UpstreamProtocol::Http2 => {
+                let host = req.headers_mut().remove(HOST);
+                *req.uri_mut() = host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| uri(h).ok())
+                    .map_or_else(|| uri(endpoint), Ok)
+                    .map_err(|e| SendError::Reset(format!("bad upstream URI: {e}")))?;
+                *req.version_mut() = Version::HTTP_2;
+                let mut sender = self
+                    .h2_connection(endpoint, cluster.connect_timeout)
+                    .await?;
+                if sender.ready().await.is_err() {
+                    // The connection went away since its last request (GOAWAY, closed while
+                    // idle): a new one, once.
+                    self.h2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(endpoint);
+                    sender = self
+                        .h2_connection(endpoint, cluster.connect_timeout)
+                        .await?;
+                    sender
+                        .ready()
+                        .await
+                        .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))?;
+                }
+                sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))
+            }
+        }
+    }
+
+    /// The open HTTP/2 connection to `endpoint`, or a new one.
+    async fn h2_connection(
+        &self,
+        endpoint: &str,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        {
+            let conns = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = conns.get(endpoint)
+                && !c.is_closed()
+            {
+                return Ok(c.clone());
+            }
+        }
+        let stream =
+            tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(endpoint))
+                .await
+                .map_err(|_| SendError::Connect(format!("connect timeout ({connect_timeout:?})")))?
+                .map_err(|e| SendError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                SendError::Connect(format!(
+                    "HTTP/2 handshake: {}",
+                    crate::http::error_chain(&e)
+                ))
+            })?;
+        let conns = self.h2.clone();
+        let key = endpoint.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(endpoint = %key, error = %e, "upstream HTTP/2 connection failed");
+            }
+            let mut conns = conns.lock().unwrap_or_else(|e| e.into_inner());
+            if conns.get(&key).is_some_and(|c| c.is_closed()) {
+                conns.remove(&key);
+            }
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(endpoint.to_string(), sender.clone());
+        Ok(sender)
     }
 
     fn active(&self, authority: &str) -> Arc<AtomicUsize> {
@@ -441,6 +569,60 @@ mod tests {
             }
             assert_eq!(used.len(), 3, "{lb:?}: {used:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn http2_requests_carry_their_host_as_authority_and_outlive_a_closed_connection() {
+        use std::convert::Infallible;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (close, _) = tokio::sync::broadcast::channel::<()>(1);
+        let closer = close.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen_tx.clone();
+                let mut closed = closer.subscribe();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let authority = req.uri().authority().map(|a| a.to_string());
+                        let seen = seen.clone();
+                        async move {
+                            seen.send(authority.unwrap_or_default()).unwrap();
+                            Ok::<_, Infallible>(Response::new(
+                                http_body_util::Empty::<bytes::Bytes>::new(),
+                            ))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    // Dropping the connection closes it.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = closed.recv() => {}
+                    }
+                });
+            }
+        });
+        let up = Upstreams::default();
+        let mut c = cluster(LbPolicy::RoundRobin, 0);
+        c.protocol = UpstreamProtocol::Http2;
+        let req = || {
+            let mut r = Request::new(RequestBody::complete(Vec::new(), None));
+            *r.uri_mut() = "/x".parse().unwrap();
+            r.headers_mut()
+                .insert(HOST, "reviews.test:9080".parse().unwrap());
+            r
+        };
+        let resp = up.send(&c, &endpoint, req()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.recv().await.unwrap(), "reviews.test:9080");
+        // The upstream closes the connection: the next request opens another.
+        close.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = up.send(&c, &endpoint, req()).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(seen.recv().await.unwrap(), "reviews.test:9080");
     }
 
     #[test]

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use prost::Name;
 use strait_proxy::config::{Cluster, Listener};
 use strait_proxy::{AccessLogTarget, Config, HttpLimits};
@@ -153,7 +153,8 @@ fn listener(addr: SocketAddr) -> Listener {
     Listener::try_from(&pb).expect("the test listener converts")
 }
 
-/// An upstream that counts the requests it gets; `/503` answers its own 503.
+/// An upstream that counts the requests it gets and reads each body before it answers; `/503`
+/// answers its own 503.
 async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -166,19 +167,24 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             };
             let count = count.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
-                            b"hello from upstream\n",
-                        )));
-                        if req.uri().path() == "/503" {
-                            *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
-                            *resp.body_mut() = Full::new(Bytes::from_static(b"upstream says no\n"));
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let _ = req.into_body().collect().await;
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                                b"hello from upstream\n",
+                            )));
+                            if path == "/503" {
+                                *resp.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                *resp.body_mut() =
+                                    Full::new(Bytes::from_static(b"upstream says no\n"));
+                            }
+                            Ok::<_, Infallible>(resp)
                         }
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
@@ -689,4 +695,40 @@ async fn the_access_log_has_istios_fields() {
         l["response_code_details"],
         "http1.content_length_and_chunked_not_allowed"
     );
+}
+
+#[tokio::test]
+async fn an_upgrade_the_listener_does_not_allow_is_refused_with_403() {
+    // The test listener has no upgrade_configs: a WebSocket upgrade is not allowed, as in Envoy.
+    let proxy = Proxy::quick().await;
+    let got = send(
+        &proxy,
+        b"GET /chat HTTP/1.1\r\nHost: good.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status(), Some(403), "{}", got.text);
+    // The bytes after an upgrade request are not checked as HTTP/1: the connection ends.
+    assert!(got.closed, "the connection stays open:\n{}", got.text);
+    assert_eq!(proxy.upstream_requests(), 0);
+    let l = &proxy.log_lines(1).await[0];
+    assert_eq!(l["response_code"], 403);
+    assert_eq!(l["response_code_details"], "upgrade_failed");
+}
+
+#[tokio::test]
+async fn the_access_log_counts_a_streamed_request_body() {
+    let proxy = Proxy::quick().await;
+    let body = "x".repeat(300_000);
+    let got = send(
+        &proxy,
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: good.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(got.status(), Some(200), "{}", got.text);
+    let l = &proxy.log_lines(1).await[0];
+    assert_eq!(l["bytes_received"], 300_000, "{l}");
 }

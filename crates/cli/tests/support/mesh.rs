@@ -289,6 +289,14 @@ impl Proxy {
         }
     }
 
+    /// The proxy's process id.
+    pub fn pid(&self) -> u32 {
+        match &self.running {
+            Running::Envoy(e) => e.pid(),
+            Running::Strait(p) => p.pid(),
+        }
+    }
+
     /// Envoy, for tests that only run with Envoy.
     pub fn envoy(&self) -> &Envoy {
         match &self.running {

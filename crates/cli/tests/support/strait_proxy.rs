@@ -61,6 +61,11 @@ impl StraitProxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn check_running(&mut self, when: &str) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!(

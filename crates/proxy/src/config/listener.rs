@@ -125,6 +125,9 @@ pub struct HttpListener {
     /// The peer is the client (an edge proxy: gateways): append it to `x-forwarded-for` and
     /// set `x-forwarded-proto`. Otherwise `x-forwarded-proto` is only added when missing.
     pub use_remote_address: bool,
+    /// The HTTP/1.1 upgrades allowed (`upgrade_configs`, lowercase: `websocket`); any other is
+    /// answered 403, as Envoy does.
+    pub upgrades: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -547,10 +550,23 @@ fn http_connection_manager(any: &Any) -> Result<HttpListener, String> {
     if !router {
         return Err("http_connection_manager has no envoy.filters.http.router".to_string());
     }
+    let mut upgrades = Vec::new();
+    for (i, u) in hcm.upgrade_configs.iter().enumerate() {
+        if !u.filters.is_empty() {
+            return Err(unsupported(&format!(
+                "http_connection_manager.upgrade_configs[{i}] ({:?}) with filters",
+                u.upgrade_type
+            )));
+        }
+        if u.enabled.as_ref().is_none_or(|b| b.value) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase());
+        }
+    }
     Ok(HttpListener {
         routes,
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
         codec,
         use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
+        upgrades,
     })
 }

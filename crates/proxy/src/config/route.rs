@@ -122,7 +122,7 @@ pub struct QueryMatch {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Action {
-    Forward(Forward),
+    Forward(Box<Forward>),
     Redirect(Redirect),
     Direct { status: u16, body: String },
 }
@@ -133,6 +133,10 @@ pub struct Forward {
     /// `None`: no timeout (a route's `timeout: 0s`).
     #[serde(serialize_with = "super::secs::option")]
     pub timeout: Option<Duration>,
+    /// `max_stream_duration.max_stream_duration`: the longest a request may take from its start
+    /// (Istio sets it to the route's timeout); `None`: no limit.
+    #[serde(serialize_with = "super::secs::option")]
+    pub max_stream_duration: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     pub prefix_rewrite: Option<String>,
     pub regex_rewrite: Option<(Pattern, String)>,
@@ -337,7 +341,7 @@ fn route(r: &pb::Route) -> Result<Route, String> {
         .map_err(|e| format!("match: {e}"))?;
     let action = match &r.action {
         Some(pb::route::Action::Route(ra)) => {
-            Action::Forward(forward(ra).map_err(|e| format!("route: {e}"))?)
+            Action::Forward(Box::new(forward(ra).map_err(|e| format!("route: {e}"))?))
         }
         Some(pb::route::Action::Redirect(rd)) => {
             Action::Redirect(redirect(rd).map_err(|e| format!("redirect: {e}"))?)
@@ -668,6 +672,12 @@ fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
             None => Some(DEFAULT_TIMEOUT),
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
         },
+        max_stream_duration: ra
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| m.max_stream_duration.as_ref())
+            .map(duration)
+            .filter(|d| !d.is_zero()),
         retry,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
         regex_rewrite,

@@ -1,18 +1,21 @@
 //! Forwarding a request to a cluster: the cluster pick (weighted), the upstream request (path
 //! rewrites, Host, header mutations, hop-by-hop headers removed), retries with Envoy's
 //! conditions and back-off, the per-try and route timeouts; each attempt passes the cluster's
-//! circuit breakers and tells outlier detection how it ended.
-
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, Version};
+//! circuit breakers and tells outlier detection how it ended. Bodies stream both ways; the
+//! request's is kept for retries and mirrors only while it fits the buffer ([`super::body`]).
+//! An allowed HTTP/1.1 upgrade (WebSocket) becomes a byte tunnel after the upstream's 101.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::body::{Progress, RequestBody};
 use super::{Body, Downstream, UpstreamInfo, local, local_details};
 use crate::Shared;
 use crate::balance::outlier::Observed;
@@ -20,9 +23,8 @@ use crate::config::{
     Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
 };
 use crate::routing;
+use crate::upstream::SendError;
 
-/// Requests are buffered (to be replayed on retries) up to this size.
-const MAX_REQUEST_BODY: usize = 16 << 20;
 /// Envoy's default retry back-off: 25 ms base, at most 10 times that.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
 
@@ -44,6 +46,8 @@ pub(super) async fn forward(
     authority: &str,
     path: &str,
     down: Downstream,
+    upgrade: Option<Upgrade>,
+    started: Instant,
 ) -> Response<Body> {
     let name = match &fwd.target {
         Target::Cluster(name) => Some(name.as_str()),
@@ -61,32 +65,18 @@ pub(super) async fn forward(
     let hash = (!fwd.hash_policy.is_empty()).then(|| {
         crate::balance::hash::request_hash(&fwd.hash_policy, &parts.headers, down.peer.ip(), path)
     });
-    let body = match Limited::new(body, MAX_REQUEST_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return local_details(
-                413,
-                "DPE",
-                "request_payload_too_large",
-                &format!("cannot read the request body: {e}"),
-            );
-        }
-        // A malformed body (a bad chunk) or a client gone: answered 400, and the connection
-        // closes, as Envoy does after a codec error.
-        Err(e) => {
-            let mut r = local(
-                400,
-                "DPE",
-                &format!("cannot read the request body: {}", error_chain(&*e)),
-            );
-            r.headers_mut()
-                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
-    };
-    let bytes_received = body.len() as u64;
+    // Streamed upstream as it comes, with a copy kept for retries and mirrors while it fits.
+    let body = RequestBody::new(body);
+    let received = body.received();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if let Some(u) = &upgrade {
+        headers.insert(
+            hyper::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
+        headers.insert(hyper::header::UPGRADE, u.protocol.clone());
+    }
     let host = fwd.host_rewrite.as_deref().unwrap_or(authority);
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(hyper::header::HOST, v);
@@ -127,16 +117,28 @@ pub(super) async fn forward(
             mirror(shared, config, m, &upstream, fwd.timeout);
         }
     }
-    let attempts = upstream.attempts(fwd.retry.as_ref());
-    let mut resp = match fwd.timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(r) => r,
-            Err(_) => {
+    // An upgrade is one attempt: the tunnel cannot be opened twice.
+    let policy = fwd.retry.as_ref().filter(|_| upgrade.is_none());
+    let attempts = upstream.attempts(policy);
+    // A route with max_stream_duration uses it instead of `timeout`, as Envoy does.
+    let mut resp = match (fwd.max_stream_duration, fwd.timeout) {
+        (Some(d), _) => tokio::select! {
+            r = attempts => r,
+            () = tokio::time::sleep_until((started + d).into()) => {
+                shared.stats.flag("DT");
+                // Envoy: 504 once the whole request is in, else 408.
+                let status = if upstream.body.is_ended() { 504 } else { 408 };
+                local_details(status, "DT", "max_duration_timeout", "downstream duration timeout")
+            }
+        },
+        (None, Some(t)) => tokio::select! {
+            r = attempts => r,
+            () = after_body(&upstream.body, t) => {
                 shared.stats.flag("UT");
                 local(504, "UT", "upstream request timeout")
             }
         },
-        None => attempts.await,
+        (None, None) => attempts.await,
     };
     shared
         .stats
@@ -148,10 +150,46 @@ pub(super) async fn forward(
         .unwrap_or_default();
     resp.extensions_mut().insert(UpstreamInfo {
         cluster: Some(cluster.name.clone()),
-        bytes_received,
+        received,
         ..info
     });
+    match upgrade {
+        Some(u) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => tunnel(u, &mut resp),
+        _ => {}
+    }
     resp
+}
+
+/// An HTTP/1.1 upgrade the listener allows (`upgrade_configs`): the protocol asked for and the
+/// client's side of the connection once the proxy answers 101.
+pub(super) struct Upgrade {
+    pub(super) protocol: HeaderValue,
+    pub(super) downstream: OnUpgrade,
+}
+
+/// After the upstream's 101: both connections, once handed over by hyper, are joined byte for
+/// byte until either side closes.
+fn tunnel(u: Upgrade, resp: &mut Response<Body>) {
+    let upstream = hyper::upgrade::on(&mut *resp);
+    tokio::spawn(async move {
+        let (down, up) = tokio::join!(u.downstream, upstream);
+        let (down, up) = match (down, up) {
+            (Ok(d), Ok(u)) => (d, u),
+            (d, u) => {
+                tracing::debug!(
+                    downstream = ?d.err(),
+                    upstream = ?u.err(),
+                    "upgrade: a side was not handed over"
+                );
+                return;
+            }
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            Ok((sent, received)) => tracing::debug!(sent, received, "upgraded connection closed"),
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        }
+    });
 }
 
 /// Sends a copy of the request to the mirror's cluster on a task of its own, fire and forget:
@@ -178,9 +216,22 @@ fn mirror(
         headers.insert(hyper::header::HOST, v);
     }
     let shared = shared.clone();
-    let (method, path, body) = (main.method.clone(), main.path.clone(), main.body.clone());
+    let (method, path) = (main.method.clone(), main.path.clone());
+    let mut progress = main.body.progress();
     let authority = main.authority.to_string();
     tokio::spawn(async move {
+        // The copy goes once the whole body is in, if it fit in the buffer.
+        let body = match progress
+            .wait_for(|p| !matches!(p, Progress::Reading))
+            .await
+            .map(|p| p.clone())
+        {
+            Ok(Progress::Complete(frames, trailers)) => RequestBody::complete(frames, trailers),
+            _ => {
+                tracing::debug!(cluster = %cluster.name, "the request body was not kept whole: not mirrored");
+                return;
+            }
+        };
         let copy = Upstream {
             shared: &shared,
             cluster: &cluster,
@@ -242,7 +293,15 @@ fn rewrite(route: &Route, fwd: &Forward, path_and_query: &str) -> String {
     path_and_query.to_string()
 }
 
+/// Removes the hop-by-hop headers, except `te: trailers` (which gRPC needs end to end and
+/// Envoy passes on).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get_all(hyper::header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()
@@ -265,6 +324,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(n);
     }
+    if te_trailers {
+        headers.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 struct Upstream<'a> {
@@ -273,7 +335,7 @@ struct Upstream<'a> {
     method: hyper::Method,
     path: String,
     headers: HeaderMap,
-    body: Bytes,
+    body: RequestBody,
     /// The request's authority, for ORIGINAL_DST clusters.
     authority: &'a str,
     /// The request's hash, for consistent-hash clusters.
@@ -284,7 +346,6 @@ impl Upstream<'_> {
     /// The first try and the retries the policy allows.
     async fn attempts(&self, policy: Option<&RetryPolicy>) -> Response<Body> {
         let stats = self.shared.stats.cluster(&self.cluster.name);
-        let client = self.shared.upstreams.client(self.cluster);
         let retries = policy.map_or(0, |p| p.num_retries);
         let circuit = self.shared.upstreams.circuit(self.cluster);
         let mut _retry = None;
@@ -318,29 +379,45 @@ impl Upstream<'_> {
                 }
             };
             stats.attempt(attempt > 0);
-            let mut req = Request::new(Full::new(self.body.clone()));
+            let mut req = Request::new(self.body.replay());
             *req.method_mut() = self.method.clone();
             *req.headers_mut() = self.headers.clone();
-            *req.version_mut() = match self.cluster.protocol {
-                UpstreamProtocol::Http1 => Version::HTTP_11,
-                UpstreamProtocol::Http2 => Version::HTTP_2,
-            };
-            match format!("http://{}{}", picked.authority, self.path).parse() {
+            match self.path.parse() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(400, "DPE", "the request path is not valid"),
             }
             let sent_at = std::time::Instant::now();
-            let sent = client.request(req);
+            let sent = self
+                .shared
+                .upstreams
+                .send(self.cluster, &picked.authority, req);
             let result = match policy.and_then(|p| p.per_try_timeout) {
-                Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                Some(t) => tokio::select! {
+                    r = sent => Some(r),
+                    () = after_body(&self.body, t) => None,
+                },
                 None => Some(sent.await),
             };
             let outcome = match result {
                 None => Outcome::PerTryTimeout,
                 Some(Ok(resp)) => Outcome::Response(resp),
-                Some(Err(e)) if e.is_connect() => Outcome::ConnectFailure(error_chain(&e)),
-                Some(Err(e)) => Outcome::Reset(error_chain(&e)),
+                Some(Err(SendError::Connect(e))) => Outcome::ConnectFailure(e),
+                Some(Err(SendError::Reset(e))) => Outcome::Reset(e),
             };
+            if !matches!(outcome, Outcome::Response(_))
+                && let Some(reason) = self.body.downstream_failure()
+            {
+                // A malformed body (a bad chunk) or a client gone, not the upstream's fault:
+                // answered 400, and the connection closes, as Envoy does after a codec error.
+                let mut r = local(
+                    400,
+                    "DPE",
+                    &format!("cannot read the request body: {reason}"),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
+            }
             let observed = match &outcome {
                 Outcome::Response(r) => Observed::Status(r.status().as_u16()),
                 _ => Observed::LocalFailure,
@@ -348,7 +425,11 @@ impl Upstream<'_> {
             self.shared
                 .upstreams
                 .report(self.cluster, &picked.authority, observed);
-            let mut again = attempt < retries && policy.is_some_and(|p| should_retry(p, &outcome));
+            // A body that outgrew the buffer cannot be sent again: no retry (Envoy's
+            // retry_or_shadow_abandoned).
+            let mut again = attempt < retries
+                && policy.is_some_and(|p| should_retry(p, &outcome))
+                && self.body.replayable();
             if again {
                 // max_retries: a retry over the limit is not made; this answer stands.
                 _retry = circuit.retry();
@@ -382,7 +463,10 @@ impl Upstream<'_> {
         match outcome {
             Outcome::Response(resp) => {
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                // A 101 keeps its Connection and Upgrade: the client needs them.
+                if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+                    strip_hop_by_hop(&mut parts.headers);
+                }
                 Response::from_parts(parts, body.boxed())
             }
             Outcome::ConnectFailure(e) => {
@@ -405,6 +489,13 @@ impl Upstream<'_> {
     }
 }
 
+/// `timeout` after the client's request body has ended: Envoy starts the route and per-try
+/// timeouts once the whole request is in, so a long upload does not count against them.
+async fn after_body(body: &RequestBody, timeout: Duration) {
+    body.ended().await;
+    tokio::time::sleep(timeout).await;
+}
+
 /// Keeps `guard` alive until the response body is done (or dropped).
 fn hold<G: Send + Sync + 'static>(resp: Response<Body>, guard: G) -> Response<Body> {
     resp.map(|b| {
@@ -414,17 +505,6 @@ fn hold<G: Send + Sync + 'static>(resp: Response<Body>, guard: G) -> Response<Bo
         })
         .boxed()
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Full jitter over `BACKOFF_BASE * 2^(attempt-1)`, at most ten times the base.

@@ -107,6 +107,10 @@ pub struct Scanner {
 /// What a head says about the body after it.
 enum Framing {
     None,
+    /// No body, and an upgrade asked for (`Connection: upgrade` with `Upgrade`): what follows may
+    /// be another protocol, passed on unchecked. The connection manager closes the connection
+    /// when the upgrade does not happen, so no HTTP/1 request follows unchecked.
+    Upgrade,
     Length(u64),
     Chunked,
 }
@@ -196,6 +200,7 @@ impl Scanner {
                     Some((len, framing)) => {
                         self.pass(len, out);
                         self.state = match framing {
+                            Framing::Upgrade => State::Passthrough,
                             Framing::None | Framing::Length(0) => State::Head,
                             Framing::Length(n) => State::Body(n),
                             Framing::Chunked => State::ChunkSize,
@@ -391,7 +396,20 @@ fn framing(req: &httparse::Request<'_, '_>) -> Result<Framing, Refusal> {
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     if !has_te {
-        return Ok(length.map_or(Framing::None, Framing::Length));
+        let upgrade = req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && h.value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+        }) && req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+        return Ok(match length {
+            None | Some(0) if upgrade => Framing::Upgrade,
+            None => Framing::None,
+            Some(n) => Framing::Length(n),
+        });
     }
     if req.version == Some(0) {
         return Err(refuse(
@@ -489,6 +507,16 @@ mod tests {
             assert_eq!(scan(r), (r.to_vec(), Ok(())));
             assert_eq!(scan_bytewise(r), (r.to_vec(), Ok(())));
         }
+    }
+
+    #[test]
+    fn bytes_after_an_upgrade_request_pass_unchecked() {
+        let ws: &[u8] = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello\x00\r\n\r\n";
+        assert_eq!(scan(ws), (ws.to_vec(), Ok(())));
+        assert_eq!(scan_bytewise(ws), (ws.to_vec(), Ok(())));
+        // Without `Connection: upgrade` it is no upgrade: what follows is checked as HTTP/1.
+        let not = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(refused(not).status, 400);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! ([`h1_check`], [`conn_io`]), within the [`HttpLimits`]; each request ends with an access log
 //! line when one is asked for ([`crate::access_log`]).
 
+mod body;
 pub(crate) mod conn_io;
 mod forward;
 pub mod h1_check;
@@ -16,6 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,6 +40,8 @@ use crate::config::{Action, Redirect, Route};
 use crate::routing::{self, RequestView};
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
 use h1_check::{HeadLimits, Scanner};
+
+pub(crate) use body::RequestBody;
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -93,7 +97,8 @@ pub(crate) struct UpstreamInfo {
     pub(crate) host: Option<String>,
     /// From sending the request upstream to its response headers.
     pub(crate) service_time: Option<Duration>,
-    pub(crate) bytes_received: u64,
+    /// Request body bytes read from the client: counted as the body streams.
+    pub(crate) received: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +165,9 @@ pub(crate) async fn serve_connection(
         Codec::Http1 => builder = builder.http1_only(),
         Codec::Http2 => builder = builder.http2_only(),
     }
-    let result = builder.serve_connection(TokioIo::new(io), service).await;
+    let result = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
@@ -235,14 +242,26 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .access_log
         .as_ref()
         .map(|_| request_entry(conn, &req));
-    let resp = handle(&conn.shared, &conn.hcm, conn.down, req).await;
+    let upgrade = upgrade_request(&req);
+    let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req, started).await;
+    if upgrade.is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // The request scanner let the bytes after an upgrade request through unchecked (they
+        // may be another protocol): a connection whose upgrade did not happen ends here.
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let entry = entry.map(|e| response_entry(e, &resp));
+    let received = resp
+        .extensions()
+        .get::<UpstreamInfo>()
+        .and_then(|u| u.received.clone());
     let (parts, body) = resp.into_parts();
     let body = Logged {
         inner: body,
         sent: 0,
         finish: Some(Finish {
             entry,
+            received,
             started,
             shared: conn.shared.clone(),
             _in_flight: in_flight,
@@ -303,7 +322,6 @@ fn response_entry(mut e: Entry, resp: &Response<Body>) -> Entry {
         e.upstream_cluster = u.cluster.clone();
         e.upstream_host = u.host.clone();
         e.upstream_service_time = u.service_time.map(|d| millis(d).to_string());
-        e.bytes_received = u.bytes_received;
     }
     e.route_name = ext.get::<RouteName>().map(|r| r.0.clone());
     e
@@ -319,6 +337,7 @@ struct Logged {
 
 struct Finish {
     entry: Option<Entry>,
+    received: Option<Arc<AtomicU64>>,
     started: Instant,
     shared: Arc<Shared>,
     _in_flight: InFlight,
@@ -331,6 +350,7 @@ impl Logged {
         };
         if let (Some(mut e), Some(log)) = (f.entry, &f.shared.access_log) {
             e.bytes_sent = self.sent;
+            e.bytes_received = f.received.map_or(0, |r| r.load(Ordering::Relaxed));
             e.duration = millis(f.started.elapsed());
             log.write(&e);
         }
@@ -442,10 +462,36 @@ async fn handle(
     shared: &Arc<Shared>,
     hcm: &HttpListener,
     down: Downstream,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
+    started: Instant,
 ) -> Response<Body> {
     let config = shared.config.load_full();
     let peer = down.peer;
+    let upgrade = match upgrade_request(&req) {
+        // Envoy strips an HTTP/2 upgrade (h2c) and serves the request as it is.
+        Some(p) if p.as_bytes().eq_ignore_ascii_case(b"h2c") => None,
+        Some(p)
+            if !hcm
+                .upgrades
+                .iter()
+                .any(|u| u.as_bytes().eq_ignore_ascii_case(p.as_bytes())) =>
+        {
+            // Envoy's answer has no response flag.
+            let mut r = local_details(
+                403,
+                "-",
+                "upgrade_failed",
+                &format!("upgrade to {p:?} is not allowed on this listener (upgrade_configs)"),
+            );
+            r.headers_mut().remove(FLAGS_HEADER);
+            return r;
+        }
+        Some(protocol) => Some(forward::Upgrade {
+            protocol,
+            downstream: hyper::upgrade::on(&mut req),
+        }),
+        None => None,
+    };
     let Some(routes) = config.route_config(&hcm.routes) else {
         shared.stats.flag("NR");
         return local(404, "NR", "no route configuration yet");
@@ -487,7 +533,10 @@ async fn handle(
         }
         Action::Redirect(rd) => redirect(rd, &authority, &path),
         Action::Forward(fwd) => {
-            forward::forward(shared, &config, route, fwd, req, &authority, &path, down).await
+            forward::forward(
+                shared, &config, route, fwd, req, &authority, &path, down, upgrade, started,
+            )
+            .await
         }
     };
     let headers = resp.headers_mut();
@@ -506,6 +555,36 @@ async fn handle(
         resp.extensions_mut().insert(DelayInjected);
     }
     resp
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to: its `Upgrade` header, when its
+/// `Connection` header names `upgrade`.
+fn upgrade_request(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = req
+        .headers()
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| req.headers().get(hyper::header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// The chain of an error's messages, outermost first.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 /// The headers Envoy's connection manager adds before routing: `x-request-id` when missing
