@@ -40,7 +40,6 @@ pub struct Launch<'a> {
 pub struct RunningProxy {
     pub child: Child,
     pub id: ProcId,
-    pub kind: ProxyKind,
     pub admin: SocketAddr,
     pub log: PathBuf,
 }
@@ -281,7 +280,6 @@ impl RunningProxy {
         Ok(RunningProxy {
             child,
             id,
-            kind: l.kind,
             admin: l.admin,
             log,
         })
@@ -335,26 +333,25 @@ impl RunningProxy {
         }
     }
 
-    /// Drains (Envoy: listeners stop accepting, connections finish) for up to `drain`, then
-    /// stops the process.
+    /// Drains (listeners stop accepting, connections finish) for up to `drain`, then stops the
+    /// process.
     pub async fn stop(&mut self, drain: Duration) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        if self.kind == ProxyKind::Envoy {
-            let admin = self.admin;
-            let _ = tokio::task::spawn_blocking(move || {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(2)))
-                    .build()
-                    .into();
-                agent
-                    .post(&format!("http://{admin}/drain_listeners?graceful"))
-                    .send_empty()
-            })
-            .await;
-            tokio::time::sleep(drain).await;
-        }
+        // Envoy's path, which strait-proxy serves too.
+        let admin = self.admin;
+        let _ = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .into();
+            agent
+                .post(&format!("http://{admin}/drain_listeners?graceful"))
+                .send_empty()
+        })
+        .await;
+        tokio::time::sleep(drain).await;
         let id = self.id;
         let _ = tokio::task::spawn_blocking(move || {
             strait_netns::terminate(id, Duration::from_secs(5))

@@ -7,6 +7,8 @@
 //! - `/clusters`: Envoy's text format, per cluster its circuit breaker thresholds and per
 //!   endpoint `rq_active` and `health_flags` (`healthy`, or `/failed_outlier_check` while outlier
 //!   detection has it ejected);
+//! - `/drain_listeners` (`?graceful` alike): every listening socket closes; open HTTP
+//!   connections close once their requests in flight are answered;
 //! - `/quitquitquit` (POST, or GET for convenience): stops the proxy.
 
 use std::convert::Infallible;
@@ -86,6 +88,21 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 shared.upstreams.clusters_text(&config),
             )
         }
+        "/drain_listeners" => match req.uri().query().unwrap_or_default() {
+            // strait-proxy has no graceful period before the close: `graceful` drains the same.
+            "" | "graceful" => {
+                shared.drain.send_replace(true);
+                reply(StatusCode::OK, "text/plain", "OK\n".into())
+            }
+            other => reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!(
+                    "/drain_listeners?{other}: strait-proxy drains every listener, with no options \
+                     but `graceful`\n"
+                ),
+            ),
+        },
         "/quitquitquit" => {
             shared.quit.notify_one();
             reply(StatusCode::OK, "text/plain", "OK\n".into())
@@ -93,7 +110,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "strait-proxy admin: /ready /config_dump /clusters /stats/prometheus /quitquitquit\n"
+            "strait-proxy admin: /ready /config_dump /clusters /stats/prometheus /drain_listeners /quitquitquit\n"
                 .into(),
         ),
         other => reply(

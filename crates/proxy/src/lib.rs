@@ -96,6 +96,9 @@ pub struct Shared {
     stats: stats::Stats,
     upstreams: upstream::Upstreams,
     quit: Notify,
+    /// Set by `/drain_listeners`: every listening socket closes, and open HTTP connections close
+    /// once their requests in flight are answered.
+    drain: watch::Sender<bool>,
     limits: HttpLimits,
     access_log: Option<AccessLog>,
 }
@@ -109,6 +112,7 @@ impl Shared {
             stats: stats::Stats::default(),
             upstreams: upstream::Upstreams::default(),
             quit: Notify::new(),
+            drain: watch::channel(false).0,
             limits,
             access_log,
         })

@@ -1,6 +1,7 @@
 //! Binds a socket for each listener in the config that asks for one, and stops serving it when
-//! the listener goes away (or moves to another address); connections in flight finish on their
-//! own. Each accepted connection gets its destination (the original one, read with
+//! the listener goes away (or moves to another address), or for all of them once the proxy
+//! drains (`/drain_listeners`): the socket closes, and the listener's HTTP connections close
+//! once their requests in flight are answered (TCP connections go on until they end). Each accepted connection gets its destination (the original one, read with
 //! SO_ORIGINAL_DST, when the listener has the `original_dst` filter or `use_original_dst`), is
 //! handed to the listener of that destination when `use_original_dst` says so, and runs the
 //! network filter of the filter chain that matches it: the HTTP connection manager or tcp_proxy.
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -19,13 +21,31 @@ use crate::config::{Config, Listener, NetworkFilter};
 struct Bound {
     address: SocketAddr,
     task: JoinHandle<()>,
+    /// Tells the listener's connections to drain.
+    drain: watch::Sender<bool>,
+}
+
+impl Bound {
+    fn close(&self) {
+        self.task.abort();
+        self.drain.send_replace(true);
+    }
 }
 
 /// Follows config changes forever.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let mut changes = shared.generation.subscribe();
+    let mut draining = shared.drain.subscribe();
     let mut bound: BTreeMap<String, Bound> = BTreeMap::new();
     loop {
+        if *draining.borrow_and_update() {
+            tracing::info!(listeners = bound.len(), "draining: every listener closed");
+            for b in bound.values() {
+                b.close();
+            }
+            // The open connections still need the drain signals: keep them until the end.
+            std::future::pending::<()>().await;
+        }
         let config = shared.config.load_full();
         bound.retain(|name, b| {
             let keep = config
@@ -34,7 +54,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 .is_some_and(|l| l.bind && l.address == b.address);
             if !keep {
                 tracing::info!(listener = %name, address = %b.address, "listener removed: closing");
-                b.task.abort();
+                b.close();
             }
             keep
         });
@@ -45,12 +65,19 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             match TcpListener::bind(listener.address).await {
                 Ok(tcp) => {
                     tracing::info!(listener = %name, address = %listener.address, "listening");
-                    let task = tokio::spawn(accept(shared.clone(), name.as_str().into(), tcp));
+                    let drain = watch::channel(false).0;
+                    let task = tokio::spawn(accept(
+                        shared.clone(),
+                        name.as_str().into(),
+                        tcp,
+                        drain.subscribe(),
+                    ));
                     bound.insert(
                         name.clone(),
                         Bound {
                             address: listener.address,
                             task,
+                            drain,
                         },
                     );
                 }
@@ -60,14 +87,22 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        if changes.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() {
+                return;
+            },
+            _ = draining.changed() => {}
         }
     }
 }
 
 /// Accepts connections on one listener's socket until aborted.
-async fn accept(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpListener) {
+async fn accept(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    tcp: TcpListener,
+    drain: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(s) => s,
@@ -79,12 +114,27 @@ async fn accept(shared: Arc<Shared>, listener: Arc<str>, tcp: TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("conn", %peer, listener = %listener);
-        tokio::spawn(connection(shared.clone(), listener.clone(), stream, peer).instrument(span));
+        tokio::spawn(
+            connection(
+                shared.clone(),
+                listener.clone(),
+                stream,
+                peer,
+                drain.clone(),
+            )
+            .instrument(span),
+        );
     }
 }
 
 /// Serves one accepted connection with the filter chain that matches it.
-async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+async fn connection(
+    shared: Arc<Shared>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    drain: watch::Receiver<bool>,
+) {
     let Ok(local) = stream.local_addr() else {
         return;
     };
@@ -114,7 +164,7 @@ async fn connection(shared: Arc<Shared>, listener: Arc<str>, stream: TcpStream, 
     };
     match filter {
         NetworkFilter::Http(hcm) => {
-            crate::http::serve_connection(shared, hcm, stream, peer, restored).await
+            crate::http::serve_connection(shared, hcm, stream, peer, restored, drain).await
         }
         NetworkFilter::Tcp(tcp) => crate::tcp::proxy(&shared, &tcp, stream, destination).await,
     }

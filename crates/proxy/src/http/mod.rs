@@ -32,6 +32,7 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::Shared;
 use crate::access_log::{Entry, millis};
@@ -117,13 +118,20 @@ struct Conn {
     state: Arc<ConnState>,
 }
 
-/// Serves HTTP on one accepted connection with the given connection manager.
+/// True once `drain` says so; false if its sender is gone without saying so.
+async fn drained(drain: &mut watch::Receiver<bool>) -> bool {
+    drain.wait_for(|d| *d).await.is_ok()
+}
+
+/// Serves HTTP on one accepted connection with the given connection manager, until it ends or
+/// drains.
 pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
     hcm: Arc<HttpListener>,
     stream: TcpStream,
     peer: SocketAddr,
     original_dst: Option<SocketAddr>,
+    mut drain: watch::Receiver<bool>,
 ) {
     let codec = hcm.codec;
     let limits = shared.limits;
@@ -165,9 +173,17 @@ pub(crate) async fn serve_connection(
         Codec::Http1 => builder = builder.http1_only(),
         Codec::Http2 => builder = builder.http2_only(),
     }
-    let result = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await;
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    // Draining (the listener went away, or `/drain_listeners`): HTTP/1.1 closes after the
+    // response in flight (`connection: close`), HTTP/2 sends GOAWAY and finishes its streams.
+    let result = tokio::select! {
+        result = serving.as_mut() => result,
+        true = drained(&mut drain) => {
+            serving.as_mut().graceful_shutdown();
+            serving.await
+        }
+    };
     if let Err(e) = &result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
