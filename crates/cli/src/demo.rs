@@ -3,7 +3,7 @@
 //! It starts, as child processes of its own (the same `strait` executable): the control plane on
 //! an embedded store in a fresh directory, the ingress gateway (`strait gateway`, selected by
 //! `istio: ingressgateway`) and Bookinfo's six workloads, each with its sidecar
-//! (`strait run`). It applies the project's own Bookinfo config (examples/bookinfo/*.yaml,
+//! (`strait run`: iptables capture as root, else none). It applies the project's own Bookinfo config (examples/bookinfo/*.yaml,
 //! embedded here), waits until `/productpage` answers through the gateway, prints the page's
 //! address and what to try next, and runs until Ctrl-C or SIGTERM. Then it stops the gateway and
 //! the pods (each `strait run` removes its registration, sidecar, namespace, veth and rules),

@@ -123,7 +123,8 @@ enum Command {
     /// Run an ingress gateway on the host's network, selected by Gateway resources' labels.
     Gateway(gateway::GatewayArgs),
     /// Bookinfo with sidecars behind an ingress gateway, with its own control plane, until
-    /// Ctrl-C: `strait demo [--proxy envoy]` (root: pods in network namespaces).
+    /// Ctrl-C: `strait demo [--proxy envoy]` (as root, pods in network namespaces with iptables
+    /// capture; otherwise on loopback addresses, the apps using their sidecars as HTTP proxies).
     Demo(demo::DemoArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
