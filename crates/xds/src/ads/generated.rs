@@ -142,6 +142,16 @@ pub(crate) fn set_version<'a>(
     hex(h.0)
 }
 
+/// The hash of one (name, version) entry of a set; a set's version can be the wrapping sum of
+/// its entries' hashes, kept as entries come and go instead of rehashing the whole set.
+pub(crate) fn entry_hash(name: &str, version: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.write(name.as_bytes());
+    h.write(&[0]);
+    h.write(version.as_bytes());
+    h.0
+}
+
 fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h = Fnv::new();
     for p in parts {

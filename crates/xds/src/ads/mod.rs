@@ -368,6 +368,11 @@ fn debounce(rx: std_mpsc::Receiver<Change>, inner: Weak<Inner>, options: AdsOpti
     }
 }
 
+/// Responses a stream queues for its client beyond the one being written: a slow client holds
+/// back its stream's task (which builds the next response only when there is room), not a pile
+/// of built responses.
+const RESPONSE_QUEUE: usize = 2;
+
 fn control_plane() -> ControlPlane {
     ControlPlane {
         identifier: "strait".to_string(),
@@ -388,7 +393,7 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
         tokio::spawn(stream::run::<sotw::Sotw>(
             self.inner.clone(),
@@ -404,7 +409,7 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
         tokio::spawn(stream::run::<delta::Delta>(
             self.inner.clone(),

@@ -81,6 +81,7 @@ impl Sotw {
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    type Pending = DiscoveryResponse;
 
     fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         req.node.as_ref()
@@ -88,6 +89,10 @@ impl Protocol for Sotw {
 
     fn type_url(req: &DiscoveryRequest) -> &str {
         &req.type_url
+    }
+
+    fn materialize(pending: DiscoveryResponse) -> DiscoveryResponse {
+        pending
     }
 
     fn on_request(
