@@ -14,8 +14,8 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use serde_json::json;
 use strait_api::parse::{Outcome, Source, parse_value};
-use strait_api::{Kind, Resource};
-use strait_registry::{Registry, VipRange, VipTable};
+use strait_api::{Kind, Resource, Spec};
+use strait_registry::{Endpoint, Registry, VipRange, VipTable};
 use strait_store::{Event, EventType, Key, Precondition, Store, StoreError};
 use strait_xds::ads::{AdsServer, Generator, Inputs};
 use strait_xds::translate::{translate, translate_hosts};
@@ -34,7 +34,7 @@ pub struct MeshState {
     pub registry: Registry,
     /// (address, WorkloadEntry name) of the registry's endpoints: a proxy at that address with
     /// that workload name has its own endpoints (and inbound ports) in the registry.
-    owners: HashSet<(IpAddr, String)>,
+    owners: Arc<HashSet<(IpAddr, String)>>,
     /// The latest changes, oldest first.
     log: VecDeque<Logged>,
 }
@@ -116,30 +116,22 @@ fn sorted(objects: &BTreeMap<Key, Arc<Resource>>) -> Arc<Vec<Arc<Resource>>> {
 }
 
 fn owners(registry: &Registry) -> HashSet<(IpAddr, String)> {
-    registry
-        .endpoints
-        .values()
-        .flatten()
-        .filter_map(|e| Some((e.address.parse().ok()?, e.workload.clone()?)))
-        .collect()
+    owner_pairs(registry.endpoints.values().map(|eps| &**eps))
 }
 
-/// What changed between two registries, if only endpoints did.
-fn endpoint_change(before: &Registry, after: &Registry) -> Option<EndpointChange> {
-    if before.services != after.services {
-        return None;
-    }
+/// What changed between two registries with the same services, looking at these endpoint
+/// lists only.
+fn endpoint_change_of<'k>(
+    before: &Registry,
+    after: &Registry,
+    keys: impl IntoIterator<Item = &'k (String, u16)>,
+) -> EndpointChange {
     let mut change = EndpointChange::default();
-    let empty = Vec::new();
-    let keys: BTreeSet<&(String, u16)> = before
-        .endpoints
-        .keys()
-        .chain(after.endpoints.keys())
-        .collect();
+    let empty = Arc::new(Vec::new());
     for key in keys {
         let old = before.endpoints.get(key).unwrap_or(&empty);
         let new = after.endpoints.get(key).unwrap_or(&empty);
-        if old != new {
+        if !Arc::ptr_eq(old, new) && old != new {
             change.hosts.insert(key.0.clone());
             let gone = old.iter().filter(|e| !new.contains(e));
             let came = new.iter().filter(|e| !old.contains(e));
@@ -148,7 +140,28 @@ fn endpoint_change(before: &Registry, after: &Registry) -> Option<EndpointChange
             }
         }
     }
-    Some(change)
+    change
+}
+
+/// A WorkloadEntry's namespace and labels.
+fn workload_labels(r: &Resource) -> Option<(&str, &BTreeMap<String, String>)> {
+    match &r.spec {
+        Spec::WorkloadEntry(w) => {
+            Some((strait_xds::snapshot::namespace_of(&r.metadata), &w.labels))
+        }
+        _ => None,
+    }
+}
+
+/// The (address, workload name) pairs of these endpoint lists.
+fn owner_pairs<'e>(
+    lists: impl IntoIterator<Item = &'e Vec<Endpoint>>,
+) -> HashSet<(IpAddr, String)> {
+    lists
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e.address.parse().ok()?, e.workload.clone()?)))
+        .collect()
 }
 
 impl Mesh {
@@ -180,7 +193,7 @@ impl Mesh {
             state: RwLock::new(Arc::new(MeshState {
                 snapshot: ConfigSnapshot::default(),
                 registry: Registry::default(),
-                owners: HashSet::new(),
+                owners: Arc::default(),
                 log: VecDeque::new(),
             })),
         };
@@ -221,6 +234,8 @@ impl Mesh {
     /// changed, or `None` if no event concerned the mesh.
     pub fn apply(&self, events: Vec<Event>) -> Option<(u64, bool)> {
         let mut changed: BTreeSet<Kind> = BTreeSet::new();
+        // The WorkloadEntries changed, before and after.
+        let mut workloads: Vec<Arc<Resource>> = Vec::new();
         let mut revision = 0;
         let before = self.current();
         let mut snapshot = before.snapshot.clone();
@@ -238,13 +253,15 @@ impl Mesh {
                     EventType::Deleted => None,
                     EventType::Added | EventType::Modified => parse(&key, event.object.value),
                 };
-                match parsed {
+                let (old, new) = match parsed {
                     Some(r) if r.kind == kind => {
-                        list.insert(key, Arc::new(r));
+                        let new = Arc::new(r);
+                        (list.insert(key, new.clone()), Some(new))
                     }
-                    _ => {
-                        list.remove(&key);
-                    }
+                    _ => (list.remove(&key), None),
+                };
+                if kind == Kind::WorkloadEntry {
+                    workloads.extend(old.into_iter().chain(new));
                 }
             }
             if changed.is_empty() {
@@ -255,18 +272,45 @@ impl Mesh {
             }
         }
         let endpoints_kinds = changed.iter().all(|k| *k == Kind::WorkloadEntry);
-        let endpoints_only = self.install(snapshot, Some(endpoints_kinds));
+        let endpoints_only = self.install(snapshot, endpoints_kinds.then_some(&workloads));
         Some((revision, endpoints_only))
     }
 
-    /// Builds the registry for `snapshot` and makes it current. `might_be_endpoints_only`: only
-    /// kinds that change nothing but endpoints changed since the current state (`None`: a full
-    /// rebuild). Returns whether the change was endpoint-only.
-    fn install(&self, snapshot: ConfigSnapshot, might_be_endpoints_only: Option<bool>) -> bool {
-        let registry = {
+    /// Builds the registry for `snapshot` and makes it current. `workloads`: when nothing but
+    /// WorkloadEntries changed since the current state, those (before and after); the registry
+    /// is then updated for them only. `None`: a full rebuild. Returns whether the change was
+    /// endpoint-only.
+    fn install(&self, snapshot: ConfigSnapshot, workloads: Option<&Vec<Arc<Resource>>>) -> bool {
+        let current = self.current();
+        let (registry, endpoints) = {
             let mut vips = self.vips.lock().expect("vip lock poisoned");
             let before = vips.to_json();
-            let registry = Registry::build(snapshot.all(), &mut vips, &self.config.domain_suffix);
+            let (registry, endpoints) = match workloads {
+                Some(workloads) => {
+                    let changed: Vec<_> = workloads
+                        .iter()
+                        .filter_map(|r| workload_labels(r))
+                        .collect();
+                    let (registry, hosts) = current.registry.with_workloads(
+                        snapshot.all(),
+                        &changed,
+                        &mut vips,
+                        &self.config.domain_suffix,
+                    );
+                    let keys: Vec<(String, u16)> = registry
+                        .endpoints
+                        .keys()
+                        .filter(|(h, _)| hosts.contains(h))
+                        .cloned()
+                        .collect();
+                    let change = endpoint_change_of(&current.registry, &registry, &keys);
+                    (registry, Some(change))
+                }
+                None => (
+                    Registry::build(snapshot.all(), &mut vips, &self.config.domain_suffix),
+                    None,
+                ),
+            };
             let after = vips.to_json();
             if after != before {
                 let value = json!({"metadata": {"name": "vips"}, "table": after});
@@ -277,13 +321,28 @@ impl Mesh {
                     }
                 }
             }
-            registry
+            (registry, endpoints)
+        };
+        // The owners change only if the changed hosts' (address, workload) pairs do.
+        let owners = match &endpoints {
+            Some(change) => {
+                let pairs = |r: &'_ Registry| -> HashSet<(IpAddr, String)> {
+                    owner_pairs(
+                        r.endpoints
+                            .iter()
+                            .filter(|((h, _), _)| change.hosts.contains(h))
+                            .map(|(_, eps)| &**eps),
+                    )
+                };
+                if pairs(&current.registry) == pairs(&registry) {
+                    current.owners.clone()
+                } else {
+                    Arc::new(owners(&registry))
+                }
+            }
+            None => Arc::new(owners(&registry)),
         };
         let mut state = self.state.write().expect("mesh state lock poisoned");
-        let endpoints = match might_be_endpoints_only {
-            Some(true) => endpoint_change(&state.registry, &registry),
-            _ => None,
-        };
         let endpoints_only = endpoints.is_some();
         let mut log = state.log.clone();
         log.push_back(Logged {
@@ -295,7 +354,7 @@ impl Mesh {
             log.pop_front();
         }
         *state = Arc::new(MeshState {
-            owners: owners(&registry),
+            owners,
             snapshot,
             registry,
             log,
