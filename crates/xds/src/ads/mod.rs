@@ -11,6 +11,7 @@
 mod delta;
 mod generated;
 mod metrics;
+mod service;
 mod sotw;
 mod state;
 mod stream;
@@ -21,9 +22,7 @@ use std::sync::{Arc, Mutex, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -32,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use generated::Encoded;
+pub use service::AdsService;
 
 use crate::{Proxy, TypeUrl, XdsResources};
 
@@ -252,10 +252,8 @@ impl AdsServer {
     }
 
     /// The tonic service to add to a tonic Server.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<impl AggregatedDiscoveryService> {
-        AggregatedDiscoveryServiceServer::new(Service {
-            inner: self.inner.clone(),
-        })
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.inner.clone())
     }
 
     /// Every connected proxy's sync state, in connection order.
