@@ -31,7 +31,7 @@ impl Subscription {
     /// Records that the client has `encoded` as `name`.
     fn have(
         &mut self,
-        sent: &mut BTreeMap<String, Arc<Encoded>>,
+        sent: &mut BTreeMap<Arc<str>, Arc<Encoded>>,
         name: &str,
         encoded: &Arc<Encoded>,
     ) {
@@ -45,13 +45,13 @@ impl Subscription {
             }
             None => {
                 add(&mut self.version);
-                sent.insert(name.to_string(), encoded.clone());
+                sent.insert(encoded.name.clone(), encoded.clone());
             }
         }
     }
 
     /// Records that the client no longer has `name`; whether it had it.
-    fn drop_have(&mut self, sent: &mut BTreeMap<String, Arc<Encoded>>, name: &str) -> bool {
+    fn drop_have(&mut self, sent: &mut BTreeMap<Arc<str>, Arc<Encoded>>, name: &str) -> bool {
         match sent.remove(name) {
             Some(old) => {
                 self.version = self.version.wrapping_sub(entry_hash(name, &old.version));
@@ -77,7 +77,7 @@ pub(crate) struct Delta {
 #[derive(Debug)]
 pub(crate) struct Pending {
     response: DeltaDiscoveryResponse,
-    resources: Vec<(String, Arc<Encoded>)>,
+    resources: Vec<Arc<Encoded>>,
 }
 
 impl Delta {
@@ -110,8 +110,8 @@ impl Delta {
                 let gone: Vec<String> = state
                     .sent
                     .keys()
-                    .filter(|n| !wanted(sub, n) || !all.contains_key(*n))
-                    .cloned()
+                    .filter(|n| !wanted(sub, n) || !all.contains_key(&***n))
+                    .map(|n| n.to_string())
                     .collect();
                 for name in &gone {
                     sub.drop_have(&mut state.sent, name);
@@ -126,10 +126,10 @@ impl Delta {
             }
             let has = match &initial {
                 Some(initial) => initial.get(name),
-                None => state.sent.get(name).map(|e| &e.version),
+                None => state.sent.get(name.as_str()).map(|e| &e.version),
             };
             if has != Some(&encoded.version) {
-                resources.push((name.clone(), encoded.clone()));
+                resources.push(encoded.clone());
             }
             // Also fills in what a reconnecting client already had.
             sub.have(&mut state.sent, name, encoded);
@@ -168,8 +168,8 @@ impl Delta {
                     if !wanted {
                         continue;
                     }
-                    if state.sent.get(name).map(|e| &e.version) != Some(&encoded.version) {
-                        resources.push((name.clone(), encoded.clone()));
+                    if state.sent.get(name.as_str()).map(|e| &e.version) != Some(&encoded.version) {
+                        resources.push(encoded.clone());
                     }
                     sub.have(&mut state.sent, name, encoded);
                 }
@@ -200,7 +200,7 @@ fn respond(
     ty: TypeUrl,
     state: &mut TypeState,
     sub: &Subscription,
-    resources: Vec<(String, Arc<Encoded>)>,
+    resources: Vec<Arc<Encoded>>,
     mut removed: Vec<String>,
     force: bool,
     nonces: &mut dyn FnMut() -> String,
@@ -212,10 +212,10 @@ fn respond(
         return Vec::new();
     }
     let version = format!("{:016x}", sub.version);
-    let mut chunks: Vec<Vec<(String, Arc<Encoded>)>> = vec![Vec::new()];
+    let mut chunks: Vec<Vec<Arc<Encoded>>> = vec![Vec::new()];
     let mut size = 0;
     for r in resources {
-        let bytes = r.1.resource.value.len() + r.0.len();
+        let bytes = r.resource.value.len() + r.name.len();
         if size + bytes > MAX_RESPONSE_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
             chunks.push(Vec::new());
             size = 0;
@@ -269,8 +269,8 @@ impl Protocol for Delta {
         response.resources = pending
             .resources
             .into_iter()
-            .map(|(name, encoded)| Resource {
-                name,
+            .map(|encoded| Resource {
+                name: encoded.name.to_string(),
                 version: encoded.version.clone(),
                 resource: Some(encoded.resource.clone()),
                 ..Default::default()
@@ -588,7 +588,11 @@ mod tests {
         assert_eq!(names_of(&out[0]), ["outbound|80||b.ns"]);
         assert_eq!(out[0].removed_resources, ["outbound|80|v1|b.ns"]);
         // The same as a full diff from scratch would conclude.
-        let sent: Vec<&String> = d.types[&TypeUrl::Endpoint].sent.keys().collect();
+        let sent: Vec<&str> = d.types[&TypeUrl::Endpoint]
+            .sent
+            .keys()
+            .map(|k| &**k)
+            .collect();
         assert_eq!(sent, ["outbound|80||a.ns", "outbound|80||b.ns"]);
         assert!(d.on_generated(&g2, &mut nonces, &mut ev).is_empty());
     }

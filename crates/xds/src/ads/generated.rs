@@ -11,6 +11,8 @@ use crate::{TypeUrl, XdsResources};
 /// One resource, packed, with the version of its bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
+    /// The resource's name, shared by every stream's record of what its client has.
+    pub name: Arc<str>,
     /// A hash of the encoded bytes: equal bytes, equal version.
     pub version: String,
     pub resource: Any,
@@ -51,7 +53,12 @@ impl Generated {
                 .into_iter()
                 .map(|(name, resource)| {
                     let version = hex(fnv1a(&[&resource.value]));
-                    (name, Arc::new(Encoded { version, resource }))
+                    let encoded = Encoded {
+                        name: name.as_str().into(),
+                        version,
+                        resource,
+                    };
+                    (name, Arc::new(encoded))
                 })
                 .collect();
         }

@@ -72,7 +72,10 @@ impl Sotw {
             ..Default::default()
         };
         let state = self.types.entry(ty).or_default();
-        state.sent = resources;
+        state.sent = resources
+            .values()
+            .map(|encoded| (encoded.name.clone(), encoded.clone()))
+            .collect();
         state.sent(ty, nonce, version, ev);
         response
     }

@@ -35,7 +35,7 @@ pub(crate) struct TypeState {
     /// The reason of the latest NACK, until the next ACK.
     pub nack: Option<String>,
     /// What the client has (as far as the server knows), by name.
-    pub sent: BTreeMap<String, Arc<Encoded>>,
+    pub sent: BTreeMap<Arc<str>, Arc<Encoded>>,
 }
 
 /// How a request relates to the responses of its type.
@@ -120,7 +120,11 @@ impl TypeState {
         SentType {
             version: self.sent_version.clone(),
             acked_version: self.acked_version.clone(),
-            resources: self.sent.clone(),
+            resources: self
+                .sent
+                .iter()
+                .map(|(name, encoded)| (name.to_string(), encoded.clone()))
+                .collect(),
         }
     }
 }
