@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use strait_api::core::service::{IntOrString, Protocol as L4Protocol, ServiceSpec};
 use strait_api::networking::service_entry::{Location, Resolution as SeResolution, ServiceEntry};
@@ -124,10 +125,111 @@ impl Registry {
         for (meta, spec) in entries {
             add_service_entry(&mut reg, meta, spec, &workloads, vips);
         }
-        for eps in reg.endpoints.values_mut() {
-            eps.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
-        }
+        sort_endpoints(&mut reg);
         reg
+    }
+
+    /// The registry [`Registry::build`] would return for `resources`, when this one was built
+    /// from the same resources except WorkloadEntries, and `changed` names the namespace and
+    /// labels of every WorkloadEntry that was added, removed or modified (before and after the
+    /// change). Only the services whose selectors pick one of them are looked at again; the
+    /// other endpoint lists are shared with `self`. Returns the new registry and the hosts
+    /// whose endpoints changed.
+    pub fn with_workloads<'r>(
+        &self,
+        resources: impl IntoIterator<Item = &'r Resource>,
+        changed: &[(&str, &BTreeMap<String, String>)],
+        vips: &mut VipTable,
+        domain_suffix: &str,
+    ) -> (Registry, Vec<String>) {
+        // An empty selector picks nothing for a Service, everything for a ServiceEntry.
+        let picks = |namespace: &str, selector: &BTreeMap<String, String>| {
+            changed
+                .iter()
+                .any(|(ns, labels)| *ns == namespace && selects(selector, labels))
+        };
+        let mut services: Vec<(&ObjectMeta, &ServiceSpec)> = Vec::new();
+        let mut entries: Vec<(&ObjectMeta, &ServiceEntry)> = Vec::new();
+        let mut all: Vec<Workload<'_>> = Vec::new();
+        for r in resources {
+            let namespace = namespace_of(&r.metadata);
+            match &r.spec {
+                Spec::Service(s) if !s.selector.is_empty() && picks(namespace, &s.selector) => {
+                    services.push((&r.metadata, s))
+                }
+                Spec::ServiceEntry(s)
+                    if s.endpoints.is_empty()
+                        && s.workload_selector
+                            .as_ref()
+                            .is_some_and(|sel| picks(namespace, &sel.labels)) =>
+                {
+                    entries.push((&r.metadata, s))
+                }
+                Spec::WorkloadEntry(w) => all.push(Workload {
+                    namespace,
+                    name: &r.metadata.name,
+                    spec: w,
+                }),
+                _ => {}
+            }
+        }
+        let key = |m: &&ObjectMeta| (namespace_of(m).to_string(), m.name.clone());
+        services.sort_by_key(|(m, _)| key(m));
+        entries.sort_by_key(|(m, _)| key(m));
+        // Only the workloads the affected services may select.
+        let selectors: Vec<(&str, &BTreeMap<String, String>)> = services
+            .iter()
+            .map(|(m, s)| (namespace_of(m), &s.selector))
+            .chain(entries.iter().filter_map(|(m, s)| {
+                Some((namespace_of(m), &s.workload_selector.as_ref()?.labels))
+            }))
+            .collect();
+        let workloads = Workloads::new(
+            all.into_iter()
+                .filter(|w| {
+                    selectors
+                        .iter()
+                        .any(|(ns, sel)| *ns == w.namespace && selects(sel, &w.spec.labels))
+                })
+                .collect(),
+        );
+        let mut scratch = Registry::default();
+        for (meta, spec) in services {
+            add_kube_service(&mut scratch, meta, spec, &workloads, vips, domain_suffix);
+        }
+        for (meta, spec) in entries {
+            add_service_entry(&mut scratch, meta, spec, &workloads, vips);
+        }
+        sort_endpoints(&mut scratch);
+        let mut reg = self.clone();
+        let mut hosts = Vec::new();
+        for (host, service) in &scratch.services {
+            // A host another definition won in the full build keeps that one's endpoints.
+            if self.services.get(host).map(|s| &s.origin) != Some(&service.origin) {
+                continue;
+            }
+            let mut differs = false;
+            for port in &service.ports {
+                let key = (host.clone(), port.number);
+                let Some(eps) = scratch.endpoints.get(&key) else {
+                    continue;
+                };
+                if reg.endpoints.get(&key) != Some(eps) {
+                    differs = true;
+                    reg.endpoints.insert(key, eps.clone());
+                }
+            }
+            if differs {
+                hosts.push(host.clone());
+            }
+        }
+        (reg, hosts)
+    }
+}
+
+fn sort_endpoints(reg: &mut Registry) {
+    for eps in reg.endpoints.values_mut() {
+        Arc::make_mut(eps).sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
     }
 }
 
@@ -255,7 +357,8 @@ fn add_kube_service(
                 })
                 .collect()
         };
-        reg.endpoints.insert((hostname.clone(), *number), eps);
+        reg.endpoints
+            .insert((hostname.clone(), *number), Arc::new(eps));
     }
 }
 
@@ -401,7 +504,8 @@ fn add_service_entry(
                     workload: None,
                 });
             }
-            reg.endpoints.insert((host.clone(), port.number), eps);
+            reg.endpoints
+                .insert((host.clone(), port.number), Arc::new(eps));
         }
     }
 }

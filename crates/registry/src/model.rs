@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The protocol of a service port, as Istio decides it: from `appProtocol`, else the port name's
 /// prefix (`http`, `http-web`, `grpc-x`, `tcp`, ...), else the ServiceEntry's `protocol`.
@@ -171,8 +172,9 @@ pub struct Endpoint {
 pub struct Registry {
     /// By host name.
     pub services: BTreeMap<String, Service>,
-    /// By (host name, service port number).
-    pub endpoints: BTreeMap<(String, u16), Vec<Endpoint>>,
+    /// By (host name, service port number). Shared: a registry updated for a few workloads
+    /// ([`Registry::with_workloads`]) shares the unchanged lists with the one before.
+    pub endpoints: BTreeMap<(String, u16), Arc<Vec<Endpoint>>>,
 }
 
 impl Registry {
@@ -186,7 +188,7 @@ impl Registry {
     pub fn endpoints(&self, hostname: &str, port: u16) -> &[Endpoint] {
         self.endpoints
             .get(&(hostname.to_string(), port))
-            .map_or(&[], Vec::as_slice)
+            .map_or(&[], |eps| eps.as_slice())
     }
 }
 

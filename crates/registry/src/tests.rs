@@ -1,6 +1,7 @@
 //! The registry built from Istio YAML.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use strait_api::parse::Outcome;
 use strait_api::{Resource, parse_bytes};
@@ -371,4 +372,154 @@ fn port_name_protocols_follow_istio() {
     assert_eq!(p("web", Some("http")), Protocol::Http);
     assert_eq!(p("http", Some("kubernetes.io/h2c")), Protocol::Http2);
     assert_eq!(p("x", Some("kubernetes.io/wss")), Protocol::Https);
+}
+
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec:
+  selector: {app: a}
+  ports: [{name: http, port: 80}, {name: tcp, port: 81}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec:
+  selector: {app: b}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b-vm, namespace: default}
+spec:
+  hosts: [b.vm.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: http, number: 80, protocol: HTTP}]
+  workloadSelector: {labels: {app: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b-again, namespace: default}
+spec:
+  hosts: [b.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: http, number: 80, protocol: HTTP}]
+  workloadSelector: {labels: {app: c}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a-1, namespace: default}
+spec: {address: 10.0.0.1, labels: {app: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b-1, namespace: default}
+spec: {address: 10.0.0.2, labels: {app: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a-other, namespace: other}
+spec: {address: 10.0.0.3, labels: {app: a}}
+"#;
+
+const WE_HEADER: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n";
+
+/// `WORKLOADS` with the WorkloadEntry `name` replaced by `spec` (removed when `None`), and the
+/// (namespace, labels) of the entry before and after.
+fn change_workload(before: &[Resource], name: &str, ns: &str, spec: Option<&str>) -> Vec<Resource> {
+    let mut after: Vec<Resource> = before
+        .iter()
+        .filter(|r| !(r.kind == strait_api::Kind::WorkloadEntry && r.name() == name))
+        .cloned()
+        .collect();
+    if let Some(spec) = spec {
+        let yaml =
+            format!("{WE_HEADER}metadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n");
+        after.extend(resources(&yaml));
+    }
+    after
+}
+
+#[test]
+fn an_update_for_some_workloads_equals_a_full_build() {
+    let before = resources(WORKLOADS);
+    let mut vips = VipTable::default();
+    let reg = Registry::build(&before, &mut vips, "cluster.local");
+    let labels = |rs: &[Resource],
+                  name: &str|
+     -> Vec<(String, std::collections::BTreeMap<String, String>)> {
+        rs.iter()
+            .filter(|r| r.kind == strait_api::Kind::WorkloadEntry && r.name() == name)
+            .filter_map(|r| match &r.spec {
+                strait_api::Spec::WorkloadEntry(w) => Some((
+                    r.metadata.namespace.clone().unwrap_or_default(),
+                    w.labels.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    let cases: [(&str, &str, Option<&str>, &[&str]); 6] = [
+        // A weight: only a's lists.
+        (
+            "a-1",
+            "default",
+            Some("{address: 10.0.0.1, labels: {app: a}, weight: 5}"),
+            &["a.default.svc.cluster.local"],
+        ),
+        // Moved from b to a: a, b and the ServiceEntry selecting b.
+        (
+            "b-1",
+            "default",
+            Some("{address: 10.0.0.2, labels: {app: a}}"),
+            &[
+                "a.default.svc.cluster.local",
+                "b.default.svc.cluster.local",
+                "b.vm.internal",
+            ],
+        ),
+        // Removed.
+        ("a-1", "default", None, &["a.default.svc.cluster.local"]),
+        // Added, selected by the ServiceEntry whose host the Service b won: only b's own.
+        (
+            "c-1",
+            "default",
+            Some("{address: 10.0.0.9, labels: {app: c}}"),
+            &[],
+        ),
+        // Added in another namespace: nothing selects it.
+        (
+            "b-2",
+            "other",
+            Some("{address: 10.0.0.8, labels: {app: b}}"),
+            &[],
+        ),
+        // Selected by nothing.
+        (
+            "x-1",
+            "default",
+            Some("{address: 10.0.0.7, labels: {app: x}}"),
+            &[],
+        ),
+    ];
+    for (name, ns, spec, hosts) in cases {
+        let after = change_workload(&before, name, ns, spec);
+        let mut changed = labels(&before, name);
+        changed.extend(labels(&after, name));
+        let changed: Vec<(&str, &std::collections::BTreeMap<String, String>)> =
+            changed.iter().map(|(n, l)| (n.as_str(), l)).collect();
+        let (updated, got_hosts) = reg.with_workloads(&after, &changed, &mut vips, "cluster.local");
+        let mut full_vips = vips.clone();
+        let full = Registry::build(&after, &mut full_vips, "cluster.local");
+        assert_eq!(updated, full, "{name} -> {spec:?}");
+        assert_eq!(got_hosts, hosts, "{name} -> {spec:?}");
+        // Unchanged lists are shared, not copied.
+        let key = ("b.vm.internal".to_string(), 80);
+        if !hosts.contains(&"b.vm.internal") {
+            assert!(Arc::ptr_eq(&reg.endpoints[&key], &updated.endpoints[&key]));
+        }
+    }
 }

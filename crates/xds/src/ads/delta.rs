@@ -1,28 +1,65 @@
 //! Incremental (Delta) ADS: responses carry only the resources that changed, and the names of
 //! those removed, with a version per resource.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
 use super::control_plane;
-use super::generated::{Generated, set_version};
+use super::generated::{Encoded, Generated, entry_hash};
 use super::state::{Events, Protocol, TypeState};
 use crate::TypeUrl;
 
-/// What the client subscribed to, and has, for one type.
+/// What the client subscribed to for one type. What it has is the type's
+/// [`TypeState::sent`]: what the server sent (ACKed or not: a NACKed resource is not resent
+/// until it changes), or, after a reconnect, what the client said it had and the server has too.
 #[derive(Debug, Default)]
 struct Subscription {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// The version of each resource the client has, as far as the server knows: what it sent
-    /// (ACKed or not: a NACKed resource is not resent until it changes), or what the client
-    /// said it had when it reconnected.
-    have: BTreeMap<String, String>,
     /// Subscribed names the server has no resource for, already told to the client as removed.
     told_absent: BTreeSet<String>,
+    /// The version of what the client has: the wrapping sum of [`entry_hash`] over
+    /// [`TypeState::sent`], kept as entries come and go (equal sets, equal version).
+    version: u64,
+}
+
+impl Subscription {
+    /// Records that the client has `encoded` as `name`.
+    fn have(
+        &mut self,
+        sent: &mut BTreeMap<Arc<str>, Arc<Encoded>>,
+        name: &str,
+        encoded: &Arc<Encoded>,
+    ) {
+        let add = |v: &mut u64| *v = v.wrapping_add(entry_hash(name, &encoded.version));
+        match sent.get_mut(name) {
+            Some(old) if old.version == encoded.version => *old = encoded.clone(),
+            Some(old) => {
+                self.version = self.version.wrapping_sub(entry_hash(name, &old.version));
+                add(&mut self.version);
+                *old = encoded.clone();
+            }
+            None => {
+                add(&mut self.version);
+                sent.insert(encoded.name.clone(), encoded.clone());
+            }
+        }
+    }
+
+    /// Records that the client no longer has `name`; whether it had it.
+    fn drop_have(&mut self, sent: &mut BTreeMap<Arc<str>, Arc<Encoded>>, name: &str) -> bool {
+        match sent.remove(name) {
+            Some(old) => {
+                self.version = self.version.wrapping_sub(entry_hash(name, &old.version));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// One Delta stream's state.
@@ -34,44 +71,68 @@ pub(crate) struct Delta {
     reconciled: Option<u64>,
 }
 
+/// A response to send, its resources still shared with the generation: they are copied into
+/// the message only when the stream is ready to send it ([`Delta::materialize`]), so a stream
+/// waiting on a slow client holds pointers, not copies.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    response: DeltaDiscoveryResponse,
+    resources: Vec<Arc<Encoded>>,
+}
+
 impl Delta {
     /// The response that brings the client from what it has to what it should have, if any
     /// (always one when `force`: the client waits for an answer to its first request).
+    /// `initial`: on a stream's first request of the type, the versions the client says it has.
     fn diff(
         &mut self,
         ty: TypeUrl,
         generated: &Generated,
-        force: bool,
+        initial: Option<HashMap<String, String>>,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<Pending> {
+        let force = initial.is_some();
         let state = self.types.entry(ty).or_default();
         let sub = self.subscriptions.entry(ty).or_default();
         let all = generated.get(ty);
-        let wanted = |name: &str| sub.wildcard || sub.names.contains(name);
+        let wanted = |sub: &Subscription, name: &str| sub.wildcard || sub.names.contains(name);
+        let mut removed: Vec<String> = Vec::new();
+        match &initial {
+            // What the client had that it should no longer have.
+            Some(initial) => removed.extend(
+                initial
+                    .keys()
+                    .filter(|n| !wanted(sub, n) || !all.contains_key(*n))
+                    .cloned(),
+            ),
+            None => {
+                let gone: Vec<String> = state
+                    .sent
+                    .keys()
+                    .filter(|n| !wanted(sub, n) || !all.contains_key(&***n))
+                    .map(|n| n.to_string())
+                    .collect();
+                for name in &gone {
+                    sub.drop_have(&mut state.sent, name);
+                }
+                removed = gone;
+            }
+        }
         let mut resources = Vec::new();
-        for (name, encoded) in all.iter().filter(|(n, _)| wanted(n)) {
-            if sub.have.get(name) != Some(&encoded.version) {
-                resources.push(Resource {
-                    name: name.clone(),
-                    version: encoded.version.clone(),
-                    resource: Some(encoded.resource.clone()),
-                    ..Default::default()
-                });
-                sub.have.insert(name.clone(), encoded.version.clone());
+        for (name, encoded) in all {
+            if !wanted(sub, name) {
+                continue;
+            }
+            let has = match &initial {
+                Some(initial) => initial.get(name),
+                None => state.sent.get(name.as_str()).map(|e| &e.version),
+            };
+            if has != Some(&encoded.version) {
+                resources.push(encoded.clone());
             }
             // Also fills in what a reconnecting client already had.
-            state.sent.insert(name.clone(), encoded.clone());
-        }
-        let mut removed: Vec<String> = sub
-            .have
-            .keys()
-            .filter(|n| !wanted(n) || !all.contains_key(*n))
-            .cloned()
-            .collect();
-        for name in &removed {
-            sub.have.remove(name);
-            state.sent.remove(name);
+            sub.have(&mut state.sent, name, encoded);
         }
         sub.told_absent
             .retain(|n| sub.names.contains(n) && !all.contains_key(n));
@@ -84,7 +145,7 @@ impl Delta {
         respond(ty, state, sub, resources, removed, force, nonces, ev)
     }
 
-    /// Like [`Delta::diff`] without `force`, for a generation whose only differences from the
+    /// Like [`Delta::diff`] without `initial`, for a generation whose only differences from the
     /// one this type was last brought up to date with are `changed`: looks at those names only.
     fn diff_changed(
         &mut self,
@@ -93,7 +154,7 @@ impl Delta {
         changed: &BTreeSet<String>,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<Pending> {
         let state = self.types.entry(ty).or_default();
         let sub = self.subscriptions.entry(ty).or_default();
         let all = generated.get(ty);
@@ -107,20 +168,13 @@ impl Delta {
                     if !wanted {
                         continue;
                     }
-                    if sub.have.get(name) != Some(&encoded.version) {
-                        resources.push(Resource {
-                            name: name.clone(),
-                            version: encoded.version.clone(),
-                            resource: Some(encoded.resource.clone()),
-                            ..Default::default()
-                        });
-                        sub.have.insert(name.clone(), encoded.version.clone());
+                    if state.sent.get(name.as_str()).map(|e| &e.version) != Some(&encoded.version) {
+                        resources.push(encoded.clone());
                     }
-                    state.sent.insert(name.clone(), encoded.clone());
+                    sub.have(&mut state.sent, name, encoded);
                 }
                 None => {
-                    if sub.have.remove(name).is_some() {
-                        state.sent.remove(name);
+                    if sub.drop_have(&mut state.sent, name) {
                         removed.push(name.clone());
                     }
                     if sub.names.contains(name) && sub.told_absent.insert(name.clone()) {
@@ -134,8 +188,9 @@ impl Delta {
 }
 
 /// Responses larger than this are split: a stream's gRPC encoder keeps a buffer as large as the
-/// largest message it sent, for as long as the stream lives.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// largest message it sent, for as long as the stream lives, and a stream's queued responses
+/// are held until the client reads them.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The responses with these changes, if any (always one when `force`): one, or several of at
 /// most [`MAX_RESPONSE_BYTES`] of resources each, the removals in the last. The client merges
@@ -145,22 +200,22 @@ fn respond(
     ty: TypeUrl,
     state: &mut TypeState,
     sub: &Subscription,
-    resources: Vec<Resource>,
+    resources: Vec<Arc<Encoded>>,
     mut removed: Vec<String>,
     force: bool,
     nonces: &mut dyn FnMut() -> String,
     ev: &mut Events,
-) -> Vec<DeltaDiscoveryResponse> {
+) -> Vec<Pending> {
     removed.sort();
     removed.dedup();
     if resources.is_empty() && removed.is_empty() && !force {
         return Vec::new();
     }
-    let version = set_version(sub.have.iter());
-    let mut chunks: Vec<Vec<Resource>> = vec![Vec::new()];
+    let version = format!("{:016x}", sub.version);
+    let mut chunks: Vec<Vec<Arc<Encoded>>> = vec![Vec::new()];
     let mut size = 0;
     for r in resources {
-        let bytes = r.resource.as_ref().map_or(0, |a| a.value.len()) + r.name.len();
+        let bytes = r.resource.value.len() + r.name.len();
         if size + bytes > MAX_RESPONSE_BYTES && !chunks.last().is_some_and(Vec::is_empty) {
             chunks.push(Vec::new());
             size = 0;
@@ -175,18 +230,20 @@ fn respond(
         .map(|(i, resources)| {
             let nonce = nonces();
             state.sent(ty, nonce.clone(), version.clone(), ev);
-            DeltaDiscoveryResponse {
-                system_version_info: version.clone(),
-                resources,
-                type_url: ty.as_str().to_string(),
-                removed_resources: if i == last {
-                    std::mem::take(&mut removed)
-                } else {
-                    Vec::new()
+            Pending {
+                response: DeltaDiscoveryResponse {
+                    system_version_info: version.clone(),
+                    type_url: ty.as_str().to_string(),
+                    removed_resources: if i == last {
+                        std::mem::take(&mut removed)
+                    } else {
+                        Vec::new()
+                    },
+                    nonce,
+                    control_plane: Some(control_plane()),
+                    ..Default::default()
                 },
-                nonce,
-                control_plane: Some(control_plane()),
-                ..Default::default()
+                resources,
             }
         })
         .collect()
@@ -195,6 +252,7 @@ fn respond(
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    type Pending = Pending;
 
     fn node(
         req: &DeltaDiscoveryRequest,
@@ -206,6 +264,21 @@ impl Protocol for Delta {
         &req.type_url
     }
 
+    fn materialize(pending: Pending) -> DeltaDiscoveryResponse {
+        let mut response = pending.response;
+        response.resources = pending
+            .resources
+            .into_iter()
+            .map(|encoded| Resource {
+                name: encoded.name.to_string(),
+                version: encoded.version.clone(),
+                resource: Some(encoded.resource.clone()),
+                ..Default::default()
+            })
+            .collect();
+        response
+    }
+
     fn on_request(
         &mut self,
         ty: TypeUrl,
@@ -213,7 +286,7 @@ impl Protocol for Delta {
         generated: &Generated,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<Pending> {
         let state = self.types.entry(ty).or_default();
         let first = !state.started;
         state.started = true;
@@ -227,7 +300,6 @@ impl Protocol for Delta {
             return Vec::new();
         }
         if first {
-            sub.have = req.initial_resource_versions.into_iter().collect();
             // The legacy wildcard: Listeners and Clusters asked for with no names.
             sub.wildcard = req.resource_names_subscribe.is_empty()
                 && matches!(ty, TypeUrl::Cluster | TypeUrl::Listener);
@@ -239,8 +311,7 @@ impl Protocol for Delta {
             }
             if !first {
                 // The client may have dropped it: answer with it even if it was sent before.
-                sub.have.remove(&name);
-                state.sent.remove(&name);
+                sub.drop_have(&mut state.sent, &name);
             }
             sub.told_absent.remove(&name);
             sub.names.insert(name);
@@ -253,11 +324,11 @@ impl Protocol for Delta {
             sub.names.remove(&name);
             sub.told_absent.remove(&name);
             if !sub.wildcard {
-                sub.have.remove(&name);
-                state.sent.remove(&name);
+                sub.drop_have(&mut state.sent, &name);
             }
         }
-        let out = self.diff(ty, generated, first, nonces, ev);
+        let initial = first.then_some(req.initial_resource_versions);
+        let out = self.diff(ty, generated, initial, nonces, ev);
         self.reconciled = Some(generated.id());
         out
     }
@@ -267,7 +338,7 @@ impl Protocol for Delta {
         generated: &Generated,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<Pending> {
         let started: Vec<TypeUrl> = TypeUrl::ALL
             .into_iter()
             .filter(|ty| self.types.get(ty).is_some_and(|t| t.started))
@@ -282,7 +353,7 @@ impl Protocol for Delta {
             .flat_map(
                 |ty| match base.and_then(|base| generated.changed_since(base, ty)) {
                     Some(changed) => self.diff_changed(ty, generated, changed, nonces, ev),
-                    None => self.diff(ty, generated, false, nonces, ev),
+                    None => self.diff(ty, generated, None, nonces, ev),
                 },
             )
             .collect()
@@ -334,6 +405,16 @@ mod tests {
         }
     }
 
+    trait Built {
+        fn built(self) -> Vec<DeltaDiscoveryResponse>;
+    }
+
+    impl Built for Vec<Pending> {
+        fn built(self) -> Vec<DeltaDiscoveryResponse> {
+            self.into_iter().map(Delta::materialize).collect()
+        }
+    }
+
     fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
         r.resources.iter().map(|r| r.name.as_str()).collect()
     }
@@ -348,14 +429,17 @@ mod tests {
         };
         let mut ev = Events::default();
         let g1 = generated(&[("a", ""), ("b", ""), ("c", "")], &[]);
-        let out = d.on_request(
-            TypeUrl::Cluster,
-            req(TypeUrl::Cluster, &[], &[], ""),
-            &g1,
-            &mut nonces,
-            &mut ev,
-        );
+        let out = d
+            .on_request(
+                TypeUrl::Cluster,
+                req(TypeUrl::Cluster, &[], &[], ""),
+                &g1,
+                &mut nonces,
+                &mut ev,
+            )
+            .built();
         assert_eq!(names(&out[0]), ["a", "b", "c"]);
+        let g1_version = out[0].system_version_info.clone();
         assert!(
             d.on_request(
                 TypeUrl::Cluster,
@@ -370,10 +454,23 @@ mod tests {
         assert!(d.on_generated(&g1, &mut nonces, &mut ev).is_empty());
 
         let g2 = generated(&[("a", ""), ("b", "changed")], &[]);
-        let out = d.on_generated(&g2, &mut nonces, &mut ev);
+        let out = d.on_generated(&g2, &mut nonces, &mut ev).built();
         assert_eq!(names(&out[0]), ["b"]);
         assert_eq!(out[0].removed_resources, ["c"]);
         assert_eq!(d.types[&TypeUrl::Cluster].sent.len(), 2);
+        // The set's version, kept incrementally, is the one a new stream computes for it.
+        let mut fresh = Delta::default();
+        let whole = fresh
+            .on_request(
+                TypeUrl::Cluster,
+                req(TypeUrl::Cluster, &[], &[], ""),
+                &g2,
+                &mut nonces,
+                &mut ev,
+            )
+            .built();
+        assert_eq!(whole[0].system_version_info, out[0].system_version_info);
+        assert_ne!(whole[0].system_version_info, g1_version);
     }
 
     #[test]
@@ -394,29 +491,35 @@ mod tests {
             ("gone".to_string(), "1".to_string()),
         ]
         .into();
-        let out = d.on_request(TypeUrl::Cluster, first, &g, &mut nonces, &mut ev);
+        let out = d
+            .on_request(TypeUrl::Cluster, first, &g, &mut nonces, &mut ev)
+            .built();
         assert_eq!(names(&out[0]), ["b"]);
         assert_eq!(out[0].removed_resources, ["gone"]);
 
         // Named: the missing one is reported removed once.
-        let out = d.on_request(
-            TypeUrl::Endpoint,
-            req(TypeUrl::Endpoint, &["x", "z"], &[], ""),
-            &g,
-            &mut nonces,
-            &mut ev,
-        );
+        let out = d
+            .on_request(
+                TypeUrl::Endpoint,
+                req(TypeUrl::Endpoint, &["x", "z"], &[], ""),
+                &g,
+                &mut nonces,
+                &mut ev,
+            )
+            .built();
         assert_eq!(names(&out[0]), ["x"]);
         assert_eq!(out[0].removed_resources, ["z"]);
         assert!(d.on_generated(&g, &mut nonces, &mut ev).is_empty());
         // Subscribing again to what it has: sent again (the client may have dropped it).
-        let out = d.on_request(
-            TypeUrl::Endpoint,
-            req(TypeUrl::Endpoint, &["x", "y"], &["z"], ""),
-            &g,
-            &mut nonces,
-            &mut ev,
-        );
+        let out = d
+            .on_request(
+                TypeUrl::Endpoint,
+                req(TypeUrl::Endpoint, &["x", "y"], &["z"], ""),
+                &g,
+                &mut nonces,
+                &mut ev,
+            )
+            .built();
         assert_eq!(names(&out[0]), ["x", "y"]);
         // Unsubscribed: no longer pushed.
         d.on_request(
@@ -427,7 +530,7 @@ mod tests {
             &mut ev,
         );
         let g2 = generated(&[("a", ""), ("b", "")], &[]);
-        let out = d.on_generated(&g2, &mut nonces, &mut ev);
+        let out = d.on_generated(&g2, &mut nonces, &mut ev).built();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].removed_resources, ["y"]);
     }
@@ -463,13 +566,15 @@ mod tests {
             "outbound|80|v1|b.ns",
             "x",
         ];
-        let out = d.on_request(
-            TypeUrl::Endpoint,
-            req(TypeUrl::Endpoint, &names, &[], ""),
-            &g1,
-            &mut nonces,
-            &mut ev,
-        );
+        let out = d
+            .on_request(
+                TypeUrl::Endpoint,
+                req(TypeUrl::Endpoint, &names, &[], ""),
+                &g1,
+                &mut nonces,
+                &mut ev,
+            )
+            .built();
         assert_eq!(out[0].resources.len(), 3);
         assert_eq!(out[0].removed_resources, ["x"]);
 
@@ -479,11 +584,15 @@ mod tests {
             .endpoints
             .insert("outbound|80||b.ns".into(), cla("outbound|80||b.ns", 2));
         let g2 = g1.with_hosts(&partial, &["b.ns".to_string()].into());
-        let out = d.on_generated(&g2, &mut nonces, &mut ev);
+        let out = d.on_generated(&g2, &mut nonces, &mut ev).built();
         assert_eq!(names_of(&out[0]), ["outbound|80||b.ns"]);
         assert_eq!(out[0].removed_resources, ["outbound|80|v1|b.ns"]);
         // The same as a full diff from scratch would conclude.
-        let sent: Vec<&String> = d.types[&TypeUrl::Endpoint].sent.keys().collect();
+        let sent: Vec<&str> = d.types[&TypeUrl::Endpoint]
+            .sent
+            .keys()
+            .map(|k| &**k)
+            .collect();
         assert_eq!(sent, ["outbound|80||a.ns", "outbound|80||b.ns"]);
         assert!(d.on_generated(&g2, &mut nonces, &mut ev).is_empty());
     }
@@ -503,7 +612,9 @@ mod tests {
         let mut d = Delta::default();
         let mut first = req(TypeUrl::Cluster, &[], &[], "");
         first.initial_resource_versions = [("gone".to_string(), "1".to_string())].into();
-        let out = d.on_request(TypeUrl::Cluster, first, &g, &mut nonces, &mut ev);
+        let out = d
+            .on_request(TypeUrl::Cluster, first, &g, &mut nonces, &mut ev)
+            .built();
         let sizes: Vec<usize> = out.iter().map(|r| r.resources.len()).collect();
         assert_eq!(sizes, [1, 1, 2]);
         assert!(out[..2].iter().all(|r| r.removed_resources.is_empty()));

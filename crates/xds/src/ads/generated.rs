@@ -11,6 +11,8 @@ use crate::{TypeUrl, XdsResources};
 /// One resource, packed, with the version of its bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
+    /// The resource's name, shared by every stream's record of what its client has.
+    pub name: Arc<str>,
     /// A hash of the encoded bytes: equal bytes, equal version.
     pub version: String,
     pub resource: Any,
@@ -51,7 +53,12 @@ impl Generated {
                 .into_iter()
                 .map(|(name, resource)| {
                     let version = hex(fnv1a(&[&resource.value]));
-                    (name, Arc::new(Encoded { version, resource }))
+                    let encoded = Encoded {
+                        name: name.as_str().into(),
+                        version,
+                        resource,
+                    };
+                    (name, Arc::new(encoded))
                 })
                 .collect();
         }
@@ -140,6 +147,16 @@ pub(crate) fn set_version<'a>(
         h.write(&[0]);
     }
     hex(h.0)
+}
+
+/// The hash of one (name, version) entry of a set; a set's version can be the wrapping sum of
+/// its entries' hashes, kept as entries come and go instead of rehashing the whole set.
+pub(crate) fn entry_hash(name: &str, version: &str) -> u64 {
+    let mut h = Fnv::new();
+    h.write(name.as_bytes());
+    h.write(&[0]);
+    h.write(version.as_bytes());
+    h.0
 }
 
 fn fnv1a(parts: &[&[u8]]) -> u64 {

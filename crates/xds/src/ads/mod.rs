@@ -11,6 +11,7 @@
 mod delta;
 mod generated;
 mod metrics;
+mod service;
 mod sotw;
 mod state;
 mod stream;
@@ -21,9 +22,7 @@ use std::sync::{Arc, Mutex, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -32,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 pub use generated::Encoded;
+pub use service::AdsService;
 
 use crate::{Proxy, TypeUrl, XdsResources};
 
@@ -252,10 +252,8 @@ impl AdsServer {
     }
 
     /// The tonic service to add to a tonic Server.
-    pub fn service(&self) -> AggregatedDiscoveryServiceServer<impl AggregatedDiscoveryService> {
-        AggregatedDiscoveryServiceServer::new(Service {
-            inner: self.inner.clone(),
-        })
+    pub fn service(&self) -> AdsService {
+        AdsService::new(self.inner.clone())
     }
 
     /// Every connected proxy's sync state, in connection order.
@@ -368,6 +366,11 @@ fn debounce(rx: std_mpsc::Receiver<Change>, inner: Weak<Inner>, options: AdsOpti
     }
 }
 
+/// Responses a stream queues for its client beyond the one being written: a slow client holds
+/// back its stream's task (which builds the next response only when there is room), not a pile
+/// of built responses.
+const RESPONSE_QUEUE: usize = 2;
+
 fn control_plane() -> ControlPlane {
     ControlPlane {
         identifier: "strait".to_string(),
@@ -388,7 +391,7 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
         tokio::spawn(stream::run::<sotw::Sotw>(
             self.inner.clone(),
@@ -404,7 +407,7 @@ impl AggregatedDiscoveryService for Service {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
         tokio::spawn(stream::run::<delta::Delta>(
             self.inner.clone(),

@@ -72,7 +72,10 @@ impl Sotw {
             ..Default::default()
         };
         let state = self.types.entry(ty).or_default();
-        state.sent = resources;
+        state.sent = resources
+            .values()
+            .map(|encoded| (encoded.name.clone(), encoded.clone()))
+            .collect();
         state.sent(ty, nonce, version, ev);
         response
     }
@@ -81,6 +84,7 @@ impl Sotw {
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    type Pending = DiscoveryResponse;
 
     fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
         req.node.as_ref()
@@ -88,6 +92,10 @@ impl Protocol for Sotw {
 
     fn type_url(req: &DiscoveryRequest) -> &str {
         &req.type_url
+    }
+
+    fn materialize(pending: DiscoveryResponse) -> DiscoveryResponse {
+        pending
     }
 
     fn on_request(

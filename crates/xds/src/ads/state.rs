@@ -35,7 +35,7 @@ pub(crate) struct TypeState {
     /// The reason of the latest NACK, until the next ACK.
     pub nack: Option<String>,
     /// What the client has (as far as the server knows), by name.
-    pub sent: BTreeMap<String, Arc<Encoded>>,
+    pub sent: BTreeMap<Arc<str>, Arc<Encoded>>,
 }
 
 /// How a request relates to the responses of its type.
@@ -120,7 +120,11 @@ impl TypeState {
         SentType {
             version: self.sent_version.clone(),
             acked_version: self.acked_version.clone(),
-            resources: self.sent.clone(),
+            resources: self
+                .sent
+                .iter()
+                .map(|(name, encoded)| (name.to_string(), encoded.clone()))
+                .collect(),
         }
     }
 }
@@ -129,9 +133,15 @@ impl TypeState {
 pub(crate) trait Protocol: Default + Send + 'static {
     type Request: Send + 'static;
     type Response: Send + 'static;
+    /// A response decided but not built yet: built with [`Protocol::materialize`] when the
+    /// stream can send it.
+    type Pending: Send + 'static;
 
     fn node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
     fn type_url(req: &Self::Request) -> &str;
+
+    /// Builds a response to send.
+    fn materialize(pending: Self::Pending) -> Self::Response;
 
     /// Handles a request of type `ty`; returns the responses to send, in order.
     fn on_request(
@@ -141,7 +151,7 @@ pub(crate) trait Protocol: Default + Send + 'static {
         generated: &Generated,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<Self::Response>;
+    ) -> Vec<Self::Pending>;
 
     /// The proxy's resources were regenerated: returns the pushes, CDS before EDS, LDS before RDS.
     fn on_generated(
@@ -149,7 +159,7 @@ pub(crate) trait Protocol: Default + Send + 'static {
         generated: &Generated,
         nonces: &mut dyn FnMut() -> String,
         ev: &mut Events,
-    ) -> Vec<Self::Response>;
+    ) -> Vec<Self::Pending>;
 
     fn types(&self) -> &BTreeMap<TypeUrl, TypeState>;
 

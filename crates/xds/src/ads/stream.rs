@@ -180,7 +180,7 @@ async fn serve<P: Protocol>(
                         let out = c.protocol.on_generated(&c.generated, &mut || inner.nonce(), &mut ev);
                         (out, c.protocol.awaiting())
                     };
-                    if !send_all(&tx, responses).await {
+                    if !send_all::<P>(&tx, responses).await {
                         break;
                     }
                     record(&inner, &ev);
@@ -209,7 +209,7 @@ async fn serve<P: Protocol>(
                     .on_request(ty, request, &c.generated, &mut || inner.nonce(), &mut ev);
             (out, c.protocol.awaiting(), c.revision)
         };
-        if !send_all(&tx, responses).await {
+        if !send_all::<P>(&tx, responses).await {
             break;
         }
         record(&inner, &ev);
@@ -299,11 +299,16 @@ fn shape_slot(inner: &Inner, shape: &str) -> Arc<tokio::sync::Mutex<Shared>> {
     slot
 }
 
-async fn send_all<R>(tx: &mpsc::Sender<Result<R, Status>>, responses: Vec<R>) -> bool {
-    for response in responses {
-        if tx.send(Ok(response)).await.is_err() {
+/// Sends the responses in order, each built only once the channel has room for it.
+async fn send_all<P: Protocol>(
+    tx: &mpsc::Sender<Result<P::Response, Status>>,
+    responses: Vec<P::Pending>,
+) -> bool {
+    for pending in responses {
+        let Ok(permit) = tx.reserve().await else {
             return false;
-        }
+        };
+        permit.send(Ok(P::materialize(pending)));
     }
     true
 }

@@ -141,8 +141,8 @@ pub fn bookinfo_registry() -> Registry {
         let eps = versions
             .iter()
             .map(|(v, ip)| endpoint(ip, 9080, &[("app", name), ("version", v)]))
-            .collect();
-        r.endpoints.insert((svc.hostname.clone(), 9080), eps);
+            .collect::<Vec<_>>();
+        r.endpoints.insert((svc.hostname.clone(), 9080), eps.into());
         r.services.insert(svc.hostname.clone(), svc);
     }
     r
@@ -495,7 +495,8 @@ pub fn tcp_echo_registry() -> Registry {
             vec![
                 endpoint("10.1.0.40", port, &[("app", "tcp-echo"), ("version", "v1")]),
                 endpoint("10.1.0.41", port, &[("app", "tcp-echo"), ("version", "v2")]),
-            ],
+            ]
+            .into(),
         );
     }
     r.services.insert(svc.hostname.clone(), svc);
