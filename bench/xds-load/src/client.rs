@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use prost::Message;
-use strait_xds::{CaptureMode, Proxy, ProxyRole, TypeUrl};
+use strait_xds_core::{CaptureMode, Proxy, ProxyRole, TypeUrl};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use strait_xds::translate::outbound_cluster_name;
+use strait_xds_core::names::outbound_cluster_name;
 
 use crate::api::{self, Api, Histogram};
 use crate::client::{Client, Observed};

@@ -24,8 +24,9 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::client::{Client, Connection};
-use crate::run::{Capture, is_root};
+use crate::run::is_root;
 use crate::sidecar::ProxyKind;
+use strait_xds_core::CaptureMode;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -36,7 +37,7 @@ pub struct DemoArgs {
     /// a network namespace of its own) or none (the default otherwise: each pod on loopback
     /// addresses of its own, the apps using their sidecars as HTTP proxies).
     #[arg(long, value_enum)]
-    pub capture: Option<Capture>,
+    pub capture: Option<CaptureMode>,
     /// The address the ingress gateway listens on: the page is http://LISTEN:8080/productpage.
     #[arg(long, default_value = "127.0.0.1")]
     pub listen: Ipv4Addr,
@@ -239,13 +240,13 @@ fn on_path(tool: &str) -> bool {
 
 /// The capture mode the pods get: the flag, else iptables for root and none otherwise; and what
 /// that mode needs on this machine.
-fn check_platform(capture: Option<Capture>) -> Result<Capture> {
+fn check_platform(capture: Option<CaptureMode>) -> Result<CaptureMode> {
     let capture = capture.unwrap_or(if is_root() {
-        Capture::Iptables
+        CaptureMode::Iptables
     } else {
-        Capture::None
+        CaptureMode::None
     });
-    if capture == Capture::Iptables && !is_root() {
+    if capture == CaptureMode::Iptables && !is_root() {
         bail!(
             "--capture iptables runs Bookinfo's pods in network namespaces with iptables capture, \
              which needs root: run it as root (`sudo strait demo`, or `bash scripts/run.sh` as \
@@ -253,12 +254,12 @@ fn check_platform(capture: Option<Capture>) -> Result<Capture> {
         );
     }
     let tools: &[(&str, &str)] = match capture {
-        Capture::Iptables => &[
+        CaptureMode::Iptables => &[
             ("ip", "iproute2"),
             ("iptables-restore", "iptables"),
             ("setpriv", "util-linux"),
         ],
-        Capture::None => &[("setpriv", "util-linux")],
+        CaptureMode::None => &[("setpriv", "util-linux")],
     };
     for (tool, package) in tools {
         if !on_path(tool) {
@@ -344,7 +345,7 @@ struct Demo {
     bins: Binaries,
     dir: PathBuf,
     proxy: ProxyKind,
-    capture: Capture,
+    capture: CaptureMode,
     control_plane: Option<Proc>,
     children: Vec<Proc>,
 }
@@ -524,8 +525,8 @@ impl Demo {
         self.children.push(gw);
         let bookinfo = self.bins.bookinfo.display().to_string();
         let capture = match self.capture {
-            Capture::Iptables => "iptables",
-            Capture::None => "none",
+            CaptureMode::Iptables => "iptables",
+            CaptureMode::None => "none",
         };
         for w in &WORKLOADS {
             let labels = format!("app={},version={}", w.service, w.version);
@@ -563,8 +564,8 @@ impl Demo {
                 ProxyKind::Envoy => "Envoy",
             },
             match self.capture {
-                Capture::Iptables => "iptables capture",
-                Capture::None => "no capture: the apps use their sidecars as HTTP proxies",
+                CaptureMode::Iptables => "iptables capture",
+                CaptureMode::None => "no capture: the apps use their sidecars as HTTP proxies",
             }
         );
 

@@ -1,13 +1,15 @@
 //! `strait gateway`: a proxy in the gateway role on the host's network, selected by Gateway
 //! resources through its labels (Istio's `istio: ingressgateway` by default).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use strait_xds::{CaptureMode, Proxy, ProxyRole};
+use strait_xds_core::flags::parse_label;
+use strait_xds_core::{CaptureMode, Proxy, ProxyRole};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::client::Connection;
@@ -22,8 +24,8 @@ pub struct GatewayArgs {
     #[arg(short = 'n', long, default_value = "istio-system")]
     pub namespace: String,
     /// The labels Gateway resources select it by.
-    #[arg(long, value_delimiter = ',', default_value = "istio=ingressgateway")]
-    pub labels: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_label, default_value = "istio=ingressgateway")]
+    pub labels: Vec<(String, String)>,
     /// The address the gateway's listeners bind (the ports come from the Gateway resources).
     #[arg(long, default_value = "127.0.0.1")]
     pub listen: IpAddr,
@@ -48,7 +50,7 @@ pub fn run(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
 }
 
 async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
-    let labels = run::parse_pairs(&args.labels, "label", "--labels istio=ingressgateway")?;
+    let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
     let IpAddr::V4(listen) = args.listen else {
         bail!("--listen {}: the local platform is IPv4 only", args.listen);
     };
@@ -121,7 +123,11 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
             "strait: gateway {}.{} listens on {listen} (admin {admin}); Gateway resources select it by {}",
             args.name,
             args.namespace,
-            args.labels.join(",")
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;

@@ -11,6 +11,7 @@ mod gateway;
 mod input;
 mod output;
 mod proxies;
+mod readiness;
 mod resources;
 mod run;
 mod sidecar;
@@ -176,8 +177,8 @@ fn main() -> ExitCode {
             xds_addr,
             debounce: std::time::Duration::from_millis(debounce_ms),
             outbound_policy: match outbound_traffic_policy {
-                OutboundPolicyArg::AllowAny => strait_xds::OutboundPolicy::AllowAny,
-                OutboundPolicyArg::RegistryOnly => strait_xds::OutboundPolicy::RegistryOnly,
+                OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,
+                OutboundPolicyArg::RegistryOnly => strait_translate::OutboundPolicy::RegistryOnly,
             },
             vip_range,
         }),

@@ -1,14 +1,14 @@
 //! `strait bootstrap`, `strait proxy-status`, `strait proxy-config`.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
-use strait_xds::bootstrap::{BootstrapOptions, envoy_bootstrap};
-use strait_xds::{CaptureMode, Proxy, ProxyRole};
+use strait_translate::bootstrap::{BootstrapOptions, envoy_bootstrap};
+use strait_xds_core::flags::DEFAULT_XDS;
+use strait_xds_core::{ProxyFlags, XdsApi};
 
 use crate::GetFormat;
 use crate::client::Connection;
@@ -17,61 +17,7 @@ use crate::control_plane;
 #[derive(Subcommand)]
 pub enum BootstrapTarget {
     /// An Envoy bootstrap that connects to this control plane over ADS.
-    Envoy(ProxyArgs),
-}
-
-/// Who a proxy is: the same flags for `strait bootstrap envoy` and `strait-proxy`.
-#[derive(clap::Args, Clone)]
-pub struct ProxyArgs {
-    /// The workload (pod) name.
-    #[arg(long)]
-    pub workload: String,
-    #[arg(long, default_value = "default")]
-    pub namespace: String,
-    /// The workload's address.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub address: IpAddr,
-    #[arg(long, value_enum, default_value = "sidecar")]
-    pub role: RoleArg,
-    /// The workload's labels: `app=reviews,version=v1`.
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
-    /// How traffic reaches the proxy: iptables capture, or none (HTTP proxy on ADDRESS:15080).
-    #[arg(long, value_enum, default_value = "iptables")]
-    pub capture: CaptureArg,
-    #[arg(long, default_value = "default")]
-    pub service_account: String,
-    /// Where the app serves, when not on 127.0.0.1 (without capture, apps on one machine need
-    /// addresses of their own): the proxy's inbound traffic goes there.
-    #[arg(long)]
-    pub app_address: Option<IpAddr>,
-    /// The control plane's xDS address (default: the one the local control plane recorded).
-    #[arg(long)]
-    pub xds: Option<SocketAddr>,
-    /// The proxy's admin address.
-    #[arg(long, default_value = "127.0.0.1:15000")]
-    pub admin: SocketAddr,
-    /// The ADS flavour.
-    #[arg(long, value_enum, default_value = "delta")]
-    pub api: ApiArg,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    Sidecar,
-    Gateway,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum CaptureArg {
-    Iptables,
-    None,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ApiArg {
-    Delta,
-    Sotw,
+    Envoy(ProxyFlags),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,55 +39,19 @@ impl ConfigKind {
     }
 }
 
-fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
-    labels
-        .iter()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| {
-                    anyhow!("label {l:?} is not KEY=VALUE: write --labels app=reviews,version=v1")
-                })
-        })
-        .collect()
-}
-
-impl ProxyArgs {
-    pub fn proxy(&self) -> Result<Proxy> {
-        let role = match self.role {
-            RoleArg::Sidecar => ProxyRole::Sidecar,
-            RoleArg::Gateway => ProxyRole::Gateway,
-        };
-        Ok(Proxy {
-            id: Proxy::node_id(role, self.address, &self.workload, &self.namespace),
-            role,
-            ip: self.address,
-            workload: self.workload.clone(),
-            namespace: self.namespace.clone(),
-            labels: parse_labels(&self.labels)?,
-            capture: match self.capture {
-                CaptureArg::Iptables => CaptureMode::Iptables,
-                CaptureArg::None => CaptureMode::None,
-            },
-            service_account: self.service_account.clone(),
-            app_address: self.app_address,
-        })
+/// The xDS address for a proxy: its flag, else the local control plane's, else
+/// 127.0.0.1:15010.
+pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<SocketAddr> {
+    if let Some(a) = flags.xds {
+        return Ok(a);
     }
-
-    /// The xDS address: the flag, else the local control plane's, else 127.0.0.1:15010.
-    pub fn xds_addr(&self, conn: &Connection) -> Result<SocketAddr> {
-        if let Some(a) = self.xds {
-            return Ok(a);
-        }
-        let file = control_plane::data_dir(conn.data_dir.as_deref()).join(control_plane::XDS_FILE);
-        match std::fs::read_to_string(&file) {
-            Ok(text) => text
-                .trim()
-                .parse()
-                .with_context(|| format!("{} does not hold an address", file.display())),
-            Err(_) => Ok("127.0.0.1:15010".parse().expect("a valid address")),
-        }
+    let file = control_plane::data_dir(conn.data_dir.as_deref()).join(control_plane::XDS_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} does not hold an address", file.display())),
+        Err(_) => Ok(DEFAULT_XDS),
     }
 }
 
@@ -149,10 +59,10 @@ pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode>
     match target {
         BootstrapTarget::Envoy(args) => {
             let opts = BootstrapOptions {
-                proxy: args.proxy()?,
-                xds_addr: args.xds_addr(conn)?,
+                proxy: args.proxy(),
+                xds_addr: xds_addr(&args, conn)?,
                 admin_addr: args.admin,
-                delta: matches!(args.api, ApiArg::Delta),
+                delta: args.api == XdsApi::Delta,
                 concurrency: None,
             };
             print!("{}", envoy_bootstrap(&opts));

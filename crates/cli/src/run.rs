@@ -7,8 +7,9 @@
 //! the app reaches the mesh through the sidecar's HTTP proxy (`HTTP_PROXY`) and serves on
 //! 127.0.0.1, where the sidecar's inbound listeners forward.
 //!
-//! The app starts once the sidecar is ready; the workload is registered as a WorkloadEntry while
-//! it runs. When the app exits, or on Ctrl-C / SIGTERM, the registration goes, the sidecar
+//! The app starts once the sidecar is ready; the workload is registered as a WorkloadEntry once
+//! the app is ready (it listens on its ports, or `--readiness` passes: see [`crate::readiness`])
+//! and while it runs. When the app exits, or on Ctrl-C / SIGTERM, the registration goes, the sidecar
 //! drains and stops, and the pod's network goes. A run killed with `kill -9` leaves a state file;
 //! the next `strait run` or `strait gateway` removes what it left.
 
@@ -16,27 +17,19 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::ValueEnum;
 use serde_json::{Value, json};
 use strait_netns::{CaptureRules, HostsEntry, PodKind, PodRange, PodRecord, Pods, ProcId};
-use strait_xds::{CaptureMode, Proxy, ProxyRole};
+use strait_xds_core::flags::parse_label;
+use strait_xds_core::{CaptureMode, Proxy, ProxyRole};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::client::{Client, Connection};
+use crate::readiness::Readiness;
 use crate::sidecar::{Launch, ProxyKind, RunningProxy};
-
-/// How the sidecar is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Capture {
-    /// A network namespace with Istio's iptables rules (needs root).
-    Iptables,
-    /// A loopback address; the app uses the sidecar as its HTTP proxy.
-    None,
-}
 
 /// The local platform: where pods live.
 #[derive(clap::Args, Clone)]
@@ -61,8 +54,8 @@ pub struct RunArgs {
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
     /// The workload's labels: `app=reviews,version=v1`.
-    #[arg(long, value_delimiter = ',')]
-    pub labels: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     #[arg(long, default_value = "default")]
     pub service_account: String,
     /// A port the app serves: `NAME:PORT` (repeat for more), as the WorkloadEntry's ports.
@@ -70,12 +63,16 @@ pub struct RunArgs {
     pub ports: Vec<String>,
     /// iptables (default for root) or none (default otherwise).
     #[arg(long, value_enum)]
-    pub capture: Option<Capture>,
+    pub capture: Option<CaptureMode>,
     #[arg(long, value_enum, default_value = "strait")]
     pub proxy: ProxyKind,
     /// A pod annotation `KEY=VALUE`, e.g. traffic.sidecar.istio.io/excludeOutboundPorts=5432.
     #[arg(long = "annotation")]
     pub annotations: Vec<String>,
+    /// When the app is ready for traffic (its endpoint is registered only then): `PORT/PATH`,
+    /// an HTTP GET answered 2xx or 3xx. Default: it listens on every `--port`.
+    #[arg(long, value_name = "PORT/PATH")]
+    pub readiness: Option<String>,
     /// How long the sidecar drains after the app stops (seconds).
     #[arg(long, default_value_t = 1)]
     pub drain_seconds: u64,
@@ -92,6 +89,10 @@ const ADMIN_PORT: u16 = 15000;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the hosts file is refreshed from the registry.
 const HOSTS_REFRESH: Duration = Duration::from_secs(2);
+/// How often an app that is not ready yet is checked.
+const READINESS_PROBE: Duration = Duration::from_millis(100);
+/// How often `strait run` says it is still waiting for the app.
+const READINESS_WORD: Duration = Duration::from_secs(10);
 
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -319,33 +320,34 @@ pub fn run(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
 async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
     let root = is_root();
     let capture = args.capture.unwrap_or(if root {
-        Capture::Iptables
+        CaptureMode::Iptables
     } else {
-        Capture::None
+        CaptureMode::None
     });
-    if capture == Capture::Iptables && !root {
+    if capture == CaptureMode::Iptables && !root {
         bail!(
             "--capture iptables needs root (network namespaces and iptables): run as root, or use --capture none"
         );
     }
-    let labels = parse_pairs(&args.labels, "label", "--labels app=reviews,version=v1")?;
+    let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
     let annotations = parse_pairs(
         &args.annotations,
         "annotation",
         "--annotation traffic.sidecar.istio.io/excludeOutboundPorts=5432",
     )?;
     let ports = parse_ports(&args.ports)?;
+    let readiness = Readiness::new(args.readiness.as_deref(), ports.values().copied())?;
     let rules = CaptureRules::from_annotations(&annotations)?;
     let client = conn.connect()?;
     let pods = args.platform.pods()?;
     reap(&pods, &client)?;
     let xds = args
         .platform
-        .xds_for(conn, capture == Capture::Iptables, pods.range())?;
+        .xds_for(conn, capture == CaptureMode::Iptables, pods.range())?;
 
     let kind = match capture {
-        Capture::Iptables => PodKind::Namespace,
-        Capture::None => PodKind::Loopback,
+        CaptureMode::Iptables => PodKind::Namespace,
+        CaptureMode::None => PodKind::Loopback,
     };
     let mut rec = pods.create(&format!("{}.{}", args.name, args.namespace), kind)?;
     let mut pod = Pod {
@@ -355,7 +357,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
         sidecar: None,
     };
     let result = async {
-        if capture == Capture::Iptables {
+        if capture == CaptureMode::Iptables {
             refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)?;
             pods.install_capture(&rec, &rules)?;
         }
@@ -366,10 +368,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             workload: args.name.clone(),
             namespace: args.namespace.clone(),
             labels: labels.clone(),
-            capture: match capture {
-                Capture::Iptables => CaptureMode::Iptables,
-                Capture::None => CaptureMode::None,
-            },
+            capture,
             service_account: args.service_account.clone(),
             app_address: rec.app_ip().map(IpAddr::V4),
         };
@@ -415,7 +414,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             // the workload's ports on the pod's address and passes inbound requests on.
             app.env("STRAIT_APP_ADDRESS", app_ip.to_string());
         }
-        if capture == Capture::None {
+        if capture == CaptureMode::None {
             let proxy_url = format!("http://{}:15080", rec.ip);
             for var in ["HTTP_PROXY", "http_proxy"] {
                 app.env(var, &proxy_url);
@@ -427,32 +426,24 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
         let mut app = app.spawn().map_err(|e| {
             crate::sidecar::launch_error(e, Path::new(&args.command[0]), rec.netns.is_some())
         })?;
-        if let Some(id) = app.id().and_then(ProcId::of) {
+        let app_pid = app.id().context("the app exited at once")?;
+        if let Some(id) = ProcId::of(app_pid) {
             rec.processes.push(id);
         }
         let path = workload_entry_path(&args.namespace, &args.name);
         rec.registrations = registrations(std::slice::from_ref(&path));
         pods.update(&rec)?;
         pod.rec = rec.clone();
-        put(
-            &client,
-            &path,
-            &workload_entry(&args.name, &args.namespace, rec.ip, &labels, &args.service_account, &ports),
-        )?;
-        eprintln!(
-            "strait: {}.{} runs at {} ({} capture, {} sidecar)",
-            args.name,
-            args.namespace,
-            rec.ip,
-            match capture {
-                Capture::Iptables => "iptables",
-                Capture::None => "no",
-            },
-            match args.proxy {
-                ProxyKind::Strait => "strait-proxy",
-                ProxyKind::Envoy => "Envoy",
-            }
-        );
+        // Inbound traffic reaches the app on 127.0.0.1 with capture, on its own address without;
+        // an HTTP probe goes through the sidecar's inbound path with capture.
+        let (inbound, probe) = match rec.app_ip() {
+            Some(app_ip) => (IpAddr::V4(app_ip), IpAddr::V4(app_ip)),
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(rec.ip)),
+        };
+        let mut registered = false;
+        let mut probe_tick = tokio::time::interval(READINESS_PROBE);
+        let waiting_since = Instant::now();
+        let mut last_word = waiting_since;
 
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -472,8 +463,46 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                 }
                 _ = term.recv() => break stop_app(&mut app).await,
                 _ = int.recv() => break stop_app(&mut app).await,
+                _ = probe_tick.tick(), if !registered => {
+                    let ready = readiness.clone();
+                    let ready = tokio::task::spawn_blocking(move || ready.check(app_pid, inbound, probe))
+                        .await
+                        .unwrap_or(false);
+                    if ready {
+                        put(
+                            &client,
+                            &path,
+                            &workload_entry(&args.name, &args.namespace, rec.ip, &labels, &args.service_account, &ports),
+                        )?;
+                        registered = true;
+                        eprintln!(
+                            "strait: {}.{} runs at {} ({} capture, {} sidecar), ready after {:.1} s",
+                            args.name,
+                            args.namespace,
+                            rec.ip,
+                            match capture {
+                                CaptureMode::Iptables => "iptables",
+                                CaptureMode::None => "no",
+                            },
+                            match args.proxy {
+                                ProxyKind::Strait => "strait-proxy",
+                                ProxyKind::Envoy => "Envoy",
+                            },
+                            waiting_since.elapsed().as_secs_f64(),
+                        );
+                    } else if last_word.elapsed() >= READINESS_WORD {
+                        last_word = Instant::now();
+                        eprintln!(
+                            "strait: {}.{} is not registered yet: waiting for {} ({:.0} s)",
+                            args.name,
+                            args.namespace,
+                            readiness.describe(),
+                            waiting_since.elapsed().as_secs_f64(),
+                        );
+                    }
+                }
                 _ = tick.tick() => {
-                    if capture == Capture::Iptables
+                    if capture == CaptureMode::Iptables
                         && let Err(e) = refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)
                     {
                         tracing::warn!(error = %e, "cannot refresh the hosts file");
@@ -532,9 +561,9 @@ mod tests {
         assert_eq!(ports["grpc"], 7070);
         assert!(parse_ports(&["9080".into()]).is_err());
         assert!(parse_ports(&["http:0".into()]).is_err());
-        let labels = parse_pairs(&["app=a".into(), "version=v1".into()], "label", "x").unwrap();
-        assert_eq!(labels["version"], "v1");
-        assert!(parse_pairs(&["app".into()], "label", "x").is_err());
+        let pairs = parse_pairs(&["app=a".into(), "version=v1".into()], "annotation", "x").unwrap();
+        assert_eq!(pairs["version"], "v1");
+        assert!(parse_pairs(&["app".into()], "annotation", "x").is_err());
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use strait_netns::{PROXY_GID, PROXY_UID, ProcId};
-use strait_xds::bootstrap::{BootstrapOptions, envoy_bootstrap};
-use strait_xds::{CaptureMode, Proxy};
+use strait_translate::bootstrap::{BootstrapOptions, envoy_bootstrap};
+use strait_xds_core::{Proxy, ProxyFlags, XdsApi};
 use tokio::process::{Child, Command};
 
 /// Which data plane runs.
@@ -207,41 +207,10 @@ impl RunningProxy {
                 (envoy_bin()?, args)
             }
             ProxyKind::Strait => {
-                let p = &l.proxy;
-                let labels: Vec<String> =
-                    p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let mut args = vec![
-                    "--workload".into(),
-                    p.workload.clone(),
-                    "--namespace".into(),
-                    p.namespace.clone(),
-                    "--address".into(),
-                    p.ip.to_string(),
-                    "--role".into(),
-                    match p.role {
-                        strait_xds::ProxyRole::Sidecar => "sidecar".into(),
-                        strait_xds::ProxyRole::Gateway => "gateway".into(),
-                    },
-                    "--capture".into(),
-                    match p.capture {
-                        CaptureMode::Iptables => "iptables".into(),
-                        CaptureMode::None => "none".into(),
-                    },
-                    "--service-account".into(),
-                    p.service_account.clone(),
-                    "--xds".into(),
-                    l.xds.to_string(),
-                    "--admin".into(),
-                    l.admin.to_string(),
-                ];
-                if !labels.is_empty() {
-                    args.push("--labels".into());
-                    args.push(labels.join(","));
-                }
-                if let Some(app) = l.proxy.app_address {
-                    args.push("--app-address".into());
-                    args.push(app.to_string());
-                }
+                let mut args =
+                    ProxyFlags::from_proxy(&l.proxy, l.xds, l.admin, XdsApi::Delta).to_args();
+                // `stop` drains through the admin API first; the SIGTERM that follows ends it.
+                args.extend(["--drain-time-s".to_string(), "0".to_string()]);
                 (strait_proxy_bin()?, args)
             }
         };

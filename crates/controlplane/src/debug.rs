@@ -17,8 +17,8 @@ use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use serde_json::{Value, json};
-use strait_xds::ads::{AdsServer, Generator, SyncState};
-use strait_xds::{TypeUrl, XdsResources};
+use strait_ads::{AdsServer, Generator, SyncState};
+use strait_xds_core::{TypeUrl, XdsResources};
 
 use crate::Mesh;
 

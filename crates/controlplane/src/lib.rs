@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use strait_ads::{AdsOptions, AdsServer};
 use strait_apiserver::{ApiState, load_or_create_token, router};
 use strait_store::{FileStore, Store};
-use strait_xds::ads::{AdsOptions, AdsServer};
-use strait_xds::{MeshConfig, OutboundPolicy};
+use strait_translate::{MeshConfig, OutboundPolicy};
 
 pub use mesh::{Mesh, VIP_KEY_KIND};
 
@@ -59,7 +59,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let mesh = Arc::new(Mesh::load(store.clone(), mesh_config, &opts.vip_range)?);
     let ads = AdsServer::new(
-        mesh.clone() as Arc<dyn strait_xds::ads::Generator>,
+        mesh.clone() as Arc<dyn strait_ads::Generator>,
         AdsOptions {
             debounce: opts.debounce,
             ..AdsOptions::default()

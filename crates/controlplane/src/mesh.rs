@@ -8,18 +8,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use serde_json::json;
+use strait_ads::{AdsServer, Generator, Inputs};
 use strait_api::parse::{Outcome, Source, parse_value};
 use strait_api::{Kind, Resource, Spec};
 use strait_registry::{Endpoint, Registry, VipRange, VipTable};
 use strait_store::{Event, EventType, Key, Precondition, Store, StoreError};
-use strait_xds::ads::{AdsServer, Generator, Inputs};
-use strait_xds::translate::{translate, translate_hosts};
-use strait_xds::{ConfigSnapshot, MeshConfig, Proxy, XdsResources};
+use strait_translate::translate::{translate, translate_hosts};
+use strait_translate::{ConfigSnapshot, MeshConfig};
+use strait_xds_core::{Proxy, XdsResources};
 
 /// The store kind under which the virtual IP table is kept, so VIPs survive restarts. The API
 /// does not serve it.
@@ -67,8 +69,12 @@ pub struct Mesh {
     store: Arc<dyn Store>,
     config: MeshConfig,
     vips: Mutex<VipTable>,
+    /// Held while the VIP table is written to the store, so that saves happen one at a time
+    /// and the last one written is the latest table.
+    vips_saving: Mutex<()>,
     objects: Mutex<Objects>,
-    state: RwLock<Arc<MeshState>>,
+    /// Read on every generation, replaced on every change.
+    state: ArcSwap<MeshState>,
 }
 
 fn vip_key() -> Key {
@@ -111,8 +117,14 @@ fn parse(key: &Key, value: serde_json::Value) -> Option<Resource> {
 fn sorted(objects: &BTreeMap<Key, Arc<Resource>>) -> Arc<Vec<Arc<Resource>>> {
     let mut list: Vec<Arc<Resource>> = objects.values().cloned().collect();
     list.sort_by(|a, b| {
-        (strait_xds::snapshot::namespace_of(&a.metadata), a.name())
-            .cmp(&(strait_xds::snapshot::namespace_of(&b.metadata), b.name()))
+        (
+            strait_translate::snapshot::namespace_of(&a.metadata),
+            a.name(),
+        )
+            .cmp(&(
+                strait_translate::snapshot::namespace_of(&b.metadata),
+                b.name(),
+            ))
     });
     Arc::new(list)
 }
@@ -148,9 +160,10 @@ fn endpoint_change_of<'k>(
 /// A WorkloadEntry's namespace and labels.
 fn workload_labels(r: &Resource) -> Option<(&str, &BTreeMap<String, String>)> {
     match &r.spec {
-        Spec::WorkloadEntry(w) => {
-            Some((strait_xds::snapshot::namespace_of(&r.metadata), &w.labels))
-        }
+        Spec::WorkloadEntry(w) => Some((
+            strait_translate::snapshot::namespace_of(&r.metadata),
+            &w.labels,
+        )),
         _ => None,
     }
 }
@@ -191,20 +204,21 @@ impl Mesh {
             store,
             config,
             vips: Mutex::new(vips),
+            vips_saving: Mutex::new(()),
             objects: Mutex::default(),
-            state: RwLock::new(Arc::new(MeshState {
+            state: ArcSwap::from_pointee(MeshState {
                 snapshot: ConfigSnapshot::default(),
                 registry: Registry::default(),
                 owners: OnceLock::new(),
                 log: VecDeque::new(),
-            })),
+            }),
         };
         mesh.rebuild()?;
         Ok(mesh)
     }
 
     pub fn current(&self) -> Arc<MeshState> {
-        self.state.read().expect("mesh state lock poisoned").clone()
+        self.state.load_full()
     }
 
     /// Rebuilds the snapshot and registry from everything in the store (at start, and when the
@@ -282,9 +296,13 @@ impl Mesh {
     /// WorkloadEntries changed since the current state, those (before and after); the registry
     /// is then updated for them only. `None`: a full rebuild. Returns whether the change was
     /// endpoint-only.
+    ///
+    /// A change that allocated or moved virtual IPs saves the table to the store after the new
+    /// state is current, outside every lock the mesh holds (the store's watch sees the write,
+    /// and the mesh skips it: its kind is not one the mesh reads).
     fn install(&self, snapshot: ConfigSnapshot, workloads: Option<&Vec<Arc<Resource>>>) -> bool {
         let current = self.current();
-        let (registry, endpoints) = {
+        let (registry, endpoints, vips_changed) = {
             let mut vips = self.vips.lock().expect("vip lock poisoned");
             // An update for some workloads allocates nothing new unless the table grows (it
             // only grows while building); a full build may also move addresses.
@@ -323,17 +341,7 @@ impl Mesh {
                 Some(before) => *before != vips.to_json(),
                 None => vips.len() != count,
             };
-            if changed {
-                let after = vips.to_json();
-                let value = json!({"metadata": {"name": "vips"}, "table": after});
-                match self.store.put(&vip_key(), value, Precondition::None) {
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not save the virtual IP table; VIPs may change at restart")
-                    }
-                }
-            }
-            (registry, endpoints)
+            (registry, endpoints, changed)
         };
         // The owners change only if the changed hosts' (address, workload) pairs do.
         let owners = match (&endpoints, current.owners.get()) {
@@ -354,24 +362,36 @@ impl Mesh {
             }
             _ => OnceLock::new(),
         };
-        let mut state = self.state.write().expect("mesh state lock poisoned");
         let endpoints_only = endpoints.is_some();
-        let mut log = state.log.clone();
+        let mut log = current.log.clone();
         log.push_back(Logged {
-            from: state.snapshot.revision,
+            from: current.snapshot.revision,
             to: snapshot.revision,
             endpoints,
         });
         while log.len() > LOG_LEN {
             log.pop_front();
         }
-        *state = Arc::new(MeshState {
+        self.state.store(Arc::new(MeshState {
             owners,
             snapshot,
             registry,
             log,
-        });
+        }));
+        if vips_changed {
+            self.save_vips();
+        }
         endpoints_only
+    }
+
+    /// Writes the current virtual IP table to the store.
+    fn save_vips(&self) {
+        let _saving = self.vips_saving.lock().expect("vip save lock poisoned");
+        let table = self.vips.lock().expect("vip lock poisoned").to_json();
+        let value = json!({"metadata": {"name": "vips"}, "table": table});
+        if let Err(e) = self.store.put(&vip_key(), value, Precondition::None) {
+            tracing::error!(error = %e, "could not save the virtual IP table; VIPs may change at restart");
+        }
     }
 }
 
@@ -556,7 +576,7 @@ async fn rebuild(worker: &Worker, mesh: &Arc<Mesh>, ads: &AdsServer) -> Option<u
 mod tests {
     use super::*;
     use strait_store::MemoryStore;
-    use strait_xds::{CaptureMode, ProxyRole, TypeUrl};
+    use strait_xds_core::{CaptureMode, ProxyRole, TypeUrl};
 
     fn put(store: &MemoryStore, kind: &str, name: &str, value: serde_json::Value) -> Event {
         let key = Key {

@@ -25,7 +25,8 @@ pub mod xds;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -68,6 +69,9 @@ pub struct Options {
     pub limits: HttpLimits,
     /// Where access log lines go (`None`: no access log).
     pub access_log: Option<AccessLogTarget>,
+    /// How long a shutdown (see [`run_until`]) waits for open connections to finish after the
+    /// listeners close.
+    pub drain_time: Duration,
 }
 
 /// Why the proxy could not run.
@@ -83,6 +87,8 @@ pub enum Error {
         target: AccessLogTarget,
         source: std::io::Error,
     },
+    #[error("cannot start the control thread (xDS client and admin): {0}")]
+    ControlRuntime(std::io::Error),
 }
 
 /// State shared by the xDS client, the listeners and the admin interface.
@@ -101,6 +107,17 @@ pub struct Shared {
     drain: watch::Sender<bool>,
     limits: HttpLimits,
     access_log: Option<AccessLog>,
+    /// Downstream connections open now.
+    open: AtomicUsize,
+}
+
+/// Counts a downstream connection as open until dropped.
+pub(crate) struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -115,7 +132,14 @@ impl Shared {
             drain: watch::channel(false).0,
             limits,
             access_log,
+            open: AtomicUsize::new(0),
         })
+    }
+
+    /// Counts a downstream connection as open while the guard lives.
+    pub(crate) fn open_connection(self: &Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
     }
 
     /// Publishes a new config in one swap.
@@ -134,28 +158,108 @@ impl Shared {
 
 /// Runs the proxy until `/quitquitquit` (or the future is dropped).
 pub async fn run(opts: Options) -> Result<(), Error> {
+    run_until(opts, std::future::pending()).await
+}
+
+/// Runs the proxy until `/quitquitquit`, or until `shutdown` completes (a signal): then every
+/// listener closes, open HTTP connections close after their requests in flight, and it returns
+/// once no downstream connection is open or `drain_time` has passed.
+///
+/// The data path (listeners and the connections they accept) runs on the caller's runtime;
+/// the control work (the xDS client, which decodes and converts whole configurations, and the
+/// admin interface) runs on a current-thread runtime of its own thread, so that a large config
+/// never takes a worker from the traffic.
+pub async fn run_until(
+    opts: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
     let shared = Shared::new(opts.limits, open_access_log(opts.access_log.as_ref())?);
-    let admin = tokio::net::TcpListener::bind(opts.admin)
-        .await
+    let admin = std::net::TcpListener::bind(opts.admin)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| Error::AdminBind {
             addr: opts.admin,
             source,
         })?;
     tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
-    let xds = tokio::spawn(xds::run(
-        shared.clone(),
-        opts.node.clone(),
-        opts.xds,
-        opts.api,
-    ));
+    let control = Control::start(shared.clone(), admin, opts.node.clone(), opts.xds, opts.api)?;
     let listeners = tokio::spawn(listeners::run(shared.clone()));
-    let admin = tokio::spawn(admin::serve(shared.clone(), admin));
-    shared.quit.notified().await;
-    tracing::info!("quitquitquit: stopping");
-    xds.abort();
+    tokio::select! {
+        () = shared.quit.notified() => tracing::info!("quitquitquit: stopping"),
+        () = shutdown => {
+            let open = shared.open.load(Ordering::Relaxed);
+            tracing::info!(open, drain_time = ?opts.drain_time, "shutting down: draining");
+            shared.drain.send_replace(true);
+            let deadline = tokio::time::Instant::now() + opts.drain_time;
+            while shared.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(open = shared.open.load(Ordering::Relaxed), "drained: stopping");
+        }
+    }
     listeners.abort();
-    admin.abort();
+    drop(control);
     Ok(())
+}
+
+/// The control thread: the xDS client and the admin interface on a runtime of their own. It
+/// stops when this is dropped.
+struct Control {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Control {
+    fn start(
+        shared: Arc<Shared>,
+        admin: std::net::TcpListener,
+        node: Node,
+        xds: SocketAddr,
+        api: XdsApi,
+    ) -> Result<Control, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::ControlRuntime)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("strait-control".to_string())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let admin = match tokio::net::TcpListener::from_std(admin) {
+                        Ok(admin) => admin,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the admin listener cannot be served");
+                            return;
+                        }
+                    };
+                    let xds = tokio::spawn(xds::run(shared.clone(), node, xds, api));
+                    let admin = tokio::spawn(admin::serve(shared, admin));
+                    let _ = stopped.await;
+                    xds.abort();
+                    admin.abort();
+                });
+            })
+            .map_err(Error::ControlRuntime)?;
+        Ok(Control {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // The runtime ends its tasks when the thread's block_on returns; joining waits for
+        // that, which takes no longer than the tasks' next poll.
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn open_access_log(target: Option<&AccessLogTarget>) -> Result<Option<AccessLog>, Error> {
@@ -183,7 +287,7 @@ pub async fn run_static(
 }
 
 /// The Envoy node a proxy presents: Istio's node id and metadata.
-pub fn node(proxy: &strait_xds::Proxy) -> Node {
+pub fn node(proxy: &strait_xds_core::Proxy) -> Node {
     Node {
         id: proxy.id.clone(),
         cluster: format!("{}.{}", proxy.workload, proxy.namespace),

@@ -135,6 +135,7 @@ async fn connection(
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
 ) {
+    let _open = shared.open_connection();
     let Ok(local) = stream.local_addr() else {
         return;
     };

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::rpc;
 use prost::Message;
-use strait_xds::TypeUrl;
+use strait_xds_core::TypeUrl;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -70,16 +70,9 @@ pub(crate) struct State {
     versions: BTreeMap<TypeUrl, String>,
 }
 
-/// Which ADS variant the client speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Api {
-    /// Delta (incremental) ADS, falling back to state of the world when the control plane
-    /// answers that it does not implement Delta.
-    #[default]
-    Delta,
-    /// State-of-the-world ADS only.
-    Sotw,
-}
+/// Which ADS variant the client speaks: Delta falls back to state of the world when the control
+/// plane answers that it does not implement Delta.
+pub use strait_xds_core::XdsApi as Api;
 
 /// Runs the client forever.
 pub(crate) async fn run(shared: Arc<Shared>, node: Node, addr: SocketAddr, api: Api) {

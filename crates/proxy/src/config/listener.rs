@@ -13,8 +13,10 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::CodecType,
-    http_connection_manager::RouteSpecifier, http_filter,
+    HttpConnectionManager,
+    http_connection_manager::RouteSpecifier,
+    http_connection_manager::{CodecType, ServerHeaderTransformation},
+    http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::Any;
@@ -128,6 +130,21 @@ pub struct HttpListener {
     /// The HTTP/1.1 upgrades allowed (`upgrade_configs`, lowercase: `websocket`); any other is
     /// answered 403, as Envoy does.
     pub upgrades: Vec<String>,
+    /// The `server` response header's value (`server_name`; Envoy's default `envoy`).
+    pub server_name: String,
+    /// What happens to the upstream's `server` header (`server_header_transformation`).
+    pub server_header: ServerHeader,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ServerHeader {
+    /// Always `server_name` (Envoy's default).
+    Overwrite,
+    /// The upstream's, else `server_name`.
+    AppendIfAbsent,
+    /// The upstream's, or none.
+    PassThrough,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -568,5 +585,21 @@ fn http_connection_manager(any: &Any) -> Result<HttpListener, String> {
         codec,
         use_remote_address: hcm.use_remote_address.as_ref().is_some_and(|b| b.value),
         upgrades,
+        server_name: match hcm.server_name.as_str() {
+            "" => "envoy".to_string(),
+            name => name.to_string(),
+        },
+        server_header: match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
+        {
+            Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
+            Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+            Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+            Err(_) => {
+                return Err(format!(
+                    "http_connection_manager.server_header_transformation {} is not one Envoy knows",
+                    hcm.server_header_transformation
+                ));
+            }
+        },
     })
 }

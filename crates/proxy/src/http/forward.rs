@@ -439,6 +439,13 @@ impl Upstream<'_> {
                 let service_time =
                     matches!(outcome, Outcome::Response(_)).then(|| sent_at.elapsed());
                 let mut resp = self.respond(outcome, attempt > 0);
+                if let Some(t) = service_time {
+                    // As Envoy's router: the upstream's time to its response headers, in ms.
+                    resp.headers_mut().insert(
+                        "x-envoy-upstream-service-time",
+                        HeaderValue::from(t.as_millis() as u64),
+                    );
+                }
                 resp.extensions_mut().insert(UpstreamInfo {
                     host: Some(picked.authority.clone()),
                     service_time,

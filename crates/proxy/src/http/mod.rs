@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::access_log::{Entry, millis};
-use crate::config::listener::{Codec, HttpListener};
+use crate::config::listener::{Codec, HttpListener, ServerHeader};
 use crate::config::{Action, Redirect, Route};
 use crate::routing::{self, RequestView};
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
@@ -260,6 +260,7 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
     let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req, started).await;
+    server_header(&conn.hcm, resp.headers_mut());
     if upgrade.is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The request scanner let the bytes after an upgrade request through unchecked (they
         // may be another protocol): a connection whose upgrade did not happen ends here.
@@ -453,6 +454,27 @@ pub(crate) fn local_details(
         HeaderValue::from_static("text/plain"),
     );
     resp
+}
+
+/// The `server` header as the connection manager's `server_name` and
+/// `server_header_transformation` say.
+fn server_header(hcm: &HttpListener, headers: &mut HeaderMap) {
+    let name = hyper::header::SERVER;
+    let ours = || HeaderValue::from_str(&hcm.server_name).ok();
+    match hcm.server_header {
+        ServerHeader::Overwrite => match ours() {
+            Some(v) => drop(headers.insert(name, v)),
+            None => drop(headers.remove(name)),
+        },
+        ServerHeader::AppendIfAbsent => {
+            if !headers.contains_key(&name)
+                && let Some(v) = ours()
+            {
+                headers.insert(name, v);
+            }
+        }
+        ServerHeader::PassThrough => {}
+    }
 }
 
 pub(crate) fn full(body: impl Into<Bytes>) -> Body {
