@@ -12,6 +12,7 @@ fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         name: name.into(),
         domains: domains.iter().map(|d| d.to_string()).collect(),
         routes,
+        include_attempt_count: false,
     }
 }
 

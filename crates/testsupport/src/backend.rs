@@ -289,8 +289,16 @@ async fn answer(
     if let Ok(tag) = HeaderValue::from_str(&tag) {
         headers.insert("x-backend", tag);
     }
+    // An app's own server header, which proxies overwrite or pass on as configured.
+    headers.insert(
+        hyper::header::SERVER,
+        HeaderValue::from_static(BACKEND_SERVER),
+    );
     Ok(response)
 }
+
+/// The `server` header HTTP backends answer with.
+pub const BACKEND_SERVER: &str = "strait-test-backend";
 
 async fn serve_echo(listener: TcpListener, state: Arc<EchoState>) {
     loop {

@@ -59,6 +59,9 @@ pub struct VirtualHost {
     /// Lowercased; `*`, `*.suffix` and `prefix.*` wildcards as Envoy has them.
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// Send upstream the attempt's number in `x-envoy-attempt-count`
+    /// (`include_request_attempt_count`; Istio sets it).
+    pub include_attempt_count: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -333,6 +336,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, String> {
         name: vh.name.clone(),
         domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
         routes,
+        include_attempt_count: vh.include_request_attempt_count,
     })
 }
 

@@ -21,6 +21,7 @@ use crate::Shared;
 use crate::balance::outlier::Observed;
 use crate::config::{
     Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
+    VirtualHost,
 };
 use crate::routing;
 use crate::upstream::SendError;
@@ -36,19 +37,38 @@ enum Outcome {
     PerTryTimeout,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a request is forwarded with: where it was routed and what the connection knows.
+pub(super) struct Routed<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub config: &'a Config,
+    pub vh: &'a VirtualHost,
+    pub route: &'a Route,
+    pub fwd: &'a Forward,
+    /// The request's authority (Host), as routed.
+    pub authority: &'a str,
+    /// The request's path and query, as routed.
+    pub path: &'a str,
+    pub down: Downstream,
+    /// When the request's head arrived: `max_stream_duration` counts from here.
+    pub started: Instant,
+}
+
 pub(super) async fn forward(
-    shared: &Arc<Shared>,
-    config: &Config,
-    route: &Route,
-    fwd: &Forward,
+    routed: Routed<'_>,
     req: Request<Incoming>,
-    authority: &str,
-    path: &str,
-    down: Downstream,
     upgrade: Option<Upgrade>,
-    started: Instant,
 ) -> Response<Body> {
+    let Routed {
+        shared,
+        config,
+        vh,
+        route,
+        fwd,
+        authority,
+        path,
+        down,
+        started,
+    } = routed;
     let name = match &fwd.target {
         Target::Cluster(name) => Some(name.as_str()),
         Target::Weighted(clusters) => routing::pick_weighted_random(clusters),
@@ -111,6 +131,7 @@ pub(super) async fn forward(
         body,
         authority: &original,
         hash: hash.flatten(),
+        attempt_count: vh.include_attempt_count,
     };
     for m in &fwd.mirrors {
         if routing::roll(m.per_million) {
@@ -217,6 +238,7 @@ fn mirror(
     }
     let shared = shared.clone();
     let (method, path) = (main.method.clone(), main.path.clone());
+    let attempt_count = main.attempt_count;
     let mut progress = main.body.progress();
     let authority = main.authority.to_string();
     tokio::spawn(async move {
@@ -241,6 +263,7 @@ fn mirror(
             body,
             authority: &authority,
             hash: None,
+            attempt_count,
         };
         let sent = copy.attempts(None);
         let status = match timeout {
@@ -340,6 +363,8 @@ struct Upstream<'a> {
     authority: &'a str,
     /// The request's hash, for consistent-hash clusters.
     hash: Option<u64>,
+    /// Send `x-envoy-attempt-count` (the virtual host's `include_request_attempt_count`).
+    attempt_count: bool,
 }
 
 impl Upstream<'_> {
@@ -382,6 +407,10 @@ impl Upstream<'_> {
             let mut req = Request::new(self.body.replay());
             *req.method_mut() = self.method.clone();
             *req.headers_mut() = self.headers.clone();
+            if self.attempt_count {
+                req.headers_mut()
+                    .insert("x-envoy-attempt-count", HeaderValue::from(attempt + 1));
+            }
             match self.path.parse() {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(400, "DPE", "the request path is not valid"),

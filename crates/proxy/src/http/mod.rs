@@ -551,8 +551,8 @@ async fn handle(
         path_and_query: &path,
         headers: req.headers(),
     };
-    let Some(route) =
-        routing::virtual_host(routes, &authority).and_then(|vh| routing::route(vh, view))
+    let Some((vh, route)) = routing::virtual_host(routes, &authority)
+        .and_then(|vh| routing::route(vh, view).map(|route| (vh, route)))
     else {
         shared.stats.flag("NR");
         tracing::debug!(%peer, %authority, %path, "no route");
@@ -571,10 +571,18 @@ async fn handle(
         }
         Action::Redirect(rd) => redirect(rd, &authority, &path),
         Action::Forward(fwd) => {
-            forward::forward(
-                shared, &config, route, fwd, req, &authority, &path, down, upgrade, started,
-            )
-            .await
+            let routed = forward::Routed {
+                shared,
+                config: &config,
+                vh,
+                route,
+                fwd,
+                authority: &authority,
+                path: &path,
+                down,
+                started,
+            };
+            forward::forward(routed, req, upgrade).await
         }
     };
     let headers = resp.headers_mut();
@@ -627,8 +635,11 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The headers Envoy's connection manager adds before routing: `x-request-id` when missing
 /// (`generate_request_id`); on an edge proxy (`use_remote_address`: gateways) the peer appended
-/// to `x-forwarded-for` and `x-forwarded-proto` set to the downstream scheme; elsewhere
-/// `x-forwarded-proto` only when missing (an inbound sidecar passes on the client's).
+/// to `x-forwarded-for` (a loopback peer as the host's own address, as Envoy does),
+/// `x-forwarded-proto` set to the downstream scheme, Envoy's internal `x-envoy-*` request headers
+/// removed and `x-envoy-external-address` set to the peer (no address is internal unless
+/// configured, Envoy's default); elsewhere `x-forwarded-proto` only when missing (an inbound
+/// sidecar passes on the client's).
 fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, headers: &mut HeaderMap) {
     if hcm.generate_request_id && !headers.contains_key("x-request-id") {
         let id = request_id();
@@ -639,18 +650,73 @@ fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, headers: &mut Header
     // Downstream TLS is not served yet: the scheme is http.
     let proto = HeaderValue::from_static("http");
     if hcm.use_remote_address {
-        let ip = peer.ip().to_string();
+        for name in EDGE_STRIPPED {
+            headers.remove(*name);
+        }
+        let appended = if peer.ip().is_loopback() {
+            local_address().unwrap_or(peer.ip())
+        } else {
+            peer.ip()
+        }
+        .to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
-            _ => ip,
+            Some(prev) if !prev.is_empty() => format!("{prev},{appended}"),
+            _ => appended,
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert("x-forwarded-for", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.insert("x-envoy-external-address", v);
         }
         headers.insert("x-forwarded-proto", proto);
     } else if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", proto);
     }
+}
+
+/// The `x-envoy-*` request headers an edge proxy does not take from an external client (Envoy's
+/// `cleanInternalHeaders`): they steer the proxies behind it.
+const EDGE_STRIPPED: &[&str] = &[
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-external-address",
+    "x-envoy-force-trace",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-internal",
+    "x-envoy-ip-tags",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retry-on",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-upstream-rq-timeout-ms",
+];
+
+/// The host's own address, as Envoy's `x-forwarded-for` gets it for a loopback peer: the first
+/// IPv4 address of a network interface that is up and not loopback. Read once.
+fn local_address() -> Option<std::net::IpAddr> {
+    static LOCAL: std::sync::OnceLock<Option<std::net::IpAddr>> = std::sync::OnceLock::new();
+    *LOCAL.get_or_init(|| {
+        let interfaces = nix::ifaddrs::getifaddrs().ok()?;
+        interfaces
+            .filter(|i| {
+                i.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                    && !i
+                        .flags
+                        .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            })
+            .find_map(|i| {
+                let addr = i.address?;
+                let v4 = addr.as_sockaddr_in()?;
+                Some(std::net::IpAddr::V4(v4.ip()))
+            })
+    })
 }
 
 /// A random UUID (version 4), as Envoy's request ids are.

@@ -5,13 +5,14 @@
 //! registered as a Service and a WorkloadEntry; the client's sidecar runs in no-capture mode
 //! (the client talks to it as its HTTP proxy).
 
-mod support;
+use strait_e2e as support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::fixture;
 use support::mesh::{DataPlane, Mesh, sample};
 
 const REVIEWS: &str = "http://reviews:9080/reviews/0";
@@ -265,10 +266,7 @@ async fn retries_retry_a_failing_backend_strait() {
 async fn retries(plane: DataPlane) {
     let mut mesh = Mesh::new();
     mesh.http_service("flaky", 8000, &["v1"]);
-    mesh.apply_yaml(
-        "retry.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: flaky}\nspec:\n  hosts: [flaky]\n  http:\n  - route:\n    - destination: {host: flaky}\n    retries:\n      attempts: 3\n      perTryTimeout: 1s\n      retryOn: 5xx\n",
-    );
+    mesh.apply(&fixture("envoy_scenarios-retry.yaml"));
     let client = mesh.sidecar(plane, "client", "app=client").await;
     let url = "http://flaky:8000/";
     client

@@ -4,7 +4,7 @@
 //! concurrent requests away with 503, and consistent hashing by header keeps a user on one
 //! version. The client's sidecar runs in no-capture mode.
 
-mod support;
+use strait_e2e as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use support::fixture;
 use support::mesh::{DataPlane, Mesh, Proxy, Running};
 
 const REVIEWS: &str = "http://reviews:9080/reviews/0";
@@ -64,14 +65,8 @@ async fn outlier_detection(plane: DataPlane) {
     mesh.http_service("reviews", 9080, &["v1", "v2", "v3"]);
     mesh.backend("reviews", "v3").set_status(503);
     // No retries, so that every 503 that reaches the endpoint reaches the client too.
-    mesh.apply_yaml(
-        "vs-reviews.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 0}\n",
-    );
-    mesh.apply_yaml(
-        "dr-reviews.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection:\n      consecutive5xxErrors: 3\n      interval: 1s\n      baseEjectionTime: 30s\n      maxEjectionPercent: 100\n",
-    );
+    mesh.apply(&fixture("resilience-vs-reviews.yaml"));
+    mesh.apply(&fixture("resilience-dr-reviews-outlier.yaml"));
     // Both were applied before the sidecar starts: its first config has them (a route without
     // retries has no retry_policy to wait for).
     let client = mesh.sidecar(plane, "client", "app=client").await;
@@ -177,10 +172,7 @@ async fn circuit_breaking(plane: DataPlane) {
     mesh.http_service("httpbin", 8000, &["v1"]);
     mesh.backend("httpbin", "v1")
         .set_delay(Duration::from_millis(300));
-    mesh.apply_yaml(
-        "dr-httpbin.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin}\nspec:\n  host: httpbin\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}\n",
-    );
+    mesh.apply(&fixture("resilience-dr-httpbin.yaml"));
     let client = mesh.sidecar(plane, "client", "app=client").await;
     let cluster = "outbound|8000||httpbin.default.svc.cluster.local";
     wait_dump(
@@ -267,10 +259,7 @@ async fn consistent_hash_keeps_each_user_on_one_version_strait() {
 async fn consistent_hash(plane: DataPlane) {
     let mut mesh = Mesh::new();
     mesh.http_service("reviews", 9080, &["v1", "v2", "v3"]);
-    mesh.apply_yaml(
-        "dr-reviews.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n",
-    );
+    mesh.apply(&fixture("resilience-dr-reviews-ring-hash.yaml"));
     let client = mesh.sidecar(plane, "client", "app=client").await;
     let ring = match plane {
         DataPlane::Envoy => "\"lb_policy\":\"RING_HASH\"",

@@ -1,10 +1,11 @@
 //! A config that Envoy rejects: the control plane shows the NACK with Envoy's reason, and Envoy
 //! keeps serving its last good config.
 
-mod support;
+use strait_e2e as support;
 
 use std::time::{Duration, Instant};
 
+use support::fixture;
 use support::mesh::{DataPlane, Mesh, sample};
 
 const REVIEWS: &str = "http://reviews:9080/reviews/0";
@@ -22,10 +23,7 @@ async fn a_rejected_config_shows_as_nack_and_envoy_keeps_the_last_good_one() {
 
     // Valid for Istio, but beyond what Envoy accepts: Envoy's RingHashLbConfig caps
     // minimum_ring_size at 8M (8388608), so Envoy refuses the clusters (as it would from Istio).
-    mesh.apply_yaml(
-        "ring.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        ringHash: {minimumRingSize: 10000000}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
-    );
+    mesh.apply(&fixture("envoy_nack-ring.yaml"));
     let deadline = Instant::now() + Duration::from_secs(15);
     let reason = loop {
         let status = mesh.proxy_status();

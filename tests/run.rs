@@ -3,7 +3,7 @@
 //! app on an address of its own. These tests need
 //! root, iproute2, iptables, setpriv, python3 and Envoy; they fail (never skip) without them.
 
-mod support;
+use strait_e2e as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -762,4 +762,173 @@ fn istio_annotations_exclude_ports_from_outbound_capture() {
     assert_gone(&cp, &client, &client_record);
     server.stop();
     assert_gone(&cp, &web, &web_record);
+}
+
+/// An app that answers `NAME` on port 8000 after `DELAY` seconds, like a Flask app that takes a
+/// while to start. (Python's http.server looks its own name up in DNS before it listens, which
+/// in a pod without DNS takes seconds of its own: this one does not.)
+const SLOW_APP: &str = r#"
+import http.server, os, socketserver, time
+time.sleep(float(os.environ["DELAY"]))
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["NAME"].encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("0.0.0.0", 8000), Handler).serve_forever()
+"#;
+
+fn app_pod(cp: &ControlPlane, root: &Path, name: &str, proxy: &str, delay_s: u32) -> Run {
+    start(
+        cp,
+        &[
+            "run",
+            "--name",
+            name,
+            "--labels",
+            "app=web",
+            "--port",
+            "http:8000",
+            "--capture",
+            "iptables",
+            "--proxy",
+            proxy,
+            "--",
+            "env",
+            &format!("NAME={name}"),
+            &format!("DELAY={delay_s}"),
+            "python3",
+            "-c",
+            SLOW_APP,
+        ],
+        root,
+    )
+}
+
+#[test]
+fn a_pod_gets_traffic_only_once_its_app_listens() {
+    slow_app_under_load("strait");
+}
+
+#[test]
+fn a_pod_gets_traffic_only_once_its_app_listens_envoy() {
+    slow_app_under_load("envoy");
+}
+
+/// Two pods of one service, one of them an app that takes 10 s to listen: under steady traffic
+/// through the gateway no request fails, and the slow pod gets traffic once it listens.
+fn slow_app_under_load(proxy: &str) {
+    let _one = require_platform();
+    strait_proxy_built();
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let id = std::process::id();
+    let root = tempfile::tempdir().unwrap();
+    service(&cp, root.path(), 8000);
+    let (fast, slow) = (format!("fast-{proxy}-{id}"), format!("slow-{proxy}-{id}"));
+    let mut fast_run = app_pod(&cp, root.path(), &fast, proxy, 0);
+    wait_workload_entry(&cp, &mut fast_run, &fast);
+
+    let listen = strait_testsupport::free_loopback_addr();
+    let gw_yaml = root.path().join("gateway.yaml");
+    std::fs::write(
+        &gw_yaml,
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web-gateway}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: {port}, name: http, protocol: HTTP}}\n    hosts: ['*']\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: ['*']\n  gateways: [web-gateway]\n  http:\n  - route:\n    - destination: {{host: web, port: {{number: 8000}}}}\n    retries: {{attempts: 0}}\n",
+            port = listen.port()
+        ),
+    )
+    .unwrap();
+    cp.ok(&["apply", "-f", gw_yaml.to_str().unwrap()]);
+    let gw_name = format!("ingress-{proxy}-{id}");
+    let mut gw = start(
+        &cp,
+        &[
+            "gateway",
+            "--name",
+            &gw_name,
+            "--namespace",
+            "default",
+            "--listen",
+            &listen.ip().to_string(),
+            "--proxy",
+            proxy,
+        ],
+        root.path(),
+    );
+    wait_workload_entry(&cp, &mut gw, &gw_name);
+    let get = || {
+        std::net::TcpStream::connect(listen)
+            .ok()
+            .map(|_| support::http(&listen.to_string(), "GET", "/", None, None))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, body)) = get()
+            && body.trim() == fast
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway does not reach {fast} within 60 s; stderr:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Steady traffic while the slow pod starts: every request must succeed (no retries in the
+    // route, so a request sent to a pod that does not listen yet would fail).
+    let started = Instant::now();
+    let mut slow_run = app_pod(&cp, root.path(), &slow, proxy, 10);
+    let mut answers: Vec<(Duration, u16, String)> = Vec::new();
+    let mut registered_at = None;
+    while started.elapsed() < Duration::from_secs(20)
+        || !answers.iter().any(|(_, _, body)| body.trim() == slow)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{slow} got no traffic within 60 s; its strait run's stderr:\n{}",
+            slow_run.stderr()
+        );
+        let (status, body) = get().unwrap_or((0, "no connection".to_string()));
+        answers.push((started.elapsed(), status, body));
+        if registered_at.is_none() && workload_entry(&cp, &slow).is_some() {
+            registered_at = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let failed: Vec<_> = answers.iter().filter(|(_, s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while {slow} started: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    // Registered only once its app listened (10 s after start, give or take the start-up).
+    let registered_at = registered_at.expect("the slow pod was registered");
+    assert!(
+        registered_at >= Duration::from_secs(9),
+        "{slow} was registered {registered_at:?} after start, before its app listened"
+    );
+    let first_slow = answers
+        .iter()
+        .find(|(_, _, b)| b.trim() == slow)
+        .map(|(t, _, _)| *t)
+        .expect("checked above");
+    assert!(first_slow >= registered_at.saturating_sub(Duration::from_millis(500)));
+    eprintln!(
+        "{proxy}: {} requests, none failed; {slow} registered after {registered_at:?}, first answered after {first_slow:?}",
+        answers.len()
+    );
+    gw.stop();
+    slow_run.stop();
+    fast_run.stop();
 }

@@ -3,7 +3,7 @@
 //! ingress listener says the application is (`defaultEndpoint`). Both sidecars are Envoy, then
 //! both are strait-proxy: the same YAML, the same assertions.
 
-mod support;
+use strait_e2e as support;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! iproute2, iptables, setpriv, the `bookinfo` and `strait-proxy` binaries beside `strait`, and
 //! Envoy; they fail (never skip) without them.
 
-mod support;
+use strait_e2e as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

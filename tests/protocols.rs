@@ -11,7 +11,7 @@
 //! - gRPC to a port named `grpc`: a unary call and a bidirectional stream whose replies come back
 //!   one by one before the client sends its next message, with the trailers.
 
-mod support;
+use strait_e2e as support;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use support::fixture;
 use support::mesh::{DataPlane, Mesh};
 
 type TestBody = BoxBody<Bytes, Infallible>;
@@ -423,10 +424,7 @@ async fn mirrors_by_body_size(plane: DataPlane) {
             ),
         );
     }
-    mesh.apply_yaml(
-        "mirrored-routes.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: mirrored}\nspec:\n  host: mirrored\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: mirrored}\nspec:\n  hosts: [mirrored]\n  http:\n  - route:\n    - destination: {host: mirrored, subset: v1}\n    mirror: {host: mirrored, subset: v2}\n    mirrorPercentage: {value: 100.0}\n",
-    );
+    mesh.apply(&fixture("protocols-mirrored-routes.yaml"));
     let _ = &mut mesh;
     let client = mesh.sidecar(plane, "client-v1", "app=client").await;
     // Ready once a request is mirrored.
@@ -503,10 +501,7 @@ async fn timeouts_with_bodies(plane: DataPlane) {
             addr.port()
         ),
     );
-    mesh.apply_yaml(
-        "slow-vs.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: slow}\nspec:\n  hosts: [slow]\n  http:\n  - route:\n    - destination: {host: slow}\n    timeout: 1s\n",
-    );
+    mesh.apply(&fixture("protocols-slow-vs.yaml"));
     let client = mesh.sidecar(plane, "client-v1", "app=client").await;
     client
         .get_until("http://slow:8080/ready", &[], "slow", |r| r.status == 200)

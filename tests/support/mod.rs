@@ -1,7 +1,11 @@
-//! Runs the real `strait` binary: a control plane in a temporary data directory, and CLI commands
-//! against it.
+//! Strait's end-to-end tests (`tests/*.rs` beside this folder) and what they share: the real
+//! `strait` binary as a control plane in a temporary data directory and CLI commands against
+//! it ([`ControlPlane`]), meshes of backends and proxies (Envoy or strait-proxy) for scenario
+//! tests ([`mesh`]), strait-proxy processes ([`strait_proxy`]) and long-running `strait`
+//! processes ([`process`]).
 
-#![allow(dead_code)]
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
 
 pub mod mesh;
 pub mod process;
@@ -12,16 +16,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A binary of this workspace (`strait`, `strait-proxy`, `bookinfo`), from the target folder
+/// this test runs from: `cargo build --workspace --all-targets` (scripts/test.sh) builds them
+/// before the tests run; `cargo test` alone builds only the tests.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/PROFILE/deps/TEST-HASH
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary in target/PROFILE/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace's binaries first: cargo build --workspace \
+         --all-targets (bash scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// The `strait` binary.
 pub fn strait() -> &'static str {
-    env!("CARGO_BIN_EXE_strait")
+    static STRAIT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STRAIT.get_or_init(|| bin("strait").display().to_string())
 }
 
 pub fn testdata() -> PathBuf {
     let dir = std::env::var_os("STRAIT_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
     assert!(
         dir.join("istio-samples").is_dir(),
         "Istio's test data is missing at {}: set STRAIT_TESTDATA to the shared/testdata folder \
@@ -29,6 +53,15 @@ pub fn testdata() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// A YAML fixture of these tests (`tests/fixtures/NAME`).
+pub fn fixture(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    assert!(path.is_file(), "the fixture {} is missing", path.display());
+    path
 }
 
 /// A control plane process with its own data directory; killed when dropped.

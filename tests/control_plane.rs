@@ -1,6 +1,6 @@
 //! End to end: the `strait` binary as a user runs it, against a real control plane process.
 
-mod support;
+use strait_e2e as support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -295,7 +295,7 @@ fn acknowledged_writes_survive_kill_9_and_restart() {
 #[test]
 fn get_and_delete_by_kind_names() {
     let cp = ControlPlane::start();
-    let bookinfo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    let bookinfo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
     let out = cp.ok(&["apply", "-f", bookinfo.to_str().unwrap()]);
     assert!(
         out.contains("virtualservice.networking.istio.io/reviews created"),
@@ -485,7 +485,7 @@ fn watch_streams_changes_from_a_revision() {
 #[test]
 fn analyze_live_reads_what_the_control_plane_holds() {
     let cp = ControlPlane::start();
-    let bookinfo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    let bookinfo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/bookinfo");
     cp.ok(&["apply", "-f", bookinfo.to_str().unwrap()]);
     let out = cp.ok(&["analyze", "--live", "-o", "json"]);
     let report = json(&out);

@@ -41,6 +41,12 @@ pub struct Mesh {
     pub files: tempfile::TempDir,
 }
 
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh::new()
+    }
+}
+
 impl Mesh {
     pub fn new() -> Mesh {
         Mesh {

@@ -8,17 +8,9 @@ use std::time::{Duration, Instant};
 
 use strait_testsupport::http_get;
 
-/// The `strait-proxy` binary, next to `strait` in the target folder. `cargo test --workspace`
-/// builds every workspace binary first; `cargo test -p strait-cli` alone does not.
+/// The `strait-proxy` binary, next to `strait` in the target folder.
 pub fn strait_proxy_bin() -> PathBuf {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_strait")).with_file_name("strait-proxy");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build strait-proxy first: cargo build --bin strait-proxy (or run the \
-         tests with cargo test --workspace)",
-        bin.display()
-    );
-    bin
+    super::bin("strait-proxy")
 }
 
 /// A running strait-proxy, killed when dropped; its log lives in a temp dir.
