@@ -58,6 +58,33 @@ impl StraitProxy {
         self.child.id()
     }
 
+    /// Sends a signal (`INT`, `TERM`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(
+            status.success(),
+            "kill -s {name} {} failed",
+            self.child.id()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn check_running(&mut self, when: &str) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!(
