@@ -47,7 +47,7 @@ pub(crate) fn namespace_match(ns: &str, exp: &str) -> bool {
 }
 
 /// The namespaces that exist: Namespace objects, and on Strait's platform (where namespaces
-/// need no object) every namespace something lives in.
+/// need no object) Istio's own and every namespace something lives in.
 pub(crate) fn known_namespaces(ctx: &Context<'_>) -> Vec<String> {
     let mut out: Vec<String> = ctx
         .kind("", "Namespace")
@@ -55,6 +55,8 @@ pub(crate) fn known_namespaces(ctx: &Context<'_>) -> Vec<String> {
         .map(|n| n.name.clone())
         .collect();
     if ctx.options.strait_platform {
+        out.push(ctx.options.istio_namespace.clone());
+        out.push(ctx.root_namespace());
         out.extend(
             ctx.objects()
                 .iter()
