@@ -20,8 +20,9 @@ pub struct Options {
     /// MeshNetworks (like `istioctl analyze --meshNetworksFile`), analyzed as
     /// `MeshNetworks <istio namespace>/meshnetworks`.
     pub mesh_networks: Option<Value>,
-    /// Add Istio's default ingress gateway Pod and Service (istioctl does so when it analyzes
-    /// files: the default mesh config routes ingress through `istio: ingressgateway`).
+    /// Add a default ingress gateway workload labelled `istio: ingressgateway` (istioctl adds
+    /// Istio's Pod and Service when it analyzes files; on Strait's platform it is the
+    /// WorkloadEntry `strait gateway` registers).
     pub default_ingress: bool,
     /// Read the input as Strait's platform has it: WorkloadEntries (which `strait run` and
     /// `strait gateway` register) and Deployments' pod templates are workloads for selectors,
@@ -159,7 +160,7 @@ impl<'a> Context<'a> {
                         .as_str()
                         .unwrap_or("default")
                         .to_string(),
-                    synthetic: false,
+                    synthetic: is_synthetic(o),
                 })
             } else if options.strait_platform && o.is("apps", "Deployment") {
                 let t = &o.spec()["template"];
@@ -174,7 +175,7 @@ impl<'a> Context<'a> {
                         .as_str()
                         .unwrap_or("default")
                         .to_string(),
-                    synthetic: false,
+                    synthetic: is_synthetic(o),
                 })
             } else {
                 None
@@ -255,13 +256,28 @@ impl<'a> Context<'a> {
     }
 }
 
-/// The objects an analysis adds to its input: Istio's default ingress gateway Pod and Service
-/// (`pkg/config/analysis/local/defaults.go`) when `default_ingress` is set and the input has no
-/// such Service, and the MeshNetworks resource.
+/// The objects an analysis adds to its input: the default ingress gateway when `default_ingress`
+/// is set and the input has none (Istio's Pod and Service, `pkg/config/analysis/local/defaults.go`,
+/// or on Strait's platform the WorkloadEntry of `strait gateway`), and the MeshNetworks resource.
 pub fn synthetic_objects(objects: &[Object], options: &Options) -> Vec<Object> {
     let mut out = Vec::new();
     let ns = options.istio_namespace.as_str();
-    if options.default_ingress
+    if options.default_ingress && options.strait_platform {
+        // Strait's default ingress: what `strait gateway` registers, listening on the Gateway
+        // resources' ports itself (no Service in front).
+        let has_gateway = objects.iter().any(|o| {
+            o.is("networking.istio.io", "WorkloadEntry")
+                && o.raw["spec"]["labels"]["istio"] == "ingressgateway"
+        });
+        if !has_gateway {
+            let we = json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                "metadata": {"name": "istio-ingressgateway", "namespace": ns},
+                "spec": {"address": "127.0.0.1", "labels": {"istio": "ingressgateway"}},
+            });
+            out.extend(Object::from_value(we, None, ns));
+        }
+    } else if options.default_ingress
         && !objects
             .iter()
             .any(|o| o.is("", "Service") && o.namespace == ns && o.name == "istio-ingressgateway")

@@ -464,8 +464,7 @@ impl DestinationRuleAnalyzer {
 analyzer!(
     JwtClaimRouteAnalyzer,
     "virtualservice.JWTClaimRouteAnalyzer",
-    [msg::JWT_CLAIM_ROUTING_WITHOUT_REQUEST_AUTHN],
-    workloads
+    [msg::JWT_CLAIM_ROUTING_WITHOUT_REQUEST_AUTHN]
 );
 
 impl JwtClaimRouteAnalyzer {
