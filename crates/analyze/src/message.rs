@@ -306,4 +306,18 @@ mod tests {
         assert_eq!(lookup("ist0101"), Some(REFERENCED_RESOURCE_NOT_FOUND));
         assert_eq!(list(&["a", "b"]), "[a b]");
     }
+
+    /// docs/analyze.md has a row for every code, with its name and level.
+    #[test]
+    fn every_code_is_documented() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/analyze.md"
+        ))
+        .expect("docs/analyze.md");
+        for c in ALL {
+            let row = format!("| {} | {} | {} |", c.code, c.name, c.level);
+            assert!(doc.contains(&row), "docs/analyze.md lacks {row}");
+        }
+    }
 }
