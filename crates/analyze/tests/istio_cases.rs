@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use strait_analyze::{Object, Options, Source, analyze, analyzers};
+use strait_analyze::{Analyzer, Object, Options, Source, analyze, analyzers};
 
 /// Cases left out, with why. Each counts as missing all its expected messages.
 const LEFT_OUT: &[(&str, &str)] = &[];
@@ -89,6 +89,7 @@ fn istio_analyzer_cases() {
     let mut report = String::new();
     let mut raw_kinds: BTreeMap<String, usize> = BTreeMap::new();
     let mut cases = 0;
+    let (mut wide_reported, mut wide_found) = (0usize, 0usize);
     for line in lines.lines().filter(|l| !l.trim().is_empty()) {
         let case: Value = serde_json::from_str(line).unwrap();
         cases += 1;
@@ -128,6 +129,28 @@ fn istio_analyzer_cases() {
             continue;
         };
         let messages = analyze(&objects, &[a], &options).messages;
+        // For information: every analyzer over the case's files (as `strait analyze` runs),
+        // keeping the messages with a code of the case's analyzer. Other analyzers report
+        // those codes too (mostly IST0101 for hosts the case's files define no Service for),
+        // as Istio's own full run does; Istio's harness runs one analyzer, as asserted below.
+        let codes: Vec<&str> = a.codes().iter().map(|c| c.code).collect();
+        let all: Vec<&dyn Analyzer> = analyzers::all()
+            .into_iter()
+            .filter(|x| x.default_on() || x.name() == a.name())
+            .collect();
+        let mut wide: Vec<(String, String)> = analyze(&objects, &all, &options)
+            .messages
+            .iter()
+            .filter(|m| codes.contains(&m.code.code))
+            .map(|m| (m.code.code.to_string(), m.subject.to_string()))
+            .collect();
+        wide_reported += wide.len();
+        for e in &expected {
+            if let Some(i) = wide.iter().position(|g| g == e) {
+                wide.remove(i);
+                wide_found += 1;
+            }
+        }
         let got: Vec<(String, String)> = messages
             .iter()
             .map(|m| (m.code.code.to_string(), m.subject.to_string()))
@@ -180,6 +203,11 @@ fn istio_analyzer_cases() {
          reported {reported_total}; recall {:.1}%, precision {:.1}%",
         recall * 100.0,
         precision * 100.0
+    );
+    println!(
+        "With every analyzer run, the messages of each case's analyzer's codes: {wide_found} of \
+         {wide_reported} expected ({:.1}%)",
+        wide_found as f64 * 100.0 / wide_reported.max(1) as f64
     );
     assert!(recall >= 0.90, "recall {:.1}% is below 90%", recall * 100.0);
     assert!(
