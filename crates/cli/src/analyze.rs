@@ -1,19 +1,19 @@
-//! `strait validate` (each resource on its own) and `strait analyze` (resources together).
-//!
-//! The cross-resource checks follow `istioctl analyze`, with its message codes:
-//! - IST0101 ReferencedResourceNotFound: a VirtualService names a gateway, host or subset that
-//!   nothing defines; a DestinationRule is for a host that matches no service.
-//! - IST0109 ConflictingMeshGatewayVirtualServiceHosts: several VirtualServices for one host on
-//!   the mesh gateway.
+//! `strait validate` (each resource on its own) and `strait analyze` (resources together, like
+//! `istioctl analyze`: the analyzers are in `strait-analyze`; this is their front end: files,
+//! `--live`, flags, output and exit codes).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
-use strait_api::parse::{Outcome, Parsed, Source, parse_value};
-use strait_api::{Issue, Kind, Resource};
+use serde_json::Value;
+use strait_analyze::{Level, Message, Object, Options, Source, Suppression};
+use strait_api::Issue;
+use strait_api::Kind;
+use strait_api::parse::{Outcome, Parsed};
 
 use crate::ReportFormat;
 use crate::client::Connection;
@@ -38,8 +38,6 @@ struct DocReport {
 struct Finding {
     path: String,
     message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<&'static str>,
 }
 
 impl From<&Issue> for Finding {
@@ -47,7 +45,6 @@ impl From<&Issue> for Finding {
         Finding {
             path: i.path.clone(),
             message: i.message.clone(),
-            code: None,
         }
     }
 }
@@ -72,7 +69,6 @@ fn report_for(doc: &Parsed) -> DocReport {
         Outcome::Unsupported(why) => r.warnings.push(Finding {
             path: String::new(),
             message: why.clone(),
-            code: None,
         }),
         Outcome::Invalid(e) => r.errors.push(Finding::from(&e.to_issue())),
     }
@@ -94,10 +90,10 @@ fn print_reports(docs: &[Parsed], reports: &[DocReport], format: ReportFormat) -
             for (doc, r) in docs.iter().zip(reports) {
                 let what = describe(doc);
                 for e in &r.errors {
-                    println!("Error{} {what}: {}", code(e), at(e));
+                    println!("Error {what}: {}", at(e));
                 }
                 for w in &r.warnings {
-                    println!("Warning{} {what}: {}", code(w), at(w));
+                    println!("Warning {what}: {}", at(w));
                 }
                 match (&doc.outcome, r.errors.is_empty()) {
                     (Outcome::Unsupported(_), _) => skipped += 1,
@@ -120,10 +116,6 @@ fn print_reports(docs: &[Parsed], reports: &[DocReport], format: ReportFormat) -
     })
 }
 
-fn code(f: &Finding) -> String {
-    f.code.map(|c| format!(" [{c}]")).unwrap_or_default()
-}
-
 fn at(f: &Finding) -> String {
     if f.path.is_empty() {
         f.message.clone()
@@ -132,47 +124,304 @@ fn at(f: &Finding) -> String {
     }
 }
 
-pub fn analyze(
-    files: &[String],
-    live: Option<&Connection>,
-    format: ReportFormat,
-) -> Result<ExitCode> {
-    if files.is_empty() && live.is_none() {
+/// `strait analyze`'s flags, after `istioctl analyze`'s.
+#[derive(clap::Args)]
+pub struct AnalyzeArgs {
+    /// Files, folders (read recursively: .yaml, .yml, .json) or `-` for standard input.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<String>,
+    /// Also analyze what the control plane holds (a file's version of a resource replaces it).
+    #[arg(long)]
+    live: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "log")]
+    output: AnalyzeFormat,
+    /// Drop messages: CODE=KIND NAME, `*` for any text ("IST0102=Namespace frod",
+    /// "IST0107=Pod *.default"). Repeat for more.
+    #[arg(short = 'S', long = "suppress")]
+    suppress: Vec<String>,
+    /// The lowest level that makes the exit code 79: Info, Warning or Error.
+    #[arg(long, default_value = "Error", value_parser = parse_level)]
+    failure_threshold: Level,
+    /// The lowest level printed: Info, Warning or Error.
+    #[arg(long, default_value = "Info", value_parser = parse_level)]
+    output_threshold: Level,
+    /// A MeshConfig file merged over Istio's defaults.
+    #[arg(long = "meshConfigFile", alias = "mesh-config-file")]
+    mesh_config_file: Option<PathBuf>,
+    /// The namespace of resources that name none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Also run Istio's alpha-annotation analyzer (left out by default, as istioctl does).
+    #[arg(long)]
+    alpha: bool,
+}
+
+/// `log` is istioctl's name for the text output.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum AnalyzeFormat {
+    #[value(alias = "text")]
+    Log,
+    Json,
+    Yaml,
+}
+
+impl AnalyzeArgs {
+    pub fn live(&self) -> bool {
+        self.live
+    }
+}
+
+fn parse_level(s: &str) -> Result<Level, String> {
+    Level::parse(s).ok_or_else(|| format!("{s:?}: use Info, Warning or Error"))
+}
+
+/// istioctl's exit codes: 79 when a message reaches the failure threshold, 65 when an input
+/// could not be parsed.
+const EXIT_ISSUES: u8 = 79;
+const EXIT_DATA_ERROR: u8 = 65;
+
+/// One message as `-o json|yaml` prints it (istioctl's fields, plus `resource`, `name` and the
+/// fix `hint`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonMessage {
+    code: &'static str,
+    level: &'static str,
+    name: &'static str,
+    message: String,
+    resource: String,
+    /// istioctl's name for the resource.
+    origin: String,
+    /// Where the resource came from: `file[index]`, or `live`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    documentation_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<String>,
+}
+
+impl From<&Message> for JsonMessage {
+    fn from(m: &Message) -> Self {
+        JsonMessage {
+            code: m.code.code,
+            level: m.code.level.as_str(),
+            name: m.code.name,
+            message: m.text.clone(),
+            resource: m.subject.to_string(),
+            origin: m.subject.to_string(),
+            reference: m.source.as_ref().map(|s| {
+                if s.file.starts_with("live:") {
+                    "live".to_string()
+                } else {
+                    format!("{}[{}]", s.file, s.index)
+                }
+            }),
+            documentation_url: m.documentation_url(),
+            hint: m.hint.clone(),
+        }
+    }
+}
+
+pub fn analyze(args: &AnalyzeArgs, live: Option<&Connection>) -> Result<ExitCode> {
+    if args.files.is_empty() && live.is_none() {
         bail!("nothing to analyze: give -f FILE... and/or --live");
     }
-    let mut docs = read_all(files)?;
+    let suppressions = args
+        .suppress
+        .iter()
+        .map(|s| s.parse::<Suppression>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut objects, unparsed) = read_objects(&args.files, &args.namespace)?;
+    for u in &unparsed {
+        eprintln!(
+            "error: {}: malformed YAML: {}; the rest of the file is not analyzed",
+            u.file, u.error
+        );
+    }
     if let Some(conn) = live {
-        let from_files: BTreeSet<(String, Option<String>, String)> = docs
+        let from_files: BTreeSet<(String, String, String, String)> = objects
             .iter()
-            .map(|d| (d.kind.clone(), d.namespace.clone(), d.name.clone()))
+            .map(|o| {
+                (
+                    o.group.clone(),
+                    o.kind.clone(),
+                    o.namespace.clone(),
+                    o.name.clone(),
+                )
+            })
             .collect();
-        for d in fetch_live(conn)? {
-            // A file's version of a resource replaces the live one.
-            if !from_files.contains(&(d.kind.clone(), d.namespace.clone(), d.name.clone())) {
-                docs.push(d);
+        for o in fetch_live(conn)? {
+            let key = (
+                o.group.clone(),
+                o.kind.clone(),
+                o.namespace.clone(),
+                o.name.clone(),
+            );
+            if !from_files.contains(&key) {
+                objects.push(o);
             }
         }
     }
-    let mut reports: Vec<DocReport> = docs.iter().map(report_for).collect();
-    let resources: Vec<(usize, &Resource)> = docs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| match &d.outcome {
-            Outcome::Resource(r) => Some((i, r.as_ref())),
-            _ => None,
-        })
+    let mut options = Options {
+        default_namespace: args.namespace.clone(),
+        ..Options::default()
+    };
+    if let Some(path) = &args.mesh_config_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the mesh config", path.display()))?;
+        let mesh: Value = serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{}: not a YAML mesh config", path.display()))?;
+        options.mesh_config = Some(mesh);
+    }
+    let analyzers: Vec<&dyn strait_analyze::Analyzer> = strait_analyze::analyzers::all()
+        .into_iter()
+        .filter(|a| a.default_on() || (args.alpha && a.name() == "maturity.AlphaAnalyzer"))
         .collect();
-    for (i, finding, is_error) in cross_check(&resources) {
-        if is_error {
-            reports[i].errors.push(finding);
-        } else {
-            reports[i].warnings.push(finding);
+    let report = strait_analyze::analyze(&objects, &analyzers, &options);
+    let messages: Vec<&Message> = report
+        .messages
+        .iter()
+        .filter(|m| !suppressions.iter().any(|s| s.matches(m)))
+        .collect();
+    let shown: Vec<&Message> = messages
+        .iter()
+        .copied()
+        .filter(|m| m.level() <= args.output_threshold)
+        .collect();
+    let target = match (args.files.is_empty(), live.is_some()) {
+        (false, true) => "the files and the control plane",
+        (false, false) => "the files",
+        (true, _) => "the control plane",
+    };
+    match args.output {
+        AnalyzeFormat::Log => {
+            for m in &shown {
+                println!("{m}");
+                if let Some(h) = &m.hint {
+                    println!("    hint: {h}");
+                }
+            }
+            if shown.is_empty() {
+                eprintln!("\u{2714} No validation issues found when analyzing {target}.");
+            }
+            if !report.skipped.is_empty() {
+                let names: Vec<&str> = report.skipped.iter().map(|(n, _)| *n).collect();
+                eprintln!(
+                    "note: {} checks skipped, the input has no workloads (Pods, Deployments or WorkloadEntries): {}",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+        }
+        AnalyzeFormat::Json => {
+            let out: Vec<JsonMessage> = shown.iter().map(|m| JsonMessage::from(*m)).collect();
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        AnalyzeFormat::Yaml => {
+            let out: Vec<JsonMessage> = shown.iter().map(|m| JsonMessage::from(*m)).collect();
+            print!("{}", serde_yaml_ng::to_string(&out)?);
         }
     }
-    print_reports(&docs, &reports, format)
+    if !unparsed.is_empty() {
+        eprintln!("error: some files couldn't be parsed");
+        return Ok(ExitCode::from(EXIT_DATA_ERROR));
+    }
+    if messages.iter().any(|m| m.level() <= args.failure_threshold) {
+        eprintln!(
+            "error: analyzers found issues when analyzing {target}; see docs/analyze.md for each code"
+        );
+        return Ok(ExitCode::from(EXIT_ISSUES));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn fetch_live(conn: &Connection) -> Result<Vec<Parsed>> {
+/// A file whose YAML could not be read to the end, and why.
+struct Unparsed {
+    file: String,
+    error: String,
+}
+
+/// Every document in `paths` (files, folders, `-`) as an object, with the files whose YAML
+/// could not be read to the end.
+fn read_objects(paths: &[String], namespace: &str) -> Result<(Vec<Object>, Vec<Unparsed>)> {
+    let mut objects = Vec::new();
+    let mut unparsed = Vec::new();
+    let mut add = |name: &str, bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let (docs, err) = strait_analyze::object::parse_documents(&text);
+        for (index, doc) in docs.into_iter().enumerate() {
+            let source = Source {
+                file: name.to_string(),
+                index,
+            };
+            objects.extend(Object::from_value(doc, Some(source), namespace));
+        }
+        if let Some(error) = err {
+            unparsed.push(Unparsed {
+                file: name.to_string(),
+                error,
+            });
+        }
+    };
+    for p in paths {
+        if p == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(strait_api::parse::MAX_INPUT_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .context("reading standard input")?;
+            add("-", &buf);
+            continue;
+        }
+        let path = Path::new(p);
+        let meta = std::fs::metadata(path).with_context(|| format!("{p}: cannot read it"))?;
+        let files = if meta.is_dir() {
+            let mut files = Vec::new();
+            walk(path, &mut files)?;
+            files.sort();
+            if files.is_empty() {
+                bail!("{p}: the folder has no .yaml, .yml or .json files");
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        for f in files {
+            let name = f.display().to_string();
+            let len = std::fs::metadata(&f)?.len();
+            if len > strait_api::parse::MAX_INPUT_BYTES as u64 {
+                bail!(
+                    "{name}: the file is {len} bytes; the limit is {} bytes: split it",
+                    strait_api::parse::MAX_INPUT_BYTES
+                );
+            }
+            let bytes = std::fs::read(&f).with_context(|| format!("{name}: cannot read it"))?;
+            add(&name, &bytes);
+        }
+    }
+    Ok((objects, unparsed))
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list it", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, files)?;
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Every resource the control plane holds.
+fn fetch_live(conn: &Connection) -> Result<Vec<Object>> {
     let client = conn.connect()?;
     let mut out = Vec::new();
     for kind in Kind::ALL {
@@ -184,230 +433,19 @@ fn fetch_live(conn: &Connection) -> Result<Vec<Parsed>> {
                 answer.message()
             );
         }
-        for (index, item) in answer.body["items"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            out.push(parse_value(
-                Source {
-                    file: format!("live:{}", kind.plural()),
-                    index,
-                },
-                item,
-            ));
+        let items = answer.body["items"].as_array().cloned().unwrap_or_default();
+        for (index, mut item) in items.into_iter().enumerate() {
+            // Lists may leave out each item's type.
+            if item.get("kind").is_none() {
+                item["kind"] = Value::from(kind.name());
+                item["apiVersion"] = Value::from(kind.api_version());
+            }
+            let source = Source {
+                file: format!("live:{}", kind.plural()),
+                index,
+            };
+            out.extend(Object::from_value(item, Some(source), "default"));
         }
     }
     Ok(out)
-}
-
-const DEFAULT_NS: &str = "default";
-
-/// Istio's short-name resolution: `reviews` in namespace `ns` is `reviews.ns.svc.cluster.local`.
-fn fqdn(host: &str, ns: &str) -> String {
-    if host.contains('.') || host.contains('*') {
-        host.to_string()
-    } else {
-        format!("{host}.{ns}.svc.cluster.local")
-    }
-}
-
-/// `*.example.com` matches `a.example.com`; `*` matches everything.
-fn host_matches(pattern: &str, host: &str) -> bool {
-    if pattern == host {
-        return true;
-    }
-    match pattern.strip_prefix('*') {
-        Some(suffix) => host.ends_with(suffix),
-        None => match host.strip_prefix('*') {
-            Some(suffix) => pattern.ends_with(suffix),
-            None => false,
-        },
-    }
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn finding(path: String, code: &'static str, message: String) -> Finding {
-    Finding {
-        path,
-        message,
-        code: Some(code),
-    }
-}
-
-/// The cross-resource checks: (index of the document, finding, is it an error).
-fn cross_check(resources: &[(usize, &Resource)]) -> Vec<(usize, Finding, bool)> {
-    let ns_of = |r: &Resource| r.namespace().unwrap_or(DEFAULT_NS).to_string();
-    let mut hosts: BTreeSet<String> = BTreeSet::new();
-    let mut gateways: BTreeSet<(String, String)> = BTreeSet::new();
-    // (host fqdn) → subsets defined by DestinationRules.
-    let mut subsets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (_, r) in resources {
-        let spec = &r.raw["spec"];
-        match r.kind {
-            Kind::Service => {
-                hosts.insert(fqdn(r.name(), &ns_of(r)));
-            }
-            Kind::ServiceEntry => {
-                hosts.extend(strings(&spec["hosts"]).iter().map(|h| fqdn(h, &ns_of(r))))
-            }
-            Kind::Gateway => {
-                gateways.insert((ns_of(r), r.name().to_string()));
-            }
-            Kind::DestinationRule => {
-                let host = fqdn(spec["host"].as_str().unwrap_or_default(), &ns_of(r));
-                let names = spec["subsets"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|s| s["name"].as_str())
-                            .map(str::to_string)
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                subsets.entry(host).or_default().extend(names);
-            }
-            _ => {}
-        }
-    }
-    let known_host = |h: &str| {
-        hosts
-            .iter()
-            .any(|k| host_matches(k, h) || host_matches(h, k))
-    };
-
-    let mut out = Vec::new();
-    let mut mesh_hosts: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
-    for (i, r) in resources {
-        let ns = ns_of(r);
-        let spec = &r.raw["spec"];
-        match r.kind {
-            Kind::VirtualService => {
-                let gws = strings(&spec["gateways"]);
-                for (gi, g) in gws.iter().enumerate() {
-                    if g == "mesh" {
-                        continue;
-                    }
-                    let (gns, gname) = g.split_once('/').unwrap_or((&ns, g));
-                    // A fully qualified gateway host name (name.ns.svc.cluster.local) is also allowed.
-                    let (gns, gname) = match gname.split_once('.') {
-                        Some((n, rest)) => (rest.split('.').next().unwrap_or(gns), n),
-                        None => (gns, gname),
-                    };
-                    if !gateways.contains(&(gns.to_string(), gname.to_string())) {
-                        out.push((*i, finding(
-                            format!("spec.gateways[{gi}]"),
-                            "IST0101",
-                            format!("Referenced gateway not found: {g:?}: apply a Gateway {gns}/{gname} or fix the name"),
-                        ), true));
-                    }
-                }
-                if gws.is_empty() || gws.iter().any(|g| g == "mesh") {
-                    for h in strings(&spec["hosts"]) {
-                        mesh_hosts
-                            .entry(fqdn(&h, &ns))
-                            .or_default()
-                            .push((*i, format!("{ns}/{}", r.name())));
-                    }
-                }
-                for proto in ["http", "tcp", "tls"] {
-                    for (ri, route) in spec[proto].as_array().into_iter().flatten().enumerate() {
-                        let dests = route["route"].as_array().cloned().unwrap_or_default();
-                        let mirror = route
-                            .get("mirror")
-                            .cloned()
-                            .into_iter()
-                            .map(|m| json!({"destination": m}));
-                        for (di, d) in dests.into_iter().chain(mirror).enumerate() {
-                            let dest = &d["destination"];
-                            let Some(host) = dest["host"].as_str() else {
-                                continue;
-                            };
-                            let full = fqdn(host, &ns);
-                            let path = format!("spec.{proto}[{ri}].route[{di}].destination");
-                            if !known_host(&full) {
-                                out.push((*i, finding(
-                                    format!("{path}.host"),
-                                    "IST0101",
-                                    format!("Referenced host not found: {host:?}: apply a Service or ServiceEntry for it, or fix the host"),
-                                ), true));
-                                continue;
-                            }
-                            if let Some(subset) = dest["subset"].as_str().filter(|s| !s.is_empty())
-                            {
-                                let defined =
-                                    subsets.get(&full).is_some_and(|s| s.contains(subset));
-                                if !defined {
-                                    out.push((*i, finding(
-                                        format!("{path}.subset"),
-                                        "IST0101",
-                                        format!("Referenced host+subset in destinationrule not found: \"{host}+{subset}\": define subset {subset:?} in a DestinationRule for {host}"),
-                                    ), true));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Kind::DestinationRule => {
-                let host = spec["host"].as_str().unwrap_or_default();
-                if !host.is_empty() && !known_host(&fqdn(host, &ns)) {
-                    out.push((*i, finding(
-                        "spec.host".into(),
-                        "IST0101",
-                        format!("Referenced host not found: {host:?}: no Service or ServiceEntry defines it; apply one or fix the host"),
-                    ), true));
-                }
-            }
-            _ => {}
-        }
-    }
-    for (host, owners) in mesh_hosts {
-        if owners.len() > 1 {
-            let names: Vec<&str> = owners.iter().map(|(_, n)| n.as_str()).collect();
-            for (i, _) in &owners {
-                out.push((*i, finding(
-                    "spec.hosts".into(),
-                    "IST0109",
-                    format!(
-                        "The VirtualServices {} associated with mesh gateway define the same host {host:?} which can lead to undefined behavior. This can be fixed by merging the conflicting VirtualServices into a single resource.",
-                        names.join(",")
-                    ),
-                ), true));
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_resolve_and_match_like_istio() {
-        assert_eq!(
-            fqdn("reviews", "default"),
-            "reviews.default.svc.cluster.local"
-        );
-        assert_eq!(
-            fqdn("reviews.prod.svc.cluster.local", "default"),
-            "reviews.prod.svc.cluster.local"
-        );
-        assert!(host_matches("*.example.com", "a.example.com"));
-        assert!(host_matches("*", "anything"));
-        assert!(!host_matches("a.example.com", "b.example.com"));
-    }
 }

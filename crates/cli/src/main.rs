@@ -86,17 +86,9 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: ReportFormat,
     },
-    /// Check resources together, like `istioctl analyze`: references between them.
-    Analyze {
-        /// Files, folders (read recursively) or `-` for standard input.
-        #[arg(short = 'f', long = "filename")]
-        files: Vec<String>,
-        /// Also analyze what the control plane holds.
-        #[arg(long)]
-        live: bool,
-        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-        output: ReportFormat,
-    },
+    /// Check resources together, like `istioctl analyze`, with Istio's message codes (and
+    /// Strait's STR codes): docs/analyze.md. Exit code 79 when issues reach the threshold.
+    Analyze(analyze::AnalyzeArgs),
     /// Create or update resources from files.
     Apply {
         #[arg(short = 'f', long = "filename", required = true)]
@@ -193,11 +185,7 @@ fn main() -> ExitCode {
             output,
         } => proxies::config(&connection, what, &proxy, output),
         Command::Validate { files, output } => analyze::validate(&files, output),
-        Command::Analyze {
-            files,
-            live,
-            output,
-        } => analyze::analyze(&files, live.then_some(&connection), output),
+        Command::Analyze(args) => analyze::analyze(&args, args.live().then_some(&connection)),
         Command::Apply { files, namespace } => {
             resources::apply(&connection, &files, namespace.as_deref())
         }
