@@ -1,0 +1,272 @@
+//! rustls configurations for mutual TLS between workloads, built once per set of credentials
+//! (per rotation), never per connection.
+//!
+//! A client checks the server's chain against the trust bundle and its SPIFFE identity (the URI
+//! subject alternative name) against the identities expected for the destination; a server asks
+//! for (and, for mTLS, requires) a client certificate that chains to the bundle. Refusals say what
+//! was expected and what the peer presented.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+
+use crate::Identity;
+use crate::cert::CertInfo;
+use crate::credentials::Credentials;
+
+/// The crypto provider every Strait TLS config uses (aws-lc-rs).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Which peers a client accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExpectedPeer {
+    /// Any SPIFFE identity the trust bundle vouches for.
+    AnyIdentity,
+    /// One of these SPIFFE ids (the destination's service accounts).
+    OneOf(Vec<String>),
+}
+
+/// A refused peer: what it presented and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRefused {
+    pub presented: Vec<String>,
+    pub expected: Vec<String>,
+}
+
+impl fmt::Display for PeerRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let presented = if self.presented.is_empty() {
+            "no SPIFFE identity".to_string()
+        } else {
+            self.presented.join(", ")
+        };
+        match self.expected.as_slice() {
+            [] => write!(f, "the peer presented {presented}, not a SPIFFE identity"),
+            [one] => write!(f, "the peer presented {presented} where {one} was expected"),
+            many => write!(
+                f,
+                "the peer presented {presented} where one of {} was expected",
+                many.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PeerRefused {}
+
+/// A peer certificate that the trust bundle does not vouch for, explained.
+#[derive(Debug, Clone)]
+pub struct ChainRefused(pub CertificateError);
+
+impl fmt::Display for ChainRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => write!(
+                f,
+                "the peer's certificate does not chain to this mesh's trust bundle (it was issued by another CA or root): {:?}",
+                self.0
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                write!(f, "the peer's certificate has expired: {}", self.0)
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                write!(f, "the peer's certificate is not valid yet: {}", self.0)
+            }
+            other => write!(f, "the peer's certificate was refused: {other}"),
+        }
+    }
+}
+
+impl std::error::Error for ChainRefused {}
+
+/// Checks a server's chain against the trust bundle, then its SPIFFE identity.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    chain: Arc<WebPkiServerVerifier>,
+    expected: ExpectedPeer,
+}
+
+/// A DNS name the chain check is run with: SPIFFE certificates carry none, so the name check
+/// that follows the chain check always fails and is replaced by the identity check.
+fn placeholder_name() -> ServerName<'static> {
+    ServerName::try_from("spiffe.invalid").expect("a valid DNS name")
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        match self.chain.verify_server_cert(
+            end_entity,
+            intermediates,
+            &placeholder_name(),
+            ocsp_response,
+            now,
+        ) {
+            Ok(_)
+            | Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(Error::InvalidCertificate(e)) => {
+                return Err(Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(ChainRefused(e))),
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let presented = CertInfo::parse(end_entity.as_ref(), "the peer's certificate")
+            .map(|i| i.uris)
+            .map_err(|e| {
+                Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+            })?;
+        let ok = match &self.expected {
+            ExpectedPeer::AnyIdentity => presented.iter().any(|u| u.parse::<Identity>().is_ok()),
+            ExpectedPeer::OneOf(ids) => presented.iter().any(|u| ids.contains(u)),
+        };
+        if ok {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let expected = match &self.expected {
+            ExpectedPeer::AnyIdentity => Vec::new(),
+            ExpectedPeer::OneOf(ids) => ids.clone(),
+        };
+        Err(Error::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(PeerRefused {
+                presented,
+                expected,
+            })),
+        )))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// Whether a server asks clients for certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mutual TLS: a client without a certificate from the trust bundle is refused.
+    Required,
+    /// A certificate is checked when presented, and a client may present none (the CA port:
+    /// a workload's first request has only its bootstrap credential).
+    Optional,
+}
+
+/// A server config that presents `creds` and checks client certificates against their trust
+/// bundle.
+pub fn server_config(
+    creds: &Credentials,
+    client_auth: ClientAuth,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, Error> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(creds.root_store(), provider());
+    let verifier = match client_auth {
+        ClientAuth::Required => verifier,
+        ClientAuth::Optional => verifier.allow_unauthenticated(),
+    }
+    .build()
+    .map_err(|e| Error::General(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(Fixed(creds.certified_key())));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client config that presents `creds` (when given) and accepts servers that chain to `roots`
+/// and present an identity `expected` allows.
+pub fn client_config(
+    creds: Option<&Credentials>,
+    roots: Arc<RootCertStore>,
+    expected: ExpectedPeer,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, Error> {
+    let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| Error::General(e.to_string()))?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { chain, expected }));
+    let mut config = match creds {
+        Some(c) => builder.with_client_cert_resolver(Arc::new(Fixed(c.certified_key()))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The workload's key and chain, for every handshake.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Fixed {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Explains a TLS handshake failure for logs and response bodies: a refused peer identity as
+/// [`PeerRefused`] says it, anything else as rustls does.
+pub fn explain(e: &std::io::Error) -> String {
+    let Some(inner) = e.get_ref() else {
+        return e.to_string();
+    };
+    if let Some(Error::InvalidCertificate(CertificateError::Other(OtherError(other)))) =
+        inner.downcast_ref::<Error>()
+    {
+        return other.to_string();
+    }
+    e.to_string()
+}
