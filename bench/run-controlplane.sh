@@ -22,7 +22,7 @@ LOAD=$TARGET/release/strait-xds-load
 # The control plane of a work directory: started in its own session, known by its PID file.
 start_cp() {
     setsid "$STRAIT" control-plane --data-dir "$WORK/data" \
-        --api-addr "$API_ADDR" --xds-addr "$XDS_ADDR" \
+        --api-addr "$API_ADDR" --xds-addr "$XDS_ADDR" --tls-addr 127.0.0.1:0 \
         >>"$WORK/control-plane.log" 2>&1 </dev/null &
     echo $! >"$WORK/cp.pid"
 }

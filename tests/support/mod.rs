@@ -94,7 +94,7 @@ impl ControlPlane {
         let _ = std::fs::remove_file(self.dir.path().join("server"));
         let mut cmd = Command::new(strait());
         cmd.arg("control-plane");
-        for flag in ["--api-addr", "--xds-addr"] {
+        for flag in ["--api-addr", "--xds-addr", "--tls-addr"] {
             if !self.flags.iter().any(|f| f == flag) {
                 cmd.args([flag, "127.0.0.1:0"]);
             }

@@ -417,6 +417,8 @@ impl ControlPlane {
                 api.to_string(),
                 "--xds-addr".into(),
                 xds.to_string(),
+                "--tls-addr".into(),
+                "127.0.0.1:0".into(),
             ],
             work.join("control-plane.log"),
         )?;

@@ -30,7 +30,7 @@ fn strait() -> PathBuf {
 /// Starts a control plane in `dir` on `api`/`xds` (port 0: any); records its PID in DIR/cp.pid.
 fn start(strait: &Path, dir: &Path, api: &str, xds: &str) -> String {
     format!(
-        "setsid {} control-plane --data-dir {d}/data --api-addr {api} --xds-addr {xds} >>{d}/cp.log 2>&1 </dev/null & echo $! >{d}/cp.pid",
+        "setsid {} control-plane --data-dir {d}/data --api-addr {api} --xds-addr {xds} --tls-addr 127.0.0.1:0 >>{d}/cp.log 2>&1 </dev/null & echo $! >{d}/cp.pid",
         strait.display(),
         d = dir.display(),
     )

@@ -74,6 +74,18 @@ pub trait Inputs: Send + Sync {
     fn generate_hosts(&self, proxy: &Proxy, hosts: &BTreeSet<String>) -> Option<XdsResources>;
 }
 
+/// Decides whether the peer of a stream may have a proxy's config. The control plane's answers
+/// on its TLS port: the proxy's certificate must name the identity its node claims.
+pub trait Authorize: Send + Sync + 'static {
+    /// `extensions` are the stream's request extensions (a TLS listener puts the peer's
+    /// identity there). An error is sent to the proxy as `PermissionDenied` and logged.
+    fn authorize(
+        &self,
+        proxy: &Proxy,
+        extensions: &tonic::codegen::http::Extensions,
+    ) -> Result<(), String>;
+}
+
 /// How the server batches config changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdsOptions {
@@ -191,6 +203,7 @@ struct Shared {
 
 struct Inner {
     generator: Arc<dyn Generator>,
+    authorizer: Option<Arc<dyn Authorize>>,
     conns: Mutex<BTreeMap<u64, Arc<dyn stream::View>>>,
     /// To the debouncer.
     changes: std_mpsc::Sender<Change>,
@@ -210,9 +223,19 @@ impl AdsServer {
     /// A server generating with `generator`. Starts the debouncer (a small thread, ending with
     /// the server).
     pub fn new(generator: Arc<dyn Generator>, options: AdsOptions) -> Self {
+        Self::with_authorizer(generator, options, None)
+    }
+
+    /// A server whose streams `authorizer` checks before any config is sent.
+    pub fn with_authorizer(
+        generator: Arc<dyn Generator>,
+        options: AdsOptions,
+        authorizer: Option<Arc<dyn Authorize>>,
+    ) -> Self {
         let (changes, rx) = std_mpsc::channel();
         let inner = Arc::new(Inner {
             generator,
+            authorizer,
             conns: Mutex::default(),
             changes,
             revisions: watch::Sender::new(0),
@@ -396,11 +419,13 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
+        let (_, extensions, requests) = request.into_parts();
         tokio::spawn(stream::run::<sotw::Sotw>(
             self.inner.clone(),
             StreamKind::Sotw,
             peer,
-            request.into_inner(),
+            extensions,
+            requests,
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -412,11 +437,13 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let peer = request.remote_addr();
+        let (_, extensions, requests) = request.into_parts();
         tokio::spawn(stream::run::<delta::Delta>(
             self.inner.clone(),
             StreamKind::Delta,
             peer,
-            request.into_inner(),
+            extensions,
+            requests,
             tx,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))

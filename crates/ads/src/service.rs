@@ -84,12 +84,14 @@ fn delta_stream(inner: Arc<Inner>, req: http::Request<Body>) -> http::Response<B
         .extensions()
         .get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr);
-    let requests = Streaming::new_request(RequestDecoder, req.into_body(), None, None);
+    let (parts, body) = req.into_parts();
+    let requests = Streaming::new_request(RequestDecoder, body, None, None);
     let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
     tokio::spawn(stream::run::<delta::Delta>(
         inner,
         StreamKind::Delta,
         peer,
+        parts.extensions,
         requests,
         tx,
     ));

@@ -74,6 +74,7 @@ pub(super) async fn run<P: Protocol>(
     inner: Arc<Inner>,
     kind: StreamKind,
     peer: Option<SocketAddr>,
+    extensions: tonic::codegen::http::Extensions,
     mut requests: Streaming<P::Request>,
     tx: mpsc::Sender<Result<P::Response, Status>>,
 ) {
@@ -98,6 +99,13 @@ pub(super) async fn run<P: Protocol>(
             return;
         }
     };
+    if let Some(authorizer) = &inner.authorizer
+        && let Err(why) = authorizer.authorize(&proxy, &extensions)
+    {
+        tracing::warn!(?peer, proxy = %proxy.id, stream = ?kind, reason = %why, "refused an ADS stream");
+        let _ = tx.send(Err(Status::permission_denied(why))).await;
+        return;
+    }
     let span = tracing::info_span!("ads", proxy = %proxy.id, stream = ?kind);
     serve::<P>(inner, kind, peer, proxy, first, requests, tx)
         .instrument(span)

@@ -460,6 +460,8 @@ impl Demo {
                 "127.0.0.1:0",
                 "--xds-addr",
                 "0.0.0.0:0",
+                "--tls-addr",
+                "0.0.0.0:0",
             ]),
         )?;
         self.control_plane = Some(cp);

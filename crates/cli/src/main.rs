@@ -61,6 +61,19 @@ enum Command {
         /// The range services' virtual IPs come from.
         #[arg(long, default_value = "240.240.0.0/16")]
         vip_range: String,
+        /// Where the TLS port listens: the mesh CA and xDS over mutual TLS (Istio's 15012).
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        tls_addr: String,
+        /// The mesh's trust domain: workload identities are spiffe://TRUST_DOMAIN/ns/NS/sa/SA.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// A plug-in CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, cert-chain.pem,
+        /// root-cert.pem) instead of the self-signed root kept in the data directory.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+        /// The lifetime of workload certificates when a request asks for none (at most 90d).
+        #[arg(long, default_value = "24h", value_parser = strait_xds_core::flags::parse_duration)]
+        workload_cert_ttl: std::time::Duration,
     },
     /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
     Bootstrap {
@@ -163,10 +176,20 @@ fn main() -> ExitCode {
             debounce_ms,
             outbound_traffic_policy,
             vip_range,
+            tls_addr,
+            trust_domain,
+            ca_dir,
+            workload_cert_ttl,
         } => control_plane::run(strait_controlplane::Options {
             data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
             api_addr,
             xds_addr,
+            tls_addr,
+            identity: strait_controlplane::IdentityOptions {
+                trust_domain,
+                ca_dir,
+                workload_cert_ttl,
+            },
             debounce: std::time::Duration::from_millis(debounce_ms),
             outbound_policy: match outbound_traffic_policy {
                 OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod debug;
+mod identity;
 mod mesh;
 
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use strait_apiserver::{ApiState, load_or_create_token, router};
 use strait_store::{FileStore, Store};
 use strait_translate::{MeshConfig, OutboundPolicy};
 
+pub use identity::{IdentityOptions, MeshIdentity, ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 pub use mesh::{Mesh, VIP_KEY_KIND};
 
 /// The file in the data directory where the running control plane records its API address, so
@@ -27,6 +29,8 @@ pub use mesh::{Mesh, VIP_KEY_KIND};
 pub const SERVER_FILE: &str = "server";
 /// The file where it records its xDS address, for `strait bootstrap`.
 pub const XDS_FILE: &str = "xds";
+/// The file where it records its TLS port's address (CA and mTLS xDS).
+pub const XDS_TLS_FILE: &str = "xds-tls";
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -34,6 +38,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub api_addr: String,
     pub xds_addr: String,
+    /// The TLS port: the CA and ADS over mutual TLS (Istio's 15012).
+    pub tls_addr: String,
+    pub identity: IdentityOptions,
     pub debounce: Duration,
     pub outbound_policy: OutboundPolicy,
     /// The range virtual IPs are allocated from (CIDR).
@@ -57,13 +64,15 @@ pub async fn run(opts: Options) -> Result<()> {
         outbound_policy: opts.outbound_policy,
         ..MeshConfig::default()
     };
+    let identity = MeshIdentity::start(&opts.identity, dir)?;
     let mesh = Arc::new(Mesh::load(store.clone(), mesh_config, &opts.vip_range)?);
-    let ads = AdsServer::new(
+    let ads = AdsServer::with_authorizer(
         mesh.clone() as Arc<dyn strait_ads::Generator>,
         AdsOptions {
             debounce: opts.debounce,
             ..AdsOptions::default()
         },
+        Some(identity.authorizer()),
     );
     let watcher = tokio::spawn(mesh::follow(mesh.clone(), store.clone(), ads.clone()));
 
@@ -83,12 +92,21 @@ pub async fn run(opts: Options) -> Result<()> {
                 opts.xds_addr
             )
         })?;
+    let tls_listener = tokio::net::TcpListener::bind(&opts.tls_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the TLS (CA and mTLS xDS) address {} (is another control plane running?)",
+                opts.tls_addr
+            )
+        })?;
     let api_local = api_listener.local_addr()?;
     let xds_local: SocketAddr = xds_listener.local_addr()?;
+    let tls_local: SocketAddr = tls_listener.local_addr()?;
 
     let api = router(
         ApiState::new(store.clone(), token),
-        debug::routes(ads.clone(), mesh.clone()),
+        debug::routes(ads.clone(), mesh.clone()).merge(identity.routes()),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
@@ -111,21 +129,41 @@ pub async fn run(opts: Options) -> Result<()> {
             .await
     });
 
+    let mut tls_stop = stop_rx.clone();
+    let tls_ads = ads.service();
+    let ca_service = identity.ca_service();
+    let tls_incoming = strait_identity::peer::incoming(tls_listener, identity.tls_configs());
+    let tls_task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(tls_ads)
+            .add_service(ca_service)
+            .serve_with_incoming_shutdown(tls_incoming, async move {
+                let _ = tls_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
     let server_file = dir.join(SERVER_FILE);
     let xds_file = dir.join(XDS_FILE);
+    let tls_file = dir.join(XDS_TLS_FILE);
+    std::fs::write(&tls_file, format!("{tls_local}\n"))
+        .with_context(|| format!("writing {}", tls_file.display()))?;
     std::fs::write(&server_file, format!("http://{api_local}\n"))
         .with_context(|| format!("writing {}", server_file.display()))?;
     std::fs::write(&xds_file, format!("{xds_local}\n"))
         .with_context(|| format!("writing {}", xds_file.display()))?;
-    tracing::info!(api = %format!("http://{api_local}"), xds = %xds_local, data_dir = %dir.display(), "control plane ready");
+    tracing::info!(api = %format!("http://{api_local}"), xds = %xds_local, tls = %tls_local, data_dir = %dir.display(), "control plane ready");
 
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     let _ = std::fs::remove_file(&server_file);
     let _ = std::fs::remove_file(&xds_file);
+    let _ = std::fs::remove_file(&tls_file);
     watcher.abort();
     let _ = api_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), xds_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), tls_task).await;
     tracing::info!("control plane stopped");
     Ok(())
 }

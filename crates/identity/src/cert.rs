@@ -79,6 +79,15 @@ fn base64_encode(bytes: &[u8]) -> String {
     out
 }
 
+/// A time as RFC 3339 in UTC, to the second (`2026-12-07T03:10:00Z`).
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".to_string())
+}
+
 /// What a certificate says, as tools show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
@@ -177,6 +186,12 @@ pub fn new_key_and_csr(identity: &Identity) -> Result<KeyAndCsr, CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_312_234);
+        assert_eq!(rfc3339(t), "2026-11-22T01:50:34Z");
+    }
 
     #[test]
     fn pem_round_trip_and_base64() {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use crate::proxy::{CaptureMode, Proxy, ProxyRole};
 
@@ -65,6 +66,27 @@ pub struct ProxyFlags {
     /// The ADS variant.
     #[arg(long, value_enum, default_value = "delta")]
     pub api: XdsApi,
+}
+
+/// A duration as flags write it: a number and a unit, `500ms`, `30s`, `15m`, `24h`, `90d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("{text:?} is not a duration: write a number and a unit, like 30s, 15m, 24h or 90d")
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86_400.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
 }
 
 /// One `KEY=VALUE` label.
@@ -212,6 +234,21 @@ mod tests {
             },
             proxy
         );
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        for bad in ["30", "s", "3x", "", "-1s"] {
+            assert!(
+                parse_duration(bad).unwrap_err().contains("not a duration"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
