@@ -3,6 +3,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod agent;
 mod analyze;
 mod client;
 mod control_plane;
@@ -128,6 +129,9 @@ enum Command {
     Run(run::RunArgs),
     /// Run an ingress gateway on the host's network, selected by Gateway resources' labels.
     Gateway(gateway::GatewayArgs),
+    /// The node agent beside Envoy: obtains and renews the workload's certificate and serves it
+    /// to Envoy over SDS on a Unix socket (Istio's pilot-agent role; strait run starts it).
+    Agent(agent::AgentArgs),
     /// Bookinfo with sidecars behind an ingress gateway, with its own control plane, until
     /// Ctrl-C: `strait demo [--proxy envoy]` (as root, pods in network namespaces with iptables
     /// capture; otherwise on loopback addresses, the apps using their sidecars as HTTP proxies).
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         }),
         Command::Run(args) => run::run(&connection, args),
         Command::Gateway(args) => gateway::run(&connection, args),
+        Command::Agent(args) => agent::run(args),
         Command::Demo(args) => demo::run(cli.data_dir.as_deref(), args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),

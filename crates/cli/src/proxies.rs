@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
-use strait_translate::bootstrap::{BootstrapOptions, envoy_bootstrap};
+use strait_translate::bootstrap::{BootstrapIdentity, BootstrapOptions, envoy_bootstrap};
 use strait_xds_core::flags::DEFAULT_XDS;
 use strait_xds_core::{ProxyFlags, XdsApi};
 
@@ -17,7 +17,18 @@ use crate::control_plane;
 #[derive(Subcommand)]
 pub enum BootstrapTarget {
     /// An Envoy bootstrap that connects to this control plane over ADS.
-    Envoy(ProxyFlags),
+    Envoy(EnvoyBootstrapArgs),
+}
+
+/// `strait bootstrap envoy`: the proxy's flags, and where its node agent serves SDS.
+#[derive(clap::Args)]
+pub struct EnvoyBootstrapArgs {
+    #[command(flatten)]
+    pub proxy: ProxyFlags,
+    /// With --ca-addr: the node agent's SDS socket (`strait agent --sds-socket`), where Envoy
+    /// gets its certificate and the trust bundle.
+    #[arg(long, value_name = "PATH")]
+    pub sds_socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,13 +68,32 @@ pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<SocketAddr> {
 
 pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode> {
     match target {
-        BootstrapTarget::Envoy(args) => {
+        BootstrapTarget::Envoy(EnvoyBootstrapArgs {
+            proxy: args,
+            sds_socket,
+        }) => {
+            let identity = match (&args.identity.ca_addr, sds_socket) {
+                (None, None) => None,
+                (Some(_), Some(sds_socket)) => Some(BootstrapIdentity {
+                    sds_socket,
+                    trust_domain: args.identity.trust_domain.clone(),
+                }),
+                (Some(_), None) => bail!(
+                    "--ca-addr needs --sds-socket: Envoy gets its certificate from the node agent \
+                     (`strait agent --sds-socket PATH ...`) over SDS"
+                ),
+                (None, Some(_)) => bail!(
+                    "--sds-socket needs --ca-addr (the control plane's TLS port), where Envoy's \
+                     xDS connection goes with its certificate"
+                ),
+            };
             let opts = BootstrapOptions {
                 proxy: args.proxy(),
                 xds_addr: xds_addr(&args, conn)?,
                 admin_addr: args.admin,
                 delta: args.api == XdsApi::Delta,
                 concurrency: None,
+                identity,
             };
             print!("{}", envoy_bootstrap(&opts));
         }

@@ -191,6 +191,7 @@ impl RunningProxy {
                     admin_addr: l.admin,
                     delta: true,
                     concurrency: Some(2),
+                    identity: None,
                 });
                 let path = l.dir.join("bootstrap.yaml");
                 std::fs::write(&path, bootstrap)

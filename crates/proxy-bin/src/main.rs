@@ -74,6 +74,12 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.proxy.identity.ca_addr.is_some() {
+        anyhow::bail!(
+            "--ca-addr: strait-proxy does not obtain workload certificates yet; run Envoy with \
+             `strait agent` for mutual TLS, or leave --ca-addr out"
+        );
+    }
     let node = strait_proxy::node(&args.proxy.proxy());
     let limits = strait_proxy::HttpLimits {
         request_headers_timeout: timeout("request-headers-timeout", args.request_headers_timeout)?,

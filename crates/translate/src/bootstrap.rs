@@ -15,6 +15,9 @@ use strait_xds_core::Proxy;
 /// The name of the bootstrap's cluster that reaches the control plane (Istio's name).
 pub const XDS_CLUSTER: &str = "xds-grpc";
 
+/// The server name of the control plane's TLS port (Istio's istiod).
+pub const CONTROL_PLANE_SERVER_NAME: &str = "istiod.istio-system.svc";
+
 /// The node metadata key that carries the worker thread count Envoy should be started with
 /// (`--concurrency`). Envoy itself ignores it; launchers (the test harness, `strait run`) read it.
 pub const CONCURRENCY_METADATA: &str = "CONCURRENCY";
@@ -35,6 +38,38 @@ pub struct BootstrapOptions {
     pub delta: bool,
     /// Worker threads, recorded in the node metadata as [`CONCURRENCY_METADATA`] for the launcher.
     pub concurrency: Option<u32>,
+    /// Mutual TLS: the node agent's SDS socket, and the trust domain. With it, Envoy gets its
+    /// certificate (`default`) and the trust bundle (`ROOTCA`) from the agent over SDS (the
+    /// `sds-grpc` cluster, as Istio's bootstrap has it), and connects to the control plane's TLS
+    /// port (`xds_addr`) with that certificate, checking the control plane's identity.
+    pub identity: Option<BootstrapIdentity>,
+}
+
+/// See [`BootstrapOptions::identity`].
+#[derive(Debug, Clone)]
+pub struct BootstrapIdentity {
+    pub sds_socket: std::path::PathBuf,
+    pub trust_domain: String,
+}
+
+/// The name of the bootstrap's cluster to the node agent's SDS socket (Istio's).
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// An SDS secret config for `name` served by the node agent (Istio's shape: wait for it).
+pub fn agent_secret(name: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "api_config_source": {
+                "api_type": "GRPC",
+                "set_node_on_first_message_only": true,
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": SDS_CLUSTER } }],
+            },
+            "resource_api_version": "V3",
+            "initial_fetch_timeout": "0s",
+        },
+    })
 }
 
 /// The node's cluster: the workload's `app` label, or else its name.
@@ -55,6 +90,69 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
         map.insert(CONCURRENCY_METADATA.to_string(), json!(n.to_string()));
     }
     let ads_over_grpc = json!({ "ads": {}, "resource_api_version": "V3" });
+    let http2 = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {
+                "http2_protocol_options": {
+                    // xDS keeps one long stream: keep it alive through idle NATs.
+                    "connection_keepalive": { "interval": "30s", "timeout": "10s" },
+                },
+            },
+        },
+    });
+    let mut xds_cluster = json!({
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": http2,
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": socket_address(opts.xds_addr) },
+                }],
+            }],
+        },
+    });
+    let mut clusters = Vec::new();
+    if let Some(id) = &opts.identity {
+        xds_cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": CONTROL_PLANE_SERVER_NAME,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificate_sds_secret_configs": [agent_secret("default")],
+                    "combined_validation_context": {
+                        "default_validation_context": {
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "URI",
+                                "matcher": { "exact": format!("spiffe://{}/ns/istio-system/sa/istiod", id.trust_domain) },
+                            }],
+                        },
+                        "validation_context_sds_secret_config": agent_secret("ROOTCA"),
+                    },
+                },
+            },
+        });
+        clusters.push(json!({
+            "name": SDS_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": http2,
+            "load_assignment": {
+                "cluster_name": SDS_CLUSTER,
+                "endpoints": [{
+                    "lb_endpoints": [{
+                        "endpoint": { "address": { "pipe": { "path": id.sds_socket.display().to_string() } } },
+                    }],
+                }],
+            },
+        }));
+    }
+    clusters.insert(0, xds_cluster);
 
     // Top-level keys in reading order; the sections themselves are plain JSON values.
     let sections = [
@@ -79,35 +177,7 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
                 "lds_config": ads_over_grpc,
             }),
         ),
-        (
-            "static_resources",
-            json!({
-                "clusters": [{
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {
-                                "http2_protocol_options": {
-                                    // xDS keeps one long stream: keep it alive through idle NATs.
-                                    "connection_keepalive": { "interval": "30s", "timeout": "10s" },
-                                },
-                            },
-                        },
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{
-                            "lb_endpoints": [{
-                                "endpoint": { "address": socket_address(opts.xds_addr) },
-                            }],
-                        }],
-                    },
-                }],
-            }),
-        ),
+        ("static_resources", json!({ "clusters": clusters })),
         (
             "admin",
             json!({
@@ -225,6 +295,7 @@ mod tests {
             admin_addr: "127.0.10.7:15000".parse().unwrap(),
             delta,
             concurrency: None,
+            identity: None,
         }
     }
 
@@ -236,6 +307,7 @@ mod tests {
     fn names_the_node_as_istio_does() {
         let opts = BootstrapOptions {
             concurrency: Some(4),
+            identity: None,
             ..options(proxy(ProxyRole::Sidecar, CaptureMode::None), false)
         };
         let b = parse(&envoy_bootstrap(&opts));
@@ -387,6 +459,7 @@ mod tests {
             for delta in [false, true] {
                 let opts = BootstrapOptions {
                     concurrency: Some(2),
+                    identity: None,
                     ..options(proxy(role, capture), delta)
                 };
                 let file = dir.path().join(format!("{name}-delta-{delta}.yaml"));

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::proxy::{CaptureMode, Proxy, ProxyRole};
@@ -66,6 +67,67 @@ pub struct ProxyFlags {
     /// The ADS variant.
     #[arg(long, value_enum, default_value = "delta")]
     pub api: XdsApi,
+    #[command(flatten)]
+    pub identity: IdentityFlags,
+}
+
+/// How a proxy (or the node agent beside Envoy) gets its workload certificate.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFlags {
+    /// The mesh CA: the control plane's TLS port (Istio's 15012). With it the workload obtains
+    /// a certificate for spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT, renews it, and
+    /// speaks xDS over mutual TLS to --xds (which must then be the TLS port too).
+    #[arg(long, value_name = "ADDR")]
+    pub ca_addr: Option<SocketAddr>,
+    /// The mesh's trust bundle (PEM; Istio's istio-ca-root-cert): the CA's certificate, and
+    /// every peer's, must chain to it.
+    #[arg(long, value_name = "FILE")]
+    pub root_cert: Option<PathBuf>,
+    /// A file holding a single-use bootstrap credential for the first certificate (strait run
+    /// and strait gateway get one from the API); it is removed once read.
+    #[arg(long, value_name = "FILE")]
+    pub bootstrap_token: Option<PathBuf>,
+    /// The mesh's trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// The certificate lifetime asked for (the CA allows 10s to 90d).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_ttl: Duration,
+}
+
+impl Default for IdentityFlags {
+    fn default() -> Self {
+        IdentityFlags {
+            ca_addr: None,
+            root_cert: None,
+            bootstrap_token: None,
+            trust_domain: "cluster.local".to_string(),
+            cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl IdentityFlags {
+    /// The flags as command-line arguments (none without a CA).
+    pub fn to_args(&self) -> Vec<String> {
+        let Some(ca) = self.ca_addr else {
+            return Vec::new();
+        };
+        let mut args = vec!["--ca-addr".to_string(), ca.to_string()];
+        if let Some(p) = &self.root_cert {
+            args.extend(["--root-cert".to_string(), p.display().to_string()]);
+        }
+        if let Some(p) = &self.bootstrap_token {
+            args.extend(["--bootstrap-token".to_string(), p.display().to_string()]);
+        }
+        args.extend([
+            "--trust-domain".to_string(),
+            self.trust_domain.clone(),
+            "--cert-ttl".to_string(),
+            format!("{}s", self.cert_ttl.as_secs()),
+        ]);
+        args
+    }
 }
 
 /// A duration as flags write it: a number and a unit, `500ms`, `30s`, `15m`, `24h`, `90d`.
@@ -118,6 +180,7 @@ impl ProxyFlags {
             xds: Some(xds),
             admin,
             api,
+            identity: IdentityFlags::default(),
         }
     }
 
@@ -178,6 +241,7 @@ impl ProxyFlags {
             args.push("--xds".to_string());
             args.push(xds.to_string());
         }
+        args.extend(self.identity.to_args());
         args
     }
 }
@@ -222,6 +286,17 @@ mod tests {
         );
         let parsed = parse(&flags.to_args()).unwrap();
         assert_eq!(parsed, flags);
+        let with_identity = ProxyFlags {
+            identity: IdentityFlags {
+                ca_addr: Some("10.44.0.1:15012".parse().unwrap()),
+                root_cert: Some("/run/strait/pods/x/root-cert.pem".into()),
+                bootstrap_token: Some("/run/strait/pods/x/token".into()),
+                trust_domain: "example.org".into(),
+                cert_ttl: Duration::from_secs(30),
+            },
+            ..flags.clone()
+        };
+        assert_eq!(parse(&with_identity.to_args()).unwrap(), with_identity);
         let back = parsed.proxy();
         assert_eq!(
             back.id,
