@@ -125,6 +125,7 @@ async fn first_response(
         capture: CaptureMode::None,
         service_account: sa.into(),
         app_address: None,
+        mtls: false,
     };
     let request = DeltaDiscoveryRequest {
         node: Some(Node {

@@ -81,6 +81,7 @@ pub fn proxy(index: usize) -> Proxy {
         capture: CaptureMode::Iptables,
         service_account: "default".to_string(),
         app_address: None,
+        mtls: false,
     }
 }
 

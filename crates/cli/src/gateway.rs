@@ -84,6 +84,7 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
             capture: CaptureMode::None,
             service_account: args.service_account.clone(),
             app_address: None,
+            mtls: false,
         };
         let dir = pods.files_dir(&rec)?;
         let gw = RunningProxy::start(Launch {

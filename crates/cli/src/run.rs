@@ -371,6 +371,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             capture,
             service_account: args.service_account.clone(),
             app_address: rec.app_ip().map(IpAddr::V4),
+            mtls: false,
         };
         let dir = pods.files_dir(&rec)?;
         let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);

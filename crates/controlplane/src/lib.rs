@@ -62,6 +62,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let mesh_config = MeshConfig {
         outbound_policy: opts.outbound_policy,
+        trust_domain: opts.identity.trust_domain.clone(),
         ..MeshConfig::default()
     };
     let identity = MeshIdentity::start(&opts.identity, dir)?;

@@ -418,14 +418,15 @@ impl Inputs for MeshState {
         let owners = self.owners.get_or_init(|| Arc::new(owners(&self.registry)));
         let owner = owners.contains(&(proxy.ip, proxy.workload.clone()));
         format!(
-            "{:?}|{}|{}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{}|{}|{:?}|{:?}|{}|{:?}|{}",
             proxy.role,
             proxy.ip,
             proxy.namespace,
             proxy.labels,
             proxy.capture,
             if owner { proxy.workload.as_str() } else { "" },
-            proxy.app_address
+            proxy.app_address,
+            proxy.mtls
         )
     }
 
@@ -614,6 +615,7 @@ mod tests {
             capture: CaptureMode::Iptables,
             service_account: "default".into(),
             app_address: None,
+            mtls: false,
         }
     }
 

@@ -285,6 +285,7 @@ mod tests {
             capture,
             service_account: "bookinfo-reviews".into(),
             app_address: None,
+            mtls: false,
         }
     }
 

@@ -31,6 +31,8 @@ pub struct MeshConfig {
     pub trust_domain: String,
     /// `cluster.local`.
     pub domain_suffix: String,
+    /// The system's trust bundle, for TLS origination without `caCertificates`.
+    pub system_ca_bundle: String,
 }
 
 impl Default for MeshConfig {
@@ -40,6 +42,7 @@ impl Default for MeshConfig {
             root_namespace: "istio-system".to_string(),
             trust_domain: "cluster.local".to_string(),
             domain_suffix: "cluster.local".to_string(),
+            system_ca_bundle: crate::translate::SYSTEM_CA_BUNDLE.to_string(),
         }
     }
 }

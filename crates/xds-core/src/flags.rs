@@ -196,6 +196,7 @@ impl ProxyFlags {
             capture: self.capture,
             service_account: self.service_account.clone(),
             app_address: self.app_address,
+            mtls: self.identity.ca_addr.is_some(),
         }
     }
 
@@ -277,6 +278,7 @@ mod tests {
             capture: CaptureMode::None,
             service_account: "bookinfo-reviews".into(),
             app_address: Some("127.45.0.9".parse().unwrap()),
+            mtls: false,
         };
         let flags = ProxyFlags::from_proxy(
             &proxy,

@@ -73,7 +73,14 @@ pub struct Proxy {
     pub service_account: String,
     /// Where the app serves, for the inbound clusters; `None` is 127.0.0.1.
     pub app_address: Option<IpAddr>,
+    /// The proxy has a workload certificate and trust bundle (`default` and `ROOTCA` from its
+    /// own identity, or over SDS from its node agent): mutual TLS can be asked of it. Node
+    /// metadata `STRAIT_MTLS: "1"`.
+    pub mtls: bool,
 }
+
+/// The node metadata key that says a proxy can do mutual TLS.
+pub const MTLS_METADATA: &str = "STRAIT_MTLS";
 
 /// Why a node could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,6 +172,7 @@ impl Proxy {
             capture,
             service_account: text("SERVICE_ACCOUNT").unwrap_or_else(|| "default".to_string()),
             app_address,
+            mtls: text(MTLS_METADATA).as_deref() == Some("1"),
             id,
         })
     }
@@ -188,6 +196,9 @@ impl Proxy {
         );
         if let Some(app) = self.app_address {
             fields.insert("STRAIT_APP_ADDRESS".to_string(), s(&app.to_string()));
+        }
+        if self.mtls {
+            fields.insert(MTLS_METADATA.to_string(), s("1"));
         }
         let labels = Struct {
             fields: self.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
@@ -233,6 +244,7 @@ mod tests {
             capture: CaptureMode::None,
             service_account: "bookinfo-productpage".into(),
             app_address: Some("127.45.0.2".parse().unwrap()),
+            mtls: true,
         };
         let id = Proxy::node_id(proxy.role, proxy.ip, &proxy.workload, &proxy.namespace);
         assert_eq!(

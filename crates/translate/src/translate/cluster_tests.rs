@@ -170,6 +170,7 @@ fn proxy(workload: &str, namespace: &str, ip: &str, version: &str) -> Proxy {
         capture: CaptureMode::Iptables,
         service_account: "default".into(),
         app_address: None,
+        mtls: false,
     }
 }
 

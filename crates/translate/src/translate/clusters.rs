@@ -44,6 +44,7 @@ use strait_api::networking::destination_rule::DestinationRule;
 use strait_registry::{Endpoint, Port, Resolution, Service, fqdn, visibility};
 
 use self::policy::{ClusterBuild, Policy};
+use super::mtls::{self, UpstreamTls};
 use super::{
     BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, host_matches, inbound_cluster_name,
     outbound_cluster_name,
@@ -231,13 +232,19 @@ fn outbound(
             } else {
                 endpoints
             };
-            c.load_assignment = Some(load_assignment(&name, eps));
+            c.load_assignment = Some(load_assignment(ctx, &name, eps));
         }
         Resolution::Passthrough => {
             c.cluster_discovery_type = discovery(DiscoveryType::OriginalDst);
         }
     }
     let policy = Policy::merged(rule, subset, port.number);
+    let h2 = port.protocol.is_http2() || policy::should_h2_upgrade(policy.connection_pool);
+    match mtls::upstream_tls(ctx, service, port, subset, policy.tls, h2) {
+        UpstreamTls::None => {}
+        UpstreamTls::Socket(socket) => c.transport_socket = Some(socket),
+        UpstreamTls::Matches(matches) => c.transport_socket_matches = matches,
+    }
     let mut b = ClusterBuild::new(c);
     if port.protocol.is_http2() {
         b.set_h2();
@@ -250,7 +257,7 @@ fn outbound(
     let has_endpoints = policy::apply_load_balancer(&mut b.cluster, policy.load_balancer);
     if eds && has_endpoints {
         out.endpoints
-            .insert(name.clone(), load_assignment(&name, endpoints));
+            .insert(name.clone(), load_assignment(ctx, &name, endpoints));
     }
     out.clusters.insert(name, b.finish());
 }
@@ -326,7 +333,7 @@ fn address(host: &str, port: u16) -> Address {
 
 /// A ClusterLoadAssignment: endpoints grouped by locality (`region/zone/subzone`), each with its
 /// weight and `filter_metadata.istio` naming its workload.
-fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+fn load_assignment(ctx: &Ctx<'_>, cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
     for e in endpoints {
         by_locality.entry(e.locality.as_str()).or_default().push(e);
@@ -348,7 +355,7 @@ fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignme
                     load_balancing_weight: Some(UInt32Value {
                         value: eps.iter().map(|e| e.weight.max(1)).sum(),
                     }),
-                    lb_endpoints: eps.into_iter().map(lb_endpoint).collect(),
+                    lb_endpoints: eps.into_iter().map(|e| lb_endpoint(ctx, e)).collect(),
                     ..Default::default()
                 }
             })
@@ -357,7 +364,7 @@ fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssignme
     }
 }
 
-fn lb_endpoint(e: &Endpoint) -> LbEndpoint {
+fn lb_endpoint(ctx: &Ctx<'_>, e: &Endpoint) -> LbEndpoint {
     let mut istio = vec![("namespace", string(&e.namespace))];
     if let Some(w) = &e.workload {
         istio.push(("workload", string(w)));
@@ -373,9 +380,15 @@ fn lb_endpoint(e: &Endpoint) -> LbEndpoint {
         load_balancing_weight: Some(UInt32Value {
             value: e.weight.max(1),
         }),
-        metadata: Some(Metadata {
-            filter_metadata: [("istio".to_string(), structure(istio))].into(),
-            ..Default::default()
+        metadata: Some({
+            let mut m = Metadata {
+                filter_metadata: [("istio".to_string(), structure(istio))].into(),
+                ..Default::default()
+            };
+            if mtls::endpoint_takes_mtls(ctx.config, e) {
+                mtls::endpoint_metadata(&mut m);
+            }
+            m
         }),
         ..Default::default()
     }

@@ -13,6 +13,8 @@
 
 mod clusters;
 mod listeners;
+pub mod mtls;
+mod origination;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -26,6 +28,7 @@ use strait_xds_core::{Proxy, XdsResources};
 
 use crate::ConfigSnapshot;
 
+pub use origination::SYSTEM_CA_BUNDLE;
 pub use strait_xds_core::names::{
     BLACKHOLE_CLUSTER, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
     VIRTUAL_OUTBOUND_PORT, inbound_cluster_name, outbound_cluster_name,

@@ -202,6 +202,7 @@ pub fn proxy(
         capture,
         service_account: "default".into(),
         app_address: None,
+        mtls: false,
     }
 }
 
@@ -513,4 +514,24 @@ pub fn tcp_echo_80_20() -> Vec<Resource> {
         .collect();
     resources.extend(istio_sample("tcp-echo/tcp-echo-20-v2.yaml"));
     resources
+}
+
+/// Replaces an RDS reference by the named route configuration, inline.
+pub fn inline_routes(f: &mut Filter, res: &XdsResources) {
+    let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+        return;
+    };
+    if !any.type_url.ends_with(".HttpConnectionManager") {
+        return;
+    }
+    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+        let rc = res
+            .routes
+            .get(&rds.route_config_name)
+            .unwrap_or_else(|| panic!("RDS names {} but it is missing", rds.route_config_name))
+            .clone();
+        hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(rc));
+    }
+    *any = envoy_types::util::pack_any(hcm);
 }

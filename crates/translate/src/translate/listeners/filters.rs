@@ -101,6 +101,9 @@ pub(super) struct Hcm {
     /// listeners, Envoy's default (`envoy`, left unset) on a sidecar's outbound ones, as Istio
     /// sets them.
     pub server_name: &'static str,
+    /// Istio's inbound `x-forwarded-client-cert`: APPEND_FORWARD with the client certificate's
+    /// subject, URI and DNS names (only mTLS connections have one).
+    pub forward_client_cert: bool,
 }
 
 /// The `server_name` Istio gives inbound and gateway connection managers.
@@ -139,6 +142,19 @@ pub(super) fn hcm_filter(hcm: Hcm) -> Filter {
         use_remote_address: Some(bool_value(hcm.use_remote_address)),
         generate_request_id: Some(bool_value(true)),
         server_name: hcm.server_name.to_string(),
+        forward_client_cert_details: if hcm.forward_client_cert {
+            http_connection_manager::ForwardClientCertDetails::AppendForward as i32
+        } else {
+            0
+        },
+        set_current_client_cert_details: hcm.forward_client_cert.then(|| {
+            http_connection_manager::SetCurrentClientCertDetails {
+                subject: Some(bool_value(true)),
+                uri: true,
+                dns: true,
+                ..Default::default()
+            }
+        }),
         normalize_path: Some(bool_value(true)),
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_string(),
@@ -271,6 +287,7 @@ mod tests {
             server_name: ENVOY_SERVER_NAME,
             use_remote_address: false,
             allow_absolute_url: false,
+            forward_client_cert: false,
         });
         let Some(filter::ConfigType::TypedConfig(any)) = f.config_type else {
             panic!("no typed config")

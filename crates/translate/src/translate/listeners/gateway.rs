@@ -178,6 +178,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 server_name: ISTIO_SERVER_NAME,
                 use_remote_address: true,
                 allow_absolute_url: false,
+                forward_client_cert: false,
             })],
         )];
         out.listeners.insert(l.name.clone(), l);

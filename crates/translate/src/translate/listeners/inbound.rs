@@ -8,16 +8,18 @@
 //! Which ports, and where they go, is [`Ctx::inbound_ports`].
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChainMatch};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
 };
 
 use super::filters::{
     Hcm, HttpFilters, ISTIO_SERVER_NAME, Routes, TcpTarget, bool_value, duration, filter_chain,
-    hcm_filter, listener, original_dst_listener_filter, tcp_proxy_filter, u32_value,
+    hcm_filter, listener, original_dst_listener_filter, tcp_proxy_filter,
+    tls_inspector_listener_filter, u32_value,
 };
 use super::http_route::prefix_match;
+use crate::translate::mtls::{self, ChainKind, Mode};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
     inbound_cluster_name,
@@ -39,6 +41,9 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             // Not use_original_dst: that would hand inbound connections to the outbound
             // listener of the same port.
             l.listener_filters = vec![original_dst_listener_filter()];
+            if ctx.proxy.mtls {
+                l.listener_filters.push(tls_inspector_listener_filter());
+            }
             l.filter_chains.push(filter_chain(
                 "virtualInbound-blackhole",
                 Some(port_match(VIRTUAL_INBOUND_PORT)),
@@ -49,20 +54,39 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             ));
             for p in ports.iter().filter(|p| !p.capture_none) {
                 let port = p.port;
-                l.filter_chains.push(filter_chain(
+                l.filter_chains.extend(port_chains(
+                    ctx,
                     format!("{any}_{port}"),
-                    Some(port_match(port)),
-                    vec![inbound_filter(any, port, p.protocol.is_http())],
+                    port_match(port),
+                    port,
+                    || inbound_filter(any, port, p.protocol.is_http(), ctx.proxy.mtls),
+                    p.protocol.is_http(),
                 ));
             }
-            l.default_filter_chain = Some(filter_chain(
-                "InboundPassthroughFilterChain",
-                None,
-                vec![tcp_proxy_filter(
-                    "InboundPassthroughCluster",
-                    TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
-                )],
-            ));
+            // Ports the workload does not declare pass through to it, unless its policy is
+            // STRICT: then a connection there is closed, as plaintext to a declared port is.
+            let strict = ctx.proxy.mtls
+                && mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, 0)
+                    == Mode::Strict;
+            l.default_filter_chain = Some(if strict {
+                filter_chain(
+                    "InboundPassthroughFilterChain-strict",
+                    None,
+                    vec![tcp_proxy_filter(
+                        BLACKHOLE_CLUSTER,
+                        TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
+                    )],
+                )
+            } else {
+                filter_chain(
+                    "InboundPassthroughFilterChain",
+                    None,
+                    vec![tcp_proxy_filter(
+                        "InboundPassthroughCluster",
+                        TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
+                    )],
+                )
+            });
             out.listeners.insert(l.name.clone(), l);
             bound_listeners(ctx, ports.iter().filter(|p| p.capture_none), out);
         }
@@ -86,13 +110,54 @@ fn bound_listeners<'p>(
             TrafficDirection::Inbound,
             true,
         );
-        l.filter_chains = vec![filter_chain(
+        if ctx.proxy.mtls {
+            l.listener_filters = vec![tls_inspector_listener_filter()];
+        }
+        l.filter_chains = port_chains(
+            ctx,
             format!("{ip}_{port}"),
-            None,
-            vec![inbound_filter(&ip, port, p.protocol.is_http())],
-        )];
+            FilterChainMatch::default(),
+            port,
+            || inbound_filter(&ip, port, p.protocol.is_http(), ctx.proxy.mtls),
+            p.protocol.is_http(),
+        );
         out.listeners.insert(l.name.clone(), l);
     }
+}
+
+/// The filter chains of one inbound port: without an identity, one chain; with one, per the
+/// workload's PeerAuthentication mode for the port (see [`mtls::inbound_matches`]).
+fn port_chains(
+    ctx: &Ctx<'_>,
+    name: String,
+    base: FilterChainMatch,
+    port: u16,
+    filter: impl Fn() -> Filter,
+    http: bool,
+) -> Vec<FilterChain> {
+    let plain_match = (base != FilterChainMatch::default()).then(|| base.clone());
+    if !ctx.proxy.mtls {
+        return vec![filter_chain(name, plain_match, vec![filter()])];
+    }
+    let mode = mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, port);
+    mtls::inbound_matches(&base, mode, http)
+        .into_iter()
+        .map(|c| match c.kind {
+            ChainKind::MutualTls => FilterChain {
+                transport_socket: Some(mtls::downstream_tls_socket()),
+                ..filter_chain(format!("{name}-mtls"), Some(c.matcher), vec![filter()])
+            },
+            ChainKind::Plaintext => filter_chain(name.clone(), Some(c.matcher), vec![filter()]),
+            ChainKind::Refused => filter_chain(
+                format!("{name}-plaintext-refused"),
+                Some(c.matcher),
+                vec![tcp_proxy_filter(
+                    BLACKHOLE_CLUSTER,
+                    TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
+                )],
+            ),
+        })
+        .collect()
 }
 
 fn port_match(port: u16) -> FilterChainMatch {
@@ -103,7 +168,9 @@ fn port_match(port: u16) -> FilterChainMatch {
 }
 
 /// HTTP: an HCM with one catch-all route to `inbound|PORT||`, no timeout; TCP: tcp_proxy.
-fn inbound_filter(address: &str, port: u16, http: bool) -> Filter {
+/// With mTLS, the HCM also tells the app who called (Istio's `x-forwarded-client-cert`:
+/// appended, with the client certificate's subject, URI and DNS names).
+fn inbound_filter(address: &str, port: u16, http: bool, mtls: bool) -> Filter {
     let cluster = inbound_cluster_name(port);
     if !http {
         return tcp_proxy_filter(&cluster, TcpTarget::Cluster(cluster.clone()));
@@ -141,5 +208,6 @@ fn inbound_filter(address: &str, port: u16, http: bool) -> Filter {
         server_name: ISTIO_SERVER_NAME,
         use_remote_address: false,
         allow_absolute_url: false,
+        forward_client_cert: mtls,
     })
 }

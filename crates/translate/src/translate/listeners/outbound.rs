@@ -74,6 +74,7 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
             server_name: ENVOY_SERVER_NAME,
             use_remote_address: false,
             allow_absolute_url: true,
+            forward_client_cert: false,
         })],
     )];
     insert(out, l);
@@ -179,6 +180,7 @@ fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
                 server_name: ENVOY_SERVER_NAME,
                 use_remote_address: false,
                 allow_absolute_url: false,
+                forward_client_cert: false,
             })],
         )];
         insert(out, l);
