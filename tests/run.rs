@@ -331,7 +331,7 @@ fn pods_with_iptables_capture_reach_services_by_name_and_cannot_bypass_their_sid
 
 fn iptables_capture(proxy: &str) {
     let _one = require_platform();
-    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0", "--tls-addr", "0.0.0.0:0"]);
     let id = std::process::id();
     let (web, client) = (format!("web-{proxy}-{id}"), format!("client-{proxy}-{id}"));
     let token = format!("hello from web {id}");
@@ -627,7 +627,7 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
 fn gateways_are_selected_by_labels_and_reach_pods() {
     let _one = require_platform();
     strait_proxy_built();
-    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0", "--tls-addr", "0.0.0.0:0"]);
     let id = std::process::id();
     let web = format!("gweb-{id}");
     let token = format!("through the gateway {id}");
@@ -696,7 +696,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
 #[test]
 fn istio_annotations_exclude_ports_from_outbound_capture() {
     let _one = require_platform();
-    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0", "--tls-addr", "0.0.0.0:0"]);
     let id = std::process::id();
     let (web, client) = (format!("aweb-{id}"), format!("aclient-{id}"));
     let token = format!("excluded port {id}");
@@ -827,7 +827,7 @@ fn a_pod_gets_traffic_only_once_its_app_listens_envoy() {
 fn slow_app_under_load(proxy: &str) {
     let _one = require_platform();
     strait_proxy_built();
-    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0"]);
+    let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0", "--tls-addr", "0.0.0.0:0"]);
     let id = std::process::id();
     let root = tempfile::tempdir().unwrap();
     service(&cp, root.path(), 8000);

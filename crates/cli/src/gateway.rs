@@ -58,6 +58,7 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
     let pods = args.platform.pods()?;
     run::reap(&pods, &client)?;
     let xds = args.platform.xds_for(conn, false, pods.range())?;
+    let tls = args.platform.tls_for(conn, false, pods.range())?;
     let admin = args.admin.unwrap_or_else(|| {
         let ip = if listen.is_unspecified() {
             IpAddr::from([127, 0, 0, 1])
@@ -74,6 +75,20 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
         sidecar: None,
     };
     let result = async {
+        let dir = pods.files_dir(&rec)?;
+        // The gateway's identity (its mTLS to the mesh): Envoy through a node agent.
+        let identity = match (tls, args.proxy) {
+            (Some(ca), ProxyKind::Envoy) => Some(crate::pod_identity::prepare(
+                &client,
+                &dir,
+                &args.namespace,
+                &args.service_account,
+                ca,
+                None,
+                args.platform.cert_ttl,
+            )?),
+            _ => None,
+        };
         let proxy = Proxy {
             id: Proxy::node_id(ProxyRole::Gateway, listen.into(), &args.name, &args.namespace),
             role: ProxyRole::Gateway,
@@ -84,18 +99,22 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
             capture: CaptureMode::None,
             service_account: args.service_account.clone(),
             app_address: None,
-            mtls: false,
+            mtls: identity.is_some(),
         };
-        let dir = pods.files_dir(&rec)?;
         let gw = RunningProxy::start(Launch {
             proxy,
             kind: args.proxy,
-            xds,
+            xds: if identity.is_some() { tls.expect("checked") } else { xds },
             admin,
             netns: None,
             dir: &dir,
-        })?;
+            identity: identity.as_ref(),
+        })
+        .await?;
         rec.processes.push(gw.id);
+        if let Some((_, agent)) = &gw.agent {
+            rec.processes.push(*agent);
+        }
         let path = run::workload_entry_path(&args.namespace, &args.name);
         rec.registrations = json!({ "paths": [path] });
         pods.update(&rec)?;

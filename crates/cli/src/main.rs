@@ -11,6 +11,7 @@ mod demo;
 mod gateway;
 mod input;
 mod output;
+mod pod_identity;
 mod proxies;
 mod readiness;
 mod resources;

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
-use strait_netns::{CaptureRules, HostsEntry, PodKind, PodRange, PodRecord, Pods, ProcId};
+use strait_netns::{
+    CaptureRules, HostsEntry, PROXY_GID, PROXY_UID, PodKind, PodRange, PodRecord, Pods, ProcId,
+};
 use strait_xds_core::flags::parse_label;
 use strait_xds_core::{CaptureMode, Proxy, ProxyRole};
 use tokio::process::Command;
@@ -44,6 +46,14 @@ pub struct PlatformArgs {
     /// control plane recorded; an unspecified IP there means the bridge's address for pods).
     #[arg(long)]
     pub xds_addr: Option<SocketAddr>,
+    /// The control plane's TLS port (CA and xDS over mutual TLS) as the proxy dials it
+    /// (default: the one the local control plane recorded). Without one, the workload has no
+    /// identity and its traffic is plaintext.
+    #[arg(long)]
+    pub tls_addr: Option<SocketAddr>,
+    /// The lifetime of the workload's certificate (renewed at half of it).
+    #[arg(long, default_value = "24h", value_parser = strait_xds_core::flags::parse_duration)]
+    pub cert_ttl: Duration,
 }
 
 #[derive(clap::Args)]
@@ -161,35 +171,77 @@ impl PlatformArgs {
     pub fn xds_for(&self, conn: &Connection, in_pod: bool, range: PodRange) -> Result<SocketAddr> {
         let recorded = match self.xds_addr {
             Some(a) => a,
-            None => {
-                let file = crate::control_plane::data_dir(conn.data_dir.as_deref())
-                    .join(crate::control_plane::XDS_FILE);
-                std::fs::read_to_string(&file)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .unwrap_or_else(|| "127.0.0.1:15010".parse().expect("an address"))
-            }
+            None => recorded_addr(conn, crate::control_plane::XDS_FILE)
+                .unwrap_or_else(|| "127.0.0.1:15010".parse().expect("an address")),
         };
-        let ip = recorded.ip();
-        if !in_pod {
-            if ip.is_unspecified() {
-                return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), recorded.port()));
-            }
-            return Ok(recorded);
-        }
-        if ip.is_unspecified() {
-            return Ok(SocketAddr::new(range.gateway().into(), recorded.port()));
-        }
-        if ip.is_loopback() {
-            bail!(
-                "the control plane's xDS listens on {recorded}, which a pod's network namespace \
-                 cannot reach: start it with `strait control-plane --xds-addr 0.0.0.0:15010` (or \
-                 the bridge's address {}), or pass --xds-addr",
-                range.gateway()
-            );
-        }
-        Ok(recorded)
+        reachable(
+            recorded,
+            in_pod,
+            range,
+            "--xds-addr 0.0.0.0:15010",
+            "--xds-addr",
+        )
     }
+
+    /// The control plane's TLS port as a proxy dials it, if it has one.
+    pub fn tls_for(
+        &self,
+        conn: &Connection,
+        in_pod: bool,
+        range: PodRange,
+    ) -> Result<Option<SocketAddr>> {
+        let Some(recorded) = self
+            .tls_addr
+            .or_else(|| recorded_addr(conn, strait_controlplane::XDS_TLS_FILE))
+        else {
+            return Ok(None);
+        };
+        reachable(
+            recorded,
+            in_pod,
+            range,
+            "--tls-addr 0.0.0.0:15012",
+            "--tls-addr",
+        )
+        .map(Some)
+    }
+}
+
+/// An address the local control plane recorded in its data directory.
+fn recorded_addr(conn: &Connection, file: &str) -> Option<SocketAddr> {
+    let file = crate::control_plane::data_dir(conn.data_dir.as_deref()).join(file);
+    std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// `recorded` as a proxy on the host (`in_pod` false) or in a pod's namespace dials it.
+fn reachable(
+    recorded: SocketAddr,
+    in_pod: bool,
+    range: PodRange,
+    start_flag: &str,
+    flag: &str,
+) -> Result<SocketAddr> {
+    let ip = recorded.ip();
+    if !in_pod {
+        if ip.is_unspecified() {
+            return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), recorded.port()));
+        }
+        return Ok(recorded);
+    }
+    if ip.is_unspecified() {
+        return Ok(SocketAddr::new(range.gateway().into(), recorded.port()));
+    }
+    if ip.is_loopback() {
+        bail!(
+            "the control plane listens on {recorded}, which a pod's network namespace \
+                 cannot reach: start it with `strait control-plane {start_flag}` (or \
+                 the bridge's address {}), or pass {flag}",
+            range.gateway()
+        );
+    }
+    Ok(recorded)
 }
 
 /// The API resources a pod registered, recorded so that a later run can delete them.
@@ -329,7 +381,7 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             "--capture iptables needs root (network namespaces and iptables): run as root, or use --capture none"
         );
     }
-    let labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
+    let mut labels: BTreeMap<String, String> = args.labels.iter().cloned().collect();
     let annotations = parse_pairs(
         &args.annotations,
         "annotation",
@@ -344,6 +396,9 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
     let xds = args
         .platform
         .xds_for(conn, capture == CaptureMode::Iptables, pods.range())?;
+    let tls = args
+        .platform
+        .tls_for(conn, capture == CaptureMode::Iptables, pods.range())?;
 
     let kind = match capture {
         CaptureMode::Iptables => PodKind::Namespace,
@@ -361,6 +416,28 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)?;
             pods.install_capture(&rec, &rules)?;
         }
+        let dir = pods.files_dir(&rec)?;
+        // The workload's identity: Envoy sidecars get one through a node agent when the
+        // control plane has a CA (strait-proxy obtains its own: not yet).
+        let identity = match (tls, args.proxy) {
+            (Some(ca), ProxyKind::Envoy) => Some(crate::pod_identity::prepare(
+                &client,
+                &dir,
+                &args.namespace,
+                &args.service_account,
+                ca,
+                rec.netns.is_some().then_some((PROXY_UID, PROXY_GID)),
+                args.platform.cert_ttl,
+            )?),
+            _ => None,
+        };
+        if identity.is_some() {
+            // Istio's injector marks workloads with a sidecar: clients send them mTLS.
+            labels.insert(
+                strait_translate::translate::mtls::TLS_MODE_LABEL.to_string(),
+                "istio".to_string(),
+            );
+        }
         let proxy = Proxy {
             id: Proxy::node_id(ProxyRole::Sidecar, rec.ip.into(), &args.name, &args.namespace),
             role: ProxyRole::Sidecar,
@@ -371,19 +448,23 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             capture,
             service_account: args.service_account.clone(),
             app_address: rec.app_ip().map(IpAddr::V4),
-            mtls: false,
+            mtls: identity.is_some(),
         };
-        let dir = pods.files_dir(&rec)?;
         let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);
         let sidecar = RunningProxy::start(Launch {
             proxy,
             kind: args.proxy,
-            xds,
+            xds: if identity.is_some() { tls.expect("checked") } else { xds },
             admin,
             netns: rec.netns.as_deref(),
             dir: &dir,
-        })?;
+            identity: identity.as_ref(),
+        })
+        .await?;
         rec.processes.push(sidecar.id);
+        if let Some((_, agent)) = &sidecar.agent {
+            rec.processes.push(*agent);
+        }
         pods.update(&rec)?;
         pod.rec = rec.clone();
         let sidecar = pod.sidecar.insert(sidecar);

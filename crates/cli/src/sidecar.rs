@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use strait_netns::{PROXY_GID, PROXY_UID, ProcId};
-use strait_translate::bootstrap::{BootstrapOptions, envoy_bootstrap};
+use strait_translate::bootstrap::{BootstrapIdentity, BootstrapOptions, envoy_bootstrap};
+
+use crate::pod_identity::PodIdentity;
 use strait_xds_core::{Proxy, ProxyFlags, XdsApi};
 use tokio::process::{Child, Command};
 
@@ -34,12 +36,16 @@ pub struct Launch<'a> {
     pub netns: Option<&'a str>,
     /// Where the bootstrap and the log go.
     pub dir: &'a Path,
+    /// The workload's identity (mutual TLS): Envoy gets a node agent beside it.
+    pub identity: Option<&'a PodIdentity>,
 }
 
 /// A running proxy process.
 pub struct RunningProxy {
     pub child: Child,
     pub id: ProcId,
+    /// The node agent beside Envoy, when the workload has an identity.
+    pub agent: Option<(Child, ProcId)>,
     pub admin: SocketAddr,
     pub log: PathBuf,
 }
@@ -165,6 +171,86 @@ fn runnable_by_proxy_uid(bin: &Path) -> Result<PathBuf> {
     Ok(staged)
 }
 
+/// Starts `bin ARGS` as the proxy does: in the pod's network namespace as the proxy's uid, or on
+/// the host, ended with its parent either way; its output goes to `out`.
+fn spawn_as_proxy(bin: &Path, args: &[String], netns: Option<&str>, out: File) -> Result<Child> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let runnable = runnable_by_proxy_uid(bin)?;
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "setpriv"])
+                .arg(format!("--reuid={PROXY_UID}"))
+                .arg(format!("--regid={PROXY_GID}"))
+                .args(["--clear-groups", "--pdeathsig", "KILL", "--"]);
+            c.arg(&runnable);
+            c
+        }
+        None => {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(bin);
+            c
+        }
+    };
+    cmd.args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("STRAIT_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| launch_error(e, bin, netns.is_some()))
+}
+
+/// The node agent beside Envoy: started first, ready once its SDS socket exists (it has the
+/// workload's certificate).
+async fn start_agent(l: &Launch<'_>, identity: &PodIdentity) -> Result<(Child, ProcId)> {
+    let me = std::env::current_exe().context("finding the strait binary")?;
+    let mut args = vec![
+        "agent".to_string(),
+        "--namespace".to_string(),
+        l.proxy.namespace.clone(),
+        "--service-account".to_string(),
+        l.proxy.service_account.clone(),
+        "--sds-socket".to_string(),
+        identity.sds_socket.display().to_string(),
+    ];
+    args.extend(identity.flags.to_args());
+    let log = l.dir.join("agent.log");
+    let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = spawn_as_proxy(&me, &args, l.netns, out)?;
+    let pid = child.id().context("the node agent exited at once")?;
+    let id = ProcId::of(pid).context("the node agent exited at once")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !identity.sds_socket.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the node agent exited before it had the workload's certificate ({status}); its log ({}):\n{}",
+                log.display(),
+                tail(&log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the node agent has no certificate after 30 s (is the control plane's TLS port reachable from the pod?); its log ({}):\n{}",
+                log.display(),
+                tail(&log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(pid, "node agent ready");
+    Ok((child, id))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// A failed spawn: name the missing launcher (`ip`, `setpriv`) and how to install it.
 pub fn launch_error(e: std::io::Error, bin: &Path, in_netns: bool) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::NotFound {
@@ -180,18 +266,32 @@ pub fn launch_error(e: std::io::Error, bin: &Path, in_netns: bool) -> anyhow::Er
 
 impl RunningProxy {
     /// Starts the proxy; its output goes to `DIR/proxy.log`.
-    pub fn start(l: Launch<'_>) -> Result<RunningProxy> {
+    pub async fn start(l: Launch<'_>) -> Result<RunningProxy> {
         let log = l.dir.join("proxy.log");
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut agent = None;
         let (bin, args): (PathBuf, Vec<String>) = match l.kind {
             ProxyKind::Envoy => {
+                let identity = match l.identity {
+                    Some(id) => {
+                        agent = Some(start_agent(&l, id).await?);
+                        Some(BootstrapIdentity {
+                            sds_socket: id.sds_socket.clone(),
+                            trust_domain: id.flags.trust_domain.clone(),
+                        })
+                    }
+                    None => None,
+                };
                 let bootstrap = envoy_bootstrap(&BootstrapOptions {
-                    proxy: l.proxy.clone(),
+                    proxy: Proxy {
+                        mtls: identity.is_some(),
+                        ..l.proxy.clone()
+                    },
                     xds_addr: l.xds,
                     admin_addr: l.admin,
                     delta: true,
                     concurrency: Some(2),
-                    identity: None,
+                    identity,
                 });
                 let path = l.dir.join("bootstrap.yaml");
                 std::fs::write(&path, bootstrap)
@@ -215,41 +315,14 @@ impl RunningProxy {
                 (strait_proxy_bin()?, args)
             }
         };
-        let mut cmd = match l.netns {
-            Some(ns) => {
-                let runnable = runnable_by_proxy_uid(&bin)?;
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "setpriv"])
-                    .arg(format!("--reuid={PROXY_UID}"))
-                    .arg(format!("--regid={PROXY_GID}"))
-                    .args(["--clear-groups", "--pdeathsig", "KILL", "--"]);
-                c.arg(&runnable);
-                c
-            }
-            None => {
-                let mut c = Command::new("setpriv");
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
-                c
-            }
-        };
-        let child = cmd
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("STRAIT_PROXY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| launch_error(e, &bin, l.netns.is_some()))?;
+        let child = spawn_as_proxy(&bin, &args, l.netns, out)?;
         let pid = child.id().context("the proxy exited at once")?;
         let id = ProcId::of(pid).context("the proxy exited at once")?;
         tracing::info!(pid, bin = %bin.display(), "proxy started");
         Ok(RunningProxy {
             child,
             id,
+            agent,
             admin: l.admin,
             log,
         })
@@ -328,5 +401,12 @@ impl RunningProxy {
         })
         .await;
         let _ = self.child.wait().await;
+        if let Some((mut agent, id)) = self.agent.take() {
+            let _ = tokio::task::spawn_blocking(move || {
+                strait_netns::terminate(id, Duration::from_secs(5))
+            })
+            .await;
+            let _ = agent.wait().await;
+        }
     }
 }

@@ -200,7 +200,11 @@ async fn root_cert(State(s): State<RouteState>, UrlPath(ns): UrlPath<String>) ->
     Json(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": ROOT_CERT_CONFIGMAP, "namespace": ns},
+        "metadata": {
+            "name": ROOT_CERT_CONFIGMAP,
+            "namespace": ns,
+            "annotations": {"strait.io/trust-domain": s.ca.trust_domain()},
+        },
         "data": {ROOT_CERT_KEY: s.ca.roots_pem()},
     }))
     .into_response()
