@@ -5,122 +5,15 @@
 
 use strait_e2e as support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::ControlPlane;
-use support::process::Spawned;
-
-/// One test at a time: a `strait run` removes whatever pod a killed run left, so a test's own
-/// check that the next run cleans up after `kill -9` needs no other test's runs meanwhile.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Fails, naming what is missing and how to install it, unless this machine can run pods;
-/// then holds the one-at-a-time lock for the test.
-fn require_platform() -> std::sync::MutexGuard<'static, ()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0");
-    assert!(
-        root,
-        "these tests make network namespaces and iptables rules: run them as root"
-    );
-    for (tool, arg, install) in [
-        ("ip", "-V", "apt-get install -y iproute2"),
-        (
-            "iptables-restore",
-            "--version",
-            "apt-get install -y iptables",
-        ),
-        ("iptables-save", "--version", "apt-get install -y iptables"),
-        ("setpriv", "--version", "apt-get install -y util-linux"),
-        ("python3", "--version", "apt-get install -y python3"),
-    ] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "`{tool}` is missing: install it with `{install}`");
-    }
-    strait_testsupport::envoy_bin();
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn strait_proxy_built() {
-    let bin = Path::new(support::strait()).with_file_name("strait-proxy");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build -p strait-proxy-bin --bins`",
-        bin.display()
-    );
-}
-
-fn run_dir() -> PathBuf {
-    PathBuf::from("/run/strait/pods")
-}
-
-/// A `strait run` (or `strait gateway`) process; stopped with SIGTERM when dropped.
-type Run = Spawned;
-
-/// Starts `strait ARGS` with the control plane's data directory, in `cwd`.
-fn start(cp: &ControlPlane, args: &[&str], cwd: &Path) -> Run {
-    let mut cmd = Command::new(support::strait());
-    cmd.arg("--data-dir")
-        .arg(cp.data_dir())
-        .args(args)
-        .env("ENVOY_BIN", strait_testsupport::envoy_bin())
-        .env_remove("STRAIT_SERVER")
-        .env_remove("STRAIT_TOKEN")
-        .env_remove("STRAIT_RUN_DIR")
-        .current_dir(cwd);
-    let name = args
-        .windows(2)
-        .find(|w| w[0] == "--name")
-        .map(|w| w[1])
-        .unwrap_or_default();
-    let what = format!(
-        "strait {} {name}",
-        args.first().copied().unwrap_or_default()
-    );
-    Spawned::start(cmd, &what, "-TERM", Duration::from_secs(20))
-}
-
-/// The WorkloadEntry `name` as JSON, if it exists.
-fn workload_entry(cp: &ControlPlane, name: &str) -> Option<Value> {
-    let out = cp.cli(&["get", "we", name, "-o", "json"]);
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).unwrap())
-}
-
-/// Waits until the WorkloadEntry `name` exists; returns it.
-fn wait_workload_entry(cp: &ControlPlane, run: &mut Run, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(we) = workload_entry(cp, name) {
-            return we;
-        }
-        if let Some(status) = run.child.try_wait().unwrap() {
-            panic!(
-                "strait run {name} exited ({status}); stderr:\n{}",
-                run.stderr()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the WorkloadEntry {name} did not appear within 60 s; strait run's stderr:\n{}",
-            run.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use support::platform::{
+    Run, require_platform, run_dir, start, strait_proxy_built, wait_workload_entry, workload_entry,
+};
 
 /// The pod's state file (`/run/strait/pods/NAME.NS.json`).
 fn pod_record(name: &str) -> Value {
@@ -188,7 +81,7 @@ fn assert_gone(cp: &ControlPlane, name: &str, record: &Value) {
                 left.push(format!("process {pid}"));
             }
         }
-        if workload_entry(cp, name).is_some() {
+        if workload_entry(cp, "default", name).is_some() {
             left.push(format!("WorkloadEntry {name}"));
         }
         if left.is_empty() || Instant::now() > deadline {
@@ -347,7 +240,7 @@ fn iptables_capture(proxy: &str) {
         &["--service-account", "web-sa"],
     );
     // Registered while it runs: address from the pod range, labels, account, ports.
-    let we = wait_workload_entry(&cp, &mut server, &web);
+    let we = wait_workload_entry(&cp, &mut server, "default", &web);
     let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
     assert!(web_ip.starts_with("10.44."), "{we}");
     assert_eq!(we["spec"]["labels"]["app"], "web");
@@ -471,12 +364,12 @@ fn iptables_capture(proxy: &str) {
 
     // kill -9 of strait run: the next run removes what it left.
     let mut server = web_pod(&cp, root.path(), &web, "app=web", proxy, &[]);
-    wait_workload_entry(&cp, &mut server, &web);
+    wait_workload_entry(&cp, &mut server, "default", &web);
     let killed = pod_record(&web);
     server.signal("-KILL");
     server.wait(Duration::from_secs(5));
     assert!(
-        workload_entry(&cp, &web).is_some(),
+        workload_entry(&cp, "default", &web).is_some(),
         "the WorkloadEntry of a killed run stays until the next run"
     );
     let mut next = start(
@@ -548,7 +441,7 @@ fn pods_without_capture_use_their_sidecar_as_http_proxy() {
         ],
         root.path(),
     );
-    let we = wait_workload_entry(&cp, &mut server, &web);
+    let we = wait_workload_entry(&cp, &mut server, "default", &web);
     let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
     assert!(web_ip.starts_with("127.44."), "{we}");
     let web_record = pod_record(&web);
@@ -634,7 +527,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
     let mut server = web_pod(&cp, root.path(), &web, "app=web", "envoy", &[]);
-    wait_workload_entry(&cp, &mut server, &web);
+    wait_workload_entry(&cp, &mut server, "default", &web);
     let web_record = pod_record(&web);
     // Istio's bookinfo-gateway shape: the selector `istio: ingressgateway`, unchanged.
     let listen = strait_testsupport::free_loopback_addr();
@@ -666,7 +559,7 @@ fn gateways_are_selected_by_labels_and_reach_pods() {
             ],
             root.path(),
         );
-        let we = wait_workload_entry(&cp, &mut gw, &name);
+        let we = wait_workload_entry(&cp, &mut gw, "default", &name);
         assert_eq!(we["spec"]["labels"]["istio"], "ingressgateway");
         let record = pod_record(&name);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -703,7 +596,7 @@ fn istio_annotations_exclude_ports_from_outbound_capture() {
     let root = web_root(&token);
     service(&cp, root.path(), 8000);
     let mut server = web_pod(&cp, root.path(), &web, "app=web", "envoy", &[]);
-    let we = wait_workload_entry(&cp, &mut server, &web);
+    let we = wait_workload_entry(&cp, &mut server, "default", &web);
     let web_ip = we["spec"]["address"].as_str().unwrap().to_string();
     let web_record = pod_record(&web);
     // Port 8000 is excluded from the client's outbound capture: straight to the server pod, where
@@ -833,7 +726,7 @@ fn slow_app_under_load(proxy: &str) {
     service(&cp, root.path(), 8000);
     let (fast, slow) = (format!("fast-{proxy}-{id}"), format!("slow-{proxy}-{id}"));
     let mut fast_run = app_pod(&cp, root.path(), &fast, proxy, 0);
-    wait_workload_entry(&cp, &mut fast_run, &fast);
+    wait_workload_entry(&cp, &mut fast_run, "default", &fast);
 
     let listen = strait_testsupport::free_loopback_addr();
     let gw_yaml = root.path().join("gateway.yaml");
@@ -862,7 +755,7 @@ fn slow_app_under_load(proxy: &str) {
         ],
         root.path(),
     );
-    wait_workload_entry(&cp, &mut gw, &gw_name);
+    wait_workload_entry(&cp, &mut gw, "default", &gw_name);
     let get = || {
         std::net::TcpStream::connect(listen)
             .ok()
@@ -899,7 +792,7 @@ fn slow_app_under_load(proxy: &str) {
         );
         let (status, body) = get().unwrap_or((0, "no connection".to_string()));
         answers.push((started.elapsed(), status, body));
-        if registered_at.is_none() && workload_entry(&cp, &slow).is_some() {
+        if registered_at.is_none() && workload_entry(&cp, "default", &slow).is_some() {
             registered_at = Some(started.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod mesh;
+pub mod platform;
 pub mod process;
 pub mod strait_proxy;
 

@@ -341,6 +341,58 @@ fn services(client: &Client) -> Result<Vec<HostsEntry>> {
         .collect())
 }
 
+/// Every service port's virtual IP and endpoints, for the rules of a pod without a sidecar.
+fn service_ports(client: &Client) -> Result<Vec<strait_netns::ServicePort>> {
+    let answer = client.request("GET", "/debug/services", None)?;
+    if !answer.is_success() {
+        bail!("reading the services: {}", answer.message());
+    }
+    let mut out = Vec::new();
+    for s in answer.body.as_array().into_iter().flatten() {
+        let Some(vip) = s["addresses"]
+            .get(0)
+            .and_then(|a| a.as_str())
+            .and_then(|a| a.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        for p in s["ports"].as_array().into_iter().flatten() {
+            let Some(port) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok()) else {
+                continue;
+            };
+            let endpoints = p["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let ip: IpAddr = e["address"].as_str()?.parse().ok()?;
+                    let port = u16::try_from(e["port"].as_u64()?).ok()?;
+                    Some(SocketAddr::new(ip, port))
+                })
+                .collect();
+            out.push(strait_netns::ServicePort {
+                vip,
+                port,
+                endpoints,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Completes when the sidecar exits (never without one): its status, log path and last lines.
+async fn sidecar_exit(
+    sidecar: &mut Option<&mut RunningProxy>,
+) -> Option<(std::process::ExitStatus, String, String)> {
+    match sidecar {
+        Some(s) => {
+            let status = s.child.wait().await.ok()?;
+            Some((status, s.log.display().to_string(), s.log_tail()))
+        }
+        None => std::future::pending().await,
+    }
+}
+
 fn refresh_hosts(
     pods: &Pods,
     client: &Client,
@@ -389,6 +441,18 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
     )?;
     let ports = parse_ports(&args.ports)?;
     let readiness = Readiness::new(args.readiness.as_deref(), ports.values().copied())?;
+    // Istio's opt-out (a pod annotation, or a label): a pod without a sidecar, as in a
+    // namespace without injection. It reaches services through kube-proxy-like rules.
+    let inject = !["sidecar.istio.io/inject"]
+        .iter()
+        .any(|k| annotations.get(*k).or(labels.get(*k)).map(String::as_str) == Some("false"));
+    if !inject && capture != CaptureMode::Iptables {
+        bail!(
+            "sidecar.istio.io/inject=false: a pod without a sidecar needs a network namespace of \
+             its own to reach services (as root, with --capture iptables); without capture an \
+             app reaches the mesh only through its sidecar"
+        );
+    }
     let rules = CaptureRules::from_annotations(&annotations)?;
     let client = conn.connect()?;
     let pods = args.platform.pods()?;
@@ -414,13 +478,24 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
     let result = async {
         if capture == CaptureMode::Iptables {
             refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)?;
-            pods.install_capture(&rec, &rules)?;
+            if inject {
+                pods.install_capture(&rec, &rules)?;
+            } else {
+                pods.install_services(&rec, &service_ports(&client)?, true)?;
+            }
         }
         let dir = pods.files_dir(&rec)?;
+        if !inject {
+            eprintln!(
+                "strait: {}.{} has no sidecar (sidecar.istio.io/inject=false): its traffic is \
+                 plaintext and outside the mesh's policies",
+                args.name, args.namespace
+            );
+        }
         // The workload's identity: Envoy sidecars get one through a node agent when the
         // control plane has a CA (strait-proxy obtains its own: not yet).
         let identity = match (tls, args.proxy) {
-            (Some(ca), ProxyKind::Envoy) => Some(crate::pod_identity::prepare(
+            (Some(ca), ProxyKind::Envoy) if inject => Some(crate::pod_identity::prepare(
                 &client,
                 &dir,
                 &args.namespace,
@@ -450,25 +525,31 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
             app_address: rec.app_ip().map(IpAddr::V4),
             mtls: identity.is_some(),
         };
-        let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);
-        let sidecar = RunningProxy::start(Launch {
-            proxy,
-            kind: args.proxy,
-            xds: if identity.is_some() { tls.expect("checked") } else { xds },
-            admin,
-            netns: rec.netns.as_deref(),
-            dir: &dir,
-            identity: identity.as_ref(),
-        })
-        .await?;
-        rec.processes.push(sidecar.id);
-        if let Some((_, agent)) = &sidecar.agent {
-            rec.processes.push(*agent);
+        if inject {
+            let admin = SocketAddr::new(rec.ip.into(), ADMIN_PORT);
+            let sidecar = RunningProxy::start(Launch {
+                proxy,
+                kind: args.proxy,
+                xds: if identity.is_some() {
+                    tls.expect("checked")
+                } else {
+                    xds
+                },
+                admin,
+                netns: rec.netns.as_deref(),
+                dir: &dir,
+                identity: identity.as_ref(),
+            })
+            .await?;
+            rec.processes.push(sidecar.id);
+            if let Some((_, agent)) = &sidecar.agent {
+                rec.processes.push(*agent);
+            }
+            pods.update(&rec)?;
+            pod.rec = rec.clone();
+            let sidecar = pod.sidecar.insert(sidecar);
+            sidecar.wait_ready(READY_TIMEOUT).await?;
         }
-        pods.update(&rec)?;
-        pod.rec = rec.clone();
-        let sidecar = pod.sidecar.insert(sidecar);
-        sidecar.wait_ready(READY_TIMEOUT).await?;
 
         // The app, as the invoking user.
         let mut app = match &rec.netns {
@@ -520,6 +601,8 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
         // an HTTP probe goes through the sidecar's inbound path with capture.
         let (inbound, probe) = match rec.app_ip() {
             Some(app_ip) => (IpAddr::V4(app_ip), IpAddr::V4(app_ip)),
+            // Without a sidecar, clients reach the app on the pod's address itself.
+            None if !inject => (IpAddr::V4(rec.ip), IpAddr::V4(rec.ip)),
             None => (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(rec.ip)),
         };
         let mut registered = false;
@@ -530,18 +613,17 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut tick = tokio::time::interval(HOSTS_REFRESH);
-        let sidecar = pod.sidecar.as_mut().expect("started above");
+        let mut sidecar = pod.sidecar.as_mut();
         let code = loop {
             tokio::select! {
                 status = app.wait() => {
                     let status = status?;
                     break status.code().map_or(ExitCode::FAILURE, |c| ExitCode::from(c as u8));
                 }
-                status = sidecar.child.wait() => {
-                    let status = status?;
+                Some((status, log, tail)) = sidecar_exit(&mut sidecar) => {
                     let _ = app.start_kill();
                     let _ = app.wait().await;
-                    bail!("the sidecar exited ({status}); its log ({}):\n{}", sidecar.log.display(), sidecar.log_tail());
+                    bail!("the sidecar exited ({status}); its log ({log}):\n{tail}");
                 }
                 _ = term.recv() => break stop_app(&mut app).await,
                 _ = int.recv() => break stop_app(&mut app).await,
@@ -588,6 +670,11 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                         && let Err(e) = refresh_hosts(&pods, &client, &rec, &args.name, &args.namespace)
                     {
                         tracing::warn!(error = %e, "cannot refresh the hosts file");
+                    }
+                    if !inject
+                        && let Err(e) = service_ports(&client).and_then(|p| Ok(pods.install_services(&rec, &p, false)?))
+                    {
+                        tracing::warn!(error = %e, "cannot refresh the services' rules");
                     }
                 }
             }

@@ -102,7 +102,14 @@ async fn services(State(s): State<DebugState>) -> Response {
                 "hostname": svc.hostname,
                 "namespace": svc.namespace,
                 "addresses": svc.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "ports": svc.ports.iter().map(|p| json!({"name": p.name, "port": p.number})).collect::<Vec<_>>(),
+                "ports": svc.ports.iter().map(|p| json!({
+                    "name": p.name,
+                    "port": p.number,
+                    "endpoints": state.registry.endpoints(&svc.hostname, p.number).iter().map(|e| json!({
+                        "address": e.address,
+                        "port": e.port,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

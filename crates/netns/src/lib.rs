@@ -22,6 +22,7 @@ mod hosts;
 mod pods;
 mod proc;
 mod range;
+mod services;
 
 pub use capture::{CaptureRules, PROXY_GID, PROXY_UID};
 pub use cmd::{Error, run_tool, run_tool_stdin};
@@ -29,3 +30,4 @@ pub use hosts::{HostsEntry, render_hosts};
 pub use pods::{LOOPBACK_RANGE, PodKind, PodRecord, Pods};
 pub use proc::{ProcId, alive, terminate};
 pub use range::PodRange;
+pub use services::{SERVICES_CHAIN, ServicePort, services_restore_input};

@@ -351,6 +351,24 @@ impl Pods {
         Ok(())
     }
 
+    /// Installs (`first`) or refreshes the kube-proxy-like rules of a pod without a sidecar.
+    pub fn install_services(
+        &self,
+        rec: &PodRecord,
+        ports: &[crate::ServicePort],
+        first: bool,
+    ) -> Result<(), Error> {
+        let Some(ns) = &rec.netns else {
+            return Ok(());
+        };
+        run_tool_stdin(
+            "ip",
+            &["netns", "exec", ns, "iptables-restore", "--noflush"],
+            Some(&crate::services_restore_input(ports, first)),
+        )?;
+        Ok(())
+    }
+
     /// Removes a pod this process owns: stops what still runs in it, deletes its network and
     /// its state file.
     pub fn remove(&self, rec: &PodRecord) -> Result<(), Error> {
