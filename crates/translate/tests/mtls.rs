@@ -193,7 +193,7 @@ fn summary(chains: &[&FilterChain]) -> Vec<(String, Vec<String>, &'static str)> 
     chains
         .iter()
         .map(|c| {
-            let m = c.filter_chain_match.as_ref().unwrap();
+            let m = c.filter_chain_match.clone().unwrap_or_default();
             let what = if let Some(s) = &c.transport_socket {
                 let ctx: DownstreamTlsContext = tls(s);
                 assert_eq!(ctx.require_client_certificate.map(|b| b.value), Some(true));
@@ -211,7 +211,7 @@ fn summary(chains: &[&FilterChain]) -> Vec<(String, Vec<String>, &'static str)> 
                     "plaintext"
                 }
             };
-            (m.transport_protocol.clone(), m.application_protocols.clone(), what)
+            (m.transport_protocol, m.application_protocols, what)
         })
         .collect()
 }
@@ -288,6 +288,30 @@ fn peer_authentication_decides_the_inbound_chains() {
     assert_eq!(inbound_with(pa(&other_app)).len(), 2);
     let root_selector = workload.replace("namespace: default", "namespace: istio-system");
     assert_eq!(inbound_with(pa(&root_selector))[1].2, "plaintext");
+}
+
+#[test]
+fn strict_fails_closed_for_a_proxy_without_an_identity() {
+    let strict = snapshot(pa(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec:\n  mtls: {mode: STRICT}\n",
+    ));
+    let mut p = reviews_v1();
+    p.mtls = false;
+    let res = translate(&strict, &registry(), &p);
+    let l = &res.listeners["virtualInbound"];
+    // Neither the declared port nor any other lets a connection through to the app.
+    assert_eq!(
+        summary(&inbound_chains(&res)),
+        [(String::new(), vec![], "refused")]
+    );
+    let default = l.default_filter_chain.as_ref().unwrap();
+    assert_eq!(summary(&[default]), [(String::new(), vec![], "refused")]);
+    // PERMISSIVE without an identity: plaintext, as before mTLS existed.
+    let res = translate(&snapshot(Vec::new()), &registry(), &p);
+    assert_eq!(
+        summary(&inbound_chains(&res)),
+        [(String::new(), vec![], "plaintext")]
+    );
 }
 
 #[test]

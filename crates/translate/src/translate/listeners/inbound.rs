@@ -65,8 +65,8 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             }
             // Ports the workload does not declare pass through to it, unless its policy is
             // STRICT: then a connection there is closed, as plaintext to a declared port is.
-            let strict = ctx.proxy.mtls
-                && mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, 0)
+            let strict =
+                mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, 0)
                     == Mode::Strict;
             l.default_filter_chain = Some(if strict {
                 filter_chain(
@@ -136,10 +136,21 @@ fn port_chains(
     http: bool,
 ) -> Vec<FilterChain> {
     let plain_match = (base != FilterChainMatch::default()).then(|| base.clone());
+    let mode = mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, port);
     if !ctx.proxy.mtls {
+        if mode == Mode::Strict {
+            // STRICT, and the proxy cannot do mTLS: nothing may reach the workload (fail closed).
+            return vec![filter_chain(
+                format!("{name}-strict-without-identity"),
+                plain_match,
+                vec![tcp_proxy_filter(
+                    BLACKHOLE_CLUSTER,
+                    TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
+                )],
+            )];
+        }
         return vec![filter_chain(name, plain_match, vec![filter()])];
     }
-    let mode = mtls::workload_mode(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, port);
     mtls::inbound_matches(&base, mode, http)
         .into_iter()
         .map(|c| match c.kind {
