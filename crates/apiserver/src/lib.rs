@@ -11,6 +11,8 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod paths;
 mod status;
 mod token;
