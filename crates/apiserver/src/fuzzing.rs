@@ -41,8 +41,9 @@ async fn run(data: &[u8]) {
         let Some((&flags, rest)) = record.split_first() else {
             continue;
         };
-        let method = ["GET", "POST", "PUT", "DELETE", "PATCH", "GET", "POST", "HEAD"]
-            [usize::from(flags & 7)];
+        let method = [
+            "GET", "POST", "PUT", "DELETE", "PATCH", "GET", "POST", "HEAD",
+        ][usize::from(flags & 7)];
         let authorized = flags & 8 != 0;
         let (target, body) = match rest.iter().position(|b| *b == b'\n') {
             Some(at) => (&rest[..at], &rest[at + 1..]),
@@ -82,7 +83,11 @@ async fn run(data: &[u8]) {
             .await
             .expect("a response body");
         if !status.is_success() {
-            assert_eq!(store.revision(), before, "{method} {target}: {status} wrote");
+            assert_eq!(
+                store.revision(),
+                before,
+                "{method} {target}: {status} wrote"
+            );
             if method != "HEAD" {
                 let status_body: Value =
                     serde_json::from_slice(&bytes).expect("errors are Status objects");
@@ -97,35 +102,43 @@ async fn run(data: &[u8]) {
     }
 }
 
-/// The object a write answered with reads back the same from its own path.
+/// The objects a write answered with (one, or a batch's) read back the same from their paths.
 async fn check_reads_back(app: &Router, target: &str, written: &Value) {
-    let Some(items) = written["items"].as_array() else {
-        let path = target.split('?').next().unwrap_or_default();
-        let name = written["metadata"]["name"].as_str().unwrap_or_default();
-        let path = if path.trim_end_matches('/').ends_with(&format!("/{name}")) {
-            path.to_string()
-        } else {
-            format!("{}/{name}", path.trim_end_matches('/'))
-        };
+    let objects: Vec<Value> = match written["items"].as_array() {
+        Some(items) => items.iter().map(|i| i["object"].clone()).collect(),
+        None => vec![written.clone()],
+    };
+    for object in objects {
+        let path = self_path(target, &object);
         let request = Request::builder()
             .uri(&path)
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Body::empty())
             .expect("a request");
         let response = app.clone().oneshot(request).await.expect("infallible");
-        assert_eq!(response.status(), StatusCode::OK, "GET {path} after a write");
+        let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("a body");
-        let read: Value = serde_json::from_slice(&bytes).expect("an object");
-        assert_eq!(read["spec"], written["spec"], "{path}");
+        let read: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::OK, "GET {path} after a write: {read}");
+        assert_eq!(read["spec"], object["spec"], "{path}");
         assert_eq!(
-            read["metadata"]["resourceVersion"], written["metadata"]["resourceVersion"],
+            read["metadata"]["resourceVersion"], object["metadata"]["resourceVersion"],
             "{path}"
         );
-        return;
-    };
-    let _ = items;
+    }
+}
+
+/// Where an object the API answered with lives: from its apiVersion, kind, namespace and name.
+fn self_path(target: &str, object: &Value) -> String {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let api_version = text(&object["apiVersion"]);
+    let kind = strait_api::Kind::from_type(&api_version, &text(&object["kind"]))
+        .unwrap_or_else(|e| panic!("{target} answered an object of no known kind: {e}: {object}"));
+    let namespace = object["metadata"]["namespace"].as_str();
+    let collection = kind.collection_path(namespace);
+    format!("{collection}/{}", text(&object["metadata"]["name"]))
 }
 
 #[cfg(test)]

@@ -101,7 +101,11 @@ fn xds_response(kind: u8, bytes: &[u8]) {
     let _ = state.complete();
     let first = serde_json::to_string(&state.config().clusters.keys().collect::<Vec<_>>());
     let again = state.apply(ty, &resp);
-    assert_eq!(again.len(), refused, "the same response refused differently");
+    assert_eq!(
+        again.len(),
+        refused,
+        "the same response refused differently"
+    );
     let second = serde_json::to_string(&state.config().clusters.keys().collect::<Vec<_>>());
     assert_eq!(
         first.ok(),
@@ -170,8 +174,11 @@ pub fn h1_head(data: &[u8]) {
 mod corpus {
     use std::path::PathBuf;
 
+    use super::{h1_head, proto_config};
     use envoy_types::pb::envoy::config::cluster::v3 as cl;
-    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address,
+    };
     use envoy_types::pb::envoy::config::endpoint::v3 as ep;
     use envoy_types::pb::envoy::config::listener::v3 as li;
     use envoy_types::pb::envoy::config::route::v3 as rt;
@@ -181,7 +188,6 @@ mod corpus {
     };
     use envoy_types::pb::google::protobuf::Any;
     use prost::{Message, Name};
-    use super::{h1_head, proto_config};
 
     fn corpus(target: &str) -> Vec<Vec<u8>> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -299,10 +305,12 @@ mod corpus {
             cluster_name: "reviews".into(),
             endpoints: vec![ep::LocalityLbEndpoints {
                 lb_endpoints: vec![ep::LbEndpoint {
-                    host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
-                        address: socket("10.0.0.7", 9080),
-                        ..Default::default()
-                    })),
+                    host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(
+                        ep::Endpoint {
+                            address: socket("10.0.0.7", 9080),
+                            ..Default::default()
+                        },
+                    )),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -316,7 +324,9 @@ mod corpus {
         };
         let tagged = |tag: u8, bytes: Vec<u8>| [vec![tag], bytes].concat();
         let delta = |resource: Any, name: &str| {
-            use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Resource};
+            use envoy_types::pb::envoy::service::discovery::v3::{
+                DeltaDiscoveryResponse, Resource,
+            };
             DeltaDiscoveryResponse {
                 system_version_info: "1".into(),
                 type_url: resource.type_url.clone(),

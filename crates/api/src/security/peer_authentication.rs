@@ -33,7 +33,7 @@ pub struct MutualTls {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::upper_case_acronyms)]
+#[expect(clippy::upper_case_acronyms)]
 pub enum MtlsMode {
     #[default]
     UNSET,
