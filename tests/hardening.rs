@@ -166,7 +166,6 @@ fn a_watch_never_read_while_300_large_objects_are_written_keeps_memory_bounded()
     let socket = never_read_watch(addr, &token);
     let path = "/apis/networking.istio.io/v1/namespaces/default/virtualservices";
     let started = Instant::now();
-    let mut peak = 0;
     for n in 0..300 {
         let body = big_vs(n);
         assert!(body.len() > 1_400_000, "{} bytes", body.len());
@@ -188,7 +187,6 @@ fn a_watch_never_read_while_300_large_objects_are_written_keeps_memory_bounded()
         );
         if n % 50 == 49 {
             let (rss, hwm) = memory_mb(cp.pid());
-            peak = peak.max(hwm);
             eprintln!(
                 "after {} writes ({:?}): {rss} MB resident, {hwm} MB at most",
                 n + 1,
@@ -208,7 +206,6 @@ fn a_watch_never_read_while_300_large_objects_are_written_keeps_memory_bounded()
     drop(socket);
     let (code, _) = http(&cp.server(), "GET", "/healthz", None, None);
     assert_eq!(code, 200);
-    let _ = peak;
 }
 
 /// Opens `?watch=true` on VirtualServices and never reads from it.

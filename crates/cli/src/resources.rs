@@ -81,6 +81,21 @@ pub fn apply(conn: &Connection, files: &[String], namespace: Option<&str>) -> Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// The namespace a resource goes to: its own, else `-n`, else `default`; the two must agree.
+fn target_namespace(kind: Kind, own: Option<&str>, flag: Option<&str>) -> Result<Option<String>> {
+    if !kind.namespaced() {
+        return Ok(None);
+    }
+    match (own, flag) {
+        (Some(o), Some(f)) if o != f => bail!(
+            "the namespace of the resource ({o:?}) does not match --namespace {f:?}: drop one of them"
+        ),
+        (Some(o), _) => Ok(Some(o.to_string())),
+        (None, Some(f)) => Ok(Some(f.to_string())),
+        (None, None) => Ok(Some(DEFAULT_NAMESPACE.to_string())),
+    }
+}
+
 fn lookup_kind(word: &str) -> Result<Kind> {
     Kind::lookup(word).ok_or_else(|| {
         let known: Vec<String> = Kind::ALL

@@ -104,7 +104,6 @@ fn service_clusters(ctx: &Ctx<'_>, service: &Service, out: &mut XdsResources) {
 /// The route hash policy for traffic to `host` (a registry host name) on `port`, and `subset`
 /// (empty for none): the consistent-hash key of the DestinationRule that applies to this proxy,
 /// merged as for the cluster. For the route builder: `route_action.hash_policy`.
-#[expect(dead_code)]
 pub(crate) fn hash_policy(
     ctx: &Ctx<'_>,
     host: &str,

@@ -518,12 +518,11 @@ fn overlapping_hosts(hosts: &[String]) -> Vec<(usize, usize)> {
     // `below`: children are always pushed after their parent, so a reverse pass sees every
     // child before its parent.
     for n in (0..nodes.len()).rev() {
-        let mut best = nodes[n].wildcard;
-        for k in 0..nodes[n].children.len() {
-            let c = nodes[n].children[k].1;
-            later(&mut best, nodes[c].below);
-        }
-        nodes[n].below = best;
+        let below = nodes[n]
+            .children
+            .iter()
+            .fold(nodes[n].wildcard, |best, &(_, c)| best.max(nodes[c].below));
+        nodes[n].below = below;
     }
     // Walks a name backwards; returns the last wildcard passed (ending the name, itself
     // included) and where the walk stopped, if it used the whole name.
