@@ -88,7 +88,12 @@ async fn run(data: &[u8]) {
                 before,
                 "{method} {target}: {status} wrote"
             );
-            if method != "HEAD" {
+            // The API's own paths answer every failure with a Status (/healthz and the
+            // like are plain text).
+            let api_path = ["/api/", "/apis/", "/batch"]
+                .iter()
+                .any(|p| target.starts_with(p));
+            if method != "HEAD" && api_path {
                 let status_body: Value =
                     serde_json::from_slice(&bytes).expect("errors are Status objects");
                 assert_eq!(status_body["kind"], "Status", "{status_body}");

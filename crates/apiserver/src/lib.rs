@@ -86,15 +86,15 @@ pub fn router(state: ApiState, extra: Router) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
-        .route("/batch", axum::routing::post(batch))
         .route(
-            "/api/{*rest}",
-            get(handle).post(handle).put(handle).delete(handle),
+            "/batch",
+            axum::routing::post(batch).fallback(|method: Method| async move {
+                ApiError::method_not_allowed(&method, "/batch")
+            }),
         )
-        .route(
-            "/apis/{*rest}",
-            get(handle).post(handle).put(handle).delete(handle),
-        )
+        // Every method, so that one the API does not serve still gets a Status.
+        .route("/api/{*rest}", axum::routing::any(handle))
+        .route("/apis/{*rest}", axum::routing::any(handle))
         .with_state(state.clone())
         .merge(extra)
         .fallback(|| async {
@@ -147,6 +147,12 @@ async fn read_body(state: &ApiState, body: Body, limit: usize) -> Result<Bytes, 
 }
 
 async fn handle(State(state): State<ApiState>, method: Method, req: Request) -> Response {
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method
+    };
     let uri = req.uri().clone();
     let query = uri.query().unwrap_or_default().to_string();
     let body = match read_body(&state, req.into_body(), MAX_BODY_BYTES).await {

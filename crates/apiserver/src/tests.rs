@@ -311,7 +311,7 @@ async fn a_batch_applies_every_object_or_none() {
 async fn a_watch_that_falls_behind_the_history_ends_with_410() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::with_history(50));
     let app = router(ApiState::new(store.clone(), TOKEN), Router::new());
-    let key = |n: &str| Key::new("Service", "default", n);
+    let key = |n: &str| Key::new("service", "default", n);
     store
         .put(&key("first"), svc("first"), Precondition::None)
         .unwrap();

@@ -163,7 +163,7 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
     // And it still delivers.
     api.store
         .put(
-            &strait_store::Key::new("Service", "default", "web"),
+            &strait_store::Key::new("service", "default", "web"),
             serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"}}),
             strait_store::Precondition::None,
         )

@@ -23,7 +23,7 @@ use tokio::time::timeout;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::Streaming;
 
-const WE: &str = "networking.istio.io/WorkloadEntry";
+const WE: &str = "workloadentry.networking.istio.io";
 
 fn put(store: &MemoryStore, kind: &str, name: &str, value: Value) {
     store
@@ -121,10 +121,10 @@ async fn open(addr: SocketAddr, id: &str) -> Delta {
 async fn an_endpoint_only_change_pushes_only_eds() {
     let store = Arc::new(MemoryStore::new());
     for name in ["reviews", "ratings", "details"] {
-        put(&store, "Service", name, service(name));
+        put(&store, "service", name, service(name));
         put(
             &store,
-            "networking.istio.io/DestinationRule",
+            "destinationrule.networking.istio.io",
             name,
             rule(name),
         );

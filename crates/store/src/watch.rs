@@ -6,7 +6,8 @@
 //! history it reads or arrives in its queue afterwards; events the history already covered are
 //! skipped by revision.
 //!
-//! A queue holds at most [`QUEUE_BYTES`] of events (their size as stored). When a watcher does
+//! A queue holds at most [`QUEUE_BYTES`] of events (their size as stored) and at most
+//! [`QUEUE_EVENTS`] events. When a watcher does
 //! not read and its queue would grow past that, the queue drops what it holds and is marked
 //! overflowed: the watch then catches up from the event log from its last revision (reading
 //! [`HISTORY_CHUNK_BYTES`] at a time), so a slow watcher costs bounded memory and loses nothing
@@ -21,6 +22,9 @@ use tokio::sync::Notify;
 /// The most event bytes a watch's queue holds before it overflows and the watch catches up
 /// from the event log instead.
 pub(crate) const QUEUE_BYTES: usize = 8 << 20;
+
+/// The most events a watch's queue holds, however small they are.
+pub(crate) const QUEUE_EVENTS: usize = 1024;
 
 /// How many bytes of matching events a watch reads from the log at a time (at least one event).
 pub(crate) const HISTORY_CHUNK_BYTES: usize = 8 << 20;
@@ -192,7 +196,9 @@ impl Fanout {
                 if state.overflowed || !queue.filter.matches(&key.kind, &key.namespace) {
                     continue;
                 }
-                if state.bytes + s.bytes > QUEUE_BYTES && !state.events.is_empty() {
+                let full =
+                    state.bytes + s.bytes > QUEUE_BYTES || state.events.len() >= QUEUE_EVENTS;
+                if full && !state.events.is_empty() {
                     state.events.clear();
                     state.bytes = 0;
                     state.overflowed = true;
