@@ -146,10 +146,10 @@ async fn five_thousand_idle_connections_with_1024_files_leave_the_api_and_xds_se
     idle_flood(&["prlimit", "--nofile=1024:1024", "--"], "1024:1024").await;
 }
 
-/// A VirtualService of about 1.4 MiB (65,000 hosts), the `n`th version.
+/// A VirtualService of about 1.4 MiB (58,000 hosts), the `n`th version (all the same size).
 fn big_vs(n: usize) -> String {
-    let hosts: Vec<String> = (0..65_000)
-        .map(|i| format!("h{i}-{n}.example.com"))
+    let hosts: Vec<String> = (0..58_000)
+        .map(|i| format!("h{i:05}-{n:03}.example.com"))
         .collect();
     json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
            "metadata": {"name": "big", "namespace": "default"},
