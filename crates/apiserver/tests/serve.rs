@@ -148,7 +148,7 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
     watch
         .write_all(
             format!(
-                "GET /api/v1/namespaces/default/services?watch=true&resourceVersion=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+                "GET /api/v1/namespaces/default/services?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
             )
             .as_bytes(),
         )
