@@ -70,6 +70,8 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     flags: Vec<String>,
+    /// A command the control plane runs under (`prlimit --nofile=1024:1024 --`), if any.
+    wrapper: Vec<String>,
 }
 
 impl ControlPlane {
@@ -79,21 +81,39 @@ impl ControlPlane {
 
     /// Starts with extra `strait control-plane` flags.
     pub fn start_with(flags: &[&str]) -> Self {
+        Self::start_under(&[], flags)
+    }
+
+    /// Starts `WRAPPER... strait control-plane FLAGS...`: under `prlimit`, for example.
+    pub fn start_under(wrapper: &[&str], flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut cp = ControlPlane {
             dir,
             child: None,
             flags: flags.iter().map(|f| f.to_string()).collect(),
+            wrapper: wrapper.iter().map(|f| f.to_string()).collect(),
         };
         cp.restart();
         cp
+    }
+
+    /// The control plane's process id (the wrapper execs it: prlimit does).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the control plane runs").id()
     }
 
     /// Starts (again) on the same data directory, on free ports unless the flags fix them, and
     /// waits until it answers. Its log goes to `DIR/control-plane.log`.
     pub fn restart(&mut self) {
         let _ = std::fs::remove_file(self.dir.path().join("server"));
-        let mut cmd = Command::new(strait());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(strait());
+                cmd
+            }
+            None => Command::new(strait()),
+        };
         cmd.arg("control-plane");
         for flag in ["--api-addr", "--xds-addr", "--tls-addr"] {
             if !self.flags.iter().any(|f| f == flag) {

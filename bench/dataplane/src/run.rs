@@ -214,7 +214,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments)]
 fn measure(
     config: Config,
     round: u32,

@@ -195,7 +195,7 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The responses with these changes, if any (always one when `force`): one, or several of at
 /// most [`MAX_RESPONSE_BYTES`] of resources each, the removals in the last. The client merges
 /// them (Delta responses are incremental); the last one's nonce is the one awaited.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments)]
 fn respond(
     ty: TypeUrl,
     state: &mut TypeState,

@@ -15,6 +15,8 @@
 pub mod common;
 pub mod core;
 pub mod duration;
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 pub mod meta;
 pub mod networking;
 pub mod parse;

@@ -351,16 +351,16 @@ pub struct Resource {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Envelope<T> {
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     api_version: String,
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     kind: String,
     #[serde(default)]
     metadata: ObjectMeta,
     #[serde(default = "Option::default")]
     spec: Option<T>,
     #[serde(default)]
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     status: Option<Value>,
 }
 

@@ -37,7 +37,7 @@ pub struct ProviderRef {
 
 /// Traffic direction relative to the workload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+#[expect(non_camel_case_types)]
 pub enum WorkloadMode {
     #[default]
     CLIENT_AND_SERVER,
@@ -138,7 +138,7 @@ pub struct MetricSelector {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+#[expect(non_camel_case_types)]
 pub enum IstioMetric {
     ALL_METRICS,
     REQUEST_COUNT,
@@ -165,7 +165,6 @@ pub struct TagOverride {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::upper_case_acronyms)]
 pub enum TagOperation {
     #[default]
     UPSERT,

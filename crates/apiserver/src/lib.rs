@@ -5,17 +5,27 @@
 //! lists across namespaces (`/apis/{group}/{version}/{plural}`) and `?watch=true` streams of
 //! newline-delimited `{"type": "ADDED", "object": {...}}` events. Every write is parsed and
 //! validated as `strait validate` does: an invalid resource gets 422 with the field path of each
-//! problem and changes nothing; a stale `metadata.resourceVersion` gets 409. Every request but
-//! `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
+//! problem and changes nothing; a stale `metadata.resourceVersion` gets 409. `POST /batch`
+//! applies several objects in one store transaction, all or nothing (what `strait apply`
+//! uses). Every request but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
+//!
+//! A watch that falls further behind than the store's history ends with an `ERROR` event whose
+//! object is a `Status` with code 410 (reason `Expired`), as kube-apiserver ends it: the client
+//! lists again and watches from the list's resourceVersion. [`Server`] serves the router with
+//! timeouts and connection caps.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+#[cfg(any(fuzzing, test))]
+pub mod fuzzing;
 mod paths;
+mod serve;
 mod status;
 mod token;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -27,20 +37,30 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use strait_api::Report;
 use strait_api::parse::{Outcome, Source, parse_value};
-use strait_store::{Event, EventType, Key, Object, Precondition, Store, StoreError};
+use strait_store::{
+    Event, EventType, Key, Object, Precondition, Store, StoreError, Watch, WatchEnd, Write,
+};
 
 pub use paths::ResourcePath;
+pub use serve::{ConnHandle, Limits, Server};
 pub use status::ApiError;
 pub use token::{TOKEN_FILE, load_or_create_token};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// The largest batch (`POST /batch`) accepted: as much as `strait apply` reads at once.
+pub const MAX_BATCH_BYTES: usize = strait_api::parse::MAX_INPUT_BYTES;
+
+/// How long a request body may take to arrive, by default.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the API's handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     token: Arc<str>,
+    body_timeout: Duration,
 }
 
 impl ApiState {
@@ -48,7 +68,15 @@ impl ApiState {
         Self {
             store,
             token: token.into(),
+            body_timeout: BODY_TIMEOUT,
         }
+    }
+
+    /// How long a request body may take to arrive before the request is answered 408 and its
+    /// connection closed.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 }
 
@@ -59,13 +87,14 @@ pub fn router(state: ApiState, extra: Router) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route(
-            "/api/{*rest}",
-            get(handle).post(handle).put(handle).delete(handle),
+            "/batch",
+            axum::routing::post(batch).fallback(|method: Method| async move {
+                ApiError::method_not_allowed(&method, "/batch")
+            }),
         )
-        .route(
-            "/apis/{*rest}",
-            get(handle).post(handle).put(handle).delete(handle),
-        )
+        // Every method, so that one the API does not serve still gets a Status.
+        .route("/api/{*rest}", axum::routing::any(handle))
+        .route("/apis/{*rest}", axum::routing::any(handle))
         .with_state(state.clone())
         .merge(extra)
         .fallback(|| async {
@@ -88,18 +117,47 @@ async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if token::equal(t.trim(), &state.token) => next.run(req).await,
+        Some(t) if token::equal(t.trim(), &state.token) => {
+            if let Some(conn) = req.extensions().get::<ConnHandle>() {
+                conn.authenticated();
+            }
+            next.run(req).await
+        }
         Some(_) => ApiError::unauthorized("wrong bearer token: use the token in the control plane's data directory (DATA_DIR/token)").into_response(),
         None => ApiError::unauthorized("missing bearer token: send `Authorization: Bearer <token>` with the token in the control plane's data directory (DATA_DIR/token)").into_response(),
     }
 }
 
+/// Reads a request body of at most `limit` bytes within the state's body timeout; the error
+/// answer otherwise (on a timeout, one that closes the connection: the rest of the body may
+/// still come).
+async fn read_body(state: &ApiState, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(ApiError::too_large(limit).into_response()),
+        Err(_) => {
+            let mut response = ApiError::request_timeout(state.body_timeout).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(response)
+        }
+    }
+}
+
 async fn handle(State(state): State<ApiState>, method: Method, req: Request) -> Response {
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method
+    };
     let uri = req.uri().clone();
     let query = uri.query().unwrap_or_default().to_string();
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await {
+    let body = match read_body(&state, req.into_body(), MAX_BODY_BYTES).await {
         Ok(b) => b,
-        Err(_) => return ApiError::too_large(MAX_BODY_BYTES).into_response(),
+        Err(response) => return response,
     };
     let path = match ResourcePath::parse(uri.path()) {
         Ok(p) => p,
@@ -379,51 +437,255 @@ fn watch(state: &ApiState, path: &ResourcePath, query: &str) -> Response {
             Err(e) => return ApiError::from_store(e).into_response(),
         },
     };
-    let mut watcher = match state
+    let watcher = match state
         .store
         .watch(Some(&kind), path.namespace.as_deref(), after)
     {
         Ok(w) => w,
         Err(e) => return ApiError::from_store(e).into_response(),
     };
-    let path = path.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    tokio::spawn(async move {
-        let line = |event_type: &str, object: &Object| {
-            let mut l = json!({"type": event_type, "object": present(&path, object)}).to_string();
-            l.push('\n');
-            Ok(Bytes::from(l))
-        };
-        for object in &initial {
-            if tx.send(line("ADDED", object)).await.is_err() {
-                return;
-            }
-        }
-        loop {
-            tokio::select! {
-                event = watcher.next() => {
-                    let Some(Event { event_type, object }) = event else { break };
-                    let t = match event_type {
-                        EventType::Added => "ADDED",
-                        EventType::Modified => "MODIFIED",
-                        EventType::Deleted => "DELETED",
-                    };
-                    if tx.send(line(t, &object)).await.is_err() {
-                        return;
-                    }
-                }
-                () = tx.closed() => return,
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let stream = WatchStream {
+        path: path.clone(),
+        initial: initial.into(),
+        watcher,
+        done: false,
+    };
+    let stream = futures::stream::unfold(stream, |mut s| async move {
+        let line = s.next_line().await?;
+        Some((Ok::<_, std::io::Error>(line), s))
     });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A watch's response body, pulled by the connection as the client reads: nothing is queued
+/// between the store's watch (whose memory is bounded) and the socket but the line being
+/// written.
+struct WatchStream {
+    path: ResourcePath,
+    initial: std::collections::VecDeque<Object>,
+    watcher: Watch,
+    done: bool,
+}
+
+impl WatchStream {
+    fn line(&self, event_type: &str, object: Value) -> Bytes {
+        let mut l = json!({"type": event_type, "object": object}).to_string();
+        l.push('\n');
+        Bytes::from(l)
+    }
+
+    /// The next line: the initial objects as ADDED, then each change; when the watch ends
+    /// because the watcher fell behind the store's history (or the store failed), a last
+    /// ERROR event with a Status, as kube-apiserver sends.
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(object) = self.initial.pop_front() {
+            return Some(self.line("ADDED", present(&self.path, &object)));
+        }
+        if let Some(Event { event_type, object }) = self.watcher.next().await {
+            let t = match event_type {
+                EventType::Added => "ADDED",
+                EventType::Modified => "MODIFIED",
+                EventType::Deleted => "DELETED",
+            };
+            return Some(self.line(t, present(&self.path, &object)));
+        }
+        self.done = true;
+        let error = match self.watcher.ended() {
+            Some(WatchEnd::FellBehind { oldest }) => {
+                ApiError::from_store(StoreError::Compacted { oldest: *oldest })
+            }
+            Some(WatchEnd::Failed(e)) => ApiError::internal(format!("the watch failed: {e}")),
+            Some(WatchEnd::StoreClosed) | None => return None,
+        };
+        Some(self.line("ERROR", error.to_status()))
+    }
+}
+
+/// The resource path an object of a batch is written to: its kind and version from
+/// `apiVersion` and `kind`, its namespace and name from its metadata.
+fn batch_path(item: &Value) -> Result<ResourcePath, ApiError> {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let api_version = text(&item["apiVersion"]);
+    let kind_name = text(&item["kind"]);
+    let kind = strait_api::Kind::from_type(&api_version, &kind_name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let version = api_version
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let namespace = match item["metadata"]["namespace"].as_str() {
+        Some(ns) if kind.namespaced() => Some(ns.to_string()),
+        None if kind.namespaced() => {
+            return Err(ApiError::bad_request(
+                "metadata.namespace is required for a namespaced kind in a batch",
+            ));
+        }
+        _ => None,
+    };
+    Ok(ResourcePath {
+        kind,
+        version,
+        namespace,
+        name: None,
+    })
+}
+
+/// What became of one object of a batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// Whether `new` (stamped) says what `old` says, but for resourceVersion and apiVersion.
+fn unchanged(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("apiVersion");
+        }
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        v
+    };
+    strip(old) == strip(new)
+}
+
+/// `POST /batch` with `{"items": [object, ...]}`: applies every object as `strait apply`
+/// does (create, or replace what differs, or leave it unchanged) in one store transaction.
+/// Every object is validated first; one invalid object, or one that changed since it was
+/// read, fails the whole batch and nothing is written, also if the control plane dies midway.
+/// A later object of the same kind and name replaces an earlier one, as applying them in
+/// order would. The answer lists each object with `created`, `configured` or `unchanged`.
+async fn batch(State(state): State<ApiState>, req: Request) -> Response {
+    let body = match read_body(&state, req.into_body(), MAX_BATCH_BYTES).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    match apply_batch(&state, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn apply_batch(state: &ApiState, body: &Bytes) -> Result<Response, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the request body is not a JSON object: {e}"))
+    })?;
+    let Some(Value::Array(items)) = value.get("items").cloned() else {
+        return Err(ApiError::bad_request(
+            "a batch is a JSON object with an array \"items\" of objects",
+        ));
+    };
+    let mut admitted = Vec::with_capacity(items.len());
+    let mut warnings = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let in_item = |mut e: ApiError| {
+            e.message = format!("items[{i}]: {}", e.message);
+            for c in &mut e.causes {
+                c.path = format!("items[{i}].{}", c.path);
+            }
+            e
+        };
+        let path = batch_path(&item).map_err(in_item)?;
+        let (value, report) = admit(&path, item).map_err(in_item)?;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        warnings.extend(report.warnings.iter().map(|w| format!("items[{i}]: {w}")));
+        admitted.push((path, name, value));
+    }
+    let store = state.store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut staged: std::collections::HashMap<Key, Object> = Default::default();
+        let mut writes = Vec::new();
+        let mut results = Vec::new();
+        for (path, name, mut value) in admitted {
+            let key = store_key(&path, &name);
+            let explicit = value["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|rv| !rv.is_empty())
+                .map(|rv| {
+                    rv.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "{key}: metadata.resourceVersion {rv:?} is not a number"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let (existing, pre) = match staged.get(&key) {
+                // Written earlier in this batch: replaces that.
+                Some(o) => (Some(o.clone()), Precondition::None),
+                None => {
+                    let existing = store.get(&key).map_err(ApiError::from_store)?;
+                    let pre = match (&existing, explicit) {
+                        (_, Some(rv)) => Precondition::Revision(rv),
+                        (Some(o), None) => Precondition::Revision(o.revision),
+                        (None, None) => Precondition::MustNotExist,
+                    };
+                    (existing, pre)
+                }
+            };
+            stamp(&mut value, existing.as_ref());
+            let applied = match &existing {
+                None => Applied::Created,
+                Some(o) if unchanged(&o.value, &value) && explicit.is_none() => Applied::Unchanged,
+                Some(_) => Applied::Configured,
+            };
+            staged.insert(
+                key.clone(),
+                Object {
+                    key: key.clone(),
+                    revision: 0,
+                    value: value.clone(),
+                },
+            );
+            if applied != Applied::Unchanged {
+                writes.push(Write::Put {
+                    key: key.clone(),
+                    value,
+                    pre,
+                });
+            }
+            results.push((path, key, applied));
+        }
+        let written = store.write_batch(writes).map_err(ApiError::from_store)?;
+        let mut written: std::collections::VecDeque<Object> = written.into();
+        let mut items = Vec::with_capacity(results.len());
+        for (path, key, applied) in results {
+            let object = match applied {
+                Applied::Unchanged => store
+                    .get(&key)
+                    .map_err(ApiError::from_store)?
+                    .ok_or_else(|| ApiError::resource_not_found(path.kind, &key.name))?,
+                _ => written.pop_front().ok_or_else(|| {
+                    ApiError::internal("the store wrote fewer objects than asked")
+                })?,
+            };
+            let result = match applied {
+                Applied::Created => "created",
+                Applied::Configured => "configured",
+                Applied::Unchanged => "unchanged",
+            };
+            items.push(json!({"result": result, "object": present(&path, &object)}));
+        }
+        Ok::<_, ApiError>(items)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("store task failed: {e}")))??;
+    let body = json!({"apiVersion": "v1", "kind": "BatchResult", "items": outcome});
+    Ok(json_response(StatusCode::OK, &body, &warnings))
 }
 
 #[cfg(test)]

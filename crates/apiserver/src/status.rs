@@ -51,6 +51,17 @@ impl ApiError {
         )
     }
 
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!(
+                "the request body did not arrive within {} s: send it at once (Content-Length must match the body)",
+                limit.as_secs()
+            ),
+        )
+    }
+
     pub fn method_not_allowed(method: &Method, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -81,7 +92,11 @@ impl ApiError {
     }
 
     pub fn from_store(e: StoreError) -> Self {
-        let code = match &e {
+        let inner = match &e {
+            StoreError::InBatch { source, .. } => source.as_ref(),
+            other => other,
+        };
+        let code = match inner {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
@@ -90,7 +105,7 @@ impl ApiError {
         };
         let reason = match code {
             StatusCode::NOT_FOUND => "NotFound",
-            StatusCode::CONFLICT if matches!(e, StoreError::AlreadyExists { .. }) => {
+            StatusCode::CONFLICT if matches!(inner, StoreError::AlreadyExists { .. }) => {
                 "AlreadyExists"
             }
             StatusCode::CONFLICT => "Conflict",

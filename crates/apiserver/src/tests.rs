@@ -194,3 +194,159 @@ async fn refuses_an_invalid_resource_with_its_field_path() {
     .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
 }
+
+fn svc(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"ports": [{"name": "http", "port": 80}]}})
+}
+
+#[tokio::test]
+async fn a_batch_applies_every_object_or_none() {
+    let (app, store) = app();
+    let mut a = vs("reviews", "reviews");
+    a["metadata"]["namespace"] = json!("default");
+    let batch = json!({"items": [a.clone(), svc("web"), svc("db")]});
+    let (code, answer) = call(&app, "POST", "/batch", Some(batch.clone()), Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let results: Vec<&str> = answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["created", "created", "created"]);
+    assert_eq!(store.revision(), 3);
+    assert_eq!(
+        answer["items"][1]["object"]["metadata"]["resourceVersion"],
+        "2"
+    );
+
+    // The same again: unchanged, nothing written.
+    let (code, answer) = call(&app, "POST", "/batch", Some(batch), Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    assert!(
+        answer["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["result"] == "unchanged")
+    );
+    assert_eq!(store.revision(), 3);
+
+    // One invalid object: 422 naming it, nothing written (not even the valid change before it).
+    let mut changed = a.clone();
+    changed["spec"]["hosts"] = json!(["ratings"]);
+    changed["spec"]["http"][0]["route"][0]["destination"]["host"] = json!("ratings");
+    let mut bad = vs("bad", "bad");
+    bad["metadata"]["namespace"] = json!("default");
+    bad["spec"]["http"][0]["route"][0]["weight"] = json!(-5);
+    let (code, status) = call(
+        &app,
+        "POST",
+        "/batch",
+        Some(json!({"items": [changed.clone(), svc("new"), bad]})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{status}");
+    assert!(
+        status["message"].as_str().unwrap().starts_with("items[2]"),
+        "{status}"
+    );
+    assert!(
+        status["details"]["causes"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("items[2].spec"),
+        "{status}"
+    );
+    assert_eq!(store.revision(), 3);
+
+    // A later object of the same name replaces an earlier one; a stale resourceVersion fails
+    // the whole batch with 409.
+    let (code, answer) = call(
+        &app,
+        "POST",
+        "/batch",
+        Some(json!({"items": [svc("x"), changed.clone(), changed.clone()]})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let results: Vec<&str> = answer["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["created", "configured", "unchanged"]);
+    assert_eq!(store.revision(), 5);
+    let mut stale = changed;
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let (code, status) = call(
+        &app,
+        "POST",
+        "/batch",
+        Some(json!({"items": [svc("y"), stale]})),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CONFLICT, "{status}");
+    assert_eq!(store.revision(), 5);
+    // Without the token: 401, nothing written.
+    let (code, _) = call(
+        &app,
+        "POST",
+        "/batch",
+        Some(json!({"items": [svc("z")]})),
+        None,
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED);
+    assert_eq!(store.revision(), 5);
+}
+
+#[tokio::test]
+async fn a_watch_that_falls_behind_the_history_ends_with_410() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::with_history(50));
+    let app = router(ApiState::new(store.clone(), TOKEN), Router::new());
+    let key = |n: &str| Key::new("service", "default", n);
+    store
+        .put(&key("first"), svc("first"), Precondition::None)
+        .unwrap();
+    let req = Request::builder()
+        .uri("/api/v1/namespaces/default/services?watch=true&resourceVersion=1")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The client reads nothing while far more than the history (and than a watch may queue:
+    // 40 MB of 100 KiB objects) is written.
+    for i in 0..400 {
+        let mut big = svc(&format!("s{i}"));
+        big["metadata"]["annotations"] = json!({"pad": "x".repeat(100 * 1024)});
+        store
+            .put(&key(&format!("s{i}")), big, Precondition::None)
+            .unwrap();
+    }
+    let bytes = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        resp.into_body().collect(),
+    )
+    .await
+    .expect("the watch ends by itself")
+    .unwrap()
+    .to_bytes();
+    let lines: Vec<Value> = String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["type"], "ERROR", "{last}");
+    assert_eq!(last["object"]["kind"], "Status");
+    assert_eq!(last["object"]["code"], 410);
+    assert_eq!(last["object"]["reason"], "Expired");
+    assert!(lines.len() < 300, "{} lines", lines.len());
+}

@@ -46,45 +46,39 @@ pub fn apply(conn: &Connection, files: &[String], namespace: Option<&str>) -> Re
     if failed {
         bail!("nothing was applied: fix the errors above and apply again");
     }
-    let client = conn.connect()?;
-    for r in resources {
+    let mut items = Vec::with_capacity(resources.len());
+    let mut labels = Vec::with_capacity(resources.len());
+    for r in &resources {
         let ns = target_namespace(r.kind, r.namespace(), namespace)?;
         let mut body = r.raw.clone();
         if let Some(ns) = &ns {
             body["metadata"]["namespace"] = json!(ns);
         }
-        let collection = r.kind.collection_path(ns.as_deref());
-        let path = format!("{collection}/{}", r.name());
-        let existing = client.request("GET", &path, None)?;
-        let label = format!("{}/{}", r.kind.qualified_name(), r.name());
-        let verb = if existing.code == 404 {
-            let answer = client.request("POST", &collection, Some(&body))?;
-            check(&answer, &label)?;
-            "created"
-        } else if existing.is_success() {
-            if user_content(&existing.body) == user_content(&body) {
-                "unchanged"
-            } else {
-                body["metadata"]["resourceVersion"] =
-                    existing.body["metadata"]["resourceVersion"].clone();
-                let answer = client.request("PUT", &path, Some(&body))?;
-                check(&answer, &label)?;
-                "configured"
-            }
-        } else {
-            bail!("{label}: {}", existing.message());
-        };
-        println!("{label} {verb}");
+        labels.push(format!("{}/{}", r.kind.qualified_name(), r.name()));
+        items.push(body);
+    }
+    if items.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // One request, one store transaction: every resource is applied, or none is (also if the
+    // control plane stops midway).
+    let client = conn.connect()?;
+    let answer = client.request("POST", "/batch", Some(&json!({"items": items})))?;
+    if !answer.is_success() {
+        bail!("nothing was applied: {}", answer.message());
+    }
+    let results = answer.body["items"].as_array().cloned().unwrap_or_default();
+    if results.len() != labels.len() {
+        bail!(
+            "the control plane answered {} results for {} resources: is it the same version as this strait?",
+            results.len(),
+            labels.len()
+        );
+    }
+    for (label, result) in labels.iter().zip(&results) {
+        println!("{label} {}", result["result"].as_str().unwrap_or("applied"));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn check(answer: &crate::client::Answer, label: &str) -> Result<()> {
-    if answer.is_success() {
-        Ok(())
-    } else {
-        Err(anyhow!("{label}: {}", answer.message()))
-    }
 }
 
 /// The namespace a resource goes to: its own, else `-n`, else `default`; the two must agree.
@@ -100,40 +94,6 @@ fn target_namespace(kind: Kind, own: Option<&str>, flag: Option<&str>) -> Result
         (None, Some(f)) => Ok(Some(f.to_string())),
         (None, None) => Ok(Some(DEFAULT_NAMESPACE.to_string())),
     }
-}
-
-/// What a user controls in an object: everything but status and server-set metadata.
-fn user_content(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("status");
-        obj.remove("apiVersion");
-    }
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in [
-            "resourceVersion",
-            "uid",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-            "selfLink",
-        ] {
-            meta.remove(f);
-        }
-        if meta
-            .get("labels")
-            .is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty()))
-        {
-            meta.remove("labels");
-        }
-        if meta
-            .get("annotations")
-            .is_some_and(|l| l.as_object().is_some_and(|m| m.is_empty()))
-        {
-            meta.remove("annotations");
-        }
-    }
-    v
 }
 
 fn lookup_kind(word: &str) -> Result<Kind> {

@@ -7,6 +7,7 @@
 
 mod debug;
 mod identity;
+mod limits;
 mod mesh;
 
 use std::net::SocketAddr;
@@ -17,12 +18,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use strait_ads::{AdsOptions, AdsServer};
-use strait_apiserver::{ApiState, load_or_create_token, router};
+use strait_apiserver::{ApiState, Server, load_or_create_token, router};
 use strait_store::{FileStore, Store};
 use strait_translate::{MeshConfig, OutboundPolicy};
 
 pub use identity::{IdentityOptions, MeshIdentity, ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
-pub use mesh::{Mesh, VIP_KEY_KIND};
+pub use mesh::{Mesh, VIP_KEY_KIND, follow};
 
 /// The file in the data directory where the running control plane records its API address, so
 /// that a plain `strait apply` finds it.
@@ -49,6 +50,14 @@ pub struct Options {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(opts: Options) -> Result<()> {
+    let budget = limits::raise_and_budget();
+    tracing::info!(
+        open_files = budget.descriptors,
+        api_unauthenticated = budget.api.max_unauthenticated,
+        api_authenticated = budget.api.max_authenticated,
+        xds = budget.xds,
+        "connection limits"
+    );
     let dir = &opts.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
@@ -111,20 +120,24 @@ pub async fn run(opts: Options) -> Result<()> {
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
+    let api_server = Server::new(budget.api);
     let api_task = tokio::spawn(async move {
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|s| *s).await;
-            })
-            .await
+        let stop = async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        };
+        api_server
+            .serve(api_listener, api, stop, Duration::from_secs(2))
+            .await;
     });
     let mut xds_stop = stop_rx.clone();
     let xds_service = ads.service();
+    let xds_max = budget.xds;
     let xds_task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(xds_service)
-            .serve_with_incoming_shutdown(tokio_stream_incoming(xds_listener), async move {
+            .serve_with_incoming_shutdown(limits::xds_incoming(xds_listener, xds_max), async move {
                 let _ = xds_stop.wait_for(|s| *s).await;
             })
             .await
@@ -167,12 +180,6 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(2), tls_task).await;
     tracing::info!("control plane stopped");
     Ok(())
-}
-
-fn tokio_stream_incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 
 async fn shutdown_signal() {

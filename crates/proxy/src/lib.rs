@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 mod balance;
 pub mod config;
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 mod http;
 mod listeners;

@@ -33,6 +33,15 @@ pub enum StoreError {
     )]
     Compacted { oldest: u64 },
 
+    /// A write of a batch failed (its `index`, from 0): nothing of the batch was written.
+    #[error("write {index} of the batch ({key}): {source}; nothing of the batch was written")]
+    InBatch {
+        index: usize,
+        key: Key,
+        #[source]
+        source: Box<StoreError>,
+    },
+
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: Key, reason: &'static str },
 

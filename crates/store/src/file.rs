@@ -3,25 +3,27 @@
 //! Tables:
 //! - `objects`: (kind, namespace, name) → (revision, JSON bytes of the value)
 //! - `events`: revision → (event type, kind, namespace, name, JSON bytes of the value)
-//! - `meta`: `revision` (the current revision) and `compacted` (the newest revision whose event
-//!   was removed from the log; 0: none)
+//! - `meta`: `revision` (the current revision), `compacted` (the newest revision whose event
+//!   was removed from the log; 0: none) and `history_bytes` (the size of the retained events)
 //!
-//! Each write is one redb write transaction holding the object, the event, the new revision and
-//! any compaction, committed with fsync before the call returns. Writes are serialized by a mutex
-//! that is held until the event has been sent to watchers, so watchers receive events in revision
-//! order. Reads use redb's snapshot read transactions and take no lock.
+//! Each write (or batch of writes) is one redb write transaction holding the objects, the
+//! events, the new revision and any compaction, committed with fsync before the call returns.
+//! Writes are serialized by a mutex that is held until the events have been sent to watchers, so
+//! watchers receive events in revision order. Reads use redb's snapshot read transactions and
+//! take no lock. Opening the store compacts the file (redb's compaction), so that space freed by
+//! removed events goes back to the file system.
 
 use crate::object::{check_delete, check_key, check_put, stamp};
-use crate::watch::{CHANNEL_CAPACITY, Filter, History, HistoryChunk};
+use crate::watch::{ChunkLimit, Fanout, Filter, History, HistoryChunk, Sent, event_bytes};
 use crate::{
-    DEFAULT_HISTORY, Event, EventType, Key, Object, Precondition, Store, StoreError, Watch,
+    DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Event, EventType, Key, Object, Precondition, Store,
+    StoreError, Watch, Write,
 };
 use redb::{DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::broadcast;
 
 const OBJECTS: TableDefinition<'_, (&str, &str, &str), (u64, &[u8])> =
     TableDefinition::new("objects");
@@ -31,6 +33,7 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
+const META_HISTORY_BYTES: &str = "history_bytes";
 
 /// The store's file inside its directory.
 pub(crate) const FILE_NAME: &str = "store.redb";
@@ -44,12 +47,15 @@ pub struct FileStoreOptions {
     /// How many events the log keeps (at least 1); older ones are compacted as new ones are
     /// written. Lowering it compacts the excess on open.
     pub history: usize,
+    /// How many bytes of events the log keeps (the newest event is always kept).
+    pub history_bytes: usize,
 }
 
 impl Default for FileStoreOptions {
     fn default() -> Self {
         FileStoreOptions {
             history: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
         }
     }
 }
@@ -68,8 +74,9 @@ struct Inner {
     write_lock: Mutex<()>,
     /// The committed revision, updated under `write_lock` after each commit.
     revision: AtomicU64,
-    tx: broadcast::Sender<Arc<Event>>,
+    fanout: Fanout,
     history: u64,
+    history_bytes: u64,
 }
 
 impl FileStore {
@@ -89,7 +96,7 @@ impl FileStore {
         let file = dir.join(FILE_NAME);
         // Verifying the checksums on open turns a damaged file into an error instead of a panic
         // later; a config store is small enough for the read.
-        let db = redb::Builder::new()
+        let mut db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
             .create(&file)
@@ -120,17 +127,23 @@ impl FileStore {
                     source: Box::new(other.into()),
                 },
             })?;
-        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let history = u64::try_from(options.history.max(1)).unwrap_or(u64::MAX);
+        let history_bytes = u64::try_from(options.history_bytes).unwrap_or(u64::MAX);
+        let revision = init(&db, &file, history, history_bytes)?;
+        // Give the pages of removed events back to the file system. Best effort: a store that
+        // cannot be compacted now still works.
+        if let Err(error) = db.compact() {
+            tracing::warn!(file = %file.display(), %error, "could not compact the store file; it keeps its size");
+        }
         let inner = Inner {
             db,
             file,
             write_lock: Mutex::new(()),
-            revision: AtomicU64::new(0),
-            tx,
-            history: u64::try_from(options.history.max(1)).unwrap_or(u64::MAX),
+            revision: AtomicU64::new(revision),
+            fanout: Fanout::default(),
+            history,
+            history_bytes,
         };
-        let revision = inner.init()?;
-        inner.revision.store(revision, Ordering::SeqCst);
         Ok(FileStore {
             inner: Arc::new(inner),
         })
@@ -163,21 +176,80 @@ fn key_tuple(key: &Key) -> (&str, &str, &str) {
     (&key.kind, &key.namespace, &key.name)
 }
 
-/// Removes the events up to `revision - history` (in the write transaction `txn`), recording
-/// the new compaction point.
+type Events<'t> =
+    redb::Table<'t, u64, (u8, &'static str, &'static str, &'static str, &'static [u8])>;
+
+/// The size of a stored event (its value's JSON and its key).
+fn stored_bytes(value: &(u8, &str, &str, &str, &[u8])) -> u64 {
+    let (_, kind, namespace, name, bytes) = value;
+    (bytes.len() + kind.len() + namespace.len() + name.len()) as u64
+}
+
+/// Removes the oldest events while the log holds more than `history` events or more than
+/// `history_bytes` bytes (keeping the newest), recording the new compaction point and size.
 fn compact(
-    events: &mut redb::Table<'_, u64, (u8, &str, &str, &str, &[u8])>,
+    events: &mut Events<'_>,
     meta: &mut redb::Table<'_, &str, u64>,
-    compacted: u64,
     revision: u64,
     history: u64,
+    history_bytes: u64,
 ) -> Result<(), redb::Error> {
-    let cut = revision.saturating_sub(history);
-    if cut > compacted {
-        events.retain_in(..=cut, |_, _| false)?;
-        meta.insert(META_COMPACTED, cut)?;
+    let count_cut = revision.saturating_sub(history);
+    let mut bytes = meta.get(META_HISTORY_BYTES)?.map_or(0, |g| g.value());
+    let mut compacted = meta.get(META_COMPACTED)?.map_or(0, |g| g.value());
+    let start = compacted;
+    loop {
+        let (rev, size) = match events.first()? {
+            Some((rev, value)) => (rev.value(), stored_bytes(&value.value())),
+            None => break,
+        };
+        if rev > count_cut && (bytes <= history_bytes || rev >= revision) {
+            break;
+        }
+        events.remove(rev)?;
+        bytes = bytes.saturating_sub(size);
+        compacted = rev;
     }
+    if compacted != start {
+        meta.insert(META_COMPACTED, compacted)?;
+    }
+    meta.insert(META_HISTORY_BYTES, bytes)?;
     Ok(())
+}
+
+/// Creates the tables, records the log's size if an older version did not, applies the
+/// history limits, and returns the current revision.
+fn init(
+    db: &redb::Database,
+    file: &Path,
+    history: u64,
+    history_bytes: u64,
+) -> Result<u64, StoreError> {
+    let init = || -> Result<u64, redb::Error> {
+        let txn = db.begin_write()?;
+        let revision = {
+            txn.open_table(OBJECTS)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let mut meta = txn.open_table(META)?;
+            let revision = meta.get(META_REVISION)?.map_or(0, |g| g.value());
+            if meta.get(META_HISTORY_BYTES)?.is_none() {
+                let mut bytes = 0;
+                for entry in events.iter()? {
+                    bytes += stored_bytes(&entry?.1.value());
+                }
+                meta.insert(META_HISTORY_BYTES, bytes)?;
+            }
+            compact(&mut events, &mut meta, revision, history, history_bytes)?;
+            revision
+        };
+        txn.commit()?;
+        Ok(revision)
+    };
+    init().map_err(|error| StoreError::Backend {
+        path: file.to_owned(),
+        action: "preparing its tables",
+        source: Box::new(error),
+    })
 }
 
 impl Inner {
@@ -203,35 +275,15 @@ impl Inner {
         })
     }
 
-    /// Creates the tables, applies the history limit, and returns the current revision.
-    fn init(&self) -> Result<u64, StoreError> {
-        let init = || -> Result<u64, redb::Error> {
-            let txn = self.db.begin_write()?;
-            let revision = {
-                txn.open_table(OBJECTS)?;
-                let mut events = txn.open_table(EVENTS)?;
-                let mut meta = txn.open_table(META)?;
-                let revision = meta.get(META_REVISION)?.map_or(0, |g| g.value());
-                let compacted = meta.get(META_COMPACTED)?.map_or(0, |g| g.value());
-                compact(&mut events, &mut meta, compacted, revision, self.history)?;
-                revision
-            };
-            txn.commit()?;
-            Ok(revision)
-        };
-        init().map_err(self.backend("preparing its tables"))
-    }
-
-    /// Runs one write: `decide` gets the objects table and the new revision, checks its
-    /// precondition and returns the event; the object, event, revision and compaction are then
-    /// committed together, and the event is sent to watchers.
-    fn write(
-        &self,
-        decide: impl FnOnce(
-            &redb::Table<'_, (&str, &str, &str), (u64, &[u8])>,
-            u64,
-        ) -> Result<Event, StoreError>,
-    ) -> Result<Event, StoreError> {
+    /// Runs a batch of writes in one transaction: each is checked against the objects as the
+    /// writes before it left them; then the objects, events, revision and compaction are
+    /// committed together, and the events are sent to watchers.
+    fn write(&self, writes: Vec<Write>) -> Result<Vec<Event>, StoreError> {
+        for (index, write) in writes.iter().enumerate() {
+            if let Write::Put { key, .. } = write {
+                check_key(key).map_err(|e| in_batch(index, key, e))?;
+            }
+        }
         let _guard = self
             .write_lock
             .lock()
@@ -240,57 +292,128 @@ impl Inner {
             .db
             .begin_write()
             .map_err(self.backend("starting a write"))?;
-        let event = {
+        let mut sent = Vec::with_capacity(writes.len());
+        {
             let mut objects = txn.open_table(OBJECTS).map_err(self.backend("writing"))?;
             let mut events = txn.open_table(EVENTS).map_err(self.backend("writing"))?;
             let mut meta = txn.open_table(META).map_err(self.backend("writing"))?;
-            let read_meta = |name| -> Result<u64, StoreError> {
+            let read_meta = |meta: &redb::Table<'_, &str, u64>, name| -> Result<u64, StoreError> {
                 Ok(meta
                     .get(name)
                     .map_err(self.backend("reading the revision"))?
                     .map_or(0, |g| g.value()))
             };
-            let current = read_meta(META_REVISION)?;
-            let compacted = read_meta(META_COMPACTED)?;
-            let revision = current + 1;
+            let mut revision = read_meta(&meta, META_REVISION)?;
+            let mut history_bytes = read_meta(&meta, META_HISTORY_BYTES)?;
             // On error the transaction is dropped, which aborts it.
-            let event = decide(&objects, revision)?;
-            let object = &event.object;
-            let bytes = object.value.to_string().into_bytes();
-            let key = key_tuple(&object.key);
-            let mut store = || -> Result<(), redb::Error> {
-                match event.event_type {
-                    EventType::Deleted => {
-                        objects.remove(key)?;
+            for (index, write) in writes.into_iter().enumerate() {
+                revision += 1;
+                let key = write.key().clone();
+                let event = self
+                    .decide(&objects, write, revision)
+                    .map_err(|e| in_batch(index, &key, e))?;
+                let bytes = event.object.value.to_string().into_bytes();
+                let tuple = key_tuple(&event.object.key);
+                let mut store = || -> Result<(), redb::Error> {
+                    match event.event_type {
+                        EventType::Deleted => {
+                            objects.remove(tuple)?;
+                        }
+                        EventType::Added | EventType::Modified => {
+                            objects.insert(tuple, (revision, bytes.as_slice()))?;
+                        }
                     }
-                    EventType::Added | EventType::Modified => {
-                        objects.insert(key, (revision, bytes.as_slice()))?;
-                    }
-                }
-                let (kind, namespace, name) = key;
-                events.insert(
-                    revision,
-                    (
-                        event_code(event.event_type),
-                        kind,
-                        namespace,
-                        name,
-                        bytes.as_slice(),
-                    ),
-                )?;
+                    let (kind, namespace, name) = tuple;
+                    events.insert(
+                        revision,
+                        (
+                            event_code(event.event_type),
+                            kind,
+                            namespace,
+                            name,
+                            bytes.as_slice(),
+                        ),
+                    )?;
+                    Ok(())
+                };
+                store().map_err(self.backend("writing"))?;
+                let size = event_bytes(&event, Some(bytes.len()));
+                history_bytes += size as u64;
+                sent.push(Arc::new(Sent { event, bytes: size }));
+            }
+            let mut finish = || -> Result<(), redb::Error> {
                 meta.insert(META_REVISION, revision)?;
-                compact(&mut events, &mut meta, compacted, revision, self.history)?;
-                Ok(())
+                meta.insert(META_HISTORY_BYTES, history_bytes)?;
+                compact(
+                    &mut events,
+                    &mut meta,
+                    revision,
+                    self.history,
+                    self.history_bytes,
+                )
             };
-            store().map_err(self.backend("writing"))?;
-            event
-        };
+            finish().map_err(self.backend("writing"))?;
+        }
         txn.commit().map_err(self.backend("committing a write"))?;
-        let event = Arc::new(event);
-        self.revision.store(event.object.revision, Ordering::SeqCst);
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(event.clone());
-        Ok(Arc::unwrap_or_clone(event))
+        if let Some(last) = sent.last() {
+            self.revision
+                .store(last.event.object.revision, Ordering::SeqCst);
+        }
+        self.fanout.send(&sent);
+        Ok(sent
+            .into_iter()
+            .map(|s| Arc::try_unwrap(s).map_or_else(|s| s.event.clone(), |s| s.event))
+            .collect())
+    }
+
+    /// Checks one write against the current object and makes its event.
+    fn decide(
+        &self,
+        objects: &redb::Table<'_, (&str, &str, &str), (u64, &[u8])>,
+        write: Write,
+        revision: u64,
+    ) -> Result<Event, StoreError> {
+        match write {
+            Write::Put {
+                key,
+                mut value,
+                pre,
+            } => {
+                let current = objects
+                    .get(key_tuple(&key))
+                    .map_err(self.backend("reading"))?
+                    .map(|g| g.value().0);
+                check_put(&key, pre, current)?;
+                stamp(&key, &mut value, revision)?;
+                Ok(Event {
+                    event_type: match current {
+                        None => EventType::Added,
+                        Some(_) => EventType::Modified,
+                    },
+                    object: Object {
+                        key,
+                        revision,
+                        value,
+                    },
+                })
+            }
+            Write::Delete { key, pre } => {
+                let current = self.get_current(objects, &key)?;
+                check_delete(&key, pre, current.as_ref().map(|(r, _)| *r))?;
+                let Some((_, mut value)) = current else {
+                    return Err(StoreError::NotFound { key });
+                };
+                stamp(&key, &mut value, revision)?;
+                Ok(Event {
+                    event_type: EventType::Deleted,
+                    object: Object {
+                        key,
+                        revision,
+                        value,
+                    },
+                })
+            }
+        }
     }
 
     fn get_current(
@@ -331,7 +454,7 @@ impl History for Inner {
         &self,
         filter: &Filter,
         after: u64,
-        limit: usize,
+        limit: ChunkLimit,
     ) -> Result<HistoryChunk, StoreError> {
         let txn = self.read()?;
         let (revision, compacted) = self.read_meta(&txn)?;
@@ -340,6 +463,7 @@ impl History for Inner {
         }
         let table = txn.open_table(EVENTS).map_err(self.backend("reading"))?;
         let mut events = Vec::new();
+        let mut bytes = 0;
         let range = table
             .range(after.saturating_add(1)..)
             .map_err(self.backend("reading the event log"))?;
@@ -353,13 +477,14 @@ impl History for Inner {
             if !filter.matches(kind, namespace) {
                 continue;
             }
-            if events.len() == limit {
+            if limit.full(events.len(), bytes) {
                 return Ok(HistoryChunk {
                     events,
                     scanned_to: rev - 1,
                     complete: false,
                 });
             }
+            bytes += stored_bytes(&value.value()) as usize;
             let key = Key::new(kind, namespace, name);
             let event_type = match code {
                 1 => EventType::Added,
@@ -429,50 +554,30 @@ impl Store for FileStore {
         Ok((list, revision))
     }
 
-    fn put(&self, key: &Key, mut value: Value, pre: Precondition) -> Result<Object, StoreError> {
-        check_key(key)?;
-        let inner = &self.inner;
-        let event = inner.write(|objects, revision| {
-            let current = objects
-                .get(key_tuple(key))
-                .map_err(inner.backend("reading"))?
-                .map(|g| g.value().0);
-            check_put(key, pre, current)?;
-            stamp(key, &mut value, revision)?;
-            Ok(Event {
-                event_type: match current {
-                    None => EventType::Added,
-                    Some(_) => EventType::Modified,
-                },
-                object: Object {
-                    key: key.clone(),
-                    revision,
-                    value,
-                },
-            })
-        })?;
-        Ok(event.object)
+    fn put(&self, key: &Key, value: Value, pre: Precondition) -> Result<Object, StoreError> {
+        let write = Write::Put {
+            key: key.clone(),
+            value,
+            pre,
+        };
+        single(self.inner.write(vec![write]))
     }
 
     fn delete(&self, key: &Key, pre: Precondition) -> Result<Object, StoreError> {
-        let inner = &self.inner;
-        let event = inner.write(|objects, revision| {
-            let current = inner.get_current(objects, key)?;
-            check_delete(key, pre, current.as_ref().map(|(r, _)| *r))?;
-            let Some((_, mut value)) = current else {
-                return Err(StoreError::NotFound { key: key.clone() });
-            };
-            stamp(key, &mut value, revision)?;
-            Ok(Event {
-                event_type: EventType::Deleted,
-                object: Object {
-                    key: key.clone(),
-                    revision,
-                    value,
-                },
-            })
-        })?;
-        Ok(event.object)
+        let write = Write::Delete {
+            key: key.clone(),
+            pre,
+        };
+        single(self.inner.write(vec![write]))
+    }
+
+    fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Object>, StoreError> {
+        Ok(self
+            .inner
+            .write(writes)?
+            .into_iter()
+            .map(|e| e.object)
+            .collect())
     }
 
     fn watch(
@@ -482,10 +587,33 @@ impl Store for FileStore {
         after: u64,
     ) -> Result<Watch, StoreError> {
         let source: Weak<dyn History> = Arc::downgrade(&self.inner) as Weak<dyn History>;
-        Watch::start(source, &self.inner.tx, Filter::new(kind, namespace), after)
+        Watch::start(
+            source,
+            &self.inner.fanout,
+            Filter::new(kind, namespace),
+            after,
+        )
     }
 
     fn revision(&self) -> u64 {
         self.inner.revision.load(Ordering::SeqCst)
+    }
+}
+
+/// A batch error for the write at `index`.
+pub(crate) fn in_batch(index: usize, key: &Key, error: StoreError) -> StoreError {
+    StoreError::InBatch {
+        index,
+        key: key.clone(),
+        source: Box::new(error),
+    }
+}
+
+/// The result of a batch of one write, with that write's own error.
+pub(crate) fn single(result: Result<Vec<Event>, StoreError>) -> Result<Object, StoreError> {
+    match result {
+        Ok(mut events) => Ok(events.remove(0).object),
+        Err(StoreError::InBatch { source, .. }) => Err(*source),
+        Err(e) => Err(e),
     }
 }

@@ -14,10 +14,15 @@
 //!   log under the write's revision. [`Store::watch`] replays the log after a given revision and
 //!   then follows live writes, in revision order, with no gap and no duplicate. A watcher that
 //!   falls behind the live stream catches up from the log by itself.
-//! - **Compaction.** The log keeps only the most recent events (10 000 by default). Older events
-//!   are removed as new ones are written; a watch that would need them fails with
-//!   [`StoreError::Compacted`], and the client must list again and watch from the list's revision
-//!   (like HTTP 410 Gone in Kubernetes).
+//! - **Batches.** [`Store::write_batch`] applies several puts and deletes in one transaction:
+//!   every precondition holds and all are written (each with its own revision and event, in
+//!   order), or none is, also across a crash.
+//! - **Compaction.** The log keeps only the most recent events: at most 10 000 and at most
+//!   64 MiB of them by default (the newest is always kept). Older events are removed as new ones
+//!   are written; a watch that would need them fails with [`StoreError::Compacted`], and the
+//!   client must list again and watch from the list's revision (like HTTP 410 Gone in
+//!   Kubernetes). [`FileStore`] also compacts its file when it opens, returning the space of
+//!   removed events to the file system.
 //! - **Durability.** [`FileStore`] keeps everything in one redb file. Each write (object, event,
 //!   new revision and any compaction) is a single transaction committed to disk (fsync) before
 //!   the call returns, so a write that returned success survives `kill -9` and power loss, and a
@@ -48,6 +53,10 @@ use std::fmt;
 
 /// The default number of events kept in the event log.
 pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// The default bound on the event log's size: the bytes of its events' values (as JSON) and
+/// keys.
+pub const DEFAULT_HISTORY_BYTES: usize = 64 << 20;
 
 /// Identifies an object: its kind, namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,6 +137,27 @@ pub enum Precondition {
     Revision(u64),
 }
 
+/// One write of a [`Store::write_batch`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// As [`Store::put`].
+    Put {
+        key: Key,
+        value: serde_json::Value,
+        pre: Precondition,
+    },
+    /// As [`Store::delete`].
+    Delete { key: Key, pre: Precondition },
+}
+
+impl Write {
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Put { key, .. } | Write::Delete { key, .. } => key,
+        }
+    }
+}
+
 /// The config store. All methods are blocking but short (see the crate docs); the store is
 /// shared between tasks as `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
@@ -155,6 +185,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes; `pre` may require a revision. Returns the deleted object (with the delete's
     /// revision). [`StoreError::NotFound`] if there is no such object.
     fn delete(&self, key: &Key, pre: Precondition) -> Result<Object, StoreError>;
+
+    /// Applies `writes` in order as one transaction: each is checked against the state the
+    /// writes before it left (so a batch may create an object and then replace it), and either
+    /// all are committed or none is. Each write gets the next revision and its own event, as if
+    /// written one by one; watchers see the events together. Returns the written objects (for a
+    /// delete, the deleted object with the delete's revision), in order.
+    ///
+    /// The first write that fails fails the batch with [`StoreError::InBatch`], naming it.
+    fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Object>, StoreError>;
 
     /// Events with revision > `after`, for one kind (or all kinds: None) and namespace (or all),
     /// first the history from the event log, then live events, in revision order, with no gap and

@@ -1,24 +1,27 @@
 //! The in-memory backend, for tests: the same semantics as [`crate::FileStore`], without the disk.
 
+use crate::file::{in_batch, single};
 use crate::object::{check_delete, check_key, check_put, stamp};
-use crate::watch::{CHANNEL_CAPACITY, Filter, History, HistoryChunk};
+use crate::watch::{ChunkLimit, Fanout, Filter, History, HistoryChunk, Sent, event_bytes};
 use crate::{
-    DEFAULT_HISTORY, Event, EventType, Key, Object, Precondition, Store, StoreError, Watch,
+    DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Event, EventType, Key, Object, Store, StoreError,
+    Watch, Write,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use tokio::sync::broadcast;
 
-/// A store in memory, lost when dropped. The event log keeps the last `history` events.
+/// A store in memory, lost when dropped. The event log keeps the last `history` events, and
+/// at most `history_bytes` of them.
 pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
     state: Mutex<State>,
-    tx: broadcast::Sender<Arc<Event>>,
+    fanout: Fanout,
     history: usize,
+    history_bytes: usize,
 }
 
 #[derive(Default)]
@@ -26,7 +29,9 @@ struct State {
     /// (kind, namespace, name) → (revision, value)
     objects: BTreeMap<(String, String, String), (u64, Value)>,
     /// Events `compacted + 1 ..= revision`, in order.
-    events: VecDeque<Arc<Event>>,
+    events: VecDeque<Arc<Sent>>,
+    /// The size of `events`.
+    bytes: usize,
     revision: u64,
     /// The revision of the newest event removed from the log (0: none).
     compacted: u64,
@@ -40,12 +45,18 @@ impl MemoryStore {
 
     /// An empty store keeping the last `history` events (at least 1).
     pub fn with_history(history: usize) -> Self {
-        let (tx, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Self::with_history_bytes(history, DEFAULT_HISTORY_BYTES)
+    }
+
+    /// An empty store keeping the last `history` events (at least 1) and at most
+    /// `history_bytes` of them (the newest is always kept).
+    pub fn with_history_bytes(history: usize, history_bytes: usize) -> Self {
         MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::default()),
-                tx,
+                fanout: Fanout::default(),
                 history: history.max(1),
+                history_bytes,
             }),
         }
     }
@@ -78,17 +89,29 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records `event` as the next revision and sends it to watchers, under the state lock.
-    fn append(&self, state: &mut State, event: Event) {
-        let event = Arc::new(event);
-        state.revision = event.object.revision;
-        state.events.push_back(event.clone());
-        while state.events.len() > self.history {
-            state.events.pop_front();
-            state.compacted += 1;
+    /// Records `events` (the next revisions) and sends them to watchers, under the state lock.
+    fn append(&self, state: &mut State, events: Vec<Event>) {
+        let sent: Vec<Arc<Sent>> = events
+            .into_iter()
+            .map(|event| {
+                let bytes = event_bytes(&event, None);
+                Arc::new(Sent { event, bytes })
+            })
+            .collect();
+        for s in &sent {
+            state.revision = s.event.object.revision;
+            state.bytes += s.bytes;
+            state.events.push_back(s.clone());
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.tx.send(event);
+        while state.events.len() > self.history
+            || (state.bytes > self.history_bytes && state.events.len() > 1)
+        {
+            if let Some(old) = state.events.pop_front() {
+                state.bytes -= old.bytes;
+                state.compacted = old.event.object.revision;
+            }
+        }
+        self.fanout.send(&sent);
     }
 }
 
@@ -97,7 +120,7 @@ impl History for Inner {
         &self,
         filter: &Filter,
         after: u64,
-        limit: usize,
+        limit: ChunkLimit,
     ) -> Result<HistoryChunk, StoreError> {
         let state = self.lock();
         if after < state.compacted {
@@ -107,17 +130,20 @@ impl History for Inner {
         }
         let skip = usize::try_from(after - state.compacted).unwrap_or(usize::MAX);
         let mut events = Vec::new();
-        for event in state.events.iter().skip(skip) {
+        let mut bytes = 0;
+        for sent in state.events.iter().skip(skip) {
+            let event = &sent.event;
             let key = &event.object.key;
             if filter.matches(&key.kind, &key.namespace) {
-                if events.len() == limit {
+                if limit.full(events.len(), bytes) {
                     return Ok(HistoryChunk {
                         events,
                         scanned_to: event.object.revision - 1,
                         complete: false,
                     });
                 }
-                events.push(Event::clone(event));
+                bytes += sent.bytes;
+                events.push(event.clone());
             }
         }
         Ok(HistoryChunk {
@@ -125,6 +151,76 @@ impl History for Inner {
             scanned_to: state.revision.max(after),
             complete: true,
         })
+    }
+}
+
+impl MemoryStore {
+    /// Checks every write against the objects as the writes before it left them (in a staged
+    /// copy of what they touch), then applies them all, or none.
+    fn write(&self, writes: Vec<Write>) -> Result<Vec<Event>, StoreError> {
+        let mut state = self.inner.lock();
+        let mut staged: BTreeMap<(String, String, String), Option<(u64, Value)>> = BTreeMap::new();
+        let mut events = Vec::with_capacity(writes.len());
+        let mut revision = state.revision;
+        for (index, write) in writes.into_iter().enumerate() {
+            revision += 1;
+            let key = write.key().clone();
+            let fail = |e| in_batch(index, &key, e);
+            let map_key = map_key(&key);
+            let current = match staged.get(&map_key) {
+                Some(staged) => staged.clone(),
+                None => state.objects.get(&map_key).cloned(),
+            };
+            let event = match write {
+                Write::Put {
+                    key,
+                    mut value,
+                    pre,
+                } => {
+                    check_key(&key).map_err(fail)?;
+                    check_put(&key, pre, current.as_ref().map(|(r, _)| *r)).map_err(fail)?;
+                    stamp(&key, &mut value, revision).map_err(fail)?;
+                    staged.insert(map_key, Some((revision, value.clone())));
+                    Event {
+                        event_type: match current {
+                            None => EventType::Added,
+                            Some(_) => EventType::Modified,
+                        },
+                        object: Object {
+                            key,
+                            revision,
+                            value,
+                        },
+                    }
+                }
+                Write::Delete { key, pre } => {
+                    check_delete(&key, pre, current.as_ref().map(|(r, _)| *r)).map_err(fail)?;
+                    let Some((_, mut value)) = current else {
+                        return Err(fail(StoreError::NotFound { key }));
+                    };
+                    // The value was stamped when it was stored: an object with metadata.
+                    let _ = stamp(&key, &mut value, revision);
+                    staged.insert(map_key, None);
+                    Event {
+                        event_type: EventType::Deleted,
+                        object: Object {
+                            key,
+                            revision,
+                            value,
+                        },
+                    }
+                }
+            };
+            events.push(event);
+        }
+        for (key, value) in staged {
+            match value {
+                Some(v) => state.objects.insert(key, v),
+                None => state.objects.remove(&key),
+            };
+        }
+        self.inner.append(&mut state, events.clone());
+        Ok(events)
     }
 }
 
@@ -161,58 +257,25 @@ impl Store for MemoryStore {
         Ok((objects, state.revision))
     }
 
-    fn put(&self, key: &Key, mut value: Value, pre: Precondition) -> Result<Object, StoreError> {
-        check_key(key)?;
-        let mut state = self.inner.lock();
-        let map_key = map_key(key);
-        let current = state.objects.get(&map_key).map(|(revision, _)| *revision);
-        check_put(key, pre, current)?;
-        let revision = state.revision + 1;
-        stamp(key, &mut value, revision)?;
-        state.objects.insert(map_key, (revision, value.clone()));
-        let object = Object {
+    fn put(&self, key: &Key, value: Value, pre: crate::Precondition) -> Result<Object, StoreError> {
+        let write = Write::Put {
             key: key.clone(),
-            revision,
             value,
+            pre,
         };
-        let event_type = match current {
-            None => EventType::Added,
-            Some(_) => EventType::Modified,
-        };
-        self.inner.append(
-            &mut state,
-            Event {
-                event_type,
-                object: object.clone(),
-            },
-        );
-        Ok(object)
+        single(self.write(vec![write]))
     }
 
-    fn delete(&self, key: &Key, pre: Precondition) -> Result<Object, StoreError> {
-        let mut state = self.inner.lock();
-        let map_key = map_key(key);
-        let current = state.objects.get(&map_key).map(|(revision, _)| *revision);
-        check_delete(key, pre, current)?;
-        let revision = state.revision + 1;
-        let Some((_, mut value)) = state.objects.remove(&map_key) else {
-            return Err(StoreError::NotFound { key: key.clone() });
-        };
-        // The value was stamped when it was stored, so it is an object with metadata.
-        let _ = stamp(key, &mut value, revision);
-        let object = Object {
+    fn delete(&self, key: &Key, pre: crate::Precondition) -> Result<Object, StoreError> {
+        let write = Write::Delete {
             key: key.clone(),
-            revision,
-            value,
+            pre,
         };
-        self.inner.append(
-            &mut state,
-            Event {
-                event_type: EventType::Deleted,
-                object: object.clone(),
-            },
-        );
-        Ok(object)
+        single(self.write(vec![write]))
+    }
+
+    fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Object>, StoreError> {
+        Ok(self.write(writes)?.into_iter().map(|e| e.object).collect())
     }
 
     fn watch(
@@ -222,7 +285,12 @@ impl Store for MemoryStore {
         after: u64,
     ) -> Result<Watch, StoreError> {
         let source: Weak<dyn History> = Arc::downgrade(&self.inner) as Weak<dyn History>;
-        Watch::start(source, &self.inner.tx, Filter::new(kind, namespace), after)
+        Watch::start(
+            source,
+            &self.inner.fanout,
+            Filter::new(kind, namespace),
+            after,
+        )
     }
 
     fn revision(&self) -> u64 {

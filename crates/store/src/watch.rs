@@ -1,23 +1,35 @@
 //! Watches: history replay from a backend's event log, stitched to the live fan-out.
 //!
-//! Every write is sent to a broadcast channel after it commits, in revision order (the backends
-//! send while holding their write lock). A watch subscribes to the channel *before* it reads any
-//! history, so every event is either in the history it reads or arrives on the channel
-//! afterwards; events the history already covered are skipped by revision. When the channel
-//! overflows (the watcher is slow) or a revision is missing, the watch goes back to the event log
-//! and catches up from its last revision, so a slow watcher loses nothing as long as the log
-//! still holds what it missed.
+//! Every write is fanned out after it commits, in revision order (the backends send while
+//! holding their write lock), to a queue per watch that holds the events its filter matches.
+//! A watch registers its queue *before* it reads any history, so every event is either in the
+//! history it reads or arrives in its queue afterwards; events the history already covered are
+//! skipped by revision.
+//!
+//! A queue holds at most [`QUEUE_BYTES`] of events (their size as stored) and at most
+//! [`QUEUE_EVENTS`] events. When a watcher does
+//! not read and its queue would grow past that, the queue drops what it holds and is marked
+//! overflowed: the watch then catches up from the event log from its last revision (reading
+//! [`HISTORY_CHUNK_BYTES`] at a time), so a slow watcher costs bounded memory and loses nothing
+//! as long as the log still holds what it missed; if it does not, the watch ends with
+//! [`WatchEnd::FellBehind`] and its client must list again (HTTP 410 Gone in Kubernetes).
 
-use crate::{Event, Key, StoreError};
+use crate::{Event, StoreError};
 use std::collections::VecDeque;
-use std::sync::{Arc, Weak};
-use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::sync::Notify;
 
-/// Capacity of the live fan-out channel, in events. A watcher further behind than this catches up
-/// from the event log.
-pub(crate) const CHANNEL_CAPACITY: usize = 1024;
+/// The most event bytes a watch's queue holds before it overflows and the watch catches up
+/// from the event log instead.
+pub(crate) const QUEUE_BYTES: usize = 8 << 20;
 
-/// How many matching events a watch reads from the log at a time.
+/// The most events a watch's queue holds, however small they are.
+pub(crate) const QUEUE_EVENTS: usize = 1024;
+
+/// How many bytes of matching events a watch reads from the log at a time (at least one event).
+pub(crate) const HISTORY_CHUNK_BYTES: usize = 8 << 20;
+
+/// At most this many events per history read.
 const HISTORY_CHUNK: usize = 256;
 
 /// Which events a watch wants.
@@ -39,10 +51,38 @@ impl Filter {
         self.kind.as_deref().is_none_or(|k| k == kind)
             && self.namespace.as_deref().is_none_or(|n| n == namespace)
     }
+}
 
-    fn matches_key(&self, key: &Key) -> bool {
-        self.matches(&key.kind, &key.namespace)
+/// A committed write as the fan-out carries it: the event and its size as stored.
+#[derive(Debug)]
+pub(crate) struct Sent {
+    pub(crate) event: Event,
+    pub(crate) bytes: usize,
+}
+
+/// The size of an event as stored: its value's JSON and its key.
+pub(crate) fn event_bytes(event: &Event, value_bytes: Option<usize>) -> usize {
+    let key = &event.object.key;
+    let value = value_bytes.unwrap_or_else(|| json_len(&event.object.value));
+    value + key.kind.len() + key.namespace.len() + key.name.len()
+}
+
+/// The length of a value's compact JSON, without building it.
+pub(crate) fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
+    let mut count = Count(0);
+    // Writing a Value to a sink that cannot fail cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// A slice of the event log, as read by a watch.
@@ -55,16 +95,136 @@ pub(crate) struct HistoryChunk {
     pub(crate) complete: bool,
 }
 
+/// Limits on one history read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChunkLimit {
+    /// At most this many events.
+    pub(crate) events: usize,
+    /// Stop after the event that reaches this many bytes.
+    pub(crate) bytes: usize,
+}
+
+impl ChunkLimit {
+    /// Whether a chunk of `events` events and `bytes` bytes is full.
+    pub(crate) fn full(&self, events: usize, bytes: usize) -> bool {
+        events >= self.events || (events > 0 && bytes >= self.bytes)
+    }
+}
+
+const CHUNK: ChunkLimit = ChunkLimit {
+    events: HISTORY_CHUNK,
+    bytes: HISTORY_CHUNK_BYTES,
+};
+
 /// A backend's event log, as watches read it.
 pub(crate) trait History: Send + Sync + 'static {
-    /// Up to `limit` matching events with revision > `after`. Err(Compacted) if events after
-    /// `after` are no longer all retained.
+    /// Matching events with revision > `after`, as many as `limit` allows. Err(Compacted) if
+    /// events after `after` are no longer all retained.
     fn read_history(
         &self,
         filter: &Filter,
         after: u64,
-        limit: usize,
+        limit: ChunkLimit,
     ) -> Result<HistoryChunk, StoreError>;
+}
+
+/// One watch's queue of live events.
+#[derive(Debug)]
+struct Queue {
+    filter: Filter,
+    state: Mutex<QueueState>,
+    /// Woken on every event, overflow and close (one waiter: the watch).
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    events: VecDeque<Arc<Sent>>,
+    bytes: usize,
+    /// Events were dropped: the watch must catch up from the log.
+    overflowed: bool,
+    /// The revision of the last write fanned out (matching or not).
+    seen: u64,
+    /// The store is gone.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The live fan-out of a store's writes to its watches.
+#[derive(Debug, Default)]
+pub(crate) struct Fanout {
+    queues: Mutex<Vec<Weak<Queue>>>,
+}
+
+impl Fanout {
+    fn lock(&self) -> MutexGuard<'_, Vec<Weak<Queue>>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, filter: Filter) -> Arc<Queue> {
+        let queue = Arc::new(Queue {
+            filter,
+            state: Mutex::default(),
+            notify: Notify::new(),
+        });
+        let mut queues = self.lock();
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(&queue));
+        queue
+    }
+
+    /// Hands committed writes, in revision order, to every watch whose filter they match.
+    /// Call with the backend's write lock held.
+    pub(crate) fn send(&self, sent: &[Arc<Sent>]) {
+        let Some(last) = sent.last().map(|s| s.event.object.revision) else {
+            return;
+        };
+        let mut queues = self.lock();
+        queues.retain(|weak| {
+            let Some(queue) = weak.upgrade() else {
+                return false;
+            };
+            let mut state = queue.lock();
+            let mut woke = false;
+            for s in sent {
+                let key = &s.event.object.key;
+                if state.overflowed || !queue.filter.matches(&key.kind, &key.namespace) {
+                    continue;
+                }
+                let full =
+                    state.bytes + s.bytes > QUEUE_BYTES || state.events.len() >= QUEUE_EVENTS;
+                if full && !state.events.is_empty() {
+                    state.events.clear();
+                    state.bytes = 0;
+                    state.overflowed = true;
+                } else {
+                    state.bytes += s.bytes;
+                    state.events.push_back(s.clone());
+                }
+                woke = true;
+            }
+            state.seen = last;
+            drop(state);
+            if woke {
+                queue.notify.notify_one();
+            }
+            true
+        });
+    }
+}
+
+impl Drop for Fanout {
+    fn drop(&mut self) {
+        for queue in self.lock().iter().filter_map(Weak::upgrade) {
+            queue.lock().closed = true;
+            queue.notify.notify_one();
+        }
+    }
 }
 
 /// Why a watch ended.
@@ -85,15 +245,14 @@ pub enum WatchEnd {
 /// watcher fell further behind than the retained history (it is otherwise caught up from the
 /// event log, losing nothing). [`Watch::ended`] tells which.
 pub struct Watch {
-    filter: Filter,
     source: Weak<dyn History>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    queue: Arc<Queue>,
     /// History events read but not yet returned.
     pending: VecDeque<Event>,
     /// Every event with revision <= `last` has been returned (or queued in `pending`) or skipped
     /// by the filter.
     last: u64,
-    /// Whether the log may hold events after `last` that the channel will not deliver.
+    /// Whether the log may hold events after `last` that the queue will not deliver.
     catching_up: bool,
     ended: Option<WatchEnd>,
 }
@@ -105,26 +264,25 @@ enum Step {
 }
 
 impl Watch {
-    /// Subscribes to `tx` and reads the first chunk of history, so that an `after` older than the
-    /// retained history fails here rather than on the first `next`.
+    /// Registers with `fanout` and reads the first chunk of history, so that an `after` older
+    /// than the retained history fails here rather than on the first `next`.
     pub(crate) fn start(
         source: Weak<dyn History>,
-        tx: &broadcast::Sender<Arc<Event>>,
+        fanout: &Fanout,
         filter: Filter,
         after: u64,
     ) -> Result<Watch, StoreError> {
-        let rx = tx.subscribe();
+        let queue = fanout.register(filter);
         let mut watch = Watch {
-            filter,
             source,
-            rx,
+            queue,
             pending: VecDeque::new(),
             last: after,
             catching_up: true,
             ended: None,
         };
         if let Some(source) = watch.source.upgrade() {
-            let chunk = source.read_history(&watch.filter, after, HISTORY_CHUNK)?;
+            let chunk = source.read_history(&watch.queue.filter, after, CHUNK)?;
             watch.take_chunk(chunk);
         }
         Ok(watch)
@@ -141,15 +299,14 @@ impl Watch {
                 Step::End => return None,
                 Step::Live => {}
             }
-            match self.rx.recv().await {
-                Ok(event) => {
-                    if let Some(event) = self.on_live(&event) {
-                        return Some(event);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => self.catching_up = true,
-                Err(RecvError::Closed) => self.ended = Some(WatchEnd::StoreClosed),
+            if let Some(event) = self.take_live() {
+                return Some(event);
             }
+            if self.ended.is_some() || self.catching_up {
+                continue;
+            }
+            // A write between take_live and here left a permit: no wakeup is lost.
+            self.queue.notify.notified().await;
         }
     }
 
@@ -162,16 +319,13 @@ impl Watch {
                 Step::End => return None,
                 Step::Live => {}
             }
-            match self.rx.try_recv() {
-                Ok(event) => {
-                    if let Some(event) = self.on_live(&event) {
-                        return Some(event);
-                    }
-                }
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Lagged(_)) => self.catching_up = true,
-                Err(TryRecvError::Closed) => self.ended = Some(WatchEnd::StoreClosed),
+            if let Some(event) = self.take_live() {
+                return Some(event);
             }
+            if self.ended.is_none() && self.catching_up {
+                continue;
+            }
+            return None;
         }
     }
 
@@ -189,7 +343,7 @@ impl Watch {
         }
     }
 
-    /// Returns a queued history event, or reads more history, or says to go to the live channel.
+    /// Returns a queued history event, or reads more history, or says to go to the live queue.
     fn step(&mut self) -> Step {
         loop {
             if self.ended.is_some() {
@@ -205,7 +359,7 @@ impl Watch {
                 self.ended = Some(WatchEnd::StoreClosed);
                 continue;
             };
-            match source.read_history(&self.filter, self.last, HISTORY_CHUNK) {
+            match source.read_history(&self.queue.filter, self.last, CHUNK) {
                 Ok(chunk) => self.take_chunk(chunk),
                 Err(StoreError::Compacted { oldest }) => {
                     self.ended = Some(WatchEnd::FellBehind { oldest });
@@ -221,29 +375,38 @@ impl Watch {
         self.catching_up = !chunk.complete;
     }
 
-    /// Handles an event from the live channel: skips what history covered, filters, and falls
-    /// back to the log if a revision is missing.
-    fn on_live(&mut self, event: &Event) -> Option<Event> {
-        let revision = event.object.revision;
-        if revision <= self.last {
-            return None;
-        }
-        if revision > self.last + 1 {
-            // Cannot happen while the backends send every write in order; the log fills the gap.
+    /// The next live event past what history covered; on overflow, switches to catching up;
+    /// on close, ends. None if there is nothing to return now.
+    fn take_live(&mut self) -> Option<Event> {
+        let mut state = self.queue.lock();
+        if state.overflowed {
+            state.overflowed = false;
+            state.events.clear();
+            state.bytes = 0;
             self.catching_up = true;
             return None;
         }
-        self.last = revision;
-        self.filter
-            .matches_key(&event.object.key)
-            .then(|| event.clone())
+        while let Some(sent) = state.events.pop_front() {
+            state.bytes -= sent.bytes;
+            let revision = sent.event.object.revision;
+            if revision > self.last {
+                self.last = revision;
+                return Some(sent.event.clone());
+            }
+        }
+        // Everything fanned out so far was returned or did not match.
+        self.last = self.last.max(state.seen);
+        if state.closed {
+            self.ended = Some(WatchEnd::StoreClosed);
+        }
+        None
     }
 }
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Watch")
-            .field("filter", &self.filter)
+            .field("filter", &self.queue.filter)
             .field("revision", &self.revision())
             .field("ended", &self.ended)
             .finish_non_exhaustive()

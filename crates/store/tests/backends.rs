@@ -26,7 +26,14 @@ fn memory(history: usize) -> Fixture {
 
 fn file(history: usize) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = FileStore::open_with(dir.path(), FileStoreOptions { history }).unwrap();
+    let store = FileStore::open_with(
+        dir.path(),
+        FileStoreOptions {
+            history,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     Fixture {
         store: Arc::new(store),
         _dir: Some(dir),
@@ -515,7 +522,14 @@ fn lowering_history_compacts_on_open() {
                 .unwrap();
         }
     }
-    let s = FileStore::open_with(dir.path(), FileStoreOptions { history: 3 }).unwrap();
+    let s = FileStore::open_with(
+        dir.path(),
+        FileStoreOptions {
+            history: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(matches!(
         s.watch(None, None, 6),
         Err(StoreError::Compacted { oldest: 7 })

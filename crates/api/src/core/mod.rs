@@ -26,9 +26,9 @@ pub struct ServiceAccount {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceAccountObject {
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     api_version: String,
-    #[allow(dead_code)]
+    #[expect(dead_code)]
     kind: String,
     #[serde(default)]
     pub metadata: ObjectMeta,

@@ -161,7 +161,6 @@ pub enum SessionAffinity {
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
-#[allow(clippy::upper_case_acronyms)]
 pub enum Protocol {
     #[default]
     TCP,

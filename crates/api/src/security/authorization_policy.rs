@@ -41,7 +41,6 @@ impl AuthorizationPolicy {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::upper_case_acronyms)]
 pub enum Action {
     #[default]
     ALLOW,

@@ -33,7 +33,6 @@ pub struct MutualTls {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::upper_case_acronyms)]
 pub enum MtlsMode {
     #[default]
     UNSET,

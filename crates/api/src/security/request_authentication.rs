@@ -70,7 +70,6 @@ pub struct JwtRule {
 
 /// Whether a token must be present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::upper_case_acronyms)]
 pub enum JwtPresence {
     OPTIONAL,
     REQUIRED,

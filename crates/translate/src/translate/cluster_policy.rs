@@ -47,7 +47,6 @@ pub(crate) struct Policy<'a> {
     pub load_balancer: Option<&'a LoadBalancerSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
     /// Not applied here yet: upstream TLS belongs with the identity work.
-    #[allow(dead_code)]
     pub tls: Option<&'a ClientTlsSettings>,
 }
 

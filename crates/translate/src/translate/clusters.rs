@@ -105,7 +105,6 @@ fn service_clusters(ctx: &Ctx<'_>, service: &Service, out: &mut XdsResources) {
 /// The route hash policy for traffic to `host` (a registry host name) on `port`, and `subset`
 /// (empty for none): the consistent-hash key of the DestinationRule that applies to this proxy,
 /// merged as for the cluster. For the route builder: `route_action.hash_policy`.
-#[allow(dead_code)]
 pub(crate) fn hash_policy(
     ctx: &Ctx<'_>,
     host: &str,
@@ -278,10 +277,7 @@ fn string(s: &str) -> Value {
 
 fn structure<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Struct {
     Struct {
-        fields: fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+        fields: super::stable_map(fields.into_iter().map(|(k, v)| (k.to_string(), v))),
     }
 }
 

@@ -245,6 +245,23 @@ pub fn translate(config: &ConfigSnapshot, registry: &Registry, proxy: &Proxy) ->
     out
 }
 
+/// A protobuf map (`HashMap`) whose encoding is the same every time it is built from the same
+/// entries: one hasher for every such map of the process, and the entries inserted in key
+/// order. A `HashMap` with its own `RandomState` iterates (and prost encodes it) in a different
+/// order each time, so an unchanged cluster or route would get new bytes, a new version, and be
+/// pushed again on every regeneration (an endpoint-only change then sent CDS too).
+pub(crate) fn stable_map<V>(
+    entries: impl IntoIterator<Item = (String, V)>,
+) -> std::collections::HashMap<String, V> {
+    static HASHER: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
+    let mut sorted: Vec<(String, V)> = entries.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = std::collections::HashMap::with_capacity_and_hasher(sorted.len(), HASHER.clone());
+    map.extend(sorted);
+    map
+}
+
 /// The outbound clusters and ClusterLoadAssignments `proxy` gets for `hosts` only, exactly as
 /// [`translate`] makes them (for an endpoint-only change of those hosts).
 pub fn translate_hosts(

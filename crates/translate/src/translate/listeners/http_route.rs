@@ -212,6 +212,9 @@ fn translate_route(
         out.typed_per_filter_config
             .insert(CORS.to_string(), pack_any(translate_cors(cors)));
     }
+    // Encoded the same every time (see `stable_map`).
+    out.typed_per_filter_config =
+        crate::translate::stable_map(std::mem::take(&mut out.typed_per_filter_config));
     Some(out)
 }
 
