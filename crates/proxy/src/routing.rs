@@ -162,10 +162,15 @@ pub fn string_matches(m: &StringMatch, value: &str, ignore_case: bool) -> bool {
 }
 
 /// The weighted cluster a number in `0..total weight` falls on.
-pub fn pick_weighted(clusters: &[WeightedCluster], mut n: u64) -> Option<&str> {
+pub fn pick_weighted(clusters: &[WeightedCluster], n: u64) -> Option<&str> {
+    pick_weighted_entry(clusters, n).map(|c| c.name.as_str())
+}
+
+/// The weighted cluster entry a number in `0..total weight` falls on.
+pub fn pick_weighted_entry(clusters: &[WeightedCluster], mut n: u64) -> Option<&WeightedCluster> {
     for c in clusters {
         if n < u64::from(c.weight) {
-            return Some(&c.name);
+            return Some(c);
         }
         n -= u64::from(c.weight);
     }
@@ -174,11 +179,16 @@ pub fn pick_weighted(clusters: &[WeightedCluster], mut n: u64) -> Option<&str> {
 
 /// A random weighted pick.
 pub fn pick_weighted_random(clusters: &[WeightedCluster]) -> Option<&str> {
+    pick_weighted_entry_random(clusters).map(|c| c.name.as_str())
+}
+
+/// A random weighted pick, the whole entry.
+pub fn pick_weighted_entry_random(clusters: &[WeightedCluster]) -> Option<&WeightedCluster> {
     let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
     if total == 0 {
         return None;
     }
-    pick_weighted(clusters, fastrand::u64(0..total))
+    pick_weighted_entry(clusters, fastrand::u64(0..total))
 }
 
 /// Whether a share given in parts per million applies to this request.

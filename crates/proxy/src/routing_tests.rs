@@ -30,6 +30,7 @@ fn route(name: &str, path: PathMatch, headers: Vec<HeaderMatch>) -> Route {
             body: name.into(),
         },
         fault: None,
+        cors: None,
         request_headers: HeaderMutation::default(),
         response_headers: HeaderMutation::default(),
     }
@@ -181,14 +182,17 @@ fn weighted_picks_follow_the_weights() {
         WeightedCluster {
             name: "v1".into(),
             weight: 80,
+            headers: None,
         },
         WeightedCluster {
             name: "v2".into(),
             weight: 0,
+            headers: None,
         },
         WeightedCluster {
             name: "v3".into(),
             weight: 20,
+            headers: None,
         },
     ];
     assert_eq!(pick_weighted(&clusters, 0), Some("v1"));

@@ -38,6 +38,9 @@ pub(crate) enum SendError {
     Connect(String),
     /// The connection or stream failed after the request was sent, or while sending it.
     Reset(String),
+    /// The HTTP/2 upstream refused the stream (`RST_STREAM` with `REFUSED_STREAM`): it did not
+    /// process the request (the `refused-stream` retry condition).
+    Refused(String),
 }
 
 type H2Connections = Arc<Mutex<HashMap<String, http2::SendRequest<RequestBody>>>>;
@@ -158,10 +161,14 @@ impl Upstreams {
                         .await
                         .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))?;
                 }
-                sender
-                    .send_request(req)
-                    .await
-                    .map_err(|e| SendError::Reset(crate::http::error_chain(&e)))
+                sender.send_request(req).await.map_err(|e| {
+                    let chain = crate::http::error_chain(&e);
+                    if refused_stream(&e) {
+                        SendError::Refused(chain)
+                    } else {
+                        SendError::Reset(chain)
+                    }
+                })
             }
         }
     }
@@ -423,6 +430,19 @@ impl Upstreams {
         }
         out
     }
+}
+
+/// Whether an HTTP/2 request failed because the upstream reset its stream with
+/// `REFUSED_STREAM`.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

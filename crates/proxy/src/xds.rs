@@ -28,7 +28,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
-use crate::config::{Cluster, Config, Discovery, Endpoint, Listener, RouteConfig, RouteSource};
+use crate::config::{
+    Cluster, Config, Discovery, Endpoint, Invalid, Listener, RouteConfig, RouteSource,
+};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -55,6 +57,38 @@ struct Held<T> {
     value: Arc<T>,
 }
 
+/// Why one resource of a response was refused: the NACK's reasons, typed until the message is
+/// built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error("{ty} {name:?} has no resource body")]
+    NoBody { ty: &'static str, name: String },
+    #[error("{ty} {name:?}: a resource of type {got} in a {ty} response")]
+    WrongType {
+        ty: &'static str,
+        name: String,
+        got: String,
+    },
+    #[error("{ty} {name:?} does not decode: {error}")]
+    Undecodable {
+        ty: &'static str,
+        name: String,
+        error: String,
+    },
+    /// It decodes, and strait-proxy cannot honour a field of it.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+}
+
+/// The NACK message: every refused resource's reason.
+fn nack_message(refused: &[Refused]) -> String {
+    refused
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Everything the client has accepted: kept across reconnects.
 #[derive(Debug, Default)]
 pub(crate) struct State {
@@ -62,6 +96,11 @@ pub(crate) struct State {
     routes: BTreeMap<String, Held<RouteConfig>>,
     clusters: BTreeMap<String, Held<Cluster>>,
     endpoints: BTreeMap<String, Held<Vec<Endpoint>>>,
+    /// The EDS clusters by the service name they take their endpoints from.
+    eds_users: BTreeMap<String, BTreeSet<String>>,
+    /// The config as last built: each response changes only its own type's table (and, for
+    /// EDS, the clusters that use the changed endpoints); the others stay shared.
+    config: Config,
     /// Names subscribed to, for EDS and RDS.
     subscribed: BTreeMap<TypeUrl, BTreeSet<String>>,
     /// Names the control plane answered for (with the resource, or as removed).
@@ -166,7 +205,7 @@ async fn stream(
             tracing::debug!(ty = ty.short(), version = %resp.system_version_info, "ACK");
             ack(&resp)
         } else {
-            let detail = errors.join("; ");
+            let detail = nack_message(&errors);
             tracing::warn!(ty = ty.short(), reason = %detail, "NACK");
             nack(&resp, detail)
         };
@@ -245,7 +284,7 @@ async fn stream_sotw(
             accepted.insert(ty, resp.version_info.clone());
             None
         } else {
-            let detail = errors.join("; ");
+            let detail = nack_message(&errors);
             tracing::warn!(ty = ty.short(), reason = %detail, "NACK");
             Some(rpc::Status {
                 code: tonic::Code::InvalidArgument as i32,
@@ -314,29 +353,39 @@ fn nack(resp: &DeltaDiscoveryResponse, message: String) -> DeltaDiscoveryRequest
 
 /// Decodes and converts one resource.
 fn convert<P: Message + Default, T>(
-    any: &envoy_types::pb::google::protobuf::Any,
+    r: &Resource,
     ty: TypeUrl,
-    f: impl FnOnce(&P) -> Result<T, String>,
-) -> Result<T, String> {
+    f: impl FnOnce(&P) -> Result<T, Invalid>,
+) -> Result<T, Refused> {
+    let (short, name) = (ty.short(), r.name.clone());
+    let Some(any) = &r.resource else {
+        return Err(Refused::NoBody { ty: short, name });
+    };
     if any.type_url != ty.as_str() {
-        return Err(format!(
-            "a resource of type {} in a {} response",
-            any.type_url,
-            ty.short()
-        ));
+        return Err(Refused::WrongType {
+            ty: short,
+            name,
+            got: any.type_url.clone(),
+        });
     }
-    let proto = P::decode(any.value.as_slice()).map_err(|e| format!("does not decode: {e}"))?;
-    f(&proto)
+    let proto = P::decode(any.value.as_slice()).map_err(|e| Refused::Undecodable {
+        ty: short,
+        name,
+        error: e.to_string(),
+    })?;
+    Ok(f(&proto)?)
 }
 
-fn hold<T>(map: &mut BTreeMap<String, Held<T>>, name: &str, version: &str, value: T) {
+fn hold<T>(map: &mut BTreeMap<String, Held<T>>, name: &str, version: &str, value: T) -> Arc<T> {
+    let value = Arc::new(value);
     map.insert(
         name.to_string(),
         Held {
             version: version.to_string(),
-            value: Arc::new(value),
+            value: value.clone(),
         },
     );
+    value
 }
 
 impl State {
@@ -419,51 +468,125 @@ impl State {
         (delta, removed)
     }
 
-    /// Applies one response: accepts each valid resource and each removal; returns the reasons
-    /// for the resources refused (which keep their last good version, if any).
-    pub(crate) fn apply(&mut self, ty: TypeUrl, resp: &DeltaDiscoveryResponse) -> Vec<String> {
+    /// Applies one response: accepts each valid resource and each removal, and updates the
+    /// config's table of that type; returns the reasons for the resources refused (which keep
+    /// their last good version, if any).
+    pub(crate) fn apply(&mut self, ty: TypeUrl, resp: &DeltaDiscoveryResponse) -> Vec<Refused> {
         let mut errors = Vec::new();
         for r in &resp.resources {
-            let Some(any) = &r.resource else {
-                errors.push(format!("{} {:?} has no resource body", ty.short(), r.name));
-                continue;
-            };
             let result = match ty {
-                TypeUrl::Listener => convert(any, ty, |p: &PbListener| {
-                    Listener::try_from(p).map_err(|e| e.to_string())
+                TypeUrl::Listener => {
+                    convert(r, ty, |p: &PbListener| Listener::try_from(p)).map(|l| {
+                        let l = hold(&mut self.listeners, &r.name, &r.version, l);
+                        self.config.listeners.insert(r.name.clone(), l);
+                    })
+                }
+                TypeUrl::Route => convert(r, ty, |p: &RouteConfiguration| RouteConfig::try_from(p))
+                    .map(|rc| {
+                        let rc = hold(&mut self.routes, &r.name, &r.version, rc);
+                        self.config.routes.insert(r.name.clone(), rc);
+                    }),
+                TypeUrl::Cluster => convert(r, ty, |p: &PbCluster| Cluster::try_from(p)).map(|c| {
+                    self.forget_eds_user(&r.name);
+                    if let Discovery::Eds(service) = &c.discovery {
+                        self.eds_users
+                            .entry(service.clone())
+                            .or_default()
+                            .insert(r.name.clone());
+                    }
+                    hold(&mut self.clusters, &r.name, &r.version, c);
+                    self.publish_cluster(&r.name);
+                }),
+                TypeUrl::Endpoint => convert(r, ty, |p: &ClusterLoadAssignment| {
+                    crate::config::cluster::endpoints(p)
                 })
-                .map(|l| hold(&mut self.listeners, &r.name, &r.version, l)),
-                TypeUrl::Route => convert(any, ty, |p: &RouteConfiguration| {
-                    RouteConfig::try_from(p).map_err(|e| e.to_string())
-                })
-                .map(|rc| hold(&mut self.routes, &r.name, &r.version, rc)),
-                TypeUrl::Cluster => convert(any, ty, |p: &PbCluster| {
-                    Cluster::try_from(p).map_err(|e| e.to_string())
-                })
-                .map(|c| hold(&mut self.clusters, &r.name, &r.version, c)),
-                TypeUrl::Endpoint => convert(any, ty, |p: &ClusterLoadAssignment| {
-                    crate::config::cluster::endpoints(p).map_err(|e| e.to_string())
-                })
-                .map(|e| hold(&mut self.endpoints, &r.name, &r.version, e)),
+                .map(|e| {
+                    hold(&mut self.endpoints, &r.name, &r.version, e);
+                    self.publish_users_of(&r.name);
+                }),
             };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.contains(&format!("{:?}", r.name)) => errors.push(e),
-                Err(e) => errors.push(format!("{} {:?}: {e}", ty.short(), r.name)),
+            if let Err(e) = result {
+                errors.push(e);
             }
             self.answered.entry(ty).or_default().insert(r.name.clone());
         }
         for name in &resp.removed_resources {
             match ty {
-                TypeUrl::Listener => drop(self.listeners.remove(name)),
-                TypeUrl::Route => drop(self.routes.remove(name)),
-                TypeUrl::Cluster => drop(self.clusters.remove(name)),
-                TypeUrl::Endpoint => drop(self.endpoints.remove(name)),
+                TypeUrl::Listener => {
+                    self.listeners.remove(name);
+                    self.config.listeners.remove(name);
+                }
+                TypeUrl::Route => {
+                    self.routes.remove(name);
+                    self.config.routes.remove(name);
+                }
+                TypeUrl::Cluster => {
+                    self.forget_eds_user(name);
+                    self.clusters.remove(name);
+                    self.config.clusters.remove(name);
+                }
+                TypeUrl::Endpoint => {
+                    self.endpoints.remove(name);
+                    self.publish_users_of(name);
+                }
             }
             self.answered.entry(ty).or_default().insert(name.clone());
         }
         self.versions.insert(ty, resp.system_version_info.clone());
+        self.config.versions = self
+            .versions
+            .iter()
+            .map(|(ty, v)| (ty.short().to_string(), v.clone()))
+            .collect();
         errors
+    }
+
+    /// Stops counting cluster `name` as a user of its EDS service (it changes or goes).
+    fn forget_eds_user(&mut self, name: &str) {
+        let Some(Discovery::Eds(service)) = self.clusters.get(name).map(|c| &c.value.discovery)
+        else {
+            return;
+        };
+        if let Some(users) = self.eds_users.get_mut(service) {
+            users.remove(name);
+            if users.is_empty() {
+                self.eds_users.remove(service);
+            }
+        }
+    }
+
+    /// Puts cluster `name` in the config as held, with its EDS endpoints filled in.
+    fn publish_cluster(&mut self, name: &str) {
+        let Some(held) = self.clusters.get(name) else {
+            return;
+        };
+        let c = match &held.value.discovery {
+            Discovery::Eds(service) => {
+                let mut c = Cluster::clone(&held.value);
+                c.endpoints = self
+                    .endpoints
+                    .get(service)
+                    .map(|e| e.value.as_ref().clone())
+                    .unwrap_or_default();
+                Arc::new(c)
+            }
+            _ => held.value.clone(),
+        };
+        self.config.clusters.insert(name.to_string(), c);
+    }
+
+    /// Puts again in the config the clusters that take their endpoints from EDS `service`.
+    fn publish_users_of(&mut self, service: &str) {
+        let users: Vec<String> = self
+            .eds_users
+            .get(service)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for name in users {
+            self.publish_cluster(&name);
+        }
     }
 
     /// The EDS and RDS names the current clusters and listeners need.
@@ -503,8 +626,12 @@ impl State {
             }
             for name in &drop_ {
                 match ty {
+                    // No cluster uses these endpoints any more.
                     TypeUrl::Endpoint => drop(self.endpoints.remove(name)),
-                    _ => drop(self.routes.remove(name)),
+                    _ => {
+                        self.routes.remove(name);
+                        self.config.routes.remove(name);
+                    }
                 }
                 self.answered.entry(ty).or_default().remove(name);
             }
@@ -533,45 +660,10 @@ impl State {
             })
     }
 
-    /// The config to publish: clusters with their endpoints filled in.
+    /// The config to publish: clusters with their endpoints filled in. A clone of the tables
+    /// (shared, not copied).
     pub(crate) fn config(&self) -> Config {
-        let clusters = self
-            .clusters
-            .iter()
-            .map(|(name, held)| {
-                let c = match &held.value.discovery {
-                    Discovery::Eds(service) => {
-                        let mut c = Cluster::clone(&held.value);
-                        c.endpoints = self
-                            .endpoints
-                            .get(service)
-                            .map(|e| e.value.as_ref().clone())
-                            .unwrap_or_default();
-                        Arc::new(c)
-                    }
-                    _ => held.value.clone(),
-                };
-                (name.clone(), c)
-            })
-            .collect();
-        Config {
-            versions: self
-                .versions
-                .iter()
-                .map(|(ty, v)| (ty.short().to_string(), v.clone()))
-                .collect(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|(k, h)| (k.clone(), h.value.clone()))
-                .collect(),
-            routes: self
-                .routes
-                .iter()
-                .map(|(k, h)| (k.clone(), h.value.clone()))
-                .collect(),
-            clusters,
-        }
+        self.config.clone()
     }
 }
 
@@ -829,6 +921,244 @@ mod tests {
                 config.versions["CDS"], "3",
                 "the response's version is recorded"
             );
+        }
+    }
+
+    mod apply {
+        //! State::apply: NACK reasons and the tables each response rebuilds.
+
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+        };
+        use envoy_types::pb::envoy::config::core::v3::{
+            Address, SocketAddress, address, socket_address,
+        };
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            Endpoint as PbEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+        };
+        use envoy_types::pb::envoy::config::route::v3 as rt;
+        use envoy_types::pb::google::protobuf::Any;
+
+        use super::*;
+
+        fn resource<M: Message>(ty: TypeUrl, name: &str, m: &M) -> Resource {
+            Resource {
+                name: name.into(),
+                version: "1".into(),
+                resource: Some(Any {
+                    type_url: ty.as_str().into(),
+                    value: m.encode_to_vec(),
+                }),
+                ..Default::default()
+            }
+        }
+
+        fn response(ty: TypeUrl, resources: Vec<Resource>) -> DeltaDiscoveryResponse {
+            DeltaDiscoveryResponse {
+                system_version_info: "1".into(),
+                type_url: ty.as_str().into(),
+                resources,
+                ..Default::default()
+            }
+        }
+
+        fn eds_cluster(name: &str, service: &str) -> Resource {
+            resource(
+                TypeUrl::Cluster,
+                name,
+                &PbCluster {
+                    name: name.into(),
+                    cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                        DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(EdsClusterConfig {
+                        service_name: service.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        }
+
+        fn assignment(name: &str, port: u32) -> Resource {
+            let address = Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: "127.0.0.1".into(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            };
+            resource(
+                TypeUrl::Endpoint,
+                name,
+                &ClusterLoadAssignment {
+                    cluster_name: name.into(),
+                    endpoints: vec![LocalityLbEndpoints {
+                        lb_endpoints: vec![LbEndpoint {
+                            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(
+                                PbEndpoint {
+                                    address: Some(address),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )
+        }
+
+        fn route_config(name: &str, retry_on: &str) -> Resource {
+            let route = rt::Route {
+                r#match: Some(rt::RouteMatch {
+                    path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(rt::route::Action::Route(rt::RouteAction {
+                    cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(
+                        "c".into(),
+                    )),
+                    retry_policy: Some(rt::RetryPolicy {
+                        retry_on: retry_on.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            };
+            let vh = |name: &str, routes: Vec<rt::Route>| rt::VirtualHost {
+                name: name.into(),
+                domains: vec![name.into()],
+                routes,
+                ..Default::default()
+            };
+            resource(
+                TypeUrl::Route,
+                name,
+                &RouteConfiguration {
+                    name: name.into(),
+                    virtual_hosts: vec![
+                        vh("a:80", vec![]),
+                        vh("b:80", vec![route.clone(), route.clone()]),
+                        vh("reviews:9080", vec![route.clone(), route]),
+                    ],
+                    ..Default::default()
+                },
+            )
+        }
+
+        #[test]
+        fn a_nack_names_the_resource_and_the_path_of_a_nested_refusal() {
+            let mut state = State::default();
+            let errors = state.apply(
+                TypeUrl::Route,
+                &response(
+                    TypeUrl::Route,
+                    vec![
+                        route_config("good", "5xx,reset-before-request"),
+                        route_config("15080", "5xx,retry-on-a-whim"),
+                    ],
+                ),
+            );
+            let [Refused::Invalid(invalid)] = errors.as_slice() else {
+                panic!("one refusal expected: {errors:?}")
+            };
+            assert_eq!(invalid.name, "15080");
+            assert_eq!(
+                invalid.path.to_string(),
+                "virtual_hosts[b:80].routes[0].route.retry_policy.retry_on"
+            );
+            assert_eq!(
+                nack_message(&errors),
+                "route configuration \"15080\": virtual_hosts[b:80].routes[0].route.retry_policy.retry_on \"retry-on-a-whim\" is not supported by strait-proxy"
+            );
+            // The valid one of the same response is in.
+            assert_eq!(state.config().routes.keys().collect::<Vec<_>>(), ["good"]);
+            // A body of another type is refused by type, before any conversion.
+            let errors = state.apply(
+                TypeUrl::Cluster,
+                &response(TypeUrl::Cluster, vec![assignment("x", 1)]),
+            );
+            assert_eq!(
+                nack_message(&errors),
+                "CDS \"x\": a resource of type type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment in a CDS response"
+            );
+        }
+
+        #[test]
+        fn each_response_rebuilds_only_its_own_table_and_eds_only_its_clusters() {
+            let mut state = State::default();
+            state.apply(
+                TypeUrl::Cluster,
+                &response(
+                    TypeUrl::Cluster,
+                    vec![
+                        eds_cluster("a", "svc-a"),
+                        eds_cluster("a2", "svc-a"),
+                        eds_cluster("b", "svc-b"),
+                    ],
+                ),
+            );
+            state.apply(
+                TypeUrl::Endpoint,
+                &response(
+                    TypeUrl::Endpoint,
+                    vec![assignment("svc-a", 1000), assignment("svc-b", 2000)],
+                ),
+            );
+            state.apply(
+                TypeUrl::Route,
+                &response(TypeUrl::Route, vec![route_config("r", "5xx")]),
+            );
+            let before = state.config();
+            assert_eq!(before.clusters["a"].endpoints[0].port, 1000);
+            assert_eq!(before.clusters["a2"].endpoints[0].port, 1000);
+
+            // An EDS update for svc-a: the clusters table changes, only a and a2 in it.
+            state.apply(
+                TypeUrl::Endpoint,
+                &response(TypeUrl::Endpoint, vec![assignment("svc-a", 1001)]),
+            );
+            let after = state.config();
+            assert!(!after.clusters.same(&before.clusters));
+            assert_eq!(after.clusters["a"].endpoints[0].port, 1001);
+            assert_eq!(after.clusters["a2"].endpoints[0].port, 1001);
+            assert!(
+                Arc::ptr_eq(&after.clusters["b"], &before.clusters["b"]),
+                "b does not use svc-a: the same cluster, not a rebuilt one"
+            );
+            assert!(after.routes.same(&before.routes), "routes are untouched");
+            assert!(after.listeners.same(&before.listeners));
+
+            // A route update leaves the clusters table as it was.
+            state.apply(
+                TypeUrl::Route,
+                &response(TypeUrl::Route, vec![route_config("r2", "5xx")]),
+            );
+            let later = state.config();
+            assert!(later.clusters.same(&after.clusters));
+            assert_eq!(later.routes.len(), 2);
+
+            // A cluster that moves to another service takes that one's endpoints; removing
+            // svc-b's assignment empties only the clusters using it.
+            state.apply(
+                TypeUrl::Cluster,
+                &response(TypeUrl::Cluster, vec![eds_cluster("a2", "svc-b")]),
+            );
+            assert_eq!(state.config().clusters["a2"].endpoints[0].port, 2000);
+            state.apply(
+                TypeUrl::Endpoint,
+                &DeltaDiscoveryResponse {
+                    removed_resources: vec!["svc-b".into()],
+                    ..response(TypeUrl::Endpoint, vec![])
+                },
+            );
+            let config = state.config();
+            assert!(config.clusters["a2"].endpoints.is_empty());
+            assert!(config.clusters["b"].endpoints.is_empty());
+            assert_eq!(config.clusters["a"].endpoints[0].port, 1001);
         }
     }
 

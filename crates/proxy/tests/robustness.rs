@@ -6,7 +6,6 @@
 //! sees them. Slow heads and idle connections are cut after their timeouts. The access log has
 //! Istio's fields for routed requests and for the proxy's own answers.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -224,7 +223,7 @@ impl Proxy {
         config.clusters = clusters
             .into_iter()
             .map(|c| (c.name.clone(), Arc::new(c)))
-            .collect::<BTreeMap<_, _>>();
+            .collect();
         let log = std::env::temp_dir().join(format!(
             "strait-robustness-{}-{}.log",
             std::process::id(),

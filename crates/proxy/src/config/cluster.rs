@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use serde::Serialize;
 
-use super::listener::{decode, socket_addr};
-use super::{Invalid, unsupported};
+use super::invalid::{At, Invalid, Kind, Refusal, Segment, refuse_if};
+use super::proto::{decode, duration, socket_addr};
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const HTTP_OPTIONS_TYPE: &str =
@@ -154,174 +154,222 @@ impl TryFrom<&pb::Cluster> for Cluster {
     type Error = Invalid;
 
     fn try_from(c: &pb::Cluster) -> Result<Cluster, Invalid> {
-        let bad = |reason: String| Invalid::new("cluster", &c.name, reason);
-        let refuse = |cond: bool, field: &str| {
-            if cond {
-                Err(bad(unsupported(field)))
-            } else {
-                Ok(())
-            }
-        };
-        refuse(
-            c.transport_socket.is_some()
-                || !c.transport_socket_matches.is_empty()
-                || c.transport_socket_matcher.is_some(),
-            "transport_socket (upstream TLS)",
-        )?;
-        refuse(c.lb_subset_config.is_some(), "lb_subset_config")?;
-        refuse(c.load_balancing_policy.is_some(), "load_balancing_policy")?;
-        refuse(!c.filters.is_empty(), "filters")?;
-        refuse(c.upstream_config.is_some(), "upstream_config")?;
-        let discovery = match &c.cluster_discovery_type {
-            None => Discovery::Static,
-            Some(pb::cluster::ClusterDiscoveryType::Type(t)) => {
-                match pb::cluster::DiscoveryType::try_from(*t) {
-                    Ok(pb::cluster::DiscoveryType::Static) => Discovery::Static,
-                    Ok(pb::cluster::DiscoveryType::StrictDns)
-                    | Ok(pb::cluster::DiscoveryType::LogicalDns) => Discovery::Dns,
-                    Ok(pb::cluster::DiscoveryType::OriginalDst) => Discovery::OriginalDst,
-                    Ok(pb::cluster::DiscoveryType::Eds) => Discovery::Eds(
-                        c.eds_cluster_config
-                            .as_ref()
-                            .map(|e| e.service_name.clone())
-                            .filter(|n| !n.is_empty())
-                            .unwrap_or_else(|| c.name.clone()),
-                    ),
-                    Err(_) => return Err(bad(format!("type {t} is not a discovery type"))),
-                }
-            }
-            Some(pb::cluster::ClusterDiscoveryType::ClusterType(t)) => {
-                return Err(bad(unsupported(&format!("cluster_type {:?}", t.name))));
-            }
-        };
-        let lb = match pb::cluster::LbPolicy::try_from(c.lb_policy) {
-            Ok(pb::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-            Ok(pb::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-            Ok(pb::cluster::LbPolicy::Random) => LbPolicy::Random,
-            Ok(pb::cluster::LbPolicy::RingHash) => {
-                let (min, max) = match &c.lb_config {
-                    Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => (
-                        r.minimum_ring_size
-                            .as_ref()
-                            .map_or(DEFAULT_MIN_RING, |v| v.value),
-                        r.maximum_ring_size
-                            .as_ref()
-                            .map_or(DEFAULT_MAX_RING, |v| v.value),
-                    ),
-                    _ => (DEFAULT_MIN_RING, DEFAULT_MAX_RING),
-                };
-                if min > max || max > DEFAULT_MAX_RING {
-                    return Err(bad(format!(
-                        "ring_hash_lb_config: minimum_ring_size {min} must be at most maximum_ring_size {max} (at most {DEFAULT_MAX_RING})"
-                    )));
-                }
-                LbPolicy::RingHash {
-                    minimum_ring_size: min.max(1),
-                }
-            }
-            Ok(pb::cluster::LbPolicy::Maglev) => {
-                let size = match &c.lb_config {
-                    Some(pb::cluster::LbConfig::MaglevLbConfig(m)) => m
-                        .table_size
+        cluster(c).map_err(|r| r.of(Kind::Cluster, &c.name))
+    }
+}
+
+/// The cluster, one field group at a time.
+fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
+    refuse_unsupported(c)?;
+    let discovery = discovery(c)?;
+    let lb = lb_policy(c, &discovery)?;
+    let protocol = upstream_protocol(c)?;
+    let endpoints = static_endpoints(c, &discovery)?;
+    let original_dst_header = original_dst_header(c, &discovery)?;
+    Ok(Cluster {
+        name: c.name.clone(),
+        discovery,
+        lb,
+        original_dst_header,
+        connect_timeout: c
+            .connect_timeout
+            .as_ref()
+            .map(duration)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        protocol,
+        endpoints,
+        circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
+        outlier_detection: c.outlier_detection.as_ref().map(outlier_detection),
+        healthy_panic_threshold: c
+            .common_lb_config
+            .as_ref()
+            .and_then(|l| l.healthy_panic_threshold.as_ref())
+            .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
+    })
+}
+
+fn refuse_unsupported(c: &pb::Cluster) -> Result<(), Refusal> {
+    if c.transport_socket.is_some() {
+        return Err(Refusal::unsupported_value(
+            "transport_socket",
+            "(upstream TLS)",
+        ));
+    }
+    if !c.transport_socket_matches.is_empty() {
+        return Err(Refusal::unsupported_value(
+            "transport_socket_matches",
+            "(upstream TLS)",
+        ));
+    }
+    if c.transport_socket_matcher.is_some() {
+        return Err(Refusal::unsupported_value(
+            "transport_socket_matcher",
+            "(upstream TLS)",
+        ));
+    }
+    refuse_if(c.lb_subset_config.is_some(), "lb_subset_config")?;
+    refuse_if(c.load_balancing_policy.is_some(), "load_balancing_policy")?;
+    refuse_if(!c.filters.is_empty(), "filters")?;
+    refuse_if(c.upstream_config.is_some(), "upstream_config")
+}
+
+/// `type` (or `cluster_type`), with the EDS service name.
+fn discovery(c: &pb::Cluster) -> Result<Discovery, Refusal> {
+    use pb::cluster::DiscoveryType as D;
+    match &c.cluster_discovery_type {
+        None => Ok(Discovery::Static),
+        Some(pb::cluster::ClusterDiscoveryType::Type(t)) => match D::try_from(*t) {
+            Ok(D::Static) => Ok(Discovery::Static),
+            Ok(D::StrictDns) | Ok(D::LogicalDns) => Ok(Discovery::Dns),
+            Ok(D::OriginalDst) => Ok(Discovery::OriginalDst),
+            Ok(D::Eds) => Ok(Discovery::Eds(
+                c.eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| c.name.clone()),
+            )),
+            Err(_) => Err(Refusal::bad_value("type", t, "a discovery type")),
+        },
+        Some(pb::cluster::ClusterDiscoveryType::ClusterType(t)) => Err(Refusal::unsupported_value(
+            "cluster_type",
+            format!("{:?}", t.name),
+        )),
+    }
+}
+
+/// `lb_policy` with its `ring_hash_lb_config` or `maglev_lb_config`.
+fn lb_policy(c: &pb::Cluster, discovery: &Discovery) -> Result<LbPolicy, Refusal> {
+    use pb::cluster::LbPolicy as P;
+    match P::try_from(c.lb_policy) {
+        Ok(P::RoundRobin) => Ok(LbPolicy::RoundRobin),
+        Ok(P::LeastRequest) => Ok(LbPolicy::LeastRequest),
+        Ok(P::Random) => Ok(LbPolicy::Random),
+        Ok(P::RingHash) => {
+            let (min, max) = match &c.lb_config {
+                Some(pb::cluster::LbConfig::RingHashLbConfig(r)) => (
+                    r.minimum_ring_size
                         .as_ref()
-                        .map_or(DEFAULT_MAGLEV_TABLE, |v| v.value),
-                    _ => DEFAULT_MAGLEV_TABLE,
-                };
-                if size > 5_000_011 || !is_prime(size) {
-                    return Err(bad(format!(
-                        "maglev_lb_config.table_size {size} must be a prime number of at most 5000011"
-                    )));
-                }
-                LbPolicy::Maglev { table_size: size }
-            }
-            Ok(pb::cluster::LbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
-                LbPolicy::RoundRobin
-            }
-            Ok(p) => {
-                return Err(bad(unsupported(&format!("lb_policy {}", p.as_str_name()))));
-            }
-            Err(_) => return Err(bad(format!("lb_policy {} is unknown", c.lb_policy))),
-        };
-        #[allow(deprecated)]
-        let mut protocol = if c.http2_protocol_options.is_some() {
-            UpstreamProtocol::Http2
-        } else {
-            UpstreamProtocol::Http1
-        };
-        for (key, any) in &c.typed_extension_protocol_options {
-            if key != HTTP_OPTIONS {
-                return Err(bad(unsupported(&format!(
-                    "typed_extension_protocol_options[{key:?}]"
-                ))));
-            }
-            let opts: HttpProtocolOptions = decode(any, HTTP_OPTIONS_TYPE, key).map_err(bad)?;
-            use http_protocol_options::UpstreamProtocolOptions as U;
-            use http_protocol_options::explicit_http_config::ProtocolConfig as P;
-            match &opts.upstream_protocol_options {
-                Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
-                    Some(P::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
-                    Some(P::Http3ProtocolOptions(_)) => {
-                        return Err(bad(unsupported("upstream HTTP/3")));
-                    }
-                    _ => {}
-                },
-                // Ignored, as docs/xds-support.md says: strait-proxy speaks HTTP/1.1 upstream
-                // whatever the downstream protocol (this slice serves HTTP/1.1 downstream).
-                Some(U::UseDownstreamProtocolConfig(_)) | Some(U::AutoConfig(_)) | None => {}
-            }
-        }
-        let mut endpoints = Vec::new();
-        if let Some(cla) = &c.load_assignment {
-            if matches!(discovery, Discovery::Eds(_)) {
-                return Err(bad(
-                    "an EDS cluster must not have a load_assignment".to_string()
+                        .map_or(DEFAULT_MIN_RING, |v| v.value),
+                    r.maximum_ring_size
+                        .as_ref()
+                        .map_or(DEFAULT_MAX_RING, |v| v.value),
+                ),
+                _ => (DEFAULT_MIN_RING, DEFAULT_MAX_RING),
+            };
+            if min > max || max > DEFAULT_MAX_RING {
+                return Err(Refusal::bad_value(
+                    "ring_hash_lb_config",
+                    format!("minimum_ring_size {min} with maximum_ring_size {max}"),
+                    format!("a minimum at most the maximum, at most {DEFAULT_MAX_RING}"),
                 ));
             }
-            endpoints = load_assignment(cla, discovery == Discovery::Dns)
-                .map_err(|e| bad(format!("load_assignment: {e}")))?;
+            Ok(LbPolicy::RingHash {
+                minimum_ring_size: min.max(1),
+            })
         }
-        let original_dst_header = match &c.lb_config {
-            Some(pb::cluster::LbConfig::OriginalDstLbConfig(o))
-                if discovery == Discovery::OriginalDst =>
-            {
-                refuse(
-                    o.upstream_port_override.is_some(),
-                    "original_dst_lb_config.upstream_port_override",
-                )?;
-                refuse(
-                    o.metadata_key.is_some(),
-                    "original_dst_lb_config.metadata_key",
-                )?;
-                o.use_http_header.then(|| {
-                    if o.http_header_name.is_empty() {
-                        "x-envoy-original-dst-host".to_string()
-                    } else {
-                        o.http_header_name.to_ascii_lowercase()
-                    }
-                })
+        Ok(P::Maglev) => {
+            let size = match &c.lb_config {
+                Some(pb::cluster::LbConfig::MaglevLbConfig(m)) => m
+                    .table_size
+                    .as_ref()
+                    .map_or(DEFAULT_MAGLEV_TABLE, |v| v.value),
+                _ => DEFAULT_MAGLEV_TABLE,
+            };
+            if size > 5_000_011 || !is_prime(size) {
+                return Err(Refusal::bad_value(
+                    "maglev_lb_config.table_size",
+                    size,
+                    "a prime number of at most 5000011",
+                ));
             }
-            _ => None,
+            Ok(LbPolicy::Maglev { table_size: size })
+        }
+        Ok(P::ClusterProvided) if *discovery == Discovery::OriginalDst => Ok(LbPolicy::RoundRobin),
+        Ok(p) => Err(Refusal::unsupported_value("lb_policy", p.as_str_name())),
+        Err(_) => Err(Refusal::bad_value(
+            "lb_policy",
+            c.lb_policy,
+            "a policy Envoy knows",
+        )),
+    }
+}
+
+/// HTTP/1.1, or HTTP/2 with prior knowledge (`typed_extension_protocol_options` or the
+/// deprecated `http2_protocol_options`).
+fn upstream_protocol(c: &pb::Cluster) -> Result<UpstreamProtocol, Refusal> {
+    #[allow(deprecated)]
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    for (key, any) in &c.typed_extension_protocol_options {
+        let at = |r: Refusal| {
+            r.at(Segment::Key(key.clone()))
+                .under("typed_extension_protocol_options")
         };
-        Ok(Cluster {
-            name: c.name.clone(),
-            discovery,
-            lb,
-            original_dst_header,
-            connect_timeout: c
-                .connect_timeout
-                .as_ref()
-                .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
-                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            protocol,
-            endpoints,
-            circuit_breakers: circuit_breakers(c.circuit_breakers.as_ref()),
-            outlier_detection: c.outlier_detection.as_ref().map(outlier_detection),
-            healthy_panic_threshold: c
-                .common_lb_config
-                .as_ref()
-                .and_then(|l| l.healthy_panic_threshold.as_ref())
-                .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
-        })
+        if key != HTTP_OPTIONS {
+            return Err(at(Refusal::unsupported("")));
+        }
+        let opts: HttpProtocolOptions = decode(any, HTTP_OPTIONS_TYPE).map_err(at)?;
+        use http_protocol_options::UpstreamProtocolOptions as U;
+        use http_protocol_options::explicit_http_config::ProtocolConfig as P;
+        match &opts.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(P::Http2ProtocolOptions(_)) => protocol = UpstreamProtocol::Http2,
+                Some(P::Http3ProtocolOptions(_)) => {
+                    return Err(at(Refusal::unsupported(
+                        "explicit_http_config.http3_protocol_options",
+                    )));
+                }
+                _ => {}
+            },
+            // Ignored, as docs/xds-support.md says: HTTP/1.1 upstream.
+            Some(U::UseDownstreamProtocolConfig(_)) | Some(U::AutoConfig(_)) | None => {}
+        }
+    }
+    Ok(protocol)
+}
+
+/// The endpoints of a STATIC or DNS cluster (`load_assignment`); EDS clusters get theirs from
+/// EDS.
+fn static_endpoints(c: &pb::Cluster, discovery: &Discovery) -> Result<Vec<Endpoint>, Refusal> {
+    let Some(cla) = &c.load_assignment else {
+        return Ok(Vec::new());
+    };
+    if matches!(discovery, Discovery::Eds(_)) {
+        return Err(Refusal::rule(
+            "load_assignment",
+            "an EDS cluster takes its endpoints from EDS, not from a load_assignment",
+        ));
+    }
+    load_assignment(cla, *discovery == Discovery::Dns).under("load_assignment")
+}
+
+/// ORIGINAL_DST clusters: the request header that names the destination, if any.
+fn original_dst_header(c: &pb::Cluster, discovery: &Discovery) -> Result<Option<String>, Refusal> {
+    match &c.lb_config {
+        Some(pb::cluster::LbConfig::OriginalDstLbConfig(o))
+            if *discovery == Discovery::OriginalDst =>
+        {
+            refuse_if(
+                o.upstream_port_override.is_some(),
+                "original_dst_lb_config.upstream_port_override",
+            )?;
+            refuse_if(
+                o.metadata_key.is_some(),
+                "original_dst_lb_config.metadata_key",
+            )?;
+            Ok(o.use_http_header.then(|| {
+                if o.http_header_name.is_empty() {
+                    "x-envoy-original-dst-host".to_string()
+                } else {
+                    o.http_header_name.to_ascii_lowercase()
+                }
+            }))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -418,22 +466,28 @@ fn outlier_detection(o: &pb::OutlierDetection) -> OutlierDetection {
 
 /// The healthy endpoints of a load assignment, over all localities and priorities (this slice
 /// ignores priorities and weights).
-pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<Endpoint>, String> {
+pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<Endpoint>, Refusal> {
     let mut out = Vec::new();
     for (i, locality) in cla.endpoints.iter().enumerate() {
         for (j, lb) in locality.lb_endpoints.iter().enumerate() {
-            let field = format!("endpoints[{i}].lb_endpoints[{j}]");
+            let at = |r: Refusal| {
+                r.at(Segment::Index(j))
+                    .under("lb_endpoints")
+                    .at(Segment::Index(i))
+                    .under("endpoints")
+            };
             let healthy = !matches!(
                 HealthStatus::try_from(lb.health_status),
                 Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
             );
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
-                return Err(unsupported(&format!("{field} named endpoints")));
+                return Err(at(Refusal::unsupported("endpoint_name")));
             };
             let endpoint = if dns {
-                dns_endpoint(e.address.as_ref()).map_err(|r| format!("{field}.address: {r}"))?
+                dns_endpoint(e.address.as_ref()).map_err(|r| at(r.under("endpoint")))?
             } else {
-                let a = socket_addr(e.address.as_ref(), &format!("{field}.endpoint.address"))?;
+                let a = socket_addr(e.address.as_ref(), "address")
+                    .map_err(|r| at(r.under("endpoint")))?;
                 Endpoint {
                     host: a.ip().to_string(),
                     port: a.port(),
@@ -449,22 +503,26 @@ pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<End
 
 fn dns_endpoint(
     address: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
-) -> Result<Endpoint, String> {
+) -> Result<Endpoint, Refusal> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
     match address.and_then(|a| a.address.as_ref()) {
         Some(address::Address::SocketAddress(sa)) => match sa.port_specifier {
             Some(socket_address::PortSpecifier::PortValue(p)) => Ok(Endpoint {
                 host: sa.address.clone(),
-                port: u16::try_from(p).map_err(|_| format!("port {p} is too large"))?,
+                port: u16::try_from(p).map_err(|_| {
+                    Refusal::bad_value("address.port_value", p, "a port (at most 65535)")
+                })?,
             }),
-            _ => Err(unsupported("named_port")),
+            _ => Err(Refusal::unsupported("address.named_port")),
         },
-        _ => Err("must be a socket address".to_string()),
+        _ => Err(Refusal::unsupported_value(
+            "address",
+            "other than a socket address",
+        )),
     }
 }
 
 /// A ClusterLoadAssignment's endpoints, or why they cannot be used.
 pub fn endpoints(cla: &ClusterLoadAssignment) -> Result<Vec<Endpoint>, Invalid> {
-    load_assignment(cla, false)
-        .map_err(|reason| Invalid::new("cluster load assignment", &cla.cluster_name, reason))
+    load_assignment(cla, false).map_err(|r| r.of(Kind::ClusterLoadAssignment, &cla.cluster_name))
 }

@@ -8,10 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, CidrRange, address, config_source, socket_address,
-};
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, config_source};
 use envoy_types::pb::envoy::config::listener::v3 as pb;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as http_connection_manager_pb;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager,
     http_connection_manager::RouteSpecifier,
@@ -19,15 +19,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 
-use super::route::{RouteConfig, Target, WeightedCluster};
-use super::{Invalid, unsupported};
+use super::invalid::{At, Invalid, Kind, Refusal, Segment, refuse_if};
+use super::proto::{decode, duration, socket_addr};
+use super::route::{RouteConfig, Target, WeightedCluster, route_config};
 
-const HCM: &str = "envoy.filters.network.http_connection_manager";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
-const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ORIGINAL_DST_TYPE: &str =
@@ -35,7 +33,7 @@ const ORIGINAL_DST_TYPE: &str =
 /// The HTTP filters strait-proxy runs (the router last), by type URL.
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
-const CORS_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 /// Envoy's tcp_proxy idle timeout when none is set.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -224,191 +222,157 @@ impl Listener {
     }
 }
 
-/// Decodes an `Any` of the expected type.
-pub(crate) fn decode<M: prost::Message + Default>(
-    any: &Any,
-    want: &str,
-    field: &str,
-) -> Result<M, String> {
-    if any.type_url != want {
-        return Err(format!(
-            "{field} has type {}, expected {want}",
-            any.type_url
-        ));
-    }
-    M::decode(any.value.as_slice()).map_err(|e| format!("{field} does not decode: {e}"))
-}
-
-/// A TCP socket address.
-pub(crate) fn socket_addr(address: Option<&Address>, field: &str) -> Result<SocketAddr, String> {
-    let Some(address::Address::SocketAddress(sa)) = address.and_then(|a| a.address.as_ref()) else {
-        return Err(format!(
-            "{field} must be a socket address: pipes and internal listeners are not supported by strait-proxy"
-        ));
-    };
-    if sa.protocol != socket_address::Protocol::Tcp as i32 {
-        return Err(unsupported(&format!("{field}.protocol UDP")));
-    }
-    let Some(socket_address::PortSpecifier::PortValue(port)) = sa.port_specifier else {
-        return Err(unsupported(&format!("{field}.named_port")));
-    };
-    let ip = sa
-        .address
-        .parse()
-        .map_err(|_| format!("{field}.address {:?} is not an IP address", sa.address))?;
-    let port =
-        u16::try_from(port).map_err(|_| format!("{field}.port_value {port} is too large"))?;
-    Ok(SocketAddr::new(ip, port))
-}
-
-fn pb_duration(d: &envoy_types::pb::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 impl TryFrom<&pb::Listener> for Listener {
     type Error = Invalid;
 
     fn try_from(l: &pb::Listener) -> Result<Listener, Invalid> {
-        let bad = |reason: String| Invalid::new("listener", &l.name, reason);
-        let refuse = |cond: bool, field: &str| {
-            if cond {
-                Err(bad(unsupported(field)))
-            } else {
-                Ok(())
-            }
-        };
-        let address = socket_addr(l.address.as_ref(), "address").map_err(bad)?;
-        refuse(!l.additional_addresses.is_empty(), "additional_addresses")?;
-        refuse(l.filter_chain_matcher.is_some(), "filter_chain_matcher")?;
-        refuse(l.fcds_config.is_some(), "fcds_config")?;
-        refuse(l.api_listener.is_some(), "api_listener")?;
-        refuse(l.listener_specifier.is_some(), "internal_listener")?;
-        refuse(l.udp_listener_config.is_some(), "udp_listener_config")?;
-        refuse(
-            l.transparent.as_ref().is_some_and(|b| b.value),
-            "transparent (TPROXY)",
-        )?;
-        let mut original_dst = false;
-        for (i, f) in l.listener_filters.iter().enumerate() {
-            let type_url = match &f.config_type {
-                Some(pb::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-                _ => "",
-            };
-            if type_url != ORIGINAL_DST_TYPE {
-                return Err(bad(unsupported(&format!(
-                    "listener_filters[{i}] {:?} ({type_url})",
-                    f.name
-                ))));
-            }
-            original_dst = true;
-        }
-        let filter_chains = l
-            .filter_chains
-            .iter()
-            .enumerate()
-            .map(|(i, c)| filter_chain(c).map_err(|e| format!("filter_chains[{i}]: {e}")))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let default_filter_chain = l
-            .default_filter_chain
-            .as_ref()
-            .map(|c| filter_chain(c).map_err(|e| format!("default_filter_chain: {e}")))
-            .transpose()
-            .map_err(bad)?;
-        if filter_chains.is_empty() && default_filter_chain.is_none() {
-            return Err(bad(
-                "has no filter chains and no default_filter_chain".to_string()
-            ));
-        }
-        Ok(Listener {
-            name: l.name.clone(),
-            address,
-            bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
-            use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
-            original_dst,
-            filter_chains,
-            default_filter_chain,
-        })
+        listener(l).map_err(|r| r.of(Kind::Listener, &l.name))
     }
 }
 
-fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, String> {
+fn listener(l: &pb::Listener) -> Result<Listener, Refusal> {
+    let address = socket_addr(l.address.as_ref(), "address")?;
+    refuse_if(!l.additional_addresses.is_empty(), "additional_addresses")?;
+    refuse_if(l.filter_chain_matcher.is_some(), "filter_chain_matcher")?;
+    refuse_if(l.fcds_config.is_some(), "fcds_config")?;
+    refuse_if(l.api_listener.is_some(), "api_listener")?;
+    refuse_if(l.listener_specifier.is_some(), "internal_listener")?;
+    refuse_if(l.udp_listener_config.is_some(), "udp_listener_config")?;
+    if l.transparent.as_ref().is_some_and(|b| b.value) {
+        return Err(Refusal::unsupported_value("transparent", "(TPROXY)"));
+    }
+    let mut original_dst = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let type_url = match &f.config_type {
+            Some(pb::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        if type_url != ORIGINAL_DST_TYPE {
+            return Err(
+                Refusal::unsupported_value("", format!("{:?} ({type_url})", f.name))
+                    .at(Segment::Index(i))
+                    .under("listener_filters"),
+            );
+        }
+        original_dst = true;
+    }
+    let filter_chains = l
+        .filter_chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| filter_chain(c).index(i))
+        .collect::<Result<Vec<_>, _>>()
+        .under("filter_chains")?;
+    let default_filter_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(filter_chain)
+        .transpose()
+        .under("default_filter_chain")?;
+    if filter_chains.is_empty() && default_filter_chain.is_none() {
+        return Err(Refusal::rule(
+            "filter_chains",
+            "no filter chains and no default_filter_chain: the listener could take no connection",
+        ));
+    }
+    Ok(Listener {
+        name: l.name.clone(),
+        address,
+        bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+        use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+        original_dst,
+        filter_chains,
+        default_filter_chain,
+    })
+}
+
+fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, Refusal> {
     if c.transport_socket.is_some() {
-        return Err(unsupported("transport_socket (TLS)"));
+        return Err(Refusal::unsupported_value("transport_socket", "(TLS)"));
     }
     #[allow(deprecated)]
-    if c.use_proxy_proto.as_ref().is_some_and(|b| b.value) {
-        return Err(unsupported("use_proxy_proto"));
-    }
+    refuse_if(
+        c.use_proxy_proto.as_ref().is_some_and(|b| b.value),
+        "use_proxy_proto",
+    )?;
     let matcher = match &c.filter_chain_match {
         None => ChainMatch::default(),
-        Some(m) => chain_match(m).map_err(|e| format!("filter_chain_match.{e}"))?,
+        Some(m) => chain_match(m).under("filter_chain_match")?,
     };
     let [filter] = c.filters.as_slice() else {
-        return Err(format!(
-            "{} network filters: strait-proxy supports exactly one (http_connection_manager or tcp_proxy)",
-            c.filters.len()
+        return Err(Refusal::unsupported_value(
+            "filters",
+            format!(
+                "with {} network filters (strait-proxy takes exactly one: http_connection_manager or tcp_proxy)",
+                c.filters.len()
+            ),
         ));
     };
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
-        filter: network_filter(filter)?,
+        filter: network_filter(filter).index(0).under("filters")?,
     })
 }
 
-fn chain_match(m: &pb::FilterChainMatch) -> Result<ChainMatch, String> {
+fn chain_match(m: &pb::FilterChainMatch) -> Result<ChainMatch, Refusal> {
     if !m.server_names.is_empty() {
-        return Err(unsupported("server_names (TLS passthrough by SNI)"));
+        return Err(Refusal::unsupported_value(
+            "server_names",
+            "(TLS passthrough by SNI)",
+        ));
     }
-    let refuse = |cond: bool, field: &str| {
-        if cond {
-            Err(unsupported(field))
-        } else {
-            Ok(())
-        }
-    };
-    refuse(!m.transport_protocol.is_empty(), "transport_protocol")?;
-    refuse(!m.application_protocols.is_empty(), "application_protocols")?;
-    refuse(
-        !m.source_prefix_ranges.is_empty()
-            || !m.direct_source_prefix_ranges.is_empty()
-            || !m.source_ports.is_empty()
-            || m.source_type != 0,
-        "source matches",
+    refuse_if(!m.transport_protocol.is_empty(), "transport_protocol")?;
+    refuse_if(!m.application_protocols.is_empty(), "application_protocols")?;
+    refuse_if(!m.source_prefix_ranges.is_empty(), "source_prefix_ranges")?;
+    refuse_if(
+        !m.direct_source_prefix_ranges.is_empty(),
+        "direct_source_prefix_ranges",
     )?;
-    refuse(
-        !m.address_suffix.is_empty() || m.suffix_len.is_some(),
-        "address_suffix",
-    )?;
+    refuse_if(!m.source_ports.is_empty(), "source_ports")?;
+    refuse_if(m.source_type != 0, "source_type")?;
+    refuse_if(!m.address_suffix.is_empty(), "address_suffix")?;
+    refuse_if(m.suffix_len.is_some(), "suffix_len")?;
     let destination_port = m
         .destination_port
         .as_ref()
         .map(|p| {
-            u16::try_from(p.value).map_err(|_| format!("destination_port {} is too large", p.value))
+            u16::try_from(p.value).map_err(|_| {
+                Refusal::bad_value("destination_port", p.value, "a port (at most 65535)")
+            })
         })
         .transpose()?;
-    let prefix_ranges = m.prefix_ranges.iter().map(cidr).collect::<Result<_, _>>()?;
+    let prefix_ranges = m
+        .prefix_ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| cidr(r).index(i))
+        .collect::<Result<_, _>>()
+        .under("prefix_ranges")?;
     Ok(ChainMatch {
         destination_port,
         prefix_ranges,
     })
 }
 
-fn cidr(r: &CidrRange) -> Result<Cidr, String> {
-    let address: IpAddr = r
-        .address_prefix
-        .parse()
-        .map_err(|_| format!("prefix_ranges {:?} is not an IP address", r.address_prefix))?;
+fn cidr(r: &CidrRange) -> Result<Cidr, Refusal> {
+    let address: IpAddr = r.address_prefix.parse().map_err(|_| {
+        Refusal::bad_value(
+            "address_prefix",
+            format!("{:?}", r.address_prefix),
+            "an IP address",
+        )
+    })?;
     let max = if address.is_ipv4() { 32 } else { 128 };
     let len = r.prefix_len.as_ref().map_or(max, |l| l.value);
     let prefix_len = u8::try_from(len)
         .ok()
         .filter(|l| u32::from(*l) <= max)
         .ok_or_else(|| {
-            format!(
-                "prefix_ranges {:?}/{len}: the length is out of range",
-                r.address_prefix
+            Refusal::bad_value(
+                "prefix_len",
+                len,
+                format!("a prefix length of at most {max}"),
             )
         })?;
     Ok(Cidr {
@@ -417,168 +381,104 @@ fn cidr(r: &CidrRange) -> Result<Cidr, String> {
     })
 }
 
-fn network_filter(filter: &pb::Filter) -> Result<NetworkFilter, String> {
+fn network_filter(filter: &pb::Filter) -> Result<NetworkFilter, Refusal> {
     let any = match &filter.config_type {
         Some(pb::filter::ConfigType::TypedConfig(any)) => any,
-        _ => return Err(format!("filter {:?} has no typed_config", filter.name)),
+        _ => return Err(Refusal::missing("typed_config")),
     };
+    let at_config = |r: Refusal| r.under("typed_config");
     match any.type_url.as_str() {
-        HCM_TYPE => Ok(NetworkFilter::Http(Arc::new(http_connection_manager(any)?))),
-        TCP_PROXY_TYPE => Ok(NetworkFilter::Tcp(tcp_proxy(decode(
-            any,
-            TCP_PROXY_TYPE,
-            TCP_PROXY,
-        )?)?)),
-        other => Err(format!(
-            "filter {:?} ({other}) is not supported by strait-proxy (only {HCM} and {TCP_PROXY})",
-            filter.name
+        HCM_TYPE => Ok(NetworkFilter::Http(Arc::new(
+            http_connection_manager(&decode(any, HCM_TYPE).map_err(at_config)?)
+                .map_err(at_config)?,
+        ))),
+        TCP_PROXY_TYPE => Ok(NetworkFilter::Tcp(
+            tcp_proxy(decode(any, TCP_PROXY_TYPE).map_err(at_config)?).map_err(at_config)?,
+        )),
+        // strait-proxy runs only these two network filters.
+        other => Err(Refusal::unsupported_value(
+            "",
+            format!("{:?} ({other})", filter.name),
         )),
     }
 }
 
-fn tcp_proxy(t: TcpProxy) -> Result<TcpProxyConfig, String> {
-    let refuse = |cond: bool, field: &str| {
-        if cond {
-            Err(unsupported(&format!("tcp_proxy.{field}")))
-        } else {
-            Ok(())
-        }
-    };
-    refuse(t.on_demand.is_some(), "on_demand")?;
-    refuse(t.metadata_match.is_some(), "metadata_match")?;
-    refuse(t.tunneling_config.is_some(), "tunneling_config")?;
-    refuse(!t.hash_policy.is_empty(), "hash_policy")?;
-    refuse(
-        t.max_connect_attempts.as_ref().is_some_and(|n| n.value > 1),
-        "max_connect_attempts above 1",
-    )?;
-    refuse(
+fn tcp_proxy(t: TcpProxy) -> Result<TcpProxyConfig, Refusal> {
+    refuse_if(t.on_demand.is_some(), "on_demand")?;
+    refuse_if(t.metadata_match.is_some(), "metadata_match")?;
+    refuse_if(t.tunneling_config.is_some(), "tunneling_config")?;
+    refuse_if(!t.hash_policy.is_empty(), "hash_policy")?;
+    if let Some(n) = t.max_connect_attempts.as_ref().filter(|n| n.value > 1) {
+        return Err(Refusal::unsupported_value(
+            "max_connect_attempts",
+            format!("{} (above 1)", n.value),
+        ));
+    }
+    refuse_if(
         t.max_downstream_connection_duration.is_some(),
         "max_downstream_connection_duration",
     )?;
-    refuse(!t.proxy_protocol_tlvs.is_empty(), "proxy_protocol_tlvs")?;
+    refuse_if(!t.proxy_protocol_tlvs.is_empty(), "proxy_protocol_tlvs")?;
     let target = match t.cluster_specifier {
         Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => Target::Cluster(name),
         Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
-            let clusters: Vec<WeightedCluster> = w
-                .clusters
-                .into_iter()
-                .map(|c| {
-                    if c.metadata_match.is_some() {
-                        return Err(unsupported(&format!(
-                            "tcp_proxy.weighted_clusters[{:?}].metadata_match",
-                            c.name
-                        )));
-                    }
-                    Ok(WeightedCluster {
-                        name: c.name,
-                        weight: c.weight,
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            if clusters.iter().all(|c| c.weight == 0) {
-                return Err(
-                    "tcp_proxy.weighted_clusters has no cluster with a weight above 0".to_string(),
-                );
-            }
-            Target::Weighted(clusters)
+            tcp_weighted(w).under("weighted_clusters")?
         }
-        None => return Err("tcp_proxy has no cluster".to_string()),
+        None => return Err(Refusal::missing("cluster")),
     };
     Ok(TcpProxyConfig {
         target,
         idle_timeout: match &t.idle_timeout {
             None => Some(DEFAULT_TCP_IDLE_TIMEOUT),
-            Some(d) => Some(pb_duration(d)).filter(|d| !d.is_zero()),
+            Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
         },
     })
 }
 
-fn http_connection_manager(any: &Any) -> Result<HttpListener, String> {
-    let hcm: HttpConnectionManager = decode(any, HCM_TYPE, HCM)?;
+fn tcp_weighted(w: tcp_proxy::WeightedCluster) -> Result<Target, Refusal> {
+    let clusters: Vec<WeightedCluster> = w
+        .clusters
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            refuse_if(c.metadata_match.is_some(), "metadata_match").index(i)?;
+            Ok(WeightedCluster {
+                name: c.name,
+                weight: c.weight,
+                headers: None,
+            })
+        })
+        .collect::<Result<_, Refusal>>()
+        .under("clusters")?;
+    if clusters.iter().all(|c| c.weight == 0) {
+        return Err(Refusal::rule("clusters", "no cluster has a weight above 0"));
+    }
+    Ok(Target::Weighted(clusters))
+}
+
+fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, Refusal> {
     let codec = match CodecType::try_from(hcm.codec_type) {
         Ok(CodecType::Auto) => Codec::Auto,
         Ok(CodecType::Http1) => Codec::Http1,
         Ok(CodecType::Http2) => Codec::Http2,
-        _ => return Err(unsupported("http_connection_manager.codec_type HTTP3")),
+        _ => return Err(Refusal::unsupported_value("codec_type", "HTTP3")),
     };
-    let routes = match &hcm.route_specifier {
-        Some(RouteSpecifier::Rds(rds)) => {
-            let ads = rds.config_source.as_ref().is_some_and(|c| {
-                matches!(
-                    c.config_source_specifier,
-                    Some(config_source::ConfigSourceSpecifier::Ads(_))
-                )
-            });
-            if !ads {
-                return Err(unsupported(
-                    "http_connection_manager.rds.config_source other than ads",
-                ));
-            }
-            RouteSource::Rds(rds.route_config_name.clone())
-        }
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            RouteSource::Inline(Box::new(RouteConfig::try_from(rc).map_err(|e| e.reason)?))
-        }
-        Some(RouteSpecifier::ScopedRoutes(_)) => {
-            return Err(unsupported("http_connection_manager.scoped_routes"));
-        }
-        None => return Err("http_connection_manager has no route_config or rds".to_string()),
-    };
-    let mut router = false;
-    for (i, f) in hcm.http_filters.iter().enumerate() {
-        if router {
-            return Err(format!(
-                "http filter {:?} comes after the router: the router must be last",
-                f.name
+    let routes = route_source(hcm)?;
+    http_filters(&hcm.http_filters).under("http_filters")?;
+    let upgrades = upgrades(&hcm.upgrade_configs).under("upgrade_configs")?;
+    let server_header = match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
+    {
+        Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
+        Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
+        Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
+        Err(_) => {
+            return Err(Refusal::bad_value(
+                "server_header_transformation",
+                hcm.server_header_transformation,
+                "one Envoy knows",
             ));
         }
-        let type_url = match &f.config_type {
-            Some(http_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-            _ => "",
-        };
-        match type_url {
-            ROUTER_TYPE => router = true,
-            // The fault filter acts through each route's typed_per_filter_config; a filter-level
-            // fault (applied to every route) is not supported.
-            FAULT_TYPE => {
-                let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
-                    unreachable!("matched on its type URL");
-                };
-                let fault: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
-                    decode(any, FAULT_TYPE, &f.name)?;
-                if fault.delay.is_some() || fault.abort.is_some() {
-                    return Err(unsupported(&format!(
-                        "http_filters[{i}] {:?} with a listener-wide delay or abort",
-                        f.name
-                    )));
-                }
-            }
-            // CORS acts only through route policies, which strait-proxy refuses (see route.rs).
-            CORS_TYPE => {}
-            _ => {
-                return Err(format!(
-                    "http filter {:?} ({type_url}) is not supported by strait-proxy",
-                    f.name
-                ));
-            }
-        }
-    }
-    if !router {
-        return Err("http_connection_manager has no envoy.filters.http.router".to_string());
-    }
-    let mut upgrades = Vec::new();
-    for (i, u) in hcm.upgrade_configs.iter().enumerate() {
-        if !u.filters.is_empty() {
-            return Err(unsupported(&format!(
-                "http_connection_manager.upgrade_configs[{i}] ({:?}) with filters",
-                u.upgrade_type
-            )));
-        }
-        if u.enabled.as_ref().is_none_or(|b| b.value) {
-            upgrades.push(u.upgrade_type.to_ascii_lowercase());
-        }
-    }
+    };
     Ok(HttpListener {
         routes,
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
@@ -589,17 +489,86 @@ fn http_connection_manager(any: &Any) -> Result<HttpListener, String> {
             "" => "envoy".to_string(),
             name => name.to_string(),
         },
-        server_header: match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
-        {
-            Ok(ServerHeaderTransformation::Overwrite) => ServerHeader::Overwrite,
-            Ok(ServerHeaderTransformation::AppendIfAbsent) => ServerHeader::AppendIfAbsent,
-            Ok(ServerHeaderTransformation::PassThrough) => ServerHeader::PassThrough,
-            Err(_) => {
-                return Err(format!(
-                    "http_connection_manager.server_header_transformation {} is not one Envoy knows",
-                    hcm.server_header_transformation
+        server_header,
+    })
+}
+
+/// `rds` (over ADS) or an inline `route_config`.
+fn route_source(hcm: &HttpConnectionManager) -> Result<RouteSource, Refusal> {
+    match &hcm.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            let ads = rds.config_source.as_ref().is_some_and(|c| {
+                matches!(
+                    c.config_source_specifier,
+                    Some(config_source::ConfigSourceSpecifier::Ads(_))
+                )
+            });
+            if !ads {
+                return Err(Refusal::unsupported_value(
+                    "rds.config_source",
+                    "other than ads",
                 ));
             }
-        },
-    })
+            Ok(RouteSource::Rds(rds.route_config_name.clone()))
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => Ok(RouteSource::Inline(Box::new(
+            route_config(rc).under("route_config")?,
+        ))),
+        Some(RouteSpecifier::ScopedRoutes(_)) => Err(Refusal::unsupported("scoped_routes")),
+        None => Err(Refusal::missing("rds")),
+    }
+}
+
+/// The HTTP filters: the router (last), and the fault and CORS filters, which act through each
+/// route's `typed_per_filter_config`.
+fn http_filters(filters: &[http_connection_manager_pb::HttpFilter]) -> Result<(), Refusal> {
+    let mut router = false;
+    for (i, f) in filters.iter().enumerate() {
+        let at = |r: Refusal| r.at(Segment::Index(i));
+        if router {
+            return Err(at(Refusal::rule(
+                "",
+                "comes after the router: the router must be last",
+            )));
+        }
+        let any = match &f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => any,
+            _ => return Err(at(Refusal::missing("typed_config"))),
+        };
+        match any.type_url.as_str() {
+            ROUTER_TYPE => router = true,
+            // A filter-level fault (applied to every route) is not supported.
+            FAULT_TYPE => {
+                let fault: HttpFault =
+                    decode(any, FAULT_TYPE).map_err(|r| at(r.under("typed_config")))?;
+                refuse_if(fault.delay.is_some(), "typed_config.delay").map_err(at)?;
+                refuse_if(fault.abort.is_some(), "typed_config.abort").map_err(at)?;
+            }
+            // The filter-level CORS config has nothing strait-proxy needs.
+            CORS_FILTER_TYPE => {}
+            other => {
+                return Err(at(Refusal::unsupported_value(
+                    "",
+                    format!("{:?} ({other})", f.name),
+                )));
+            }
+        }
+    }
+    if !router {
+        return Err(Refusal::missing("envoy.filters.http.router"));
+    }
+    Ok(())
+}
+
+fn upgrades(
+    configs: &[http_connection_manager_pb::http_connection_manager::UpgradeConfig],
+) -> Result<Vec<String>, Refusal> {
+    let mut upgrades = Vec::new();
+    for (i, u) in configs.iter().enumerate() {
+        refuse_if(!u.filters.is_empty(), "filters").index(i)?;
+        if u.enabled.as_ref().is_none_or(|b| b.value) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase());
+        }
+    }
+    Ok(upgrades)
 }

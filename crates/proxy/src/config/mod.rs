@@ -1,13 +1,21 @@
 //! The proxy's own typed config: plain Rust, converted from xDS protos at the edge (the
 //! `TryFrom` impls in [`listener`], [`route`] and [`cluster`]) and published whole, as one
 //! [`Config`] behind an `Arc`, so that listeners, routes, clusters and endpoints that change
-//! together are seen together.
+//! together are seen together. What cannot be converted is refused with an [`Invalid`]: the
+//! resource, the field path and the problem, typed until the message is built.
+//!
+//! Imports go one way: `proto` and [`invalid`] at the bottom, then [`route`] (with [`cors`]),
+//! then [`listener`] (an HTTP connection manager may hold a route configuration inline);
+//! [`cluster`] uses only the bottom two.
 //!
 //! Everything here derives `Serialize` for the admin `/config_dump`, which shows these types as
 //! they are (it is not shaped like Envoy's config dump).
 
 pub mod cluster;
+pub mod cors;
+pub mod invalid;
 pub mod listener;
+mod proto;
 pub mod route;
 
 use std::collections::BTreeMap;
@@ -18,36 +26,17 @@ use serde::Serialize;
 pub use cluster::{
     CircuitBreakers, Cluster, Discovery, Endpoint, LbPolicy, OutlierDetection, UpstreamProtocol,
 };
+pub use cors::{Cors, OriginMatch};
+pub use invalid::{FieldPath, Invalid, Kind, Problem, Refusal, Segment};
 pub use listener::{
     ChainMatch, Cidr, FilterChain, HttpListener, Listener, NetworkFilter, RouteSource,
     TcpProxyConfig,
 };
 pub use route::{
-    Action, Fault, Forward, HashKey, HashPolicy, HeaderMatch, HeaderMutation, Mirror, PathMatch,
-    QueryMatch, Redirect, RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch, Target,
-    VirtualHost, WeightedCluster,
+    Action, EntryHeaders, Fault, Forward, HashKey, HashPolicy, HeaderMatch, HeaderMutation, Mirror,
+    PathMatch, QueryMatch, Redirect, RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch,
+    Target, VirtualHost, WeightedCluster,
 };
-
-/// Why an xDS resource was refused (NACKed): which resource, and what in it strait-proxy cannot
-/// honour. The message names the field, so `strait proxy-status` tells the operator what to change.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {name:?}: {reason}")]
-pub struct Invalid {
-    /// `listener`, `route configuration`, `cluster` or `cluster load assignment`.
-    pub kind: &'static str,
-    pub name: String,
-    pub reason: String,
-}
-
-impl Invalid {
-    pub(crate) fn new(kind: &'static str, name: &str, reason: impl Into<String>) -> Invalid {
-        Invalid {
-            kind,
-            name: name.to_string(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Durations in the config dump as Envoy's JSON writes them: `"0.500s"`.
 pub(crate) mod secs {
@@ -74,9 +63,75 @@ pub(crate) mod secs {
     }
 }
 
-/// A field strait-proxy does not implement, as a NACK reason.
-pub(crate) fn unsupported(field: &str) -> String {
-    format!("{field} is not supported by strait-proxy")
+/// Resources of one type by name, shared between the configs that have the same ones: a
+/// config that changes another type keeps this table as it is (one `Arc` to clone), and a change
+/// to some entries copies the map of `Arc`s, not the resources.
+#[derive(Debug)]
+pub struct Table<T>(Arc<BTreeMap<String, Arc<T>>>);
+
+impl<T> Table<T> {
+    pub fn insert(&mut self, name: String, value: Arc<T>) -> Option<Arc<T>> {
+        Arc::make_mut(&mut self.0).insert(name, value)
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Arc<T>> {
+        if !self.0.contains_key(name) {
+            return None;
+        }
+        Arc::make_mut(&mut self.0).remove(name)
+    }
+
+    /// Whether both are the same table (not a copy).
+    pub fn same(&self, other: &Table<T>) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Clone for Table<T> {
+    fn clone(&self) -> Table<T> {
+        Table(self.0.clone())
+    }
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Table<T> {
+        Table(Arc::default())
+    }
+}
+
+impl<T> std::ops::Deref for Table<T> {
+    type Target = BTreeMap<String, Arc<T>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> FromIterator<(String, Arc<T>)> for Table<T> {
+    fn from_iter<I: IntoIterator<Item = (String, Arc<T>)>>(iter: I) -> Table<T> {
+        Table(Arc::new(iter.into_iter().collect()))
+    }
+}
+
+impl<T, const N: usize> From<[(String, Arc<T>); N]> for Table<T> {
+    fn from(entries: [(String, Arc<T>); N]) -> Table<T> {
+        entries.into_iter().collect()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Table<T> {
+    type Item = (&'a String, &'a Arc<T>);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, Arc<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T: Serialize> Serialize for Table<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// The whole config a proxy runs with at one moment.
@@ -84,10 +139,10 @@ pub(crate) fn unsupported(field: &str) -> String {
 pub struct Config {
     /// The control plane's version of each type, as last ACKed.
     pub versions: BTreeMap<String, String>,
-    pub listeners: BTreeMap<String, Arc<Listener>>,
-    pub routes: BTreeMap<String, Arc<RouteConfig>>,
+    pub listeners: Table<Listener>,
+    pub routes: Table<RouteConfig>,
     /// Clusters with their endpoints filled in (from EDS, or the cluster's own load assignment).
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub clusters: Table<Cluster>,
 }
 
 impl Config {

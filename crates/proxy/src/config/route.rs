@@ -1,23 +1,28 @@
 //! Route configurations: virtual hosts, routes, their matches and actions, converted from
 //! `envoy.config.route.v3.RouteConfiguration`. Fields strait-proxy cannot honour are refused
-//! with their path (`virtual_hosts[reviews].routes[0].match.grpc ...`); fields it ignores are
-//! listed in docs/xds-support.md.
+//! with their path (`virtual_hosts[reviews:9080].routes[0].match.grpc`, see [`super::invalid`]);
+//! fields it ignores are listed in docs/xds-support.md. Each conversion below takes one field
+//! group and adds its own path segments to what it refuses.
 
 use std::time::Duration;
+
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValueOption, data_source};
 use envoy_types::pb::envoy::config::route::v3 as pb;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{HttpFault, fault_abort};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, fractional_percent};
+use envoy_types::pb::google::protobuf::Any;
 use hyper::header::{HeaderName, HeaderValue};
 use serde::{Serialize, Serializer};
 
-use super::listener::decode;
-use super::{Invalid, unsupported};
+use super::cors::{CORS_TYPE, Cors};
+use super::invalid::{At, Invalid, Kind, Refusal, refuse_if};
+use super::proto::{decode, duration, per_million};
 
 const FAULT: &str = "envoy.filters.http.fault";
+const CORS: &str = "envoy.filters.http.cors";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 /// Envoy's route timeout when a route sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,11 +44,14 @@ impl Serialize for Pattern {
 }
 
 impl Pattern {
-    /// Envoy's safe_regex matches the whole input: anchor it.
-    fn whole(source: &str, field: &str) -> Result<Pattern, String> {
+    /// Envoy's safe_regex matches the whole input: anchor it. A refusal without a path: the
+    /// caller names the field.
+    fn whole(source: &str) -> Result<Pattern, Refusal> {
         regex::Regex::new(&format!("^(?:{source})$"))
             .map(Pattern)
-            .map_err(|e| format!("{field} {source:?} is not a valid regex: {e}"))
+            .map_err(|e| {
+                Refusal::bad_value("", format!("{source:?}"), format!("a valid regex: {e}"))
+            })
     }
 }
 
@@ -72,6 +80,8 @@ pub struct Route {
     pub action: Action,
     /// The route's `envoy.filters.http.fault` config.
     pub fault: Option<Fault>,
+    /// The route's `envoy.filters.http.cors` policy.
+    pub cors: Option<Cors>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
 }
@@ -193,6 +203,17 @@ pub enum Target {
 pub struct WeightedCluster {
     pub name: String,
     pub weight: u32,
+    /// The entry's own header mutations (Istio's per-destination `headers`), applied before
+    /// the route's, as Envoy applies them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<EntryHeaders>>,
+}
+
+/// Request and response header mutations of one weighted cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EntryHeaders {
+    pub request: HeaderMutation,
+    pub response: HeaderMutation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -203,6 +224,10 @@ pub struct RetryPolicy {
     /// Envoy's `retry_on` conditions, as written (validated).
     pub retry_on: Vec<String>,
     pub retriable_status_codes: Vec<u16>,
+    /// `retriable-headers`: a response matching any of these is retried.
+    pub retriable_headers: Vec<HeaderMatch>,
+    /// A request is retried only if it matches one of these (empty: any request).
+    pub retriable_request_headers: Vec<HeaderMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -220,8 +245,12 @@ pub struct Fault {
     /// The delay and the share of requests (per million) it applies to.
     #[serde(serialize_with = "ser_delay")]
     pub delay: Option<(Duration, u32)>,
-    /// The status to abort with and the share of requests (per million).
+    /// The status to abort with and the share of requests (per million). An abort with a gRPC
+    /// status answers 200, as Envoy's does ([`Fault::grpc_status`]).
     pub abort: Option<(u16, u32)>,
+    /// The abort's gRPC status (`abort.grpc_status`): a gRPC request gets a trailers-only
+    /// response with it; any other request the abort's plain 200.
+    pub grpc_status: Option<u32>,
     /// The fault applies only to requests that match all of these.
     pub headers: Vec<HeaderMatch>,
 }
@@ -233,6 +262,26 @@ pub struct HeaderMutation {
     pub add: Vec<(HeaderName, HeaderValue, bool)>,
     #[serde(serialize_with = "ser_names")]
     pub remove: Vec<HeaderName>,
+}
+
+impl HeaderMutation {
+    /// Removes, then adds (appending or overwriting), as Envoy applies a level's mutations.
+    pub fn apply(&self, headers: &mut hyper::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value, append) in &self.add {
+            if *append {
+                headers.append(name, value.clone());
+            } else {
+                headers.insert(name, value.clone());
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 fn ser_headers<S: Serializer>(
@@ -260,78 +309,104 @@ impl TryFrom<&pb::RouteConfiguration> for RouteConfig {
     type Error = Invalid;
 
     fn try_from(rc: &pb::RouteConfiguration) -> Result<RouteConfig, Invalid> {
-        let bad = |reason: String| Invalid::new("route configuration", &rc.name, reason);
-        if rc.vhds.is_some() {
-            return Err(bad(unsupported("vhds")));
-        }
-        let header_fields = !rc.request_headers_to_add.is_empty()
-            || !rc.request_headers_to_remove.is_empty()
-            || !rc.response_headers_to_add.is_empty()
-            || !rc.response_headers_to_remove.is_empty()
-            || !rc.internal_only_headers.is_empty();
-        if header_fields {
-            return Err(bad(unsupported(
-                "route-configuration-level header mutation",
-            )));
-        }
-        if !rc.request_mirror_policies.is_empty() {
-            return Err(bad(unsupported("request_mirror_policies")));
-        }
-        if !rc.typed_per_filter_config.is_empty() {
-            return Err(bad(unsupported("typed_per_filter_config")));
-        }
-        let virtual_hosts = rc
-            .virtual_hosts
-            .iter()
-            .map(|vh| virtual_host(vh).map_err(|e| format!("virtual_hosts[{}]: {e}", vh.name)))
-            .collect::<Result<_, _>>()
-            .map_err(bad)?;
-        Ok(RouteConfig {
-            name: rc.name.clone(),
-            virtual_hosts,
-        })
+        route_config(rc).map_err(|r| r.of(Kind::RouteConfiguration, &rc.name))
     }
 }
 
-fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, String> {
-    let refuse = |cond: bool, field: &str| {
-        if cond {
-            Err(unsupported(field))
-        } else {
-            Ok(())
-        }
-    };
-    refuse(vh.require_tls != 0, "require_tls")?;
-    refuse(vh.matcher.is_some(), "matcher")?;
-    refuse(!vh.rate_limits.is_empty(), "rate_limits")?;
-    refuse(
-        vh.retry_policy.is_some() || vh.retry_policy_typed_config.is_some(),
-        "retry_policy",
+pub(crate) fn route_config(rc: &pb::RouteConfiguration) -> Result<RouteConfig, Refusal> {
+    refuse_if(rc.vhds.is_some(), "vhds")?;
+    refuse_if(
+        !rc.request_headers_to_add.is_empty(),
+        "request_headers_to_add",
     )?;
-    refuse(vh.hedge_policy.is_some(), "hedge_policy")?;
-    refuse(
+    refuse_if(
+        !rc.request_headers_to_remove.is_empty(),
+        "request_headers_to_remove",
+    )?;
+    refuse_if(
+        !rc.response_headers_to_add.is_empty(),
+        "response_headers_to_add",
+    )?;
+    refuse_if(
+        !rc.response_headers_to_remove.is_empty(),
+        "response_headers_to_remove",
+    )?;
+    refuse_if(
+        !rc.internal_only_headers.is_empty(),
+        "internal_only_headers",
+    )?;
+    refuse_if(
+        !rc.request_mirror_policies.is_empty(),
+        "request_mirror_policies",
+    )?;
+    refuse_if(
+        !rc.typed_per_filter_config.is_empty(),
+        "typed_per_filter_config",
+    )?;
+    let virtual_hosts = rc
+        .virtual_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, vh)| {
+            let converted = virtual_host(vh);
+            // Virtual hosts are named in the path by their name, which the operator knows.
+            if vh.name.is_empty() {
+                converted.index(i)
+            } else {
+                converted.named(&vh.name)
+            }
+        })
+        .collect::<Result<_, _>>()
+        .under("virtual_hosts")?;
+    Ok(RouteConfig {
+        name: rc.name.clone(),
+        virtual_hosts,
+    })
+}
+
+fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, Refusal> {
+    refuse_if(vh.require_tls != 0, "require_tls")?;
+    refuse_if(vh.matcher.is_some(), "matcher")?;
+    refuse_if(!vh.rate_limits.is_empty(), "rate_limits")?;
+    refuse_if(vh.retry_policy.is_some(), "retry_policy")?;
+    refuse_if(
+        vh.retry_policy_typed_config.is_some(),
+        "retry_policy_typed_config",
+    )?;
+    refuse_if(vh.hedge_policy.is_some(), "hedge_policy")?;
+    refuse_if(
         !vh.typed_per_filter_config.is_empty(),
         "typed_per_filter_config",
     )?;
-    refuse(
+    refuse_if(
         !vh.request_mirror_policies.is_empty(),
         "request_mirror_policies",
     )?;
     #[allow(deprecated)]
-    refuse(vh.cors.is_some(), "cors")?;
-    refuse(
-        !vh.request_headers_to_add.is_empty()
-            || !vh.request_headers_to_remove.is_empty()
-            || !vh.response_headers_to_add.is_empty()
-            || !vh.response_headers_to_remove.is_empty(),
-        "virtual-host-level header mutation",
+    refuse_if(vh.cors.is_some(), "cors")?;
+    refuse_if(
+        !vh.request_headers_to_add.is_empty(),
+        "request_headers_to_add",
+    )?;
+    refuse_if(
+        !vh.request_headers_to_remove.is_empty(),
+        "request_headers_to_remove",
+    )?;
+    refuse_if(
+        !vh.response_headers_to_add.is_empty(),
+        "response_headers_to_add",
+    )?;
+    refuse_if(
+        !vh.response_headers_to_remove.is_empty(),
+        "response_headers_to_remove",
     )?;
     let routes = vh
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| route(r).map_err(|e| format!("routes[{i}]: {e}")))
-        .collect::<Result<_, _>>()?;
+        .map(|(i, r)| route(r).index(i))
+        .collect::<Result<_, _>>()
+        .under("routes")?;
     Ok(VirtualHost {
         name: vh.name.clone(),
         domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
@@ -340,92 +415,105 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, String> {
     })
 }
 
-fn route(r: &pb::Route) -> Result<Route, String> {
-    let matcher = route_match(r.r#match.as_ref().ok_or("has no match")?)
-        .map_err(|e| format!("match: {e}"))?;
+fn route(r: &pb::Route) -> Result<Route, Refusal> {
+    let matcher = route_match(
+        r.r#match
+            .as_ref()
+            .ok_or_else(|| Refusal::missing("match"))?,
+    )
+    .under("match")?;
     let action = match &r.action {
         Some(pb::route::Action::Route(ra)) => {
-            Action::Forward(Box::new(forward(ra).map_err(|e| format!("route: {e}"))?))
+            Action::Forward(Box::new(forward(ra).under("route")?))
         }
-        Some(pb::route::Action::Redirect(rd)) => {
-            Action::Redirect(redirect(rd).map_err(|e| format!("redirect: {e}"))?)
+        Some(pb::route::Action::Redirect(rd)) => Action::Redirect(redirect(rd).under("redirect")?),
+        Some(pb::route::Action::DirectResponse(d)) => direct(d).under("direct_response")?,
+        Some(pb::route::Action::FilterAction(_)) => {
+            return Err(Refusal::unsupported("filter_action"));
         }
-        Some(pb::route::Action::DirectResponse(d)) => direct(d)?,
-        Some(_) => return Err(unsupported("action (filter_action, non_forwarding_action)")),
-        None => return Err("has no action".to_string()),
+        Some(pb::route::Action::NonForwardingAction(_)) => {
+            return Err(Refusal::unsupported("non_forwarding_action"));
+        }
+        None => return Err(Refusal::missing("action")),
     };
-    let mut fault = None;
-    for (key, any) in &r.typed_per_filter_config {
-        if key != FAULT {
-            return Err(unsupported(&format!("typed_per_filter_config[{key:?}]")));
-        }
-        let f: HttpFault = decode(
-            any,
-            FAULT_TYPE,
-            &format!("typed_per_filter_config[{key:?}]"),
-        )?;
-        fault =
-            Some(fault_config(&f).map_err(|e| format!("typed_per_filter_config[{key:?}].{e}"))?);
-    }
+    let (fault, cors) = per_filter_config(&r.typed_per_filter_config)?;
     Ok(Route {
         name: r.name.clone(),
         matcher,
         action,
         fault,
-        request_headers: mutation(&r.request_headers_to_add, &r.request_headers_to_remove)
-            .map_err(|e| format!("request_headers_to_add: {e}"))?,
-        response_headers: mutation(&r.response_headers_to_add, &r.response_headers_to_remove)
-            .map_err(|e| format!("response_headers_to_add: {e}"))?,
+        cors,
+        request_headers: mutation(
+            &r.request_headers_to_add,
+            "request_headers_to_add",
+            &r.request_headers_to_remove,
+            "request_headers_to_remove",
+        )?,
+        response_headers: mutation(
+            &r.response_headers_to_add,
+            "response_headers_to_add",
+            &r.response_headers_to_remove,
+            "response_headers_to_remove",
+        )?,
     })
 }
 
-fn route_match(m: &pb::RouteMatch) -> Result<RouteMatch, String> {
+/// A route's `typed_per_filter_config`: the fault filter's and the CORS filter's configs.
+fn per_filter_config(
+    configs: &HashMap<String, Any>,
+) -> Result<(Option<Fault>, Option<Cors>), Refusal> {
+    let (mut fault, mut cors) = (None, None);
+    for (key, any) in configs {
+        let under = |r: Refusal| {
+            r.at(super::invalid::Segment::Key(key.clone()))
+                .under("typed_per_filter_config")
+        };
+        match key.as_str() {
+            FAULT => {
+                let f: HttpFault = decode(any, FAULT_TYPE).map_err(under)?;
+                fault = Some(fault_config(&f).map_err(under)?);
+            }
+            CORS => {
+                let p = decode(any, CORS_TYPE).map_err(under)?;
+                cors = Some(super::cors::policy(&p).map_err(under)?);
+            }
+            _ => return Err(under(Refusal::unsupported(""))),
+        }
+    }
+    Ok((fault, cors))
+}
+
+fn route_match(m: &pb::RouteMatch) -> Result<RouteMatch, Refusal> {
     use pb::route_match::PathSpecifier as P;
-    if m.runtime_fraction.is_some() {
-        return Err(unsupported("runtime_fraction"));
-    }
-    if m.grpc.is_some() || m.tls_context.is_some() {
-        return Err(unsupported("grpc/tls_context"));
-    }
-    if !m.cookies.is_empty() || !m.dynamic_metadata.is_empty() || !m.filter_state.is_empty() {
-        return Err(unsupported("cookies/dynamic_metadata/filter_state"));
-    }
+    refuse_if(m.runtime_fraction.is_some(), "runtime_fraction")?;
+    refuse_if(m.grpc.is_some(), "grpc")?;
+    refuse_if(m.tls_context.is_some(), "tls_context")?;
+    refuse_if(!m.cookies.is_empty(), "cookies")?;
+    refuse_if(!m.dynamic_metadata.is_empty(), "dynamic_metadata")?;
+    refuse_if(!m.filter_state.is_empty(), "filter_state")?;
     let path = match &m.path_specifier {
         Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(P::Path(p)) => PathMatch::Exact(p.clone()),
-        Some(P::SafeRegex(r)) => PathMatch::Regex(Pattern::whole(&r.regex, "safe_regex")?),
+        Some(P::SafeRegex(r)) => PathMatch::Regex(Pattern::whole(&r.regex).under("safe_regex")?),
         Some(P::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(p.clone()),
-        Some(_) => {
-            return Err(unsupported(
-                "path_specifier (connect_matcher, path_match_policy)",
-            ));
-        }
-        None => return Err("has no path_specifier".to_string()),
+        Some(P::ConnectMatcher(_)) => return Err(Refusal::unsupported("connect_matcher")),
+        Some(P::PathMatchPolicy(_)) => return Err(Refusal::unsupported("path_match_policy")),
+        None => return Err(Refusal::missing("path_specifier")),
     };
     let headers = m
         .headers
         .iter()
-        .map(header_match)
-        .collect::<Result<_, _>>()?;
+        .enumerate()
+        .map(|(i, h)| header_match(h).index(i))
+        .collect::<Result<_, _>>()
+        .under("headers")?;
     let query = m
         .query_parameters
         .iter()
-        .map(|q| {
-            use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
-            Ok(match &q.query_parameter_match_specifier {
-                Some(Q::StringMatch(s)) => QueryMatch {
-                    name: q.name.clone(),
-                    value: Some(string_match(s, "query_parameters.string_match")?),
-                    ignore_case: s.ignore_case,
-                },
-                Some(Q::PresentMatch(_)) | None => QueryMatch {
-                    name: q.name.clone(),
-                    value: None,
-                    ignore_case: false,
-                },
-            })
-        })
-        .collect::<Result<_, String>>()?;
+        .enumerate()
+        .map(|(i, q)| query_match(q).index(i))
+        .collect::<Result<_, _>>()
+        .under("query_parameters")?;
     Ok(RouteMatch {
         path,
         case_sensitive: m.case_sensitive.as_ref().is_none_or(|b| b.value),
@@ -434,22 +522,38 @@ fn route_match(m: &pb::RouteMatch) -> Result<RouteMatch, String> {
     })
 }
 
-fn string_match(s: &StringMatcher, field: &str) -> Result<StringMatch, String> {
+fn query_match(q: &pb::QueryParameterMatcher) -> Result<QueryMatch, Refusal> {
+    use pb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+    Ok(match &q.query_parameter_match_specifier {
+        Some(Q::StringMatch(s)) => QueryMatch {
+            name: q.name.clone(),
+            value: Some(string_match(s).under("string_match")?),
+            ignore_case: s.ignore_case,
+        },
+        Some(Q::PresentMatch(_)) | None => QueryMatch {
+            name: q.name.clone(),
+            value: None,
+            ignore_case: false,
+        },
+    })
+}
+
+/// A string matcher (its `ignore_case` is the caller's to keep).
+pub(crate) fn string_match(s: &StringMatcher) -> Result<StringMatch, Refusal> {
     use string_matcher::MatchPattern as M;
     Ok(match &s.match_pattern {
         Some(M::Exact(v)) => StringMatch::Exact(v.clone()),
         Some(M::Prefix(v)) => StringMatch::Prefix(v.clone()),
         Some(M::Suffix(v)) => StringMatch::Suffix(v.clone()),
         Some(M::Contains(v)) => StringMatch::Contains(v.clone()),
-        Some(M::SafeRegex(r)) => StringMatch::Regex(Pattern::whole(&r.regex, field)?),
-        Some(M::Custom(_)) => return Err(unsupported(&format!("{field}.custom"))),
-        None => return Err(format!("{field} has no pattern")),
+        Some(M::SafeRegex(r)) => StringMatch::Regex(Pattern::whole(&r.regex).under("safe_regex")?),
+        Some(M::Custom(_)) => return Err(Refusal::unsupported("custom")),
+        None => return Err(Refusal::missing("match_pattern")),
     })
 }
 
-pub(crate) fn header_match(h: &pb::HeaderMatcher) -> Result<HeaderMatch, String> {
+pub(crate) fn header_match(h: &pb::HeaderMatcher) -> Result<HeaderMatch, Refusal> {
     use pb::header_matcher::HeaderMatchSpecifier as H;
-    let field = format!("headers[{:?}]", h.name);
     let mut m = HeaderMatch {
         name: h.name.to_ascii_lowercase(),
         value: None,
@@ -461,7 +565,7 @@ pub(crate) fn header_match(h: &pb::HeaderMatcher) -> Result<HeaderMatch, String>
     #[allow(deprecated)]
     match &h.header_match_specifier {
         Some(H::StringMatch(s)) => {
-            m.value = Some(string_match(s, &field)?);
+            m.value = Some(string_match(s).under("string_match")?);
             m.ignore_case = s.ignore_case;
         }
         Some(H::ExactMatch(v)) => m.value = Some(StringMatch::Exact(v.clone())),
@@ -469,28 +573,32 @@ pub(crate) fn header_match(h: &pb::HeaderMatcher) -> Result<HeaderMatch, String>
         Some(H::SuffixMatch(v)) => m.value = Some(StringMatch::Suffix(v.clone())),
         Some(H::ContainsMatch(v)) => m.value = Some(StringMatch::Contains(v.clone())),
         Some(H::SafeRegexMatch(r)) => {
-            m.value = Some(StringMatch::Regex(Pattern::whole(&r.regex, &field)?))
+            m.value = Some(StringMatch::Regex(
+                Pattern::whole(&r.regex).under("safe_regex_match")?,
+            ))
         }
         Some(H::PresentMatch(present)) => m.present = *present,
-        Some(H::RangeMatch(_)) => return Err(unsupported(&format!("{field}.range_match"))),
+        Some(H::RangeMatch(_)) => return Err(Refusal::unsupported("range_match")),
         None => {}
     }
     Ok(m)
 }
 
-fn duration(d: &envoy_types::pb::google::protobuf::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
-/// Retry conditions strait-proxy implements (see `http::retry`).
+/// Envoy's retry conditions (`x-envoy-retry-on` and `x-envoy-retry-grpc-on`), all of which
+/// strait-proxy reads (see `http::forward`). `http3-post-connect-failure` applies only to
+/// requests sent over HTTP/3, which strait-proxy does not send: it never fires.
 pub(crate) const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
     "reset",
+    "reset-before-request",
     "connect-failure",
     "refused-stream",
     "retriable-4xx",
     "retriable-status-codes",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "http3-post-connect-failure",
     "cancelled",
     "deadline-exceeded",
     "internal",
@@ -498,180 +606,11 @@ pub(crate) const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
-    use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
-    let refuse = |cond: bool, field: &str| {
-        if cond {
-            Err(unsupported(field))
-        } else {
-            Ok(())
-        }
-    };
-    refuse(!ra.rate_limits.is_empty(), "rate_limits")?;
-    refuse(ra.hedge_policy.is_some(), "hedge_policy")?;
-    refuse(
-        ra.retry_policy_typed_config.is_some(),
-        "retry_policy_typed_config",
-    )?;
-    refuse(ra.path_rewrite_policy.is_some(), "path_rewrite_policy")?;
-    refuse(!ra.path_rewrite.is_empty(), "path_rewrite")?;
-    refuse(ra.metadata_match.is_some(), "metadata_match")?;
-    #[allow(deprecated)]
-    refuse(ra.cors.is_some(), "cors")?;
-    let target = match &ra.cluster_specifier {
-        Some(C::Cluster(name)) => Target::Cluster(name.clone()),
-        Some(C::WeightedClusters(w)) => {
-            let clusters: Vec<WeightedCluster> = w
-                .clusters
-                .iter()
-                .map(|c| {
-                    let extra = !c.cluster_header.is_empty()
-                        || !c.typed_per_filter_config.is_empty()
-                        || c.host_rewrite_specifier.is_some()
-                        || !c.request_headers_to_add.is_empty()
-                        || !c.request_headers_to_remove.is_empty()
-                        || !c.response_headers_to_add.is_empty()
-                        || !c.response_headers_to_remove.is_empty();
-                    if extra {
-                        return Err(unsupported(&format!(
-                            "weighted_clusters[{:?}] header mutation, host rewrite or per-filter config",
-                            c.name
-                        )));
-                    }
-                    Ok(WeightedCluster {
-                        name: c.name.clone(),
-                        weight: c.weight.as_ref().map_or(0, |w| w.value),
-                    })
-                })
-                .collect::<Result<_, String>>()?;
-            if clusters.iter().all(|c| c.weight == 0) {
-                return Err("weighted_clusters has no cluster with a weight above 0".to_string());
-            }
-            Target::Weighted(clusters)
-        }
-        Some(_) => return Err(unsupported("cluster_header / cluster_specifier_plugin")),
-        None => return Err("has no cluster".to_string()),
-    };
-    let retry = match &ra.retry_policy {
-        None => None,
-        Some(p) => {
-            let retry_on: Vec<String> = p
-                .retry_on
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect();
-            if let Some(c) = retry_on.iter().find(|c| !RETRY_ON.contains(&c.as_str())) {
-                return Err(unsupported(&format!("retry_policy.retry_on {c:?}")));
-            }
-            refuse(
-                !p.retriable_headers.is_empty(),
-                "retry_policy.retriable_headers",
-            )?;
-            refuse(
-                !p.retriable_request_headers.is_empty(),
-                "retry_policy.retriable_request_headers",
-            )?;
-            Some(RetryPolicy {
-                num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
-                per_try_timeout: p
-                    .per_try_timeout
-                    .as_ref()
-                    .map(duration)
-                    .filter(|d| !d.is_zero()),
-                retry_on,
-                retriable_status_codes: p
-                    .retriable_status_codes
-                    .iter()
-                    .map(|c| u16::try_from(*c).unwrap_or(0))
-                    .collect(),
-            })
-        }
-    };
-    let host_rewrite = match &ra.host_rewrite_specifier {
-        Some(H::HostRewriteLiteral(h)) => Some(h.clone()),
-        Some(_) => {
-            return Err(unsupported(
-                "host_rewrite_specifier other than host_rewrite_literal",
-            ));
-        }
-        None => None,
-    };
-    let regex_rewrite = match &ra.regex_rewrite {
-        Some(r) => {
-            let source = r.pattern.as_ref().map_or("", |p| p.regex.as_str());
-            let re = regex::Regex::new(source)
-                .map_err(|e| format!("regex_rewrite.pattern {source:?}: {e}"))?;
-            Some((Pattern(re), envoy_substitution(&r.substitution)))
-        }
-        None => None,
-    };
-    let mirrors = ra
-        .request_mirror_policies
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let field = format!("request_mirror_policies[{i}]");
-            if m.cluster.is_empty() {
-                return Err(unsupported(&format!(
-                    "{field} without a cluster (cluster_header)"
-                )));
-            }
-            if !m.request_headers_mutations.is_empty() || !m.host_rewrite_literal.is_empty() {
-                return Err(unsupported(&format!(
-                    "{field}.request_headers_mutations / host_rewrite_literal"
-                )));
-            }
-            Ok(Mirror {
-                cluster: m.cluster.clone(),
-                per_million: per_million(
-                    m.runtime_fraction
-                        .as_ref()
-                        .and_then(|f| f.default_value.as_ref()),
-                ),
-                shadow_suffix: !m.disable_shadow_host_suffix_append,
-            })
-        })
-        .collect::<Result<_, String>>()?;
-    let hash_policy = ra
-        .hash_policy
-        .iter()
-        .enumerate()
-        .map(|(i, h)| {
-            use pb::route_action::hash_policy::PolicySpecifier as P;
-            let key = match &h.policy_specifier {
-                Some(P::Header(hd)) => {
-                    if hd.regex_rewrite.is_some() {
-                        return Err(unsupported(&format!(
-                            "hash_policy[{i}].header.regex_rewrite"
-                        )));
-                    }
-                    HashKey::Header(hd.header_name.to_ascii_lowercase())
-                }
-                Some(P::Cookie(c)) => HashKey::Cookie(c.name.clone()),
-                Some(P::ConnectionProperties(cp)) if cp.source_ip => HashKey::SourceIp,
-                Some(P::QueryParameter(q)) => HashKey::QueryParameter(q.name.clone()),
-                Some(P::ConnectionProperties(_)) => {
-                    return Err(format!(
-                        "hash_policy[{i}].connection_properties hashes nothing (source_ip is false)"
-                    ));
-                }
-                Some(P::FilterState(_)) => {
-                    return Err(unsupported(&format!("hash_policy[{i}].filter_state")));
-                }
-                None => return Err(format!("hash_policy[{i}] has no policy")),
-            };
-            Ok(HashPolicy {
-                key,
-                terminal: h.terminal,
-            })
-        })
-        .collect::<Result<_, String>>()?;
+/// A RouteAction: where the request goes and the policies on the way.
+fn forward(ra: &pb::RouteAction) -> Result<Forward, Refusal> {
+    refuse_unsupported_action_fields(ra)?;
     Ok(Forward {
-        target,
-        mirrors,
-        hash_policy,
+        target: target(ra)?,
         timeout: match &ra.timeout {
             None => Some(DEFAULT_TIMEOUT),
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
@@ -682,15 +621,225 @@ fn forward(ra: &pb::RouteAction) -> Result<Forward, String> {
             .and_then(|m| m.max_stream_duration.as_ref())
             .map(duration)
             .filter(|d| !d.is_zero()),
-        retry,
+        retry: ra
+            .retry_policy
+            .as_ref()
+            .map(retry_policy)
+            .transpose()
+            .under("retry_policy")?,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|p| !p.is_empty()),
-        regex_rewrite,
-        host_rewrite,
+        regex_rewrite: ra
+            .regex_rewrite
+            .as_ref()
+            .map(regex_rewrite)
+            .transpose()
+            .under("regex_rewrite")?,
+        host_rewrite: host_rewrite(ra)?,
         cluster_not_found_status: if ra.cluster_not_found_response_code == 1 {
             404
         } else {
             503
         },
+        mirrors: ra
+            .request_mirror_policies
+            .iter()
+            .enumerate()
+            .map(|(i, m)| mirror(m).index(i))
+            .collect::<Result<_, _>>()
+            .under("request_mirror_policies")?,
+        hash_policy: ra
+            .hash_policy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| hash_policy(h).index(i))
+            .collect::<Result<_, _>>()
+            .under("hash_policy")?,
+    })
+}
+
+fn refuse_unsupported_action_fields(ra: &pb::RouteAction) -> Result<(), Refusal> {
+    refuse_if(!ra.rate_limits.is_empty(), "rate_limits")?;
+    refuse_if(ra.hedge_policy.is_some(), "hedge_policy")?;
+    refuse_if(
+        ra.retry_policy_typed_config.is_some(),
+        "retry_policy_typed_config",
+    )?;
+    refuse_if(ra.path_rewrite_policy.is_some(), "path_rewrite_policy")?;
+    refuse_if(!ra.path_rewrite.is_empty(), "path_rewrite")?;
+    refuse_if(ra.metadata_match.is_some(), "metadata_match")?;
+    #[allow(deprecated)]
+    refuse_if(ra.cors.is_some(), "cors")?;
+    Ok(())
+}
+
+/// `cluster` or `weighted_clusters`.
+fn target(ra: &pb::RouteAction) -> Result<Target, Refusal> {
+    use pb::route_action::ClusterSpecifier as C;
+    match &ra.cluster_specifier {
+        Some(C::Cluster(name)) => Ok(Target::Cluster(name.clone())),
+        Some(C::WeightedClusters(w)) => weighted(w).under("weighted_clusters"),
+        Some(C::ClusterHeader(_)) => Err(Refusal::unsupported("cluster_header")),
+        Some(C::ClusterSpecifierPlugin(_)) | Some(C::InlineClusterSpecifierPlugin(_)) => {
+            Err(Refusal::unsupported("cluster_specifier_plugin"))
+        }
+        None => Err(Refusal::missing("cluster")),
+    }
+}
+
+fn weighted(w: &pb::WeightedCluster) -> Result<Target, Refusal> {
+    let clusters: Vec<WeightedCluster> = w
+        .clusters
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let entry = || -> Result<WeightedCluster, Refusal> {
+                refuse_if(!c.cluster_header.is_empty(), "cluster_header")?;
+                refuse_if(
+                    !c.typed_per_filter_config.is_empty(),
+                    "typed_per_filter_config",
+                )?;
+                refuse_if(c.host_rewrite_specifier.is_some(), "host_rewrite_specifier")?;
+                let headers = EntryHeaders {
+                    request: mutation(
+                        &c.request_headers_to_add,
+                        "request_headers_to_add",
+                        &c.request_headers_to_remove,
+                        "request_headers_to_remove",
+                    )?,
+                    response: mutation(
+                        &c.response_headers_to_add,
+                        "response_headers_to_add",
+                        &c.response_headers_to_remove,
+                        "response_headers_to_remove",
+                    )?,
+                };
+                Ok(WeightedCluster {
+                    name: c.name.clone(),
+                    weight: c.weight.as_ref().map_or(0, |w| w.value),
+                    headers: (!headers.request.is_empty() || !headers.response.is_empty())
+                        .then(|| Box::new(headers)),
+                })
+            };
+            entry().index(i)
+        })
+        .collect::<Result<_, _>>()
+        .under("clusters")?;
+    if clusters.iter().all(|c| c.weight == 0) {
+        return Err(Refusal::rule("clusters", "no cluster has a weight above 0"));
+    }
+    Ok(Target::Weighted(clusters))
+}
+
+fn retry_policy(p: &pb::RetryPolicy) -> Result<RetryPolicy, Refusal> {
+    let retry_on: Vec<String> = p
+        .retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(c) = retry_on.iter().find(|c| !RETRY_ON.contains(&c.as_str())) {
+        return Err(Refusal::unsupported_value("retry_on", format!("{c:?}")));
+    }
+    let matchers = |list: &[pb::HeaderMatcher]| {
+        list.iter()
+            .enumerate()
+            .map(|(i, h)| header_match(h).index(i))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(RetryPolicy {
+        num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
+        per_try_timeout: p
+            .per_try_timeout
+            .as_ref()
+            .map(duration)
+            .filter(|d| !d.is_zero()),
+        retry_on,
+        retriable_status_codes: p
+            .retriable_status_codes
+            .iter()
+            .map(|c| u16::try_from(*c).unwrap_or(0))
+            .collect(),
+        retriable_headers: matchers(&p.retriable_headers).under("retriable_headers")?,
+        retriable_request_headers: matchers(&p.retriable_request_headers)
+            .under("retriable_request_headers")?,
+    })
+}
+
+fn host_rewrite(ra: &pb::RouteAction) -> Result<Option<String>, Refusal> {
+    use pb::route_action::HostRewriteSpecifier as H;
+    match &ra.host_rewrite_specifier {
+        Some(H::HostRewriteLiteral(h)) => Ok(Some(h.clone())),
+        Some(H::AutoHostRewrite(_)) => Err(Refusal::unsupported("auto_host_rewrite")),
+        Some(H::HostRewriteHeader(_)) => Err(Refusal::unsupported("host_rewrite_header")),
+        Some(H::HostRewritePathRegex(_)) => Err(Refusal::unsupported("host_rewrite_path_regex")),
+        Some(_) => Err(Refusal::unsupported_value(
+            "host_rewrite_specifier",
+            "other than host_rewrite_literal",
+        )),
+        None => Ok(None),
+    }
+}
+
+fn regex_rewrite(
+    r: &envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute,
+) -> Result<(Pattern, String), Refusal> {
+    let source = r.pattern.as_ref().map_or("", |p| p.regex.as_str());
+    let re = regex::Regex::new(source).map_err(|e| {
+        Refusal::bad_value(
+            "pattern.regex",
+            format!("{source:?}"),
+            format!("a valid regex: {e}"),
+        )
+    })?;
+    Ok((Pattern(re), envoy_substitution(&r.substitution)))
+}
+
+fn mirror(m: &pb::route_action::RequestMirrorPolicy) -> Result<Mirror, Refusal> {
+    if m.cluster.is_empty() {
+        return Err(Refusal::unsupported_value(
+            "",
+            "without a cluster (cluster_header)",
+        ));
+    }
+    refuse_if(
+        !m.request_headers_mutations.is_empty(),
+        "request_headers_mutations",
+    )?;
+    refuse_if(!m.host_rewrite_literal.is_empty(), "host_rewrite_literal")?;
+    Ok(Mirror {
+        cluster: m.cluster.clone(),
+        per_million: per_million(
+            m.runtime_fraction
+                .as_ref()
+                .and_then(|f| f.default_value.as_ref()),
+        ),
+        shadow_suffix: !m.disable_shadow_host_suffix_append,
+    })
+}
+
+fn hash_policy(h: &pb::route_action::HashPolicy) -> Result<HashPolicy, Refusal> {
+    use pb::route_action::hash_policy::PolicySpecifier as P;
+    let key = match &h.policy_specifier {
+        Some(P::Header(hd)) => {
+            refuse_if(hd.regex_rewrite.is_some(), "header.regex_rewrite")?;
+            HashKey::Header(hd.header_name.to_ascii_lowercase())
+        }
+        Some(P::Cookie(c)) => HashKey::Cookie(c.name.clone()),
+        Some(P::ConnectionProperties(cp)) if cp.source_ip => HashKey::SourceIp,
+        Some(P::ConnectionProperties(_)) => {
+            return Err(Refusal::rule(
+                "connection_properties",
+                "hashes nothing (source_ip is false)",
+            ));
+        }
+        Some(P::QueryParameter(q)) => HashKey::QueryParameter(q.name.clone()),
+        Some(P::FilterState(_)) => return Err(Refusal::unsupported("filter_state")),
+        None => return Err(Refusal::missing("policy_specifier")),
+    };
+    Ok(HashPolicy {
+        key,
+        terminal: h.terminal,
     })
 }
 
@@ -711,7 +860,7 @@ fn envoy_substitution(s: &str) -> String {
     out
 }
 
-fn redirect(rd: &pb::RedirectAction) -> Result<Redirect, String> {
+fn redirect(rd: &pb::RedirectAction) -> Result<Redirect, Refusal> {
     use pb::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
     let status = match rd.response_code {
         0 => 301,
@@ -719,12 +868,19 @@ fn redirect(rd: &pb::RedirectAction) -> Result<Redirect, String> {
         2 => 303,
         3 => 307,
         4 => 308,
-        c => return Err(format!("response_code {c} is not a known redirect code")),
+        c => {
+            return Err(Refusal::bad_value(
+                "response_code",
+                c,
+                "a known redirect code",
+            ));
+        }
     };
     let path = match &rd.path_rewrite_specifier {
         Some(P::PathRedirect(p)) => Some(p.clone()),
-        Some(P::PrefixRewrite(_)) => return Err(unsupported("prefix_rewrite")),
-        Some(_) => return Err(unsupported("regex_rewrite")),
+        Some(P::PrefixRewrite(_)) => return Err(Refusal::unsupported("prefix_rewrite")),
+        Some(P::RegexRewrite(_)) => return Err(Refusal::unsupported("regex_rewrite")),
+        Some(P::PathRewrite(_)) => return Err(Refusal::unsupported("path_rewrite")),
         None => None,
     };
     Ok(Redirect {
@@ -741,114 +897,139 @@ fn redirect(rd: &pb::RedirectAction) -> Result<Redirect, String> {
     })
 }
 
-fn direct(d: &pb::DirectResponseAction) -> Result<Action, String> {
-    if d.body_format.is_some() {
-        return Err(unsupported("direct_response.body_format"));
-    }
+fn direct(d: &pb::DirectResponseAction) -> Result<Action, Refusal> {
+    refuse_if(d.body_format.is_some(), "body_format")?;
     let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
         None => String::new(),
         Some(data_source::Specifier::InlineString(s)) => s.clone(),
         Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(_) => {
-            return Err(unsupported(
-                "direct_response.body from a file or environment",
+            return Err(Refusal::unsupported_value(
+                "body",
+                "from a file or environment variable",
             ));
         }
     };
     let status = u16::try_from(d.status)
         .ok()
         .filter(|s| (200..600).contains(s))
-        .ok_or_else(|| format!("direct_response.status {} is not an HTTP status", d.status))?;
+        .ok_or_else(|| Refusal::bad_value("status", d.status, "an HTTP status"))?;
     Ok(Action::Direct { status, body })
 }
 
-/// A fraction as parts per million.
-pub(crate) fn per_million(p: Option<&FractionalPercent>) -> u32 {
-    let Some(p) = p else { return 1_000_000 };
-    let scale = match fractional_percent::DenominatorType::try_from(p.denominator) {
-        Ok(fractional_percent::DenominatorType::Hundred) => 10_000,
-        Ok(fractional_percent::DenominatorType::TenThousand) => 100,
-        _ => 1,
-    };
-    p.numerator.saturating_mul(scale).min(1_000_000)
-}
-
-fn fault_config(f: &HttpFault) -> Result<Fault, String> {
-    if f.response_rate_limit.is_some() {
-        return Err(unsupported("response_rate_limit"));
-    }
-    if !f.downstream_nodes.is_empty() || !f.upstream_cluster.is_empty() {
-        return Err(unsupported("downstream_nodes/upstream_cluster"));
-    }
+/// The route's fault filter config.
+fn fault_config(f: &HttpFault) -> Result<Fault, Refusal> {
+    refuse_if(f.response_rate_limit.is_some(), "response_rate_limit")?;
+    refuse_if(!f.downstream_nodes.is_empty(), "downstream_nodes")?;
+    refuse_if(!f.upstream_cluster.is_empty(), "upstream_cluster")?;
     let delay = match &f.delay {
         None => None,
         Some(d) => match &d.fault_delay_secifier {
             Some(fault_delay::FaultDelaySecifier::FixedDelay(t)) => {
                 Some((duration(t), per_million(d.percentage.as_ref())))
             }
-            _ => return Err(unsupported("delay.header_delay")),
+            Some(fault_delay::FaultDelaySecifier::HeaderDelay(_)) => {
+                return Err(Refusal::unsupported("delay.header_delay"));
+            }
+            None => return Err(Refusal::missing("delay.fixed_delay")),
         },
     };
-    let abort = match &f.abort {
-        None => None,
-        Some(a) => match &a.error_type {
-            Some(fault_abort::ErrorType::HttpStatus(s)) => {
-                let s = u16::try_from(*s)
-                    .ok()
-                    .filter(|s| (200..600).contains(s))
-                    .ok_or_else(|| format!("abort.http_status {s} is not an HTTP status"))?;
-                Some((s, per_million(a.percentage.as_ref())))
+    let (abort, grpc_status) = match &f.abort {
+        None => (None, None),
+        Some(a) => {
+            let share = per_million(a.percentage.as_ref());
+            match &a.error_type {
+                Some(fault_abort::ErrorType::HttpStatus(s)) => {
+                    let s = u16::try_from(*s)
+                        .ok()
+                        .filter(|s| (200..600).contains(s))
+                        .ok_or_else(|| {
+                            Refusal::bad_value("abort.http_status", s, "an HTTP status")
+                        })?;
+                    (Some((s, share)), None)
+                }
+                // As Envoy: an abort with a gRPC status is an HTTP 200.
+                Some(fault_abort::ErrorType::GrpcStatus(g)) => (Some((200, share)), Some(*g)),
+                Some(fault_abort::ErrorType::HeaderAbort(_)) => {
+                    return Err(Refusal::unsupported("abort.header_abort"));
+                }
+                None => return Err(Refusal::missing("abort.error_type")),
             }
-            _ => return Err(unsupported("abort.grpc_status/header_abort")),
-        },
+        }
     };
     let headers = f
         .headers
         .iter()
-        .map(header_match)
-        .collect::<Result<_, _>>()?;
+        .enumerate()
+        .map(|(i, h)| header_match(h).index(i))
+        .collect::<Result<_, _>>()
+        .under("headers")?;
     Ok(Fault {
         delay,
         abort,
+        grpc_status,
         headers,
     })
 }
 
-fn mutation(add: &[HeaderValueOption], remove: &[String]) -> Result<HeaderMutation, String> {
+/// Request or response header mutations (`add_field` and `remove_field` name the two fields).
+fn mutation(
+    add: &[HeaderValueOption],
+    add_field: &'static str,
+    remove: &[String],
+    remove_field: &'static str,
+) -> Result<HeaderMutation, Refusal> {
     let add = add
         .iter()
-        .map(|h| {
-            let hv = h.header.as_ref().ok_or("an entry has no header")?;
-            let name = HeaderName::try_from(hv.key.as_str())
-                .map_err(|_| format!("{:?} is not a header name", hv.key))?;
-            let raw = if hv.raw_value.is_empty() {
-                hv.value.as_bytes()
-            } else {
-                hv.raw_value.as_slice()
-            };
-            let value = HeaderValue::from_bytes(raw)
-                .map_err(|_| format!("the value of {:?} is not a header value", hv.key))?;
-            // append_action: 0 APPEND_IF_EXISTS_OR_ADD, 2 OVERWRITE_IF_EXISTS_OR_ADD; the
-            // deprecated `append` wins when set.
-            #[allow(deprecated)]
-            let append = match (&h.append, h.append_action) {
-                (Some(b), _) => b.value,
-                (None, 0) => true,
-                (None, 2) => false,
-                (None, a) => {
-                    return Err(unsupported(&format!(
-                        "append_action {a} (ADD_IF_ABSENT, OVERWRITE_IF_EXISTS)"
-                    )));
-                }
-            };
-            Ok((name, value, append))
-        })
-        .collect::<Result<_, String>>()?;
+        .enumerate()
+        .map(|(i, h)| header_option(h).index(i))
+        .collect::<Result<_, _>>()
+        .under(add_field)?;
     let remove = remove
         .iter()
-        .map(|n| {
-            HeaderName::try_from(n.as_str()).map_err(|_| format!("{n:?} is not a header name"))
+        .enumerate()
+        .map(|(i, n)| {
+            HeaderName::try_from(n.as_str())
+                .map_err(|_| Refusal::bad_value("", format!("{n:?}"), "a header name"))
+                .index(i)
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .under(remove_field)?;
     Ok(HeaderMutation { add, remove })
+}
+
+fn header_option(h: &HeaderValueOption) -> Result<(HeaderName, HeaderValue, bool), Refusal> {
+    let hv = h
+        .header
+        .as_ref()
+        .ok_or_else(|| Refusal::missing("header"))?;
+    let name = HeaderName::try_from(hv.key.as_str())
+        .map_err(|_| Refusal::bad_value("header.key", format!("{:?}", hv.key), "a header name"))?;
+    let raw = if hv.raw_value.is_empty() {
+        hv.value.as_bytes()
+    } else {
+        hv.raw_value.as_slice()
+    };
+    let value = HeaderValue::from_bytes(raw).map_err(|_| {
+        Refusal::bad_value(
+            "header.value",
+            format!("{:?}", String::from_utf8_lossy(raw)),
+            "a header value",
+        )
+    })?;
+    // append_action: 0 APPEND_IF_EXISTS_OR_ADD, 2 OVERWRITE_IF_EXISTS_OR_ADD; the deprecated
+    // `append` wins when set.
+    #[allow(deprecated)]
+    let append = match (&h.append, h.append_action) {
+        (Some(b), _) => b.value,
+        (None, 0) => true,
+        (None, 2) => false,
+        (None, a) => {
+            return Err(Refusal::unsupported_value(
+                "append_action",
+                format!("{a} (ADD_IF_ABSENT, OVERWRITE_IF_EXISTS)"),
+            ));
+        }
+    };
+    Ok((name, value, append))
 }

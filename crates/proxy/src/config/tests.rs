@@ -175,11 +175,13 @@ fn istio_routes_convert_with_their_matches_faults_retries_and_splits() {
         Target::Weighted(vec![
             WeightedCluster {
                 name: "outbound|9080|v1|reviews.default.svc.cluster.local".into(),
-                weight: 80
+                weight: 80,
+                headers: None,
             },
             WeightedCluster {
                 name: "outbound|9080|v2|reviews.default.svc.cluster.local".into(),
-                weight: 20
+                weight: 20,
+                headers: None,
             },
         ])
     );
@@ -225,14 +227,14 @@ fn route_nack(change: impl FnOnce(&mut rt::Route)) -> String {
 
 #[test]
 fn unsupported_route_features_are_refused_naming_the_field() {
-    let at = "route configuration \"15080\": virtual_hosts[reviews.default.svc.cluster.local:9080]: routes[0]: ";
+    let at = "route configuration \"15080\": virtual_hosts[reviews.default.svc.cluster.local:9080].routes[0].";
     let cases: Vec<(String, String)> = vec![
         (
             route_nack(|r| {
                 r.typed_per_filter_config
-                    .insert("envoy.filters.http.cors".into(), Any::default());
+                    .insert("envoy.filters.http.rbac".into(), Any::default());
             }),
-            "typed_per_filter_config[\"envoy.filters.http.cors\"] is not supported by strait-proxy"
+            "typed_per_filter_config[\"envoy.filters.http.rbac\"] is not supported by strait-proxy"
                 .into(),
         ),
         (
@@ -242,7 +244,7 @@ fn unsupported_route_features_are_refused_naming_the_field() {
                 };
                 a.request_mirror_policies.push(Default::default());
             }),
-            "route: request_mirror_policies[0] without a cluster (cluster_header) is not supported by strait-proxy".into(),
+            "route.request_mirror_policies[0] without a cluster (cluster_header) is not supported by strait-proxy".into(),
         ),
         (
             route_nack(|r| {
@@ -250,11 +252,11 @@ fn unsupported_route_features_are_refused_naming_the_field() {
                     unreachable!()
                 };
                 a.retry_policy = Some(rt::RetryPolicy {
-                    retry_on: "5xx,envoy-ratelimited".into(),
+                    retry_on: "5xx,retry-on-a-whim".into(),
                     ..Default::default()
                 });
             }),
-            "route: retry_policy.retry_on \"envoy-ratelimited\" is not supported by strait-proxy"
+            "route.retry_policy.retry_on \"retry-on-a-whim\" is not supported by strait-proxy"
                 .into(),
         ),
         (
@@ -265,7 +267,7 @@ fn unsupported_route_features_are_refused_naming_the_field() {
                         ..Default::default()
                     }));
             }),
-            "match: safe_regex \"/(unclosed\" is not a valid regex".into(),
+            "match.safe_regex \"/(unclosed\" is not a valid regex".into(),
         ),
     ];
     for (got, want) in cases {
@@ -386,7 +388,7 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
         .to_string();
     assert!(
         err.starts_with(
-            "listener \"127.0.0.2_15080\": filter_chains[0]: http filter \"envoy.filters.http.rbac\""
+            "listener \"127.0.0.2_15080\": filter_chains[0].filters[0].typed_config.http_filters[0] \"envoy.filters.http.rbac\""
         ) && err.ends_with("is not supported by strait-proxy"),
         "{err}"
     );
@@ -457,11 +459,13 @@ fn tcp_proxy_listeners_convert_with_weighted_clusters_and_idle_timeouts() {
         Target::Weighted(vec![
             WeightedCluster {
                 name: "outbound|9000|v1|tcp-echo.default.svc.cluster.local".into(),
-                weight: 80
+                weight: 80,
+                headers: None,
             },
             WeightedCluster {
                 name: "outbound|9000|v2|tcp-echo.default.svc.cluster.local".into(),
-                weight: 20
+                weight: 20,
+                headers: None,
             },
         ])
     );
@@ -532,7 +536,7 @@ fn tls_passthrough_and_unknown_listener_filters_are_refused() {
     }]);
     let err = Listener::try_from(&sni).unwrap_err().to_string();
     assert!(
-        err.contains("filter_chains[0]: filter_chain_match.server_names (TLS passthrough by SNI) is not supported by strait-proxy"),
+        err.contains("filter_chains[0].filter_chain_match.server_names (TLS passthrough by SNI) is not supported by strait-proxy"),
         "{err}"
     );
     let mut inspector = tcp_listener(vec![li::FilterChain {
@@ -628,7 +632,7 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
         Cluster::try_from(&maglev)
             .unwrap_err()
             .to_string()
-            .contains("table_size 100 must be a prime")
+            .contains("table_size 100 is not a prime")
     );
     let mut provided = eds_cluster(name);
     provided.lb_policy = cl::cluster::LbPolicy::ClusterProvided as i32;
@@ -677,4 +681,190 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
             .to_string()
             .contains("transport_socket (upstream TLS) is not supported by strait-proxy")
     );
+}
+
+/// What Istio's `corsPolicy`, `fault.abort.grpcStatus` and every `retries.retryOn` condition
+/// become (the translator's shapes) converts: strait-proxy serves them rather than refusing the
+/// route configuration.
+#[test]
+fn cors_grpc_aborts_and_every_retry_condition_convert() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
+    use envoy_types::pb::google::protobuf::BoolValue;
+    let cors = CorsPolicy {
+        allow_origin_string_match: vec![
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(
+                    "https://example.com".into(),
+                )),
+                ..Default::default()
+            },
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: r"https://.*\.example\.org".into(),
+                    ..Default::default()
+                })),
+                ignore_case: true,
+            },
+        ],
+        allow_methods: "GET,POST".into(),
+        allow_headers: "x-custom".into(),
+        expose_headers: "x-exposed".into(),
+        max_age: "86400".into(),
+        allow_credentials: Some(BoolValue { value: true }),
+        filter_enabled: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            ..Default::default()
+        }),
+        forward_not_matching_preflights: Some(BoolValue { value: false }),
+        ..Default::default()
+    };
+    let abort = HttpFault {
+        abort: Some(FaultAbort {
+            error_type: Some(fault_abort::ErrorType::GrpcStatus(14)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut action = to_cluster("c");
+    action.retry_policy = Some(rt::RetryPolicy {
+        retry_on: route::RETRY_ON.join(","),
+        retriable_headers: vec![exact_header("x-retry", "yes")],
+        ..Default::default()
+    });
+    let rc = route_config(vec![rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(action)),
+        typed_per_filter_config: [
+            ("envoy.filters.http.cors".to_string(), any(&cors)),
+            ("envoy.filters.http.fault".to_string(), any(&abort)),
+        ]
+        .into(),
+        ..Default::default()
+    }]);
+    let rc = RouteConfig::try_from(&rc).unwrap();
+    let route = &rc.virtual_hosts[0].routes[0];
+    let cors = route.cors.as_ref().unwrap();
+    assert_eq!(cors.allow_origins.len(), 2);
+    assert!(cors.allow_origins[1].ignore_case);
+    assert_eq!(
+        (cors.allow_methods.as_str(), cors.max_age.as_str()),
+        ("GET,POST", "86400")
+    );
+    assert!(cors.allow_credentials && !cors.forward_not_matching_preflights);
+    assert_eq!(cors.enabled_per_million, 1_000_000);
+    // Envoy answers a gRPC abort with HTTP 200 and the gRPC status.
+    let fault = route.fault.as_ref().unwrap();
+    assert_eq!(
+        (fault.abort, fault.grpc_status),
+        (Some((200, 1_000_000)), Some(14))
+    );
+    let Action::Forward(fwd) = &route.action else {
+        panic!()
+    };
+    let retry = fwd.retry.as_ref().unwrap();
+    assert!(retry.retry_on.iter().any(|c| c == "reset-before-request"));
+    assert!(retry.retry_on.iter().any(|c| c == "refused-stream"));
+    assert_eq!(retry.retriable_headers[0].name, "x-retry");
+}
+
+/// A refusal deep in a route keeps its parts typed: the resource, the path of segments and the
+/// problem, so no one has to read them back out of the message.
+#[test]
+fn a_nested_refusal_is_typed_with_its_field_path() {
+    let mut route = rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(to_cluster("c"))),
+        ..Default::default()
+    };
+    let Some(rt::route::Action::Route(a)) = &mut route.action else {
+        unreachable!()
+    };
+    a.hash_policy.push(rt::route_action::HashPolicy {
+        policy_specifier: Some(rt::route_action::hash_policy::PolicySpecifier::FilterState(
+            Default::default(),
+        )),
+        ..Default::default()
+    });
+    let mut rc = route_config(vec![rt::Route {
+        r#match: prefix("/a"),
+        action: Some(rt::route::Action::Route(to_cluster("c"))),
+        ..Default::default()
+    }]);
+    rc.virtual_hosts[0].routes.push(route);
+    let err = RouteConfig::try_from(&rc).unwrap_err();
+    assert_eq!(err.kind, Kind::RouteConfiguration);
+    assert_eq!(err.name, "15080");
+    assert_eq!(
+        err.path.0,
+        [
+            Segment::Field("virtual_hosts"),
+            Segment::Named("reviews.default.svc.cluster.local:9080".into()),
+            Segment::Field("routes"),
+            Segment::Index(1),
+            Segment::Field("route"),
+            Segment::Field("hash_policy"),
+            Segment::Index(0),
+            Segment::Field("filter_state"),
+        ]
+    );
+    assert_eq!(err.problem, Problem::Unsupported { detail: None });
+    assert_eq!(
+        err.to_string(),
+        "route configuration \"15080\": virtual_hosts[reviews.default.svc.cluster.local:9080].routes[1].route.hash_policy[0].filter_state is not supported by strait-proxy"
+    );
+}
+
+/// Istio's per-destination `headers` become the weighted cluster entry's own mutations.
+#[test]
+fn weighted_clusters_keep_their_own_header_mutations() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue as PbHeader, HeaderValueOption};
+    let entry =
+        |name: &str, weight: u32, add: Option<(&str, &str)>| rt::weighted_cluster::ClusterWeight {
+            name: name.into(),
+            weight: Some(UInt32Value { value: weight }),
+            request_headers_to_add: add
+                .map(|(k, v)| HeaderValueOption {
+                    header: Some(PbHeader {
+                        key: k.into(),
+                        value: v.into(),
+                        ..Default::default()
+                    }),
+                    append_action: 2,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            response_headers_to_remove: vec!["x-internal".into()],
+            ..Default::default()
+        };
+    let rc = route_config(vec![rt::Route {
+        r#match: prefix("/"),
+        action: Some(rt::route::Action::Route(rt::RouteAction {
+            cluster_specifier: Some(rt::route_action::ClusterSpecifier::WeightedClusters(
+                rt::WeightedCluster {
+                    clusters: vec![entry("v1", 50, Some(("x-a", "1"))), entry("v2", 50, None)],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }]);
+    let rc = RouteConfig::try_from(&rc).unwrap();
+    let Action::Forward(fwd) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    let Target::Weighted(clusters) = &fwd.target else {
+        panic!()
+    };
+    let v1 = clusters[0].headers.as_ref().unwrap();
+    assert_eq!(v1.request.add[0].0.as_str(), "x-a");
+    assert!(!v1.request.add[0].2, "OVERWRITE_IF_EXISTS_OR_ADD sets");
+    assert_eq!(v1.response.remove[0].as_str(), "x-internal");
+    let v2 = clusters[1].headers.as_ref().unwrap();
+    assert!(v2.request.add.is_empty());
 }

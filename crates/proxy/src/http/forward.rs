@@ -34,6 +34,8 @@ enum Outcome {
     Response(Response<Incoming>),
     ConnectFailure(String),
     Reset(String),
+    /// An HTTP/2 stream the upstream refused (`REFUSED_STREAM`): not processed.
+    Refused(String),
     PerTryTimeout,
 }
 
@@ -69,9 +71,13 @@ pub(super) async fn forward(
         down,
         started,
     } = routed;
-    let name = match &fwd.target {
-        Target::Cluster(name) => Some(name.as_str()),
-        Target::Weighted(clusters) => routing::pick_weighted_random(clusters),
+    // A weighted cluster entry may carry header mutations of its own.
+    let (name, entry_headers) = match &fwd.target {
+        Target::Cluster(name) => (Some(name.as_str()), None),
+        Target::Weighted(clusters) => match routing::pick_weighted_entry_random(clusters) {
+            Some(c) => (Some(c.name.as_str()), c.headers.as_deref()),
+            None => (None, None),
+        },
     };
     let Some(cluster) = name.and_then(|n| config.clusters.get(n)) else {
         shared.stats.flag("NC");
@@ -101,16 +107,11 @@ pub(super) async fn forward(
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(hyper::header::HOST, v);
     }
-    for name in &route.request_headers.remove {
-        headers.remove(name);
+    // The weighted cluster's mutations first, then the route's (Envoy's order).
+    if let Some(h) = entry_headers {
+        h.request.apply(&mut headers);
     }
-    for (name, value, append) in &route.request_headers.add {
-        if *append {
-            headers.append(name, value.clone());
-        } else {
-            headers.insert(name, value.clone());
-        }
-    }
+    route.request_headers.apply(&mut headers);
     // ORIGINAL_DST clusters go where a request header says when the cluster names one (the
     // HTTP proxy listener: `:authority`), else where the connection was going (iptables mode).
     let original = match &cluster.original_dst_header {
@@ -138,8 +139,13 @@ pub(super) async fn forward(
             mirror(shared, config, m, &upstream, fwd.timeout);
         }
     }
-    // An upgrade is one attempt: the tunnel cannot be opened twice.
-    let policy = fwd.retry.as_ref().filter(|_| upgrade.is_none());
+    // An upgrade is one attempt: the tunnel cannot be opened twice. A policy with
+    // retriable_request_headers retries only requests that match one of them.
+    let policy = fwd.retry.as_ref().filter(|p| {
+        upgrade.is_none()
+            && (p.retriable_request_headers.is_empty()
+                || any_header_matches(&p.retriable_request_headers, &upstream.headers))
+    });
     let attempts = upstream.attempts(policy);
     // A route with max_stream_duration uses it instead of `timeout`, as Envoy does.
     let mut resp = match (fwd.max_stream_duration, fwd.timeout) {
@@ -177,6 +183,10 @@ pub(super) async fn forward(
     match upgrade {
         Some(u) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => tunnel(u, &mut resp),
         _ => {}
+    }
+    // Before the route's response mutations, which the caller applies.
+    if let Some(h) = entry_headers {
+        h.response.apply(resp.headers_mut());
     }
     resp
 }
@@ -432,6 +442,7 @@ impl Upstream<'_> {
                 Some(Ok(resp)) => Outcome::Response(resp),
                 Some(Err(SendError::Connect(e))) => Outcome::ConnectFailure(e),
                 Some(Err(SendError::Reset(e))) => Outcome::Reset(e),
+                Some(Err(SendError::Refused(e))) => Outcome::Refused(e),
             };
             if !matches!(outcome, Outcome::Response(_))
                 && let Some(reason) = self.body.downstream_failure()
@@ -515,7 +526,7 @@ impl Upstream<'_> {
                     ),
                 )
             }
-            Outcome::Reset(e) => local(
+            Outcome::Reset(e) | Outcome::Refused(e) => local(
                 503,
                 flag("UR"),
                 &format!("upstream connect error or disconnect/reset before headers: {e}"),
@@ -560,15 +571,36 @@ const GRPC_CODES: &[(&str, &str)] = &[
     ("unavailable", "14"),
 ];
 
-/// Envoy's `retry_on` conditions.
+/// Whether one of the header matchers holds for `headers`.
+fn any_header_matches(matchers: &[crate::config::HeaderMatch], headers: &HeaderMap) -> bool {
+    matchers
+        .iter()
+        .any(|m| routing::headers_match(std::slice::from_ref(m), headers))
+}
+
+/// Envoy's `retry_on` conditions. A connect failure sent nothing upstream, so
+/// `reset-before-request` retries it; a reset after a connection was made counts as started
+/// (strait-proxy does not tell a request that was never written apart), so it does not.
 fn should_retry(p: &RetryPolicy, outcome: &Outcome) -> bool {
     let on = |c: &str| p.retry_on.iter().any(|x| x == c);
     match outcome {
         Outcome::ConnectFailure(_) => {
-            on("connect-failure") || on("5xx") || on("gateway-error") || on("reset")
+            on("connect-failure")
+                || on("reset-before-request")
+                || on("5xx")
+                || on("gateway-error")
+                || on("reset")
         }
         Outcome::Reset(_) | Outcome::PerTryTimeout => {
             on("5xx") || on("gateway-error") || on("reset")
+        }
+        Outcome::Refused(_) => {
+            on("refused-stream") || on("5xx") || on("gateway-error") || on("reset")
+        }
+        // A response an upstream Envoy's rate limiter made is retried on envoy-ratelimited
+        // only, whatever its status.
+        Outcome::Response(resp) if resp.headers().contains_key("x-envoy-ratelimited") => {
+            on("envoy-ratelimited")
         }
         Outcome::Response(resp) => {
             let s = resp.status().as_u16();
@@ -580,6 +612,8 @@ fn should_retry(p: &RetryPolicy, outcome: &Outcome) -> bool {
                 || (on("gateway-error") && matches!(s, 502..=504))
                 || (on("retriable-4xx") && s == 409)
                 || (on("retriable-status-codes") && p.retriable_status_codes.contains(&s))
+                || (on("retriable-headers")
+                    && any_header_matches(&p.retriable_headers, resp.headers()))
                 || GRPC_CODES
                     .iter()
                     .any(|(name, code)| on(name) && grpc == Some(code))

@@ -10,6 +10,7 @@
 
 mod body;
 pub(crate) mod conn_io;
+mod cors;
 mod forward;
 pub mod h1_check;
 
@@ -40,6 +41,7 @@ use crate::config::listener::{Codec, HttpListener, ServerHeader};
 use crate::config::{Action, Redirect, Route};
 use crate::routing::{self, RequestView};
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
+use cors::CorsVerdict;
 use h1_check::{HeadLimits, Scanner};
 
 pub(crate) use body::RequestBody;
@@ -108,6 +110,15 @@ struct RouteName(String);
 /// The route's fault delayed the request (Envoy's `DI` flag).
 #[derive(Debug, Clone, Copy)]
 struct DelayInjected;
+
+/// The one-line reason of a response the proxy made itself (its body).
+#[derive(Debug, Clone)]
+struct LocalReason(String);
+
+/// The gRPC status a local reply to a gRPC request carries, when not the one its HTTP status
+/// maps to (a fault abort's `grpc_status`).
+#[derive(Debug, Clone, Copy)]
+struct GrpcStatus(u32);
 
 /// One downstream connection, as its requests see it.
 struct Conn {
@@ -259,7 +270,11 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .as_ref()
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
+    let grpc = is_grpc(req.headers());
     let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req, started).await;
+    if grpc {
+        grpc_local_reply(&mut resp);
+    }
     server_header(&conn.hcm, resp.headers_mut());
     if upgrade.is_some() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The request scanner let the bytes after an upgrade request through unchecked (they
@@ -446,6 +461,8 @@ pub(crate) fn local_details(
         flags: flag,
         details,
     });
+    resp.extensions_mut()
+        .insert(LocalReason(reason.to_string()));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = resp.headers_mut();
     headers.insert(FLAGS_HEADER, HeaderValue::from_static(flag));
@@ -558,9 +575,34 @@ async fn handle(
         tracing::debug!(%peer, %authority, %path, "no route");
         return local(404, "NR", &format!("no route for {authority}{path}"));
     };
+    // The CORS filter runs before the fault filter, and sees every response on its way back.
+    let cors = match &route.cors {
+        Some(policy) => cors::verdict(
+            policy,
+            req.method(),
+            req.headers(),
+            routing::roll(policy.enabled_per_million),
+        ),
+        None => CorsVerdict::None,
+    };
+    let cors_headers = match cors {
+        CorsVerdict::Preflight(headers) => {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.headers_mut() = headers;
+            r.extensions_mut().insert(LocalReply {
+                flags: "-",
+                details: "cors_response",
+            });
+            r.extensions_mut().insert(RouteName(route.name.clone()));
+            return r;
+        }
+        CorsVerdict::Request(headers) => headers,
+        CorsVerdict::None => None,
+    };
     let (aborted, delayed) = fault(shared, route, &req).await;
     if let Some(mut resp) = aborted {
         resp.extensions_mut().insert(RouteName(route.name.clone()));
+        add_cors(&mut resp, cors_headers);
         return resp;
     }
     let mut resp = match &route.action {
@@ -600,7 +642,84 @@ async fn handle(
     if delayed {
         resp.extensions_mut().insert(DelayInjected);
     }
+    add_cors(&mut resp, cors_headers);
     resp
+}
+
+/// The CORS filter's response headers, replacing the upstream's.
+fn add_cors(resp: &mut Response<Body>, headers: Option<HeaderMap>) {
+    for (name, value) in headers.iter().flatten() {
+        resp.headers_mut().insert(name, value.clone());
+    }
+}
+
+/// Whether a request is gRPC: its content type is `application/grpc`, alone or with a `+` or
+/// `;` suffix (Envoy's `Grpc::Common::isGrpcRequestHeaders`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+}
+
+/// A response the proxy made itself, to a gRPC request, as Envoy's local replies are: a
+/// trailers-only gRPC response (200, `content-type: application/grpc`, no body) whose
+/// `grpc-status` is the reply's own (a fault abort's `grpc_status`) or the one its HTTP status
+/// maps to, and whose `grpc-message` is its reason. The CORS preflight answer is not a local
+/// reply in this sense.
+fn grpc_local_reply(resp: &mut Response<Body>) {
+    let Some(reply) = resp.extensions().get::<LocalReply>().copied() else {
+        return;
+    };
+    if reply.details == "cors_response" {
+        return;
+    }
+    let code = match resp.extensions().get::<GrpcStatus>() {
+        Some(GrpcStatus(code)) => *code,
+        None => http_to_grpc_status(resp.status().as_u16()),
+    };
+    let reason = resp
+        .extensions()
+        .get::<LocalReason>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    *resp.status_mut() = StatusCode::OK;
+    *resp.body_mut() = full(Bytes::new());
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&reason)) {
+        headers.insert("grpc-message", v);
+    }
+}
+
+/// The gRPC status for an HTTP status, as gRPC's mapping (and Envoy) has it.
+fn http_to_grpc_status(status: u16) -> u32 {
+    match status {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
+/// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and `%`.
+fn grpc_percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to: its `Upgrade` header, when its
@@ -758,6 +877,9 @@ async fn fault(
     {
         shared.stats.flag("FI");
         let mut r = local(status, "FI", "fault filter abort");
+        if let Some(code) = f.grpc_status {
+            r.extensions_mut().insert(GrpcStatus(code));
+        }
         if delayed {
             r.headers_mut()
                 .insert(FLAGS_HEADER, HeaderValue::from_static("DI,FI"));
