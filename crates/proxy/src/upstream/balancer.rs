@@ -213,9 +213,10 @@ impl Balancer {
         let avoided = |i: usize| avoid.is_some_and(|a| same(&self.hosts[i], a));
         // Another endpoint than `i` when `i` is to be avoided: the next one in the view.
         let other = |k: usize| {
-            let i = view.get(k % n);
+            let j = k % n;
+            let i = view.get(j);
             if n > 1 && avoided(i) {
-                view.get((k + 1) % n)
+                view.get((j + 1) % n)
             } else {
                 i
             }
