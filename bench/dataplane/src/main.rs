@@ -8,6 +8,9 @@
 //!
 //! `bench/run.sh` installs what it needs, builds release and runs this.
 
+mod churn;
+mod endpoints;
+mod farm;
 mod h2load;
 mod k6;
 mod procs;
@@ -44,6 +47,13 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Endpoint churn: a Service's endpoints replaced by new addresses again and again, with
+    /// requests after each change; each sidecar's memory over the run (strait and envoy side
+    /// by side).
+    Churn(churn::ChurnArgs),
+    /// CPU per request to a one-endpoint Service and to one with thousands of endpoints
+    /// (strait and envoy side by side).
+    Endpoints(endpoints::EndpointsArgs),
 }
 
 /// How long and how hard: `full` (the recorded run), `quick` (under 3 minutes, for
@@ -107,6 +117,8 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(upstream::serve(listen, size))),
+        Some(Cmd::Churn(args)) => churn::main(args),
+        Some(Cmd::Endpoints(args)) => endpoints::main(args),
         None => run::main(cli.run),
     };
     match result {

@@ -259,7 +259,7 @@ impl Report {
     }
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     Command::new("date")
         .arg("+%Y-%m-%d")
         .output()
@@ -269,7 +269,7 @@ fn today() -> String {
         .unwrap_or_else(|| "unknown-date".into())
 }
 
-fn git(repo: &Path, args: &[&str]) -> String {
+pub(crate) fn git(repo: &Path, args: &[&str]) -> String {
     Command::new("git")
         .arg("-C")
         .arg(repo)
@@ -282,7 +282,7 @@ fn git(repo: &Path, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn machine() -> BTreeMap<String, String> {
+pub(crate) fn machine() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo

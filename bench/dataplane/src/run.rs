@@ -39,37 +39,36 @@ impl Config {
     }
 }
 
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 const SERVICE: &str = "bench-server";
 /// Worker threads per proxy: Istio's benchmark runs Envoy with 2; strait-proxy gets the same.
 const PROXY_THREADS: u32 = 2;
 
-struct Paths {
-    strait: PathBuf,
-    strait_proxy: PathBuf,
-    envoy: Option<PathBuf>,
-    k6: PathBuf,
-    h2load: PathBuf,
-    me: PathBuf,
+pub(crate) struct Paths {
+    pub(crate) strait: PathBuf,
+    pub(crate) strait_proxy: PathBuf,
+    pub(crate) envoy: Option<PathBuf>,
+    pub(crate) k6: PathBuf,
+    pub(crate) h2load: PathBuf,
+    pub(crate) me: PathBuf,
 }
 
-/// Where the upstream listens: one port per protocol the Service declares.
-struct Ports {
-    http: u16,
-    http2: u16,
-    grpc: u16,
-}
-
-pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    let repo = args.repo.clone().unwrap_or_else(|| {
+/// The repository (default: where this was built) and the binaries a run needs: `strait`,
+/// `strait-proxy`, Envoy when `envoy` is among `configs`, k6, h2load.
+pub(crate) fn paths(
+    repo: Option<&Path>,
+    bin_dir: Option<&Path>,
+    configs: &[Config],
+) -> anyhow::Result<(PathBuf, Paths)> {
+    let repo = repo.map(Path::to_path_buf).unwrap_or_else(|| {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
             .canonicalize()
             .unwrap_or_default()
     });
     let me = std::env::current_exe().context("finding strait-bench's own path")?;
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
+    let bin_dir = match bin_dir {
+        Some(d) => d.to_path_buf(),
         None => me
             .parent()
             .context("strait-bench's directory")?
@@ -89,7 +88,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let paths = Paths {
         strait: need("strait")?,
         strait_proxy: need("strait-proxy")?,
-        envoy: if args.configs.contains(&Config::Envoy) {
+        envoy: if configs.contains(&Config::Envoy) {
             Some(find_envoy(&repo)?)
         } else {
             None
@@ -98,6 +97,18 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         h2load: h2load::find()?,
         me,
     };
+    Ok((repo, paths))
+}
+
+/// Where the upstream listens: one port per protocol the Service declares.
+struct Ports {
+    http: u16,
+    http2: u16,
+    grpc: u16,
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    let (repo, paths) = paths(args.repo.as_deref(), args.bin_dir.as_deref(), &args.configs)?;
     let settings = Settings::for_mode(&args);
     let work = tempfile::Builder::new().prefix("strait-bench-").tempdir()?;
     let ticks = procs::ticks_per_second();
@@ -394,15 +405,17 @@ fn served(upstream: SocketAddr) -> anyhow::Result<u64> {
 }
 
 /// `strait control-plane` on a fresh data directory and free loopback ports.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     _process: Process,
     strait: PathBuf,
-    data: PathBuf,
-    xds: SocketAddr,
+    pub(crate) data: PathBuf,
+    pub(crate) xds: SocketAddr,
+    /// The resource API.
+    pub(crate) api: SocketAddr,
 }
 
 impl ControlPlane {
-    fn start(strait: &Path, work: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(strait: &Path, work: &Path) -> anyhow::Result<Self> {
         let data = work.join("data");
         let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
         let xds: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
@@ -428,11 +441,12 @@ impl ControlPlane {
             strait: strait.to_path_buf(),
             data,
             xds,
+            api,
         })
     }
 
     /// Runs `strait --data-dir DATA ARGS` and returns its output.
-    fn strait(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn strait(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(&self.strait)
             .arg("--data-dir")
             .arg(&self.data)
@@ -468,74 +482,8 @@ impl Sidecars {
         server_ip: &str,
         work: &Path,
     ) -> anyhow::Result<Self> {
-        let one = |workload: &str, ip: &str, app: &str| -> anyhow::Result<(Process, SocketAddr)> {
-            let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
-            let identity: Vec<String> = [
-                "--workload",
-                workload,
-                "--namespace",
-                NAMESPACE,
-                "--address",
-                ip,
-                "--role",
-                "sidecar",
-                "--labels",
-                &format!("app={app}"),
-                "--capture",
-                "none",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                "--xds".into(),
-                cp.xds.to_string(),
-                "--admin".into(),
-                admin.to_string(),
-            ])
-            .collect();
-            let log = work.join(format!("{}-{workload}.log", config.name()));
-            let mut process = match config {
-                Config::Strait => {
-                    let mut a = identity.clone();
-                    a.extend(["--concurrency".into(), PROXY_THREADS.to_string()]);
-                    Process::spawn_env(
-                        &format!("strait-proxy {workload}"),
-                        &paths.strait_proxy,
-                        &a,
-                        &[("RUST_LOG", "warn".into())],
-                        log,
-                    )?
-                }
-                Config::Envoy => {
-                    let mut a: Vec<&str> = vec!["bootstrap", "envoy"];
-                    a.extend(identity.iter().map(String::as_str));
-                    let bootstrap = cp.strait(&a)?;
-                    let file = work.join(format!("envoy-{workload}.yaml"));
-                    std::fs::write(&file, bootstrap)?;
-                    Process::spawn(
-                        &format!("envoy {workload}"),
-                        paths.envoy.as_deref().context("Envoy's path")?,
-                        &[
-                            "-c".into(),
-                            file.display().to_string(),
-                            "--disable-hot-restart".into(),
-                            "--concurrency".into(),
-                            PROXY_THREADS.to_string(),
-                            "--log-level".into(),
-                            "warn".into(),
-                        ],
-                        log,
-                    )?
-                }
-                Config::Direct => unreachable!("direct has no sidecars"),
-            };
-            wait_http(
-                &mut process,
-                admin,
-                "GET /ready HTTP/1.1\r\nHost: x\r\n",
-                30,
-            )?;
-            Ok((process, admin))
+        let one = |workload: &str, ip: &str, app: &str| {
+            start_proxy(config, paths, cp, workload, ip, app, work)
         };
         let server = one("bench-server", server_ip, SERVICE)?;
         let client = one("bench-client", client_ip, "bench-client")?;
@@ -580,8 +528,90 @@ impl Sidecars {
     }
 }
 
+/// A sidecar (no-capture mode) of `config` for `workload` at `ip` with label `app=APP`,
+/// connected to the control plane; returns once its admin `/ready` answers 200, with its admin
+/// address.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_proxy(
+    config: Config,
+    paths: &Paths,
+    cp: &ControlPlane,
+    workload: &str,
+    ip: &str,
+    app: &str,
+    work: &Path,
+) -> anyhow::Result<(Process, SocketAddr)> {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+    let identity: Vec<String> = [
+        "--workload",
+        workload,
+        "--namespace",
+        NAMESPACE,
+        "--address",
+        ip,
+        "--role",
+        "sidecar",
+        "--labels",
+        &format!("app={app}"),
+        "--capture",
+        "none",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--xds".into(),
+        cp.xds.to_string(),
+        "--admin".into(),
+        admin.to_string(),
+    ])
+    .collect();
+    let log = work.join(format!("{}-{workload}.log", config.name()));
+    let mut process = match config {
+        Config::Strait => {
+            let mut a = identity.clone();
+            a.extend(["--concurrency".into(), PROXY_THREADS.to_string()]);
+            Process::spawn_env(
+                &format!("strait-proxy {workload}"),
+                &paths.strait_proxy,
+                &a,
+                &[("RUST_LOG", "warn".into())],
+                log,
+            )?
+        }
+        Config::Envoy => {
+            let mut a: Vec<&str> = vec!["bootstrap", "envoy"];
+            a.extend(identity.iter().map(String::as_str));
+            let bootstrap = cp.strait(&a)?;
+            let file = work.join(format!("envoy-{workload}.yaml"));
+            std::fs::write(&file, bootstrap)?;
+            Process::spawn(
+                &format!("envoy {workload}"),
+                paths.envoy.as_deref().context("Envoy's path")?,
+                &[
+                    "-c".into(),
+                    file.display().to_string(),
+                    "--disable-hot-restart".into(),
+                    "--concurrency".into(),
+                    PROXY_THREADS.to_string(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ],
+                log,
+            )?
+        }
+        Config::Direct => bail!("the direct configuration has no sidecar"),
+    };
+    wait_http(
+        &mut process,
+        admin,
+        "GET /ready HTTP/1.1\r\nHost: x\r\n",
+        30,
+    )?;
+    Ok((process, admin))
+}
+
 /// Sends one HTTP/1.1 request (head without the final blank line) and returns the status.
-fn status_of(addr: SocketAddr, head: &str) -> anyhow::Result<u16> {
+pub(crate) fn status_of(addr: SocketAddr, head: &str) -> anyhow::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())?;
@@ -595,7 +625,12 @@ fn status_of(addr: SocketAddr, head: &str) -> anyhow::Result<u16> {
 }
 
 /// Waits until `addr` answers `head` with 200, failing early when `p` exits.
-fn wait_http(p: &mut Process, addr: SocketAddr, head: &str, secs: u64) -> anyhow::Result<()> {
+pub(crate) fn wait_http(
+    p: &mut Process,
+    addr: SocketAddr,
+    head: &str,
+    secs: u64,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -614,12 +649,12 @@ fn wait_http(p: &mut Process, addr: SocketAddr, head: &str, secs: u64) -> anyhow
     )
 }
 
-fn free_port(ip: &str) -> anyhow::Result<u16> {
+pub(crate) fn free_port(ip: &str) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
 }
 
 /// Envoy: `ENVOY_BIN`, else the repository's .venv (scripts/install-envoy.sh).
-fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
         return Ok(PathBuf::from(p));
     }

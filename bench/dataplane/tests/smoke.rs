@@ -108,3 +108,99 @@ fn smoke_mode_reports_direct_strait_and_envoy_side_by_side_without_errors() {
         "the Markdown table has the added-latency ratio exactly when the report does:\n{md}"
     );
 }
+
+/// The JSON report `strait-bench ARGS --out DIR` wrote.
+fn run_report(args: &[&str]) -> serde_json::Value {
+    let bench = Path::new(env!("CARGO_BIN_EXE_strait-bench"));
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(bench)
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "strait-bench {} failed ({}):\n{}\n(it needs `cargo build --workspace --bins` and \
+         `bash scripts/install-envoy.sh`)",
+        args.join(" "),
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let json = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .expect("a JSON report");
+    let md = std::fs::read_to_string(json.with_extension("md")).unwrap();
+    assert!(
+        md.contains("| strait |") && md.contains("| envoy |"),
+        "{md}"
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+/// The churn mode, 20 changes: both sidecars followed every change without an error and each
+/// has memory samples at the baseline and at the end.
+#[test]
+fn churn_mode_reports_strait_and_envoy_memory_without_errors() {
+    let report = run_report(&[
+        "churn",
+        "--changes",
+        "20",
+        "--baseline",
+        "10",
+        "--sample-every",
+        "10",
+        "--name",
+        "churn-smoke",
+    ]);
+    let proxies = report["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2, "{report:#}");
+    for p in proxies {
+        assert_eq!(p["errors"], 0, "{p:#}");
+        assert_eq!(p["requests"], 21 * 6, "{p:#}");
+        assert_eq!(p["samples"].as_array().unwrap().len(), 2, "{p:#}");
+        for key in ["rss_at_baseline_mb", "rss_at_end_mb"] {
+            assert!(p[key].as_f64().is_some_and(|v| v > 1.0), "{key}: {p:#}");
+        }
+    }
+    assert!(report["strait_within_limit"].is_boolean(), "{report:#}");
+    // Each sidecar keeps connections to the current endpoints at most (3 each, a few more
+    // at once under its two worker threads), none to the 60 replaced ones.
+    assert!(
+        report["upstream_connections_at_end"].as_u64().unwrap() <= 12,
+        "{report:#}"
+    );
+}
+
+/// The endpoints mode, small: CPU per request for both Services and both sidecars, no errors.
+#[test]
+fn endpoints_mode_reports_cpu_per_request_for_both_sidecars() {
+    let report = run_report(&[
+        "endpoints",
+        "--endpoints",
+        "100",
+        "--rate",
+        "200",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--name",
+        "endpoints-smoke",
+    ]);
+    for config in ["strait", "envoy"] {
+        let s = &report["summary"][config];
+        assert_eq!(s["errors"], 0, "{config}: {s:#}");
+        for key in ["one_cpu_ms_per_request", "many_cpu_ms_per_request", "ratio"] {
+            assert!(
+                s[key].as_f64().is_some_and(|v| v > 0.0),
+                "{config}.{key}: {s:#}"
+            );
+        }
+    }
+    assert!(report["strait_within_limit"].is_boolean(), "{report:#}");
+}

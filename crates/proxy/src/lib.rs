@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod admin;
 mod balance;
+mod body;
 pub mod config;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
@@ -21,6 +22,8 @@ mod original_dst;
 pub mod routing;
 mod stats;
 mod tcp;
+#[doc(hidden)]
+pub mod testing;
 mod upstream;
 pub mod xds;
 
@@ -39,20 +42,16 @@ pub use http::HttpLimits;
 pub use http::h1_check::HeadLimits;
 pub use xds::Api as XdsApi;
 
-/// The shared value for `key` in a read-mostly map, made (default) on first use: the read lock
-/// on the path every request takes, the write lock only the first time.
-pub(crate) fn shared_entry<T: Default>(
-    map: &std::sync::RwLock<std::collections::HashMap<String, Arc<T>>>,
-    key: &str,
-) -> Arc<T> {
-    if let Some(v) = map.read().unwrap_or_else(|e| e.into_inner()).get(key) {
-        return v.clone();
+/// The chain of an error's messages, outermost first.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
     }
-    map.write()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key.to_string())
-        .or_default()
-        .clone()
+    s
 }
 
 /// What the proxy needs to start.
@@ -143,9 +142,16 @@ impl Shared {
         OpenConnection(self.clone())
     }
 
-    /// Publishes a new config in one swap.
-    fn publish(&self, config: Config, complete: bool) {
-        self.config.store(Arc::new(config));
+    /// Publishes a new config in one swap, each cluster with its balancer (built here, off the
+    /// data path; an unchanged cluster keeps its own); then forgets the endpoints and clusters
+    /// that left, draining their connections, and drops the stats of clusters that left.
+    fn publish(&self, mut config: Config, complete: bool) {
+        let previous = self.config.load_full();
+        let changed = self.upstreams.prepare(&mut config, &previous, &self.stats);
+        drop(previous);
+        let config = Arc::new(config);
+        self.config.store(config.clone());
+        self.upstreams.prune(&config, &changed, &self.stats);
         if complete && !self.ready.swap(true, Ordering::SeqCst) {
             tracing::info!("first complete config in: ready");
         }
@@ -234,10 +240,12 @@ impl Control {
                         }
                     };
                     let xds = tokio::spawn(xds::run(shared.clone(), node, xds, api));
+                    let sweep = tokio::spawn(sweep(shared.clone()));
                     let admin = tokio::spawn(admin::serve(shared, admin));
                     let _ = stopped.await;
                     xds.abort();
                     admin.abort();
+                    sweep.abort();
                 });
             })
             .map_err(Error::ControlRuntime)?;
@@ -283,8 +291,27 @@ pub async fn run_static(
 ) -> Result<(), Error> {
     let shared = Shared::new(limits, open_access_log(access_log.as_ref())?);
     shared.publish(config, true);
+    let sweep = tokio::spawn(sweep(shared.clone()));
+    struct Abort(tokio::task::JoinHandle<()>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _sweep = Abort(sweep);
     listeners::run(shared).await;
     Ok(())
+}
+
+/// Closes idle upstream connections and forgets unused ORIGINAL_DST destinations, every
+/// [`upstream::SWEEP_EVERY`], forever.
+async fn sweep(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(upstream::SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        shared.upstreams.sweep(std::time::Instant::now());
+    }
 }
 
 /// The Envoy node a proxy presents: Istio's node id and metadata.

@@ -1,6 +1,10 @@
 //! Counters for `/stats/prometheus`: requests per cluster by response class, connections per
 //! listener, and the responses the proxy produced itself, by response flag. Named after Envoy's
 //! cluster and listener stats.
+//!
+//! A cluster's series go when the cluster leaves the config, at once (the next scrape no longer
+//! has them, as Envoy drops a removed cluster's stats); the data path counts through the
+//! cluster's balancer, so a request still in flight to a removed cluster cannot bring them back.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -47,6 +51,7 @@ impl ClusterStats {
 }
 
 impl Stats {
+    /// The counters of cluster `name`, made on first use.
     pub(crate) fn cluster(&self, name: &str) -> Arc<ClusterStats> {
         if let Some(s) = self
             .clusters
@@ -62,6 +67,14 @@ impl Stats {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Drops the series of the clusters `keep` says no to.
+    pub(crate) fn retain_clusters(&self, keep: impl Fn(&str) -> bool) {
+        self.clusters
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| keep(name));
     }
 
     /// A connection served by the listener at `address` (after a virtualOutbound hand-off, the

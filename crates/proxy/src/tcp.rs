@@ -45,16 +45,18 @@ pub(crate) async fn proxy(
             }
         }
     };
-    let Some(picked) = shared
-        .upstreams
-        .pick(&cluster, None, &destination.to_string(), None)
-    else {
+    let Some(lb) = crate::upstream::balancer(&cluster) else {
+        shared.stats.flag("UH");
+        tracing::error!(cluster = %cluster.name, "tcp_proxy: a cluster without its balancer (an unpublished config): closing");
+        return;
+    };
+    let Some(picked) = lb.pick(None, &destination.to_string(), None) else {
         shared.stats.flag("UH");
         tracing::debug!(cluster = %cluster.name, "tcp_proxy: no healthy upstream: closing");
         return;
     };
     // max_connections (and pending connections) hold for the connection's life.
-    let _admitted = match shared.upstreams.circuit(&cluster).admit(false).await {
+    let _admitted = match lb.circuit().admit(false).await {
         Ok(a) => a,
         Err(overflow) => {
             shared.stats.flag("UO");
@@ -62,39 +64,20 @@ pub(crate) async fn proxy(
             return;
         }
     };
-    let stats = shared.stats.cluster(&cluster.name);
-    stats.connection();
-    let failed = || {
-        shared
-            .upstreams
-            .report(&cluster, &picked.authority, Observed::LocalFailure)
-    };
-    let upstream = match tokio::time::timeout(
-        cluster.connect_timeout,
-        TcpStream::connect(picked.authority.as_str()),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            failed();
+    lb.stats().connection();
+    let upstream = match picked.host().connect(cluster.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            lb.report(&picked, Observed::LocalFailure);
             shared.stats.flag("UF");
-            tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, error = %e, "tcp_proxy: connect failed");
-            return;
-        }
-        Err(_) => {
-            failed();
-            shared.stats.flag("UF");
-            tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, "tcp_proxy: connect timed out");
+            tracing::debug!(cluster = %cluster.name, upstream = %picked.authority(), error = ?e, "tcp_proxy: connect failed");
             return;
         }
     };
     // A connection made is a success for outlier detection (Envoy's connect success).
-    shared
-        .upstreams
-        .report(&cluster, &picked.authority, Observed::Status(200));
+    lb.report(&picked, Observed::Status(200));
     let _ = upstream.set_nodelay(true);
-    tracing::debug!(cluster = %cluster.name, upstream = %picked.authority, "tcp_proxy: connected");
+    tracing::debug!(cluster = %cluster.name, upstream = %picked.authority(), "tcp_proxy: connected");
     match pipe(downstream, upstream, tcp.idle_timeout).await {
         Ok(Ended::Closed) => tracing::debug!("tcp_proxy: both sides closed"),
         Ok(Ended::Idle) => tracing::debug!("tcp_proxy: idle timeout: closed"),

@@ -52,6 +52,8 @@ struct HttpState {
     status: AtomicU16,
     delay_ms: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Connections open now.
+    open: AtomicU64,
 }
 
 struct EchoState {
@@ -89,6 +91,7 @@ impl Backend {
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            open: AtomicU64::new(0),
         });
         let serving = state.clone();
         Backend::spawn(
@@ -195,6 +198,11 @@ impl Backend {
         }
     }
 
+    /// Connections open now (an HTTP backend): accepted and not yet closed by either side.
+    pub fn open_connections(&self) -> usize {
+        self.http_state().open.load(Ordering::SeqCst) as usize
+    }
+
     fn http_state(&self) -> &HttpState {
         match &self.kind {
             Kind::Http(s) => s,
@@ -226,10 +234,13 @@ async fn serve_http(listener: TcpListener, state: Arc<HttpState>) {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(state.clone(), req));
+            state.open.fetch_add(1, Ordering::SeqCst);
+            let serving = state.clone();
+            let service = service_fn(move |req| answer(serving.clone(), req));
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            state.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -6,12 +6,14 @@
 //! - `max_pending_requests`: requests waiting for a connection when all are busy;
 //! - `max_retries`: retries in flight.
 //!
+//! The breakers of a cluster outlive config generations: a cluster whose thresholds change gets
+//! new ones (requests admitted under the old ones finish under them).
+//!
 //! A request over a limit is answered 503 with flag `UO`; a retry over `max_retries` is not
 //! made (the last answer stands), as in Envoy.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -153,44 +155,6 @@ impl Circuit {
     }
 }
 
-/// The breakers of every cluster, by name; a cluster whose thresholds change gets new ones
-/// (requests admitted under the old ones finish under them).
-#[derive(Debug, Default)]
-pub(crate) struct Circuits {
-    clusters: RwLock<HashMap<String, Arc<Circuit>>>,
-}
-
-impl Circuits {
-    pub(crate) fn cluster(&self, name: &str, limits: CircuitBreakers) -> Arc<Circuit> {
-        if let Some(c) = self
-            .clusters
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            && c.limits == limits
-        {
-            return c.clone();
-        }
-        let mut all = self.clusters.write().unwrap_or_else(|e| e.into_inner());
-        match all.get(name) {
-            Some(c) if c.limits == limits => c.clone(),
-            _ => {
-                let c = Arc::new(Circuit::new(limits));
-                all.insert(name.to_string(), c.clone());
-                c
-            }
-        }
-    }
-
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Circuit>> {
-        self.clusters
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,13 +202,5 @@ mod tests {
         assert!(c.retry().is_none());
         drop(r);
         assert!(c.retry().is_some());
-    }
-
-    #[test]
-    fn new_thresholds_make_new_breakers() {
-        let all = Circuits::default();
-        let a = all.cluster("c", limits(1, 1, 1, 1));
-        assert!(Arc::ptr_eq(&a, &all.cluster("c", limits(1, 1, 1, 1))));
-        assert!(!Arc::ptr_eq(&a, &all.cluster("c", limits(2, 1, 1, 1))));
     }
 }

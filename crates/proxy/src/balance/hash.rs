@@ -79,23 +79,28 @@ fn query_parameter<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// A consistent-hash table over a list of endpoints (by index).
+/// A consistent-hash table over a list of endpoints (by index), built once per endpoint set.
 #[derive(Debug)]
 pub(crate) enum Table {
     /// Points on the ring, sorted by hash.
-    Ring(Vec<(u64, usize)>),
-    Maglev(Vec<usize>),
+    Ring(Vec<(u64, u32)>),
+    Maglev(Vec<u32>),
 }
 
 impl Table {
-    /// A ring with at least `minimum` points, the same number for each endpoint.
-    pub(crate) fn ring(endpoints: &[String], minimum: u64) -> Table {
+    /// A ring with at least `minimum` points, the same number for each endpoint (named by its
+    /// `host:port`).
+    pub(crate) fn ring<S: AsRef<str>>(endpoints: &[S], minimum: u64) -> Table {
         let n = endpoints.len().max(1) as u64;
         let per = minimum.div_ceil(n).max(1);
         let mut points = Vec::with_capacity((per * n) as usize);
+        let mut key = String::new();
         for (i, e) in endpoints.iter().enumerate() {
             for j in 0..per {
-                points.push((hash(format!("{e}_{j}").as_bytes()), i));
+                use std::fmt::Write;
+                key.clear();
+                let _ = write!(key, "{}_{j}", e.as_ref());
+                points.push((hash(key.as_bytes()), i as u32));
             }
         }
         points.sort_unstable();
@@ -103,7 +108,7 @@ impl Table {
     }
 
     /// A Maglev table of `size` (a prime) entries.
-    pub(crate) fn maglev(endpoints: &[String], size: u64) -> Table {
+    pub(crate) fn maglev<S: AsRef<str>>(endpoints: &[S], size: u64) -> Table {
         let m = size as usize;
         let n = endpoints.len();
         if n == 0 {
@@ -112,23 +117,23 @@ impl Table {
         let perms: Vec<(u64, u64)> = endpoints
             .iter()
             .map(|e| {
-                let h = hash(e.as_bytes());
+                let h = hash(e.as_ref().as_bytes());
                 let offset = h % size;
                 let skip = mix(h ^ 0x9e37_79b9_7f4a_7c15) % (size - 1).max(1) + 1;
                 (offset, skip)
             })
             .collect();
-        let mut table = vec![usize::MAX; m];
+        let mut table = vec![u32::MAX; m];
         let mut next = vec![0u64; n];
         let mut filled = 0;
         'fill: loop {
             for (i, &(offset, skip)) in perms.iter().enumerate() {
                 let mut c = ((offset + next[i] * skip) % size) as usize;
-                while table[c] != usize::MAX {
+                while table[c] != u32::MAX {
                     next[i] += 1;
                     c = ((offset + next[i] * skip) % size) as usize;
                 }
-                table[c] = i;
+                table[c] = i as u32;
                 next[i] += 1;
                 filled += 1;
                 if filled == m {
@@ -147,13 +152,13 @@ impl Table {
                     return None;
                 }
                 let i = points.partition_point(|(h, _)| *h < hash);
-                Some(points[if i == points.len() { 0 } else { i }].1)
+                Some(points[if i == points.len() { 0 } else { i }].1 as usize)
             }
             Table::Maglev(table) => {
                 if table.is_empty() {
                     return None;
                 }
-                Some(table[(hash % table.len() as u64) as usize])
+                Some(table[(hash % table.len() as u64) as usize] as usize)
             }
         }
     }

@@ -46,6 +46,11 @@ pub struct Cluster {
     /// `original_dst_lb_config` (`use_http_header`, `http_header_name`); `None`: where the
     /// connection was going before iptables redirected it.
     pub original_dst_header: Option<String>,
+    /// The balancer strait-proxy builds for the cluster when it publishes the config (its
+    /// endpoints' addresses parsed, the policy's state); not config: ignored by `==` and the
+    /// config dump.
+    #[serde(skip)]
+    pub(crate) balancer: crate::upstream::Slot,
 }
 
 /// A cluster's circuit breaker thresholds (Envoy's `circuit_breakers.thresholds`, default
@@ -185,6 +190,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
             .as_ref()
             .and_then(|l| l.healthy_panic_threshold.as_ref())
             .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
+        balancer: Default::default(),
     })
 }
 

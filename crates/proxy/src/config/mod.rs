@@ -81,6 +81,11 @@ impl<T> Table<T> {
         Arc::make_mut(&mut self.0).remove(name)
     }
 
+    /// Each entry, to replace or change in place (the table is copied first if it is shared).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Arc<T>)> {
+        Arc::make_mut(&mut self.0).iter_mut()
+    }
+
     /// Whether both are the same table (not a copy).
     pub fn same(&self, other: &Table<T>) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

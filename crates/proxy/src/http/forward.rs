@@ -2,7 +2,7 @@
 //! rewrites, Host, header mutations, hop-by-hop headers removed), retries with Envoy's
 //! conditions and back-off, the per-try and route timeouts; each attempt passes the cluster's
 //! circuit breakers and tells outlier detection how it ended. Bodies stream both ways; the
-//! request's is kept for retries and mirrors only while it fits the buffer ([`super::body`]).
+//! request's is kept for retries and mirrors only while it fits the buffer ([`crate::body`]).
 //! An allowed HTTP/1.1 upgrade (WebSocket) becomes a byte tunnel after the upstream's 101.
 
 use std::sync::Arc;
@@ -15,16 +15,16 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::body::{Progress, RequestBody};
 use super::{Body, Downstream, UpstreamInfo, local, local_details};
 use crate::Shared;
 use crate::balance::outlier::Observed;
+use crate::body::{Progress, RequestBody};
 use crate::config::{
     Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
     VirtualHost,
 };
 use crate::routing;
-use crate::upstream::SendError;
+use crate::upstream::{self, Balancer, Host, SendError};
 
 /// Envoy's default retry back-off: 25 ms base, at most 10 times that.
 const BACKOFF_BASE: Duration = Duration::from_millis(25);
@@ -87,6 +87,9 @@ pub(super) async fn forward(
             &format!("cluster {} not found", name.unwrap_or("?")),
         );
     };
+    let Some(lb) = upstream::balancer(cluster) else {
+        return unpublished(shared, &cluster.name);
+    };
     let (parts, body) = req.into_parts();
     let hash = (!fwd.hash_policy.is_empty()).then(|| {
         crate::balance::hash::request_hash(&fwd.hash_policy, &parts.headers, down.peer.ip(), path)
@@ -126,6 +129,7 @@ pub(super) async fn forward(
     let upstream = Upstream {
         shared,
         cluster,
+        lb,
         method: parts.method,
         path: rewrite(route, fwd, path),
         headers,
@@ -167,10 +171,7 @@ pub(super) async fn forward(
         },
         (None, None) => attempts.await,
     };
-    shared
-        .stats
-        .cluster(&cluster.name)
-        .response(resp.status().as_u16());
+    lb.stats().response(resp.status().as_u16());
     let info = resp
         .extensions_mut()
         .remove::<UpstreamInfo>()
@@ -252,6 +253,10 @@ fn mirror(
     let mut progress = main.body.progress();
     let authority = main.authority.to_string();
     tokio::spawn(async move {
+        let Some(lb) = upstream::balancer(&cluster) else {
+            unpublished(&shared, &cluster.name);
+            return;
+        };
         // The copy goes once the whole body is in, if it fit in the buffer.
         let body = match progress
             .wait_for(|p| !matches!(p, Progress::Reading))
@@ -267,6 +272,7 @@ fn mirror(
         let copy = Upstream {
             shared: &shared,
             cluster: &cluster,
+            lb,
             method,
             path,
             headers,
@@ -281,10 +287,7 @@ fn mirror(
             None => Some(sent.await.status()),
         };
         if let Some(status) = status {
-            shared
-                .stats
-                .cluster(&cluster.name)
-                .response(status.as_u16());
+            lb.stats().response(status.as_u16());
         }
         tracing::debug!(cluster = %cluster.name, ?status, "mirrored");
     });
@@ -362,9 +365,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A cluster of a config the proxy did not publish, which cannot happen: every published
+/// cluster has its balancer.
+fn unpublished(shared: &Shared, cluster: &str) -> Response<Body> {
+    tracing::error!(%cluster, "a cluster without its balancer: the config was not published");
+    shared.stats.flag("UH");
+    local(
+        503,
+        "UH",
+        &format!("cluster {cluster} has no balancer (strait-proxy bug: an unpublished config)"),
+    )
+}
+
 struct Upstream<'a> {
     shared: &'a Arc<Shared>,
     cluster: &'a Cluster,
+    /// The cluster's balancer, published with it.
+    lb: &'a Balancer,
     method: hyper::Method,
     path: String,
     headers: HeaderMap,
@@ -380,19 +397,14 @@ struct Upstream<'a> {
 impl Upstream<'_> {
     /// The first try and the retries the policy allows.
     async fn attempts(&self, policy: Option<&RetryPolicy>) -> Response<Body> {
-        let stats = self.shared.stats.cluster(&self.cluster.name);
+        let stats = self.lb.stats();
         let retries = policy.map_or(0, |p| p.num_retries);
-        let circuit = self.shared.upstreams.circuit(self.cluster);
+        let circuit = self.lb.circuit();
         let mut _retry = None;
-        let mut previous: Option<String> = None;
+        let mut previous: Option<Arc<Host>> = None;
         let mut attempt: u32 = 0;
         loop {
-            let Some(picked) = self.shared.upstreams.pick(
-                self.cluster,
-                previous.as_deref(),
-                self.authority,
-                self.hash,
-            ) else {
+            let Some(picked) = self.lb.pick(previous.as_deref(), self.authority, self.hash) else {
                 self.shared.stats.flag("UH");
                 return local(503, "UH", "no healthy upstream");
             };
@@ -426,10 +438,7 @@ impl Upstream<'_> {
                 Err(_) => return local(400, "DPE", "the request path is not valid"),
             }
             let sent_at = std::time::Instant::now();
-            let sent = self
-                .shared
-                .upstreams
-                .send(self.cluster, &picked.authority, req);
+            let sent = self.lb.send(&picked, req);
             let result = match policy.and_then(|p| p.per_try_timeout) {
                 Some(t) => tokio::select! {
                     r = sent => Some(r),
@@ -462,9 +471,7 @@ impl Upstream<'_> {
                 Outcome::Response(r) => Observed::Status(r.status().as_u16()),
                 _ => Observed::LocalFailure,
             };
-            self.shared
-                .upstreams
-                .report(self.cluster, &picked.authority, observed);
+            self.lb.report(&picked, observed);
             // A body that outgrew the buffer cannot be sent again: no retry (Envoy's
             // retry_or_shadow_abandoned).
             let mut again = attempt < retries
@@ -487,14 +494,14 @@ impl Upstream<'_> {
                     );
                 }
                 resp.extensions_mut().insert(UpstreamInfo {
-                    host: Some(picked.authority.clone()),
+                    host: Some(picked.authority().to_string()),
                     service_time,
                     ..UpstreamInfo::default()
                 });
                 // The endpoint and the circuit's place stay taken until the body is sent.
                 return hold(resp, (admitted, picked));
             }
-            previous = Some(picked.authority.clone());
+            previous = Some(picked.host().clone());
             drop(picked);
             drop(admitted);
             attempt += 1;

@@ -8,7 +8,6 @@
 //! ([`h1_check`], [`conn_io`]), within the [`HttpLimits`]; each request ends with an access log
 //! line when one is asked for ([`crate::access_log`]).
 
-mod body;
 pub(crate) mod conn_io;
 mod cors;
 mod forward;
@@ -43,8 +42,6 @@ use crate::routing::{self, RequestView};
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
 use cors::CorsVerdict;
 use h1_check::{HeadLimits, Scanner};
-
-pub(crate) use body::RequestBody;
 
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -738,18 +735,6 @@ fn upgrade_request(req: &Request<Incoming>) -> Option<HeaderValue> {
     connection_upgrade
         .then(|| req.headers().get(hyper::header::UPGRADE).cloned())
         .flatten()
-}
-
-/// The chain of an error's messages, outermost first.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// The headers Envoy's connection manager adds before routing: `x-request-id` when missing

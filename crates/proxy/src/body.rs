@@ -289,7 +289,7 @@ impl http_body::Body for RequestBody {
                     return Poll::Ready(None);
                 }
                 Some(Err(e)) => {
-                    s.failed = Some(crate::http::error_chain(&e));
+                    s.failed = Some(crate::error_chain(&e));
                     s.incoming = None;
                     s.done.send_replace(true);
                     if !s.overflowed {

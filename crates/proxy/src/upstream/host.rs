@@ -1,0 +1,314 @@
+//! One endpoint of a cluster as the data path knows it: its address (parsed once), its requests
+//! in flight, its outlier detection state and its connections: HTTP/1.1 connections (one
+//! request at a time each; back in the pool once the response head is in, free again once its
+//! body has been read; reused most recent first) and one multiplexed HTTP/2 connection, whose
+//! requests carry their own `:authority`.
+//!
+//! Connections go when they have been idle for the pool's idle timeout (the sweeper in
+//! [`super::Upstreams::sweep`]) and when the endpoint leaves its cluster ([`Host::drain`]):
+//! idle ones close at once, busy ones once their request is answered, as Envoy drains a
+//! removed host's connection pools.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::header::{HOST, HeaderValue};
+use hyper::{Request, Response, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use crate::balance::outlier::HostOutlier;
+use crate::body::RequestBody;
+use crate::config::UpstreamProtocol;
+
+/// Why an upstream request got no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No connection to the endpoint (refused, timed out, the HTTP/2 handshake failed).
+    Connect(String),
+    /// The connection or stream failed after the request was sent, or while sending it.
+    Reset(String),
+    /// The HTTP/2 upstream refused the stream (`RST_STREAM` with `REFUSED_STREAM`): it did not
+    /// process the request (the `refused-stream` retry condition).
+    Refused(String),
+}
+
+pub(crate) struct Host {
+    /// `IP:port` (`[IPv6]:port`), or `name:port` in a DNS cluster.
+    pub(crate) authority: Box<str>,
+    /// The address, unless the endpoint is a name (resolved at each connect).
+    ip: Option<SocketAddr>,
+    /// Requests in flight (see [`super::Picked`]).
+    active: AtomicUsize,
+    pub(crate) outlier: HostOutlier,
+    pool: Mutex<Pool>,
+    /// Set when the endpoint left its cluster: no connection is kept any more.
+    draining: AtomicBool,
+}
+
+#[derive(Default)]
+struct Pool {
+    /// HTTP/1.1 connections not sending a request: idle ones, and those still reading a
+    /// response (not ready); the most recently used last, each with when it was last seen busy.
+    h1: Vec<(http1::SendRequest<RequestBody>, Instant)>,
+    /// The HTTP/2 connection, with when it was last seen carrying a request.
+    h2: Option<(http2::SendRequest<RequestBody>, Instant)>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("authority", &self.authority)
+            .field("active", &self.active())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// An endpoint at `authority` (`IP:port` or `name:port`).
+    pub(crate) fn new(authority: String, ip: Option<SocketAddr>) -> Host {
+        Host {
+            authority: authority.into_boxed_str(),
+            ip,
+            active: AtomicUsize::new(0),
+            outlier: HostOutlier::default(),
+            pool: Mutex::new(Pool::default()),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Requests in flight.
+    pub(crate) fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_request(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_request(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The endpoint left its cluster: its idle connections close now, busy ones once their
+    /// request is answered, and none is kept from now on.
+    pub(crate) fn drain(&self) {
+        let mut pool = self.pool();
+        self.draining.store(true, Ordering::Release);
+        // Dropping a connection's handle closes it once its response is read through.
+        pool.h1.clear();
+        pool.h2 = None;
+    }
+
+    /// Closes the connections idle for `idle` or more at `now` (dropping the last handle of a
+    /// hyper connection closes it).
+    pub(crate) fn expire(&self, now: Instant, idle: Duration) {
+        let busy = self.active() > 0;
+        let mut pool = self.pool();
+        pool.h1.retain_mut(|(c, since)| {
+            if c.is_closed() {
+                return false;
+            }
+            if !c.is_ready() {
+                // Still reading a response: busy now.
+                *since = now;
+            }
+            now.saturating_duration_since(*since) < idle
+        });
+        if let Some((c, used)) = &mut pool.h2 {
+            if busy {
+                *used = now;
+            } else if c.is_closed() || now.saturating_duration_since(*used) >= idle {
+                pool.h2 = None;
+            }
+        }
+    }
+
+    /// Open connections kept for reuse (idle HTTP/1.1 ones and the HTTP/2 one).
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        let pool = self.pool();
+        pool.h1.len() + usize::from(pool.h2.is_some())
+    }
+
+    /// A TCP connection to the endpoint within `timeout`, Nagle off.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<TcpStream, SendError> {
+        let connecting = async {
+            match self.ip {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => TcpStream::connect(&*self.authority).await,
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| SendError::Connect(format!("connect timeout ({timeout:?})")))?
+            .map_err(|e| SendError::Connect(format!("tcp connect error: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Sends `req` (its URI: the path and query) in `protocol`. Over HTTP/2 the request's `Host`
+    /// becomes its `:authority`.
+    pub(crate) async fn send(
+        &self,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match protocol {
+            UpstreamProtocol::Http1 => {
+                *req.version_mut() = Version::HTTP_11;
+                if !req.headers().contains_key(HOST)
+                    && let Ok(v) = HeaderValue::from_str(&self.authority)
+                {
+                    req.headers_mut().insert(HOST, v);
+                }
+                loop {
+                    let (mut conn, pooled) = match self.take_idle() {
+                        Some(c) => (c, true),
+                        None => (self.connect_h1(connect_timeout).await?, false),
+                    };
+                    match conn.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.put_back(conn);
+                            return Ok(resp);
+                        }
+                        Err(mut e) => match e.take_message() {
+                            // An idle connection that closed before the request went out:
+                            // the next one, or a new one.
+                            Some(r) if pooled => req = r,
+                            _ => return Err(SendError::Reset(crate::error_chain(e.error()))),
+                        },
+                    }
+                }
+            }
+            UpstreamProtocol::Http2 => {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                let uri = |authority: &str| format!("http://{authority}{path}").parse::<Uri>();
+                let host = req.headers_mut().remove(HOST);
+                *req.uri_mut() = host
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|h| uri(h).ok())
+                    .map_or_else(|| uri(&self.authority), Ok)
+                    .map_err(|e| SendError::Reset(format!("bad upstream URI: {e}")))?;
+                *req.version_mut() = Version::HTTP_2;
+                let mut sender = self.h2_connection(connect_timeout).await?;
+                if sender.ready().await.is_err() {
+                    // The connection went away since its last request (GOAWAY, closed while
+                    // idle): a new one, once.
+                    self.pool().h2 = None;
+                    sender = self.h2_connection(connect_timeout).await?;
+                    sender
+                        .ready()
+                        .await
+                        .map_err(|e| SendError::Reset(crate::error_chain(&e)))?;
+                }
+                sender.send_request(req).await.map_err(|e| {
+                    let chain = crate::error_chain(&e);
+                    if refused_stream(&e) {
+                        SendError::Refused(chain)
+                    } else {
+                        SendError::Reset(chain)
+                    }
+                })
+            }
+        }
+    }
+
+    /// An idle HTTP/1.1 connection, if one is open (the most recently used).
+    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut pool = self.pool();
+        pool.h1.retain(|(c, _)| !c.is_closed());
+        let i = pool.h1.iter().rposition(|(c, _)| c.is_ready())?;
+        Some(pool.h1.remove(i).0)
+    }
+
+    /// Puts a connection whose response head is in back in the pool: it is free again once
+    /// the response has been read through (unless the endpoint is draining: then it closes
+    /// after that response).
+    fn put_back(&self, conn: http1::SendRequest<RequestBody>) {
+        let mut pool = self.pool();
+        if !self.is_draining() {
+            pool.h1.push((conn, Instant::now()));
+        }
+    }
+
+    async fn connect_h1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let stream = self.connect(connect_timeout).await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| {
+            SendError::Connect(format!("HTTP/1.1 handshake: {}", crate::error_chain(&e)))
+        })?;
+        let endpoint = self.authority.clone();
+        tokio::spawn(async move {
+            // With upgrades: a 101 hands the connection over to the tunnel.
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The open HTTP/2 connection, or a new one.
+    async fn h2_connection(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, SendError> {
+        if let Some((c, used)) = &mut self.pool().h2
+            && !c.is_closed()
+        {
+            *used = Instant::now();
+            return Ok(c.clone());
+        }
+        let stream = self.connect(connect_timeout).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                SendError::Connect(format!("HTTP/2 handshake: {}", crate::error_chain(&e)))
+            })?;
+        let endpoint = self.authority.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection failed");
+            }
+        });
+        let mut pool = self.pool();
+        if !self.is_draining() {
+            pool.h2 = Some((sender.clone(), Instant::now()));
+        }
+        Ok(sender)
+    }
+}
+
+/// Whether an HTTP/2 request failed because the upstream reset its stream with
+/// `REFUSED_STREAM`.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
+}
