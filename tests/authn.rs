@@ -203,6 +203,12 @@ fn istios_authentication_task_with_envoy() {
     authentication_task("envoy");
 }
 
+#[test]
+fn istios_authentication_task_with_strait_proxy() {
+    let _one = require_platform();
+    authentication_task("strait");
+}
+
 fn authentication_task(proxy: &str) {
     let mesh = start_mesh(proxy);
     // No policy: everything reaches everything; sidecars talk mTLS (the server sees the
@@ -259,6 +265,12 @@ fn authentication_task(proxy: &str) {
 fn istios_mtls_migration_task_with_envoy() {
     let _one = require_platform();
     mtls_migration_task("envoy");
+}
+
+#[test]
+fn istios_mtls_migration_task_with_strait_proxy() {
+    let _one = require_platform();
+    mtls_migration_task("strait");
 }
 
 /// tasks/mtls-migration: PERMISSIVE (no policy) → STRICT in foo → STRICT mesh-wide, the task's

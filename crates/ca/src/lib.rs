@@ -40,10 +40,4 @@ pub const ROOT_ROTATE_SHARE: f64 = 0.2;
 /// How far back a certificate's validity starts, for clocks that disagree (Istio's 2 minutes).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(120);
 
-/// The control plane's own identity: its CA and xDS port (15012) present it.
-pub fn control_plane_identity(trust_domain: &str) -> strait_identity::Identity {
-    strait_identity::Identity::new(trust_domain, "istio-system", "istiod")
-}
-
-/// The server name clients send to the control plane's TLS port (Istio's).
-pub const CONTROL_PLANE_SERVER_NAME: &str = "istiod.istio-system.svc";
+pub use strait_identity::{CONTROL_PLANE_SERVER_NAME, control_plane_identity};

@@ -10,12 +10,12 @@
 //! which only the proxy's uid can open.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
@@ -27,7 +27,7 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
     SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use envoy_types::util::pack_any;
-use strait_identity::manager::{CaTarget, CertManager, ManagerOptions};
+use strait_identity::manager::{CertManager, ManagerOptions};
 use strait_identity::{Credentials, Identity};
 use strait_xds_core::flags::IdentityFlags;
 use tokio::sync::{mpsc, watch};
@@ -65,43 +65,13 @@ pub fn manager_options(
         .root_cert
         .as_ref()
         .ok_or_else(|| anyhow!("--root-cert is required: the mesh's trust bundle (PEM)"))?;
-    let roots_pem = std::fs::read_to_string(root_path)
-        .with_context(|| format!("reading the trust bundle {}", root_path.display()))?;
-    let bootstrap_token = match &identity.bootstrap_token {
-        Some(path) => Some(read_token(path)?),
-        None => None,
-    };
-    Ok(ManagerOptions {
-        identity: Identity::new(&identity.trust_domain, namespace, service_account),
-        ca: CaTarget {
-            addr: ca,
-            roots_pem,
-            identity: strait_ca_identity(&identity.trust_domain),
-            server_name: CONTROL_PLANE_SERVER_NAME.to_string(),
-        },
-        bootstrap_token,
-        ttl: identity.cert_ttl,
-    })
-}
-
-/// The control plane's identity and server name (strait-ca's; repeated here so the agent does
-/// not link the CA).
-pub const CONTROL_PLANE_SERVER_NAME: &str = "istiod.istio-system.svc";
-
-pub fn strait_ca_identity(trust_domain: &str) -> String {
-    Identity::new(trust_domain, "istio-system", "istiod").uri()
-}
-
-/// Reads a single-use credential and removes its file (it is worth nothing once used).
-fn read_token(path: &Path) -> Result<String> {
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the bootstrap credential {}", path.display()))?;
-    let _ = std::fs::remove_file(path);
-    let token = token.trim().to_string();
-    if token.is_empty() {
-        bail!("the bootstrap credential {} is empty", path.display());
-    }
-    Ok(token)
+    Ok(ManagerOptions::from_files(
+        ca,
+        root_path,
+        identity.bootstrap_token.as_deref(),
+        Identity::new(&identity.trust_domain, namespace, service_account),
+        identity.cert_ttl,
+    )?)
 }
 
 pub fn run(args: AgentArgs) -> Result<ExitCode> {

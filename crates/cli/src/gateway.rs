@@ -76,9 +76,10 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
     };
     let result = async {
         let dir = pods.files_dir(&rec)?;
-        // The gateway's identity (its mTLS to the mesh): Envoy through a node agent.
-        let identity = match (tls, args.proxy) {
-            (Some(ca), ProxyKind::Envoy) => Some(crate::pod_identity::prepare(
+        // The gateway's identity (its mTLS to the mesh): Envoy through a node agent,
+        // strait-proxy itself.
+        let identity = match tls {
+            Some(ca) => Some(crate::pod_identity::prepare(
                 &client,
                 &dir,
                 &args.namespace,

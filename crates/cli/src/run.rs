@@ -492,10 +492,10 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                 args.name, args.namespace
             );
         }
-        // The workload's identity: Envoy sidecars get one through a node agent when the
-        // control plane has a CA (strait-proxy obtains its own: not yet).
-        let identity = match (tls, args.proxy) {
-            (Some(ca), ProxyKind::Envoy) if inject => Some(crate::pod_identity::prepare(
+        // The workload's identity, when the control plane has a CA: Envoy obtains it through a
+        // node agent, strait-proxy itself.
+        let identity = match tls {
+            Some(ca) if inject => Some(crate::pod_identity::prepare(
                 &client,
                 &dir,
                 &args.namespace,

@@ -36,7 +36,8 @@ pub struct Launch<'a> {
     pub netns: Option<&'a str>,
     /// Where the bootstrap and the log go.
     pub dir: &'a Path,
-    /// The workload's identity (mutual TLS): Envoy gets a node agent beside it.
+    /// The workload's identity (mutual TLS): Envoy gets a node agent beside it; strait-proxy
+    /// obtains its certificate itself.
     pub identity: Option<&'a PodIdentity>,
 }
 
@@ -308,8 +309,12 @@ impl RunningProxy {
                 (envoy_bin()?, args)
             }
             ProxyKind::Strait => {
-                let mut args =
-                    ProxyFlags::from_proxy(&l.proxy, l.xds, l.admin, XdsApi::Delta).to_args();
+                // strait-proxy is its own node agent: it obtains its certificate itself.
+                let mut flags = ProxyFlags::from_proxy(&l.proxy, l.xds, l.admin, XdsApi::Delta);
+                if let Some(id) = l.identity {
+                    flags.identity = id.flags.clone();
+                }
+                let mut args = flags.to_args();
                 // `stop` drains through the admin API first; the SIGTERM that follows ends it.
                 args.extend(["--drain-time-s".to_string(), "0".to_string()]);
                 (strait_proxy_bin()?, args)

@@ -99,6 +99,10 @@ pub struct CertInfo {
     pub uris: Vec<String>,
     /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// E-mail (rfc822) subject alternative names.
+    pub emails: Vec<String>,
+    /// IP address subject alternative names, as text.
+    pub ip_addresses: Vec<String>,
     pub subject: String,
     pub issuer: String,
     pub is_ca: bool,
@@ -114,11 +118,21 @@ impl CertInfo {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
         let mut uris = Vec::new();
         let mut dns_names = Vec::new();
+        let mut emails = Vec::new();
+        let mut ip_addresses = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
                 match name {
                     GeneralName::URI(u) => uris.push(u.to_string()),
                     GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    GeneralName::RFC822Name(e) => emails.push(e.to_string()),
+                    GeneralName::IPAddress(b) => {
+                        let ip = match <[u8; 4]>::try_from(*b) {
+                            Ok(v4) => Some(std::net::IpAddr::from(v4)),
+                            Err(_) => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        };
+                        ip_addresses.extend(ip.map(|ip| ip.to_string()));
+                    }
                     _ => {}
                 }
             }
@@ -137,6 +151,8 @@ impl CertInfo {
             not_after: time(cert.validity().not_after),
             uris,
             dns_names,
+            emails,
+            ip_addresses,
             subject: cert.subject().to_string(),
             issuer: cert.issuer().to_string(),
             is_ca: cert.is_ca(),

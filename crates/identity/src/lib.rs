@@ -31,6 +31,14 @@ pub use credentials::{Credentials, CredentialsError};
 /// The default trust domain (Istio's).
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// The control plane's own identity: its CA and its xDS TLS port (15012) present it.
+pub fn control_plane_identity(trust_domain: &str) -> Identity {
+    Identity::new(trust_domain, "istio-system", "istiod")
+}
+
+/// The server name clients send to the control plane's TLS port (Istio's).
+pub const CONTROL_PLANE_SERVER_NAME: &str = "istiod.istio-system.svc";
+
 /// A workload's SPIFFE identity: `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {

@@ -10,6 +10,7 @@
 //! expires (then handshakes fail: fail closed).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +51,66 @@ pub struct ManagerOptions {
     pub bootstrap_token: Option<String>,
     /// The lifetime asked for.
     pub ttl: Duration,
+}
+
+impl ManagerOptions {
+    /// The options of a proxy given its identity flags: the CA's address, the trust bundle and
+    /// the bootstrap credential as files (the credential's file is removed once read: it is
+    /// single-use), the trust domain, and the lifetime to ask for.
+    pub fn from_files(
+        ca_addr: SocketAddr,
+        root_cert: &Path,
+        bootstrap_token: Option<&Path>,
+        identity: Identity,
+        ttl: Duration,
+    ) -> Result<ManagerOptions, SetupError> {
+        let roots_pem = std::fs::read_to_string(root_cert).map_err(|source| SetupError::Read {
+            what: "the trust bundle (--root-cert)",
+            path: root_cert.to_path_buf(),
+            source,
+        })?;
+        let bootstrap_token = bootstrap_token.map(read_token).transpose()?;
+        let trust_domain = identity.trust_domain.clone();
+        Ok(ManagerOptions {
+            identity,
+            ca: CaTarget {
+                addr: ca_addr,
+                roots_pem,
+                identity: crate::control_plane_identity(&trust_domain).uri(),
+                server_name: crate::CONTROL_PLANE_SERVER_NAME.to_string(),
+            },
+            bootstrap_token,
+            ttl,
+        })
+    }
+}
+
+/// Why a proxy's identity flags cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the bootstrap credential {} is empty", .0.display())]
+    EmptyToken(PathBuf),
+}
+
+/// Reads a single-use credential and removes its file (it is worth nothing once used).
+fn read_token(path: &Path) -> Result<String, SetupError> {
+    let token = std::fs::read_to_string(path).map_err(|source| SetupError::Read {
+        what: "the bootstrap credential (--bootstrap-token)",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(path);
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err(SetupError::EmptyToken(path.to_path_buf()));
+    }
+    Ok(token)
 }
 
 /// Why a certificate could not be obtained.

@@ -30,12 +30,29 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Which peers a client accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone)]
 pub enum ExpectedPeer {
     /// Any SPIFFE identity the trust bundle vouches for.
     AnyIdentity,
     /// One of these SPIFFE ids (the destination's service accounts).
     OneOf(Vec<String>),
+    /// Any certificate the trust bundle vouches for, whatever names it has (Envoy's validation
+    /// context without subject alternative names to match).
+    AnyName,
+    /// A certificate whose names the check accepts.
+    Names(Arc<dyn NameCheck>),
+}
+
+/// A check of the names in a peer's certificate, once its chain is verified.
+pub trait NameCheck: fmt::Debug + Send + Sync {
+    /// Whether the certificate's names pass.
+    fn accepts(&self, cert: &CertInfo) -> bool;
+    /// What was expected, for the refusal's message.
+    fn expected(&self) -> Vec<String>;
+    /// What the certificate presented, for the refusal's message (its URIs by default).
+    fn presented(&self, cert: &CertInfo) -> Vec<String> {
+        cert.uris.clone()
+    }
 }
 
 /// A refused peer: what it presented and what was expected.
@@ -131,21 +148,22 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             }
             Err(e) => return Err(e),
         }
-        let presented = CertInfo::parse(end_entity.as_ref(), "the peer's certificate")
-            .map(|i| i.uris)
-            .map_err(|e| {
-                Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-            })?;
+        let info = CertInfo::parse(end_entity.as_ref(), "the peer's certificate").map_err(|e| {
+            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
         let ok = match &self.expected {
-            ExpectedPeer::AnyIdentity => presented.iter().any(|u| u.parse::<Identity>().is_ok()),
-            ExpectedPeer::OneOf(ids) => presented.iter().any(|u| ids.contains(u)),
+            ExpectedPeer::AnyIdentity => info.uris.iter().any(|u| u.parse::<Identity>().is_ok()),
+            ExpectedPeer::OneOf(ids) => info.uris.iter().any(|u| ids.contains(u)),
+            ExpectedPeer::AnyName => true,
+            ExpectedPeer::Names(check) => check.accepts(&info),
         };
         if ok {
             return Ok(ServerCertVerified::assertion());
         }
-        let expected = match &self.expected {
-            ExpectedPeer::AnyIdentity => Vec::new(),
-            ExpectedPeer::OneOf(ids) => ids.clone(),
+        let (presented, expected) = match &self.expected {
+            ExpectedPeer::AnyIdentity | ExpectedPeer::AnyName => (info.uris, Vec::new()),
+            ExpectedPeer::OneOf(ids) => (info.uris, ids.clone()),
+            ExpectedPeer::Names(check) => (check.presented(&info), check.expected()),
         };
         Err(Error::InvalidCertificate(CertificateError::Other(
             OtherError(Arc::new(PeerRefused {
@@ -195,17 +213,36 @@ pub fn server_config(
     client_auth: ClientAuth,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(creds.root_store(), provider());
-    let verifier = match client_auth {
-        ClientAuth::Required => verifier,
-        ClientAuth::Optional => verifier.allow_unauthenticated(),
-    }
-    .build()
-    .map_err(|e| Error::General(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(Fixed(creds.certified_key())));
+    server_config_with(
+        creds.certified_key(),
+        Some((creds.root_store(), client_auth)),
+        alpn,
+    )
+}
+
+/// A server config that presents `key` and, with `clients`, checks client certificates
+/// against that root store (without: asks for none).
+pub fn server_config_with(
+    key: Arc<CertifiedKey>,
+    clients: Option<(Arc<RootCertStore>, ClientAuth)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, Error> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match clients {
+        Some((roots, client_auth)) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            let verifier = match client_auth {
+                ClientAuth::Required => verifier,
+                ClientAuth::Optional => verifier.allow_unauthenticated(),
+            }
+            .build()
+            .map_err(|e| Error::General(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Fixed(key)));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -218,19 +255,119 @@ pub fn client_config(
     expected: ExpectedPeer,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, Error> {
-    let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| Error::General(e.to_string()))?;
+    client_config_with(
+        creds.map(Credentials::certified_key),
+        Some((roots, expected)),
+        alpn,
+    )
+}
+
+/// A client config that presents `key` (when given) and, with `servers`, accepts servers that
+/// chain to that root store and present names the expectation allows; without, accepts any
+/// server (a DestinationRule's `insecureSkipVerify`).
+pub fn client_config_with(
+    key: Option<Arc<CertifiedKey>>,
+    servers: Option<(Arc<RootCertStore>, ExpectedPeer)>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, Error> {
+    let verifier: Arc<dyn ServerCertVerifier> = match servers {
+        Some((roots, expected)) => {
+            let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
+                .build()
+                .map_err(|e| Error::General(e.to_string()))?;
+            Arc::new(SpiffeServerVerifier { chain, expected })
+        }
+        None => Arc::new(Unverified(provider())),
+    };
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier { chain, expected }));
-    let mut config = match creds {
-        Some(c) => builder.with_client_cert_resolver(Arc::new(Fixed(c.certified_key()))),
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match key {
+        Some(key) => builder.with_client_cert_resolver(Arc::new(Fixed(key))),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (signatures are still checked): `insecureSkipVerify`.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate chain and its private key from PEM, as rustls presents them.
+pub fn certified_key(
+    chain_pem: &str,
+    key_pem: &str,
+    what: &str,
+) -> Result<Arc<CertifiedKey>, crate::cert::CertError> {
+    let chain = crate::cert::certs_from_pem(chain_pem, &format!("{what}'s certificate chain"))?;
+    let key = crate::cert::key_from_pem(key_pem, &format!("{what}'s private key"))?;
+    CertifiedKey::from_der(chain, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| crate::cert::CertError::BadCertificate {
+            what: what.to_string(),
+            reason: format!("the private key does not fit the certificate: {e}"),
+        })
+}
+
+/// A root store of every certificate of a PEM bundle.
+pub fn root_store(pem: &str, what: &str) -> Result<Arc<RootCertStore>, crate::cert::CertError> {
+    let mut store = RootCertStore::empty();
+    // A system bundle may hold certificates webpki cannot use: those are left out.
+    let (_, unusable) = store.add_parsable_certificates(crate::cert::certs_from_pem(pem, what)?);
+    if store.is_empty() {
+        return Err(crate::cert::CertError::BadCertificate {
+            what: what.to_string(),
+            reason: format!("none of its {unusable} certificates can be a trust anchor"),
+        });
+    }
+    Ok(Arc::new(store))
 }
 
 /// The workload's key and chain, for every handshake.

@@ -63,6 +63,33 @@ async fn stop_signal() {
     }
 }
 
+/// The workload identity to obtain, from the identity flags: with `--ca-addr`, the proxy
+/// obtains its certificate from the mesh CA (proving itself with `--bootstrap-token`), checks it
+/// with `--root-cert`, and serves mutual TLS with it.
+fn identity(
+    flags: &strait_xds_core::flags::IdentityFlags,
+    proxy: &strait_xds_core::Proxy,
+) -> Result<Option<strait_identity::manager::ManagerOptions>> {
+    let Some(ca) = flags.ca_addr else {
+        return Ok(None);
+    };
+    let root_cert = flags.root_cert.as_deref().ok_or_else(|| {
+        anyhow!("--ca-addr needs --root-cert: the mesh's trust bundle (PEM) to check the CA with")
+    })?;
+    let identity = strait_identity::Identity::new(
+        &flags.trust_domain,
+        &proxy.namespace,
+        &proxy.service_account,
+    );
+    Ok(Some(strait_identity::manager::ManagerOptions::from_files(
+        ca,
+        root_cert,
+        flags.bootstrap_token.as_deref(),
+        identity,
+        flags.cert_ttl,
+    )?))
+}
+
 fn main() -> Result<()> {
     // Colours only on a terminal: a log file gets plain text.
     tracing_subscriber::fmt()
@@ -74,13 +101,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    if args.proxy.identity.ca_addr.is_some() {
-        anyhow::bail!(
-            "--ca-addr: strait-proxy does not obtain workload certificates yet; run Envoy with \
-             `strait agent` for mutual TLS, or leave --ca-addr out"
-        );
-    }
-    let node = strait_proxy::node(&args.proxy.proxy());
+    let proxy = args.proxy.proxy();
+    let identity = identity(&args.proxy.identity, &proxy)?;
+    let node = strait_proxy::node(&proxy);
     let limits = strait_proxy::HttpLimits {
         request_headers_timeout: timeout("request-headers-timeout", args.request_headers_timeout)?,
         idle_timeout: timeout("idle-timeout", args.idle_timeout)?,
@@ -106,6 +129,7 @@ fn main() -> Result<()> {
         limits,
         access_log: args.access_log.clone(),
         drain_time,
+        identity,
     };
     runtime.block_on(strait_proxy::run_until(opts, stop_signal()))?;
     Ok(())

@@ -75,6 +75,11 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
+        "/certs" => reply(
+            StatusCode::OK,
+            "application/json",
+            certs_json(shared.tls.workload().as_deref()).to_string(),
+        ),
         "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -110,15 +115,56 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "strait-proxy admin: /ready /config_dump /clusters /stats/prometheus /drain_listeners /quitquitquit\n"
+            "strait-proxy admin: /ready /config_dump /clusters /certs /stats/prometheus /drain_listeners /quitquitquit\n"
                 .into(),
         ),
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             format!(
-                "no admin path {other}: try /ready, /config_dump, /clusters, /stats/prometheus\n"
+                "no admin path {other}: try /ready, /config_dump, /clusters, /certs, /stats/prometheus\n"
             ),
         ),
     }
+}
+
+/// `/certs` in Envoy's shape: the workload certificate chain (`cert_chain`) and the trust
+/// bundle (`ca_cert`), each with its serial number, names and validity.
+fn certs_json(creds: Option<&strait_identity::Credentials>) -> serde_json::Value {
+    use serde_json::json;
+    use strait_identity::cert::{CertInfo, rfc3339};
+    let Some(creds) = creds else {
+        return json!({ "certificates": [] });
+    };
+    let now = std::time::SystemTime::now();
+    let describe = |info: &CertInfo, path: &str| {
+        let days = info
+            .not_after
+            .duration_since(now)
+            .map_or(0, |d| d.as_secs() / 86_400);
+        let mut names: Vec<serde_json::Value> =
+            info.uris.iter().map(|u| json!({ "uri": u })).collect();
+        names.extend(info.dns_names.iter().map(|d| json!({ "dns": d })));
+        json!({
+            "path": path,
+            "serial_number": info.serial,
+            "subject_alt_names": names,
+            "days_until_expiration": days.to_string(),
+            "valid_from": rfc3339(info.not_before),
+            "expiration_time": rfc3339(info.not_after),
+        })
+    };
+    let chain: Vec<serde_json::Value> = creds
+        .chain
+        .iter()
+        .filter_map(|c| CertInfo::parse(c.as_ref(), "a certificate of the chain").ok())
+        .map(|i| describe(&i, "<inline>"))
+        .collect();
+    let roots: Vec<serde_json::Value> = creds
+        .roots
+        .iter()
+        .filter_map(|c| CertInfo::parse(c.as_ref(), "a root").ok())
+        .map(|i| describe(&i, "<inline>"))
+        .collect();
+    json!({ "certificates": [{ "ca_cert": roots, "cert_chain": chain }] })
 }

@@ -35,7 +35,14 @@ pub fn proto_config(data: &[u8]) {
             };
             if let Ok(l) = Listener::try_from(&pb) {
                 for dest in ["10.0.0.1:9080", "[fd00::1]:80", "127.0.0.1:15006"] {
-                    let _ = l.chain_for(dest.parse().expect("a socket address"));
+                    let dest = dest.parse().expect("a socket address");
+                    let _ = l.chain_for(dest, &crate::config::listener::Detected::raw());
+                    let tls = crate::config::listener::Detected {
+                        transport_protocol: "tls",
+                        server_name: Some("a.example.com".to_string()),
+                        alpn: vec!["istio".to_string()],
+                    };
+                    let _ = l.chain_for(dest, &tls);
                 }
                 let _ = l.http_filters().count();
                 let _ = serde_json::to_string(&l);

@@ -17,6 +17,7 @@ pub mod config;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 mod http;
+mod io;
 mod listeners;
 mod original_dst;
 pub mod routing;
@@ -24,6 +25,7 @@ mod stats;
 mod tcp;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod upstream;
 pub mod xds;
 
@@ -72,6 +74,9 @@ pub struct Options {
     /// How long a shutdown (see [`run_until`]) waits for open connections to finish after the
     /// listeners close.
     pub drain_time: Duration,
+    /// The workload identity to obtain from the mesh CA and keep renewed (`None`: the proxy
+    /// has none, and its traffic is plaintext).
+    pub identity: Option<strait_identity::manager::ManagerOptions>,
 }
 
 /// Why the proxy could not run.
@@ -89,6 +94,11 @@ pub enum Error {
     },
     #[error("cannot start the control thread (xDS client and admin): {0}")]
     ControlRuntime(std::io::Error),
+    #[error("cannot obtain the workload certificate of {identity} from the mesh CA: {source}")]
+    Identity {
+        identity: String,
+        source: strait_identity::manager::ManagerError,
+    },
 }
 
 /// State shared by the xDS client, the listeners and the admin interface.
@@ -109,6 +119,8 @@ pub struct Shared {
     access_log: Option<AccessLog>,
     /// Downstream connections open now.
     open: AtomicUsize,
+    /// The certificates TLS contexts are built from.
+    tls: Arc<tls::Secrets>,
 }
 
 /// Counts a downstream connection as open until dropped.
@@ -122,17 +134,19 @@ impl Drop for OpenConnection {
 
 impl Shared {
     fn new(limits: HttpLimits, access_log: Option<AccessLog>) -> Arc<Shared> {
+        let tls = Arc::new(tls::Secrets::default());
         Arc::new(Shared {
             config: ArcSwap::from_pointee(Config::default()),
             generation: watch::channel(0).0,
             ready: AtomicBool::new(false),
             stats: stats::Stats::default(),
-            upstreams: upstream::Upstreams::default(),
+            upstreams: upstream::Upstreams::new(tls.clone()),
             quit: Notify::new(),
             drain: watch::channel(false).0,
             limits,
             access_log,
             open: AtomicUsize::new(0),
+            tls,
         })
     }
 
@@ -188,6 +202,11 @@ pub async fn run_until(
             source,
         })?;
     tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
+    // The workload certificate first: xDS goes over mutual TLS with it.
+    let _identity = match opts.identity {
+        Some(identity) => Some(obtain_identity(&shared, identity).await?),
+        None => None,
+    };
     let control = Control::start(shared.clone(), admin, opts.node.clone(), opts.xds, opts.api)?;
     let listeners = tokio::spawn(listeners::run(shared.clone()));
     tokio::select! {
@@ -206,6 +225,51 @@ pub async fn run_until(
     listeners.abort();
     drop(control);
     Ok(())
+}
+
+/// Obtains the workload certificate and follows its renewals into the TLS secrets, until the
+/// returned guard is dropped.
+async fn obtain_identity(
+    shared: &Arc<Shared>,
+    opts: strait_identity::manager::ManagerOptions,
+) -> Result<IdentityGuard, Error> {
+    let identity = opts.identity.to_string();
+    let manager = strait_identity::manager::CertManager::start(opts)
+        .await
+        .map_err(|source| Error::Identity {
+            identity: identity.clone(),
+            source,
+        })?;
+    let mut current = manager.subscribe();
+    let creds = current.borrow_and_update().clone();
+    tracing::info!(%identity, serial = %creds.leaf.serial, expires = %strait_identity::cert::rfc3339(creds.leaf.not_after), "workload certificate obtained");
+    shared.tls.set_workload(creds);
+    let follow = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while current.changed().await.is_ok() {
+                let creds = current.borrow_and_update().clone();
+                tracing::info!(serial = %creds.leaf.serial, expires = %strait_identity::cert::rfc3339(creds.leaf.not_after), "workload certificate renewed");
+                shared.tls.set_workload(creds);
+            }
+        })
+    };
+    Ok(IdentityGuard {
+        _manager: manager,
+        follow,
+    })
+}
+
+/// Keeps the certificate renewed while it lives.
+struct IdentityGuard {
+    _manager: strait_identity::manager::CertManager,
+    follow: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IdentityGuard {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
 }
 
 /// The control thread: the xDS client and the admin interface on a runtime of their own. It

@@ -10,13 +10,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::Shared;
+use crate::config::listener::Detected;
 use crate::config::{Config, Listener, NetworkFilter};
+use crate::io::{Io, Prefixed};
+use crate::tls::DownstreamSession;
+use crate::tls::sniff::{self, Sniffed};
 
 struct Bound {
     address: SocketAddr,
@@ -127,11 +132,14 @@ async fn accept(
     }
 }
 
-/// Serves one accepted connection with the filter chain that matches it.
+/// Serves one accepted connection with the filter chain that matches it: its destination
+/// (restored with SO_ORIGINAL_DST where the listener says so), the listener it is handed to,
+/// what `tls_inspector` reads from its first bytes, then the chain, TLS terminated when the
+/// chain says so, and the chain's network filter.
 async fn connection(
     shared: Arc<Shared>,
     listener: Arc<str>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     drain: watch::Receiver<bool>,
 ) {
@@ -139,7 +147,7 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let (filter, destination, restored) = {
+    let (target, destination, restored) = {
         let config = shared.config.load();
         let Some(l) = config.listeners.get(&*listener) else {
             return;
@@ -155,20 +163,152 @@ async fn connection(
         } else {
             l
         };
-        let Some(chain) = target.chain_for(destination) else {
-            tracing::debug!(%destination, listener = %target.name, "no filter chain matches: closing");
-            return;
-        };
-        tracing::debug!(%destination, listener = %target.name, chain = %chain.name, "filter chain");
-        shared.stats.listener_connection(target.address);
-        (chain.filter.clone(), destination, restored)
+        (
+            config.listeners.get(&target.name).cloned(),
+            destination,
+            restored,
+        )
     };
+    let Some(target) = target else { return };
+    let (first_bytes, detected) = if target.tls_inspector {
+        match inspect(&mut stream, &target).await {
+            Some(inspected) => inspected,
+            None => return,
+        }
+    } else {
+        (Vec::new(), Detected::raw())
+    };
+    let Some(chain) = target.chain_for(destination, &detected) else {
+        tracing::debug!(%destination, listener = %target.name, ?detected, "no filter chain matches: closing");
+        // Reset, as Envoy's close does: its listener filters peek, so what the client sent is
+        // still unread when it closes (curl: "Connection reset by peer", exit 56).
+        let _ = stream.set_zero_linger();
+        return;
+    };
+    tracing::debug!(%destination, listener = %target.name, chain = %chain.name, "filter chain");
+    shared.stats.listener_connection(target.address);
+    let io = match &chain.tls {
+        None if target.tls_inspector => Io::Sniffed(Prefixed::new(first_bytes, stream)),
+        None => Io::Tcp(stream),
+        Some(tls) => {
+            let configs = match shared.tls.server(tls) {
+                Ok(c) => c,
+                Err(e) => {
+                    shared.stats.tls_handshake_failed(target.address);
+                    tracing::warn!(%peer, listener = %target.name, chain = %chain.name, error = %e, "TLS refused: the filter chain's certificates are not available");
+                    return;
+                }
+            };
+            let prefixed = Prefixed::new(first_bytes, stream);
+            match crate::tls::accept(&configs, tls, &detected.alpn, prefixed).await {
+                Ok((tls_stream, session)) => {
+                    shared.stats.tls_handshake(target.address);
+                    tracing::debug!(%peer, peer_identity = ?session.peer.as_ref().and_then(|p| p.principal()), sni = ?session.server_name, alpn = ?session.alpn, "TLS terminated");
+                    return serve(
+                        &shared,
+                        &chain.filter,
+                        Io::Tls(Box::new(tls_stream)),
+                        Accepted {
+                            peer,
+                            local,
+                            restored,
+                            destination,
+                            tls: Some(Arc::new(session)),
+                        },
+                        drain,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    shared.stats.tls_handshake_failed(target.address);
+                    tracing::warn!(%peer, listener = %target.name, chain = %chain.name, reason = %e, "TLS handshake refused");
+                    return;
+                }
+            }
+        }
+    };
+    serve(
+        &shared,
+        &chain.filter,
+        io,
+        Accepted {
+            peer,
+            local,
+            restored,
+            destination,
+            tls: None,
+        },
+        drain,
+    )
+    .await;
+}
+
+/// An accepted connection, as the network filters see it.
+pub(crate) struct Accepted {
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    /// The original destination, when SO_ORIGINAL_DST restored one.
+    pub(crate) restored: Option<SocketAddr>,
+    /// Where the client connected to: the original destination, else the local address.
+    pub(crate) destination: SocketAddr,
+    /// What the TLS handshake established, when the filter chain terminated TLS.
+    pub(crate) tls: Option<Arc<DownstreamSession>>,
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    filter: &NetworkFilter,
+    io: Io,
+    down: Accepted,
+    drain: watch::Receiver<bool>,
+) {
     match filter {
         NetworkFilter::Http(hcm) => {
-            crate::http::serve_connection(shared, hcm, stream, peer, restored, drain).await
+            crate::http::serve_connection(shared.clone(), hcm.clone(), io, down, drain).await
         }
-        NetworkFilter::Tcp(tcp) => crate::tcp::proxy(&shared, &tcp, stream, destination).await,
+        NetworkFilter::Tcp(tcp) => crate::tcp::proxy(shared, tcp, io, down.destination).await,
     }
+}
+
+/// `tls_inspector`: reads the connection's first bytes until they say whether it is TLS (and
+/// a whole ClientHello its server name and ALPN), within the listener's filter timeout. The
+/// bytes read are returned, to be read again. `None`: close the connection.
+async fn inspect(stream: &mut TcpStream, listener: &Listener) -> Option<(Vec<u8>, Detected)> {
+    let mut buf = Vec::with_capacity(1024);
+    let reading = async {
+        loop {
+            match sniff::sniff(&buf) {
+                Sniffed::Tls { server_name, alpn } => {
+                    return Some(Detected {
+                        transport_protocol: "tls",
+                        server_name,
+                        alpn,
+                    });
+                }
+                Sniffed::Plaintext => return Some(Detected::raw()),
+                Sniffed::NeedMore => {}
+            }
+            buf.reserve(1024);
+            match stream.read_buf(&mut buf).await {
+                // The client closed, or sent nothing more: whatever came is plaintext.
+                Ok(0) => return Some(Detected::raw()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let detected = match listener.listener_filters_timeout {
+        None => reading.await,
+        Some(limit) => match tokio::time::timeout(limit, reading).await {
+            Ok(d) => d,
+            Err(_) if listener.continue_on_listener_filters_timeout => Some(Detected::raw()),
+            Err(_) => {
+                tracing::debug!(listener = %listener.name, ?limit, "no bytes within the listener filters timeout: closing");
+                None
+            }
+        },
+    }?;
+    Some((buf, detected))
 }
 
 /// `use_original_dst`: the listener whose address is the connection's original destination,
@@ -211,7 +351,9 @@ mod tests {
                         prefix_len: *l,
                     })
                     .collect(),
+                ..ChainMatch::default()
             },
+            tls: None,
             filter: NetworkFilter::Tcp(TcpProxyConfig {
                 target: Target::Cluster(name.into()),
                 idle_timeout: None,
@@ -226,13 +368,17 @@ mod tests {
             bind: true,
             use_original_dst: false,
             original_dst: false,
+            tls_inspector: false,
+            listener_filters_timeout: None,
+            continue_on_listener_filters_timeout: false,
             filter_chains: chains,
             default_filter_chain: None,
         }
     }
 
     fn chain_name(l: &Listener, dest: &str) -> Option<String> {
-        l.chain_for(dest.parse().unwrap()).map(|c| c.name.clone())
+        l.chain_for(dest.parse().unwrap(), &Detected::raw())
+            .map(|c| c.name.clone())
     }
 
     #[test]

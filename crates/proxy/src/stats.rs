@@ -16,6 +16,8 @@ pub(crate) struct Stats {
     clusters: RwLock<BTreeMap<String, Arc<ClusterStats>>>,
     /// Downstream connections by listener address.
     listeners: RwLock<BTreeMap<std::net::SocketAddr, Arc<AtomicU64>>>,
+    /// TLS handshakes by listener address and outcome (`ssl_handshake`, `ssl_connection_error`).
+    listener_tls: RwLock<BTreeMap<(std::net::SocketAddr, &'static str), Arc<AtomicU64>>>,
     flags: RwLock<BTreeMap<&'static str, Arc<AtomicU64>>>,
 }
 
@@ -83,6 +85,16 @@ impl Stats {
         bump(&self.listeners, address);
     }
 
+    /// A TLS handshake completed on the listener at `address`.
+    pub(crate) fn tls_handshake(&self, address: std::net::SocketAddr) {
+        bump(&self.listener_tls, (address, "ssl_handshake"));
+    }
+
+    /// A TLS handshake refused (or that could not start) on the listener at `address`.
+    pub(crate) fn tls_handshake_failed(&self, address: std::net::SocketAddr) {
+        bump(&self.listener_tls, (address, "ssl_connection_error"));
+    }
+
     pub(crate) fn flag(&self, flag: &'static str) {
         bump(&self.flags, flag);
     }
@@ -142,6 +154,19 @@ impl Stats {
                 n.load(Ordering::Relaxed)
             );
         }
+        let tls = self.listener_tls.read().unwrap_or_else(|e| e.into_inner());
+        for stat in ["ssl_handshake", "ssl_connection_error"] {
+            let _ = writeln!(out, "# TYPE envoy_listener_{stat} counter");
+            for ((address, _), n) in tls.iter().filter(|((_, s), _)| *s == stat) {
+                let _ = writeln!(
+                    out,
+                    "envoy_listener_{stat}{{envoy_listener_address=\"{}_{}\"}} {}",
+                    address.ip(),
+                    address.port(),
+                    n.load(Ordering::Relaxed)
+                );
+            }
+        }
         out.push_str("# TYPE strait_proxy_local_responses_total counter\n");
         for (flag, n) in self.flags.read().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(
@@ -186,9 +211,13 @@ mod tests {
             .connection();
         stats.listener_connection("0.0.0.0:8000".parse().unwrap());
         stats.listener_connection("0.0.0.0:8000".parse().unwrap());
+        stats.tls_handshake("0.0.0.0:15006".parse().unwrap());
+        stats.tls_handshake_failed("0.0.0.0:15006".parse().unwrap());
         let text = stats.prometheus();
         for line in [
             "envoy_listener_downstream_cx_total{envoy_listener_address=\"0.0.0.0_8000\"} 2",
+            "envoy_listener_ssl_handshake{envoy_listener_address=\"0.0.0.0_15006\"} 1",
+            "envoy_listener_ssl_connection_error{envoy_listener_address=\"0.0.0.0_15006\"} 1",
             "envoy_cluster_upstream_rq_total{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 2",
             "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",
             "envoy_cluster_upstream_rq_retry{envoy_cluster_name=\"outbound|9080|v1|reviews.default.svc.cluster.local\"} 1",

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::Shared;
 use crate::balance::outlier::Observed;
 use crate::config::listener::TcpProxyConfig;
 use crate::config::route::Target;
+use crate::io::Io;
 use crate::routing;
 
 /// Bytes read at once, per direction.
@@ -27,9 +27,12 @@ const BUFFER: usize = 8 * 1024;
 pub(crate) async fn proxy(
     shared: &Shared,
     tcp: &TcpProxyConfig,
-    downstream: TcpStream,
+    downstream: Io,
     destination: SocketAddr,
 ) {
+    // Until an upstream connection is made, leaving resets the downstream connection, as
+    // Envoy's tcp_proxy does (it has read nothing from it yet).
+    let mut unrouted = Unrouted(Some(downstream));
     let cluster = {
         let config = shared.config.load();
         let name = match &tcp.target {
@@ -76,12 +79,26 @@ pub(crate) async fn proxy(
     };
     // A connection made is a success for outlier detection (Envoy's connect success).
     lb.report(&picked, Observed::Status(200));
-    let _ = upstream.set_nodelay(true);
     tracing::debug!(cluster = %cluster.name, upstream = %picked.authority(), "tcp_proxy: connected");
+    let downstream = unrouted
+        .0
+        .take()
+        .expect("the downstream connection is held until here");
     match pipe(downstream, upstream, tcp.idle_timeout).await {
         Ok(Ended::Closed) => tracing::debug!("tcp_proxy: both sides closed"),
         Ok(Ended::Idle) => tracing::debug!("tcp_proxy: idle timeout: closed"),
         Err(e) => tracing::debug!(error = %e, "tcp_proxy: connection error: closed"),
+    }
+}
+
+/// A downstream connection not yet routed: reset if dropped.
+struct Unrouted(Option<Io>);
+
+impl Drop for Unrouted {
+    fn drop(&mut self) {
+        if let Some(io) = &self.0 {
+            io.reset_on_close();
+        }
     }
 }
 

@@ -48,6 +48,8 @@ enum StreamError {
     Stream(#[from] tonic::Status),
     #[error("the ADS stream closed")]
     Closed,
+    #[error("cannot make the TLS configuration for the control plane: {0}")]
+    Tls(String),
 }
 
 /// A resource as last accepted, with the version the control plane gave it.
@@ -151,13 +153,52 @@ fn backoff(failures: u32) -> Duration {
     cap / 2 + cap.mul_f64(fastrand::f64() / 2.0)
 }
 
+/// Connects to the control plane: plaintext, or, when the proxy has a workload identity, mutual
+/// TLS to the control plane's TLS port with the certificate it holds at that moment (the
+/// control plane checks that the node id it then sends is that identity's).
 async fn connect(
+    shared: &Shared,
     addr: SocketAddr,
 ) -> Result<AggregatedDiscoveryServiceClient<tonic::transport::Channel>, StreamError> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a socket address makes a valid URI")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
+        .connect_timeout(CONNECT_TIMEOUT);
+    let Some(creds) = shared.tls.workload() else {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| StreamError::Connect { addr, source })?;
+        return Ok(AggregatedDiscoveryServiceClient::new(channel));
+    };
+    let trust_domain = creds.identity.trust_domain.clone();
+    let tls = strait_identity::tls::client_config(
+        Some(&creds),
+        creds.root_store(),
+        strait_identity::tls::ExpectedPeer::OneOf(vec![
+            strait_identity::control_plane_identity(&trust_domain).uri(),
+        ]),
+        &[b"h2"],
+    )
+    .map_err(|e| StreamError::Tls(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(strait_identity::CONTROL_PLANE_SERVER_NAME)
+        .expect("a valid server name");
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            let name = name.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                let tls = connector.connect(name, tcp).await.map_err(|e| {
+                    std::io::Error::other(format!(
+                        "TLS to the control plane: {}",
+                        strait_identity::tls::explain(&e)
+                    ))
+                })?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
         .await
         .map_err(|source| StreamError::Connect { addr, source })?;
     Ok(AggregatedDiscoveryServiceClient::new(channel))
@@ -170,7 +211,7 @@ async fn stream(
     state: &mut State,
     got_response: &mut bool,
 ) -> Result<(), StreamError> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(shared, addr).await?;
     let (tx, rx) = mpsc::channel(16);
     // The first request carries the node; wildcard CDS and LDS, then what we already subscribed
     // to, each with the versions we hold.
@@ -231,7 +272,7 @@ async fn stream_sotw(
     state: &mut State,
     got_response: &mut bool,
 ) -> Result<(), StreamError> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(shared, addr).await?;
     let (tx, rx) = mpsc::channel(16);
     for (i, (ty, names)) in state.opening().into_iter().enumerate() {
         let req = DiscoveryRequest {

@@ -94,9 +94,11 @@ fn cluster(lb: LbPolicy, n: usize, outlier_detection: bool) -> Cluster {
     let mut c = Cluster::try_from(&pb).expect("the test cluster converts");
     c.lb = lb;
     c.endpoints = (0..n)
-        .map(|i| Endpoint {
-            host: format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
-            port: 9080,
+        .map(|i| {
+            Endpoint::new(
+                format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
+                9080,
+            )
         })
         .collect();
     if outlier_detection {

@@ -1,6 +1,8 @@
 //! Clusters and their endpoints, from `envoy.config.cluster.v3.Cluster` and
 //! `envoy.config.endpoint.v3.ClusterLoadAssignment`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3 as pb;
@@ -13,6 +15,10 @@ use serde::Serialize;
 
 use super::invalid::{At, Invalid, Kind, Refusal, Segment, refuse_if};
 use super::proto::{decode, duration, socket_addr};
+use super::tls::{Socket, UpstreamTls, upstream_socket};
+
+/// The endpoint metadata namespace `transport_socket_matches` read.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 
 const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 const HTTP_OPTIONS_TYPE: &str =
@@ -29,6 +35,9 @@ const DEFAULT_MAGLEV_TABLE: u64 = 65537;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cluster {
     pub name: String,
+    /// TLS to the endpoints (`transport_socket`, `transport_socket_matches`).
+    #[serde(skip_serializing_if = "ClusterTls::is_none")]
+    pub tls: ClusterTls,
     pub discovery: Discovery,
     pub lb: LbPolicy,
     #[serde(serialize_with = "super::secs::one")]
@@ -153,6 +162,68 @@ pub struct Endpoint {
     /// An IP address, or for DNS clusters a host name.
     pub host: String,
     pub port: u16,
+    /// Its `envoy.transport_socket_match` metadata (Istio's `tlsMode: istio` on endpoints with
+    /// a sidecar), which picks the cluster's transport socket for it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub socket_match: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.into(),
+            port,
+            socket_match: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a cluster's connections are secured: Envoy's `transport_socket`, or its
+/// `transport_socket_matches` chosen per endpoint by the endpoint's metadata (Istio's
+/// auto-mTLS: mutual TLS to endpoints with a sidecar, plain text to the others).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub enum ClusterTls {
+    /// Plain text.
+    #[default]
+    None,
+    All(Arc<UpstreamTls>),
+    ByEndpoint {
+        matches: Vec<SocketMatch>,
+        /// For endpoints no match takes: the cluster's `transport_socket`.
+        default: Option<Arc<UpstreamTls>>,
+    },
+}
+
+/// One `transport_socket_matches` entry: endpoints whose metadata has all of `criteria` use
+/// its socket (`None`: plain text).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SocketMatch {
+    pub name: String,
+    pub criteria: BTreeMap<String, String>,
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+impl ClusterTls {
+    /// The TLS context for connections to `e` (`None`: plain text), as Envoy picks it: the
+    /// first match whose criteria the endpoint's metadata all has, else the cluster's socket.
+    pub fn for_endpoint(&self, e: &Endpoint) -> Option<&Arc<UpstreamTls>> {
+        match self {
+            ClusterTls::None => None,
+            ClusterTls::All(tls) => Some(tls),
+            ClusterTls::ByEndpoint { matches, default } => matches
+                .iter()
+                .find(|m| {
+                    m.criteria
+                        .iter()
+                        .all(|(k, v)| e.socket_match.get(k) == Some(v))
+                })
+                .map_or(default.as_ref(), |m| m.tls.as_ref()),
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, ClusterTls::None)
+    }
 }
 
 impl TryFrom<&pb::Cluster> for Cluster {
@@ -171,7 +242,15 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
     let protocol = upstream_protocol(c)?;
     let endpoints = static_endpoints(c, &discovery)?;
     let original_dst_header = original_dst_header(c, &discovery)?;
+    let tls = cluster_tls(c)?;
+    if discovery == Discovery::OriginalDst && !tls.is_none() {
+        return Err(Refusal::unsupported_value(
+            "transport_socket",
+            "TLS to ORIGINAL_DST destinations",
+        ));
+    }
     Ok(Cluster {
+        tls,
         name: c.name.clone(),
         discovery,
         lb,
@@ -195,28 +274,75 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
 }
 
 fn refuse_unsupported(c: &pb::Cluster) -> Result<(), Refusal> {
-    if c.transport_socket.is_some() {
-        return Err(Refusal::unsupported_value(
-            "transport_socket",
-            "(upstream TLS)",
-        ));
-    }
-    if !c.transport_socket_matches.is_empty() {
-        return Err(Refusal::unsupported_value(
-            "transport_socket_matches",
-            "(upstream TLS)",
-        ));
-    }
-    if c.transport_socket_matcher.is_some() {
-        return Err(Refusal::unsupported_value(
-            "transport_socket_matcher",
-            "(upstream TLS)",
-        ));
-    }
+    refuse_if(
+        c.transport_socket_matcher.is_some(),
+        "transport_socket_matcher",
+    )?;
     refuse_if(c.lb_subset_config.is_some(), "lb_subset_config")?;
     refuse_if(c.load_balancing_policy.is_some(), "load_balancing_policy")?;
     refuse_if(!c.filters.is_empty(), "filters")?;
     refuse_if(c.upstream_config.is_some(), "upstream_config")
+}
+
+/// `transport_socket` and `transport_socket_matches`.
+fn cluster_tls(c: &pb::Cluster) -> Result<ClusterTls, Refusal> {
+    let tls = |s: Option<&envoy_types::pb::envoy::config::core::v3::TransportSocket>| {
+        Ok::<_, Refusal>(match s {
+            None => None,
+            Some(s) => match upstream_socket(s)? {
+                Socket::Raw => None,
+                Socket::Tls(t) => Some(Arc::new(t)),
+            },
+        })
+    };
+    let default = tls(c.transport_socket.as_ref()).under("transport_socket")?;
+    if c.transport_socket_matches.is_empty() {
+        return Ok(default.map_or(ClusterTls::None, ClusterTls::All));
+    }
+    let mut matches = Vec::with_capacity(c.transport_socket_matches.len());
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let at = |r: Refusal| r.at(Segment::Index(i)).under("transport_socket_matches");
+        let criteria = m
+            .r#match
+            .as_ref()
+            .map(|s| struct_strings(s).map_err(|r| r.under("match")))
+            .transpose()
+            .map_err(at)?
+            .unwrap_or_default();
+        let tls = tls(m.transport_socket.as_ref())
+            .under("transport_socket")
+            .map_err(at)?;
+        matches.push(SocketMatch {
+            name: m.name.clone(),
+            criteria,
+            tls,
+        });
+    }
+    Ok(ClusterTls::ByEndpoint { matches, default })
+}
+
+/// A metadata struct's fields as strings (Istio's are strings; numbers and booleans as
+/// written).
+fn struct_strings(
+    s: &envoy_types::pb::google::protobuf::Struct,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    use envoy_types::pb::google::protobuf::value::Kind as V;
+    let mut out = BTreeMap::new();
+    for (k, v) in &s.fields {
+        let text = match &v.kind {
+            Some(V::StringValue(s)) => s.clone(),
+            Some(V::BoolValue(b)) => b.to_string(),
+            Some(V::NumberValue(n)) => n.to_string(),
+            _ => {
+                return Err(Refusal::unsupported_value(
+                    "fields",
+                    format!("{k:?}: a list, struct or null value"),
+                ));
+            }
+        };
+        out.insert(k.clone(), text);
+    }
+    Ok(out)
 }
 
 /// `type` (or `cluster_type`), with the EDS service name.
@@ -494,10 +620,11 @@ pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<End
             } else {
                 let a = socket_addr(e.address.as_ref(), "address")
                     .map_err(|r| at(r.under("endpoint")))?;
-                Endpoint {
-                    host: a.ip().to_string(),
-                    port: a.port(),
-                }
+                Endpoint::new(a.ip().to_string(), a.port())
+            };
+            let endpoint = Endpoint {
+                socket_match: socket_match(lb).map_err(at)?,
+                ..endpoint
             };
             if healthy {
                 out.push(endpoint);
@@ -507,18 +634,35 @@ pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<End
     Ok(out)
 }
 
+/// An endpoint's `envoy.transport_socket_match` metadata.
+fn socket_match(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Result<BTreeMap<String, String>, Refusal> {
+    match lb
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
+    {
+        Some(s) => struct_strings(s).map_err(|r| {
+            r.at(Segment::Key(TRANSPORT_SOCKET_MATCH.to_string()))
+                .under("metadata.filter_metadata")
+        }),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
 fn dns_endpoint(
     address: Option<&envoy_types::pb::envoy::config::core::v3::Address>,
 ) -> Result<Endpoint, Refusal> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
     match address.and_then(|a| a.address.as_ref()) {
         Some(address::Address::SocketAddress(sa)) => match sa.port_specifier {
-            Some(socket_address::PortSpecifier::PortValue(p)) => Ok(Endpoint {
-                host: sa.address.clone(),
-                port: u16::try_from(p).map_err(|_| {
+            Some(socket_address::PortSpecifier::PortValue(p)) => Ok(Endpoint::new(
+                sa.address.clone(),
+                u16::try_from(p).map_err(|_| {
                     Refusal::bad_value("address.port_value", p, "a port (at most 65535)")
                 })?,
-            }),
+            )),
             _ => Err(Refusal::unsupported("address.named_port")),
         },
         _ => Err(Refusal::unsupported_value(

@@ -24,12 +24,17 @@ use serde::Serialize;
 use super::invalid::{At, Invalid, Kind, Refusal, Segment, refuse_if};
 use super::proto::{decode, duration, socket_addr};
 use super::route::{RouteConfig, Target, WeightedCluster, route_config};
+use super::tls::{DownstreamTls, Socket, downstream_socket};
 
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
 const ORIGINAL_DST_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+const TLS_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+/// Envoy's `listener_filters_timeout` when none is set.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 /// The HTTP filters strait-proxy runs (the router last), by type URL.
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -51,16 +56,26 @@ pub struct Listener {
     /// (SO_ORIGINAL_DST, as iptables REDIRECT left it), for filter chain matches and
     /// ORIGINAL_DST clusters.
     pub original_dst: bool,
+    /// The `tls_inspector` listener filter: a connection's first bytes say whether it is TLS,
+    /// and a ClientHello its server name and ALPN, for filter chain matches.
+    pub tls_inspector: bool,
+    /// How long the listener filters may wait for a connection's first bytes (`None`: no
+    /// limit), and whether the connection then goes on as if none came (else it is closed).
+    #[serde(serialize_with = "super::secs::option")]
+    pub listener_filters_timeout: Option<Duration>,
+    pub continue_on_listener_filters_timeout: bool,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
 }
 
-/// A filter chain: when it applies, and its one network filter.
+/// A filter chain: when it applies, its transport socket (TLS terminated, or none), and its
+/// one network filter.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FilterChain {
     pub name: String,
     #[serde(rename = "filter_chain_match")]
     pub matcher: ChainMatch,
+    pub tls: Option<Arc<DownstreamTls>>,
     pub filter: NetworkFilter,
 }
 
@@ -70,6 +85,90 @@ pub struct ChainMatch {
     pub destination_port: Option<u16>,
     /// The destination address is in one of these (empty: any).
     pub prefix_ranges: Vec<Cidr>,
+    /// The TLS server name is one of these: exact, or `*.suffix` (empty: any).
+    pub server_names: Vec<String>,
+    /// `tls` or `raw_buffer` (`None`: any).
+    pub transport_protocol: Option<String>,
+    /// One of these was offered in the ClientHello's ALPN (empty: any).
+    pub application_protocols: Vec<String>,
+}
+
+/// What the listener filters learnt about a connection, for filter chain matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detected {
+    /// `tls` or `raw_buffer` (Envoy's default when no listener filter says otherwise).
+    pub transport_protocol: &'static str,
+    pub server_name: Option<String>,
+    pub alpn: Vec<String>,
+}
+
+impl Detected {
+    /// A connection no listener filter looked at.
+    pub fn raw() -> Detected {
+        Detected {
+            transport_protocol: "raw_buffer",
+            server_name: None,
+            alpn: Vec::new(),
+        }
+    }
+}
+
+/// How a chain's criterion holds for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// The chain sets the criterion and the connection meets it; more is more specific.
+    Specific(u32),
+    /// The chain does not set the criterion.
+    Any,
+    /// The chain sets it and the connection does not meet it.
+    No,
+}
+
+/// Keeps the chains that fit best: the most specific of those that set the criterion and meet
+/// it, else those that do not set it; none when every chain sets it and none meets it.
+fn narrow(chains: Vec<&FilterChain>, fit: impl Fn(&ChainMatch) -> Fit) -> Vec<&FilterChain> {
+    let fits: Vec<Fit> = chains.iter().map(|c| fit(&c.matcher)).collect();
+    let best = fits
+        .iter()
+        .filter_map(|f| match f {
+            Fit::Specific(n) => Some(*n),
+            _ => None,
+        })
+        .max();
+    let keep = |f: &Fit| match best {
+        Some(b) => *f == Fit::Specific(b),
+        None => *f == Fit::Any,
+    };
+    chains
+        .into_iter()
+        .zip(&fits)
+        .filter(|(_, f)| keep(f))
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// How a server name fits `names`: an exact name beats any wildcard, a longer wildcard suffix
+/// beats a shorter one.
+fn server_name_fit(names: &[String], sni: Option<&str>) -> Fit {
+    if names.is_empty() {
+        return Fit::Any;
+    }
+    let Some(sni) = sni else { return Fit::No };
+    if names.iter().any(|n| n.eq_ignore_ascii_case(sni)) {
+        return Fit::Specific(u32::MAX);
+    }
+    names
+        .iter()
+        .filter_map(|n| n.strip_prefix('*'))
+        .filter(|suffix| {
+            sni.len() > suffix.len()
+                && sni
+                    .get(sni.len() - suffix.len()..)
+                    .is_some_and(|end| end.eq_ignore_ascii_case(suffix))
+        })
+        .map(|suffix| suffix.len() as u32)
+        .max()
+        .map_or(Fit::No, Fit::Specific)
 }
 
 /// An address range.
@@ -132,6 +231,34 @@ pub struct HttpListener {
     pub server_name: String,
     /// What happens to the upstream's `server` header (`server_header_transformation`).
     pub server_header: ServerHeader,
+    /// What happens to `x-forwarded-client-cert` (`forward_client_cert_details`).
+    pub forward_client_cert: ForwardClientCert,
+    /// What the proxy adds about the client's certificate (`set_current_client_cert_details`).
+    pub client_cert_details: ClientCertDetails,
+}
+
+/// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ForwardClientCert {
+    /// Removed (Envoy's default).
+    Sanitize,
+    /// Kept when the client connection is mutual TLS, else removed.
+    ForwardOnly,
+    /// On mutual TLS, the client's certificate is appended; else removed.
+    AppendForward,
+    /// On mutual TLS, replaced by the client's certificate; else removed.
+    SanitizeSet,
+    /// Always kept as it came.
+    AlwaysForwardOnly,
+}
+
+/// Envoy's `set_current_client_cert_details`: the fields of the client's certificate added to
+/// `x-forwarded-client-cert` (`By` and `Hash` always are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -173,51 +300,57 @@ impl Listener {
             })
     }
 
-    /// The filter chain for a connection to `destination`, as Envoy picks it: the chains whose
-    /// `destination_port` is the connection's, else those without one; among them those whose
-    /// `prefix_ranges` hold the address most specifically, else those without ranges; then the
-    /// first. None matching: the default filter chain, if any.
-    pub fn chain_for(&self, destination: SocketAddr) -> Option<&FilterChain> {
-        let by_port: Vec<&FilterChain> = {
-            let exact: Vec<&FilterChain> = self
-                .filter_chains
-                .iter()
-                .filter(|c| c.matcher.destination_port == Some(destination.port()))
-                .collect();
-            if exact.is_empty() {
-                self.filter_chains
-                    .iter()
-                    .filter(|c| c.matcher.destination_port.is_none())
-                    .collect()
-            } else {
-                exact
-            }
-        };
+    /// The filter chain for a connection to `destination`, as Envoy picks it, one criterion
+    /// after the other: the destination port, the destination address (the longest prefix),
+    /// the server name (exact, then the longest wildcard), the transport protocol, then the
+    /// application protocols. At each step the chains that set the criterion and meet it win
+    /// over those that do not set it; when every remaining chain sets it and none meets it,
+    /// nothing matches. Then the first. None matching: the default filter chain, if any.
+    pub fn chain_for(&self, destination: SocketAddr, detected: &Detected) -> Option<&FilterChain> {
+        let port = destination.port();
         let ip = destination.ip();
-        let longest = |c: &FilterChain| {
-            c.matcher
-                .prefix_ranges
+        let chains = narrow(self.filter_chains.iter().collect(), |m| {
+            match m.destination_port {
+                None => Fit::Any,
+                Some(p) if p == port => Fit::Specific(0),
+                Some(_) => Fit::No,
+            }
+        });
+        let chains = narrow(chains, |m| {
+            if m.prefix_ranges.is_empty() {
+                return Fit::Any;
+            }
+            m.prefix_ranges
                 .iter()
                 .filter(|r| r.contains(ip))
-                .map(|r| r.prefix_len)
+                .map(|r| u32::from(r.prefix_len))
                 .max()
-        };
-        by_port
-            .iter()
-            .filter_map(|c| longest(c).map(|len| (len, *c)))
-            .fold(
-                None,
-                |best: Option<(u8, &FilterChain)>, (len, c)| match best {
-                    Some((l, _)) if l >= len => best,
-                    _ => Some((len, c)),
-                },
-            )
-            .map(|(_, c)| c)
-            .or_else(|| {
-                by_port
-                    .into_iter()
-                    .find(|c| c.matcher.prefix_ranges.is_empty())
-            })
+                .map_or(Fit::No, Fit::Specific)
+        });
+        let chains = narrow(chains, |m| {
+            server_name_fit(&m.server_names, detected.server_name.as_deref())
+        });
+        let chains = narrow(chains, |m| match &m.transport_protocol {
+            None => Fit::Any,
+            Some(t) if t == detected.transport_protocol => Fit::Specific(0),
+            Some(_) => Fit::No,
+        });
+        let chains = narrow(chains, |m| {
+            if m.application_protocols.is_empty() {
+                Fit::Any
+            } else if m
+                .application_protocols
+                .iter()
+                .any(|p| detected.alpn.contains(p))
+            {
+                Fit::Specific(0)
+            } else {
+                Fit::No
+            }
+        });
+        chains
+            .into_iter()
+            .next()
             .or(self.default_filter_chain.as_ref())
     }
 }
@@ -242,19 +375,26 @@ fn listener(l: &pb::Listener) -> Result<Listener, Refusal> {
         return Err(Refusal::unsupported_value("transparent", "(TPROXY)"));
     }
     let mut original_dst = false;
+    let mut tls_inspector = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
         let type_url = match &f.config_type {
             Some(pb::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
             _ => "",
         };
-        if type_url != ORIGINAL_DST_TYPE {
-            return Err(
-                Refusal::unsupported_value("", format!("{:?} ({type_url})", f.name))
-                    .at(Segment::Index(i))
-                    .under("listener_filters"),
-            );
+        refuse_if(f.filter_disabled.is_some(), "filter_disabled")
+            .index(i)
+            .under("listener_filters")?;
+        match type_url {
+            ORIGINAL_DST_TYPE => original_dst = true,
+            TLS_INSPECTOR_TYPE => tls_inspector = true,
+            _ => {
+                return Err(
+                    Refusal::unsupported_value("", format!("{:?} ({type_url})", f.name))
+                        .at(Segment::Index(i))
+                        .under("listener_filters"),
+                );
+            }
         }
-        original_dst = true;
     }
     let filter_chains = l
         .filter_chains
@@ -281,15 +421,30 @@ fn listener(l: &pb::Listener) -> Result<Listener, Refusal> {
         bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
         use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
         original_dst,
+        tls_inspector,
+        // Envoy's default is 15 s; 0 is no limit.
+        listener_filters_timeout: match &l.listener_filters_timeout {
+            None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+            Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
+        },
+        continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
         filter_chains,
         default_filter_chain,
     })
 }
 
 fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, Refusal> {
-    if c.transport_socket.is_some() {
-        return Err(Refusal::unsupported_value("transport_socket", "(TLS)"));
-    }
+    let tls = match &c.transport_socket {
+        None => None,
+        Some(s) => match downstream_socket(s).under("transport_socket")? {
+            Socket::Raw => None,
+            Socket::Tls(tls) => Some(Arc::new(tls)),
+        },
+    };
+    refuse_if(
+        c.transport_socket_connect_timeout.is_some(),
+        "transport_socket_connect_timeout",
+    )?;
     #[allow(deprecated)]
     refuse_if(
         c.use_proxy_proto.as_ref().is_some_and(|b| b.value),
@@ -311,19 +466,32 @@ fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, Refusal> {
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
+        tls,
         filter: network_filter(filter).index(0).under("filters")?,
     })
 }
 
 fn chain_match(m: &pb::FilterChainMatch) -> Result<ChainMatch, Refusal> {
-    if !m.server_names.is_empty() {
-        return Err(Refusal::unsupported_value(
-            "server_names",
-            "(TLS passthrough by SNI)",
-        ));
+    let transport_protocol = match m.transport_protocol.as_str() {
+        "" => None,
+        "tls" | "raw_buffer" => Some(m.transport_protocol.clone()),
+        other => {
+            return Err(Refusal::bad_value(
+                "transport_protocol",
+                format!("{other:?}"),
+                "tls or raw_buffer",
+            ));
+        }
+    };
+    for (i, name) in m.server_names.iter().enumerate() {
+        if name.is_empty() || name.get(1..).is_some_and(|rest| rest.contains('*')) {
+            return Err(
+                Refusal::bad_value("", format!("{name:?}"), "a server name, or *.suffix")
+                    .at(Segment::Index(i))
+                    .under("server_names"),
+            );
+        }
     }
-    refuse_if(!m.transport_protocol.is_empty(), "transport_protocol")?;
-    refuse_if(!m.application_protocols.is_empty(), "application_protocols")?;
     refuse_if(!m.source_prefix_ranges.is_empty(), "source_prefix_ranges")?;
     refuse_if(
         !m.direct_source_prefix_ranges.is_empty(),
@@ -352,6 +520,9 @@ fn chain_match(m: &pb::FilterChainMatch) -> Result<ChainMatch, Refusal> {
     Ok(ChainMatch {
         destination_port,
         prefix_ranges,
+        server_names: m.server_names.clone(),
+        transport_protocol,
+        application_protocols: m.application_protocols.clone(),
     })
 }
 
@@ -479,7 +650,36 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
             ));
         }
     };
+    use http_connection_manager_pb::http_connection_manager::ForwardClientCertDetails as F;
+    let forward_client_cert = match F::try_from(hcm.forward_client_cert_details) {
+        Ok(F::Sanitize) => ForwardClientCert::Sanitize,
+        Ok(F::ForwardOnly) => ForwardClientCert::ForwardOnly,
+        Ok(F::AppendForward) => ForwardClientCert::AppendForward,
+        Ok(F::SanitizeSet) => ForwardClientCert::SanitizeSet,
+        Ok(F::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        Err(_) => {
+            return Err(Refusal::bad_value(
+                "forward_client_cert_details",
+                hcm.forward_client_cert_details,
+                "one Envoy knows",
+            ));
+        }
+    };
+    let client_cert_details = match &hcm.set_current_client_cert_details {
+        None => ClientCertDetails::default(),
+        Some(d) => {
+            refuse_if(d.cert, "set_current_client_cert_details.cert")?;
+            refuse_if(d.chain, "set_current_client_cert_details.chain")?;
+            ClientCertDetails {
+                subject: d.subject.as_ref().is_some_and(|b| b.value),
+                uri: d.uri,
+                dns: d.dns,
+            }
+        }
+    };
     Ok(HttpListener {
+        forward_client_cert,
+        client_cert_details,
         routes,
         generate_request_id: hcm.generate_request_id.as_ref().is_none_or(|b| b.value),
         codec,

@@ -17,6 +17,7 @@ pub mod invalid;
 pub mod listener;
 mod proto;
 pub mod route;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +25,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub use cluster::{
-    CircuitBreakers, Cluster, Discovery, Endpoint, LbPolicy, OutlierDetection, UpstreamProtocol,
+    CircuitBreakers, Cluster, ClusterTls, Discovery, Endpoint, LbPolicy, OutlierDetection,
+    SocketMatch, UpstreamProtocol,
 };
 pub use cors::{Cors, OriginMatch};
 pub use invalid::{FieldPath, Invalid, Kind, Problem, Refusal, Segment};

@@ -514,52 +514,125 @@ fn tcp_proxy_listeners_convert_with_weighted_clusters_and_idle_timeouts() {
     assert!(l.original_dst && l.bind);
     assert_eq!(l.filter_chains[0].matcher.destination_port, Some(9000));
     assert_eq!(
-        l.chain_for("10.0.0.1:8888".parse().unwrap())
+        l.chain_for("10.0.0.1:8888".parse().unwrap(), &listener::Detected::raw())
             .map(|c| c.name.as_str()),
         Some("InboundPassthroughFilterChain")
     );
 }
 
 #[test]
-fn tls_passthrough_and_unknown_listener_filters_are_refused() {
-    let to = TcpProxy {
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+fn tls_inspector_chains_match_on_server_name_transport_and_alpn() {
+    let to = |cluster: &str| TcpProxy {
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
         ..Default::default()
     };
-    let sni = tcp_listener(vec![li::FilterChain {
-        filter_chain_match: Some(li::FilterChainMatch {
-            server_names: vec!["nginx.example.com".into()],
-            ..Default::default()
-        }),
-        filters: vec![tcp_filter(&to)],
+    let chain = |name: &str, m: li::FilterChainMatch| li::FilterChain {
+        name: name.into(),
+        filter_chain_match: Some(m),
+        filters: vec![tcp_filter(&to(name))],
         ..Default::default()
-    }]);
-    let err = Listener::try_from(&sni).unwrap_err().to_string();
-    assert!(
-        err.contains("filter_chains[0].filter_chain_match.server_names (TLS passthrough by SNI) is not supported by strait-proxy"),
-        "{err}"
-    );
-    let mut inspector = tcp_listener(vec![li::FilterChain {
-        filters: vec![tcp_filter(&to)],
-        ..Default::default()
-    }]);
-    inspector.listener_filters = vec![li::ListenerFilter {
+    };
+    let mut pb = tcp_listener(vec![
+        chain(
+            "exact",
+            li::FilterChainMatch {
+                server_names: vec!["nginx.example.com".into()],
+                ..Default::default()
+            },
+        ),
+        chain(
+            "wildcard",
+            li::FilterChainMatch {
+                server_names: vec!["*.example.com".into()],
+                ..Default::default()
+            },
+        ),
+        chain(
+            "istio-tls",
+            li::FilterChainMatch {
+                transport_protocol: "tls".into(),
+                application_protocols: vec!["istio-http/1.1".into(), "istio".into()],
+                ..Default::default()
+            },
+        ),
+        chain(
+            "other-tls",
+            li::FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            },
+        ),
+        chain(
+            "plaintext",
+            li::FilterChainMatch {
+                transport_protocol: "raw_buffer".into(),
+                ..Default::default()
+            },
+        ),
+    ]);
+    pb.listener_filters = vec![li::ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".into(),
         config_type: Some(li::listener_filter::ConfigType::TypedConfig(any(
             &envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
         ))),
         ..Default::default()
     }];
-    let err = Listener::try_from(&inspector).unwrap_err().to_string();
-    assert!(
-        err.contains("listener_filters[0] \"envoy.filters.listener.tls_inspector\"")
-            && err.contains("is not supported by strait-proxy"),
-        "{err}"
+    let l = Listener::try_from(&pb).unwrap();
+    assert!(l.tls_inspector);
+    let dest = "10.0.0.1:443".parse().unwrap();
+    let pick = |sni: Option<&str>, tls: bool, alpn: &[&str]| {
+        let detected = listener::Detected {
+            transport_protocol: if tls { "tls" } else { "raw_buffer" },
+            server_name: sni.map(str::to_string),
+            alpn: alpn.iter().map(|a| a.to_string()).collect(),
+        };
+        l.chain_for(dest, &detected).map(|c| c.name.clone())
+    };
+    // An exact name beats a wildcard, which beats chains without names.
+    assert_eq!(
+        pick(Some("nginx.example.com"), true, &[]).as_deref(),
+        Some("exact")
     );
+    assert_eq!(
+        pick(Some("a.example.com"), true, &[]).as_deref(),
+        Some("wildcard")
+    );
+    // Without a name match: chains without names, by transport, then ALPN.
+    assert_eq!(
+        pick(Some("outbound_.80_._.x"), true, &["istio", "http/1.1"]).as_deref(),
+        Some("istio-tls")
+    );
+    assert_eq!(pick(None, true, &["h2"]).as_deref(), Some("other-tls"));
+    assert_eq!(pick(None, false, &[]).as_deref(), Some("plaintext"));
     let err = Listener::try_from(&tcp_listener(vec![]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("no filter chains"), "{err}");
+}
+
+#[test]
+fn unknown_listener_filters_are_refused() {
+    let to = TcpProxy {
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("c".into())),
+        ..Default::default()
+    };
+    let mut pb = tcp_listener(vec![li::FilterChain {
+        filters: vec![tcp_filter(&to)],
+        ..Default::default()
+    }]);
+    pb.listener_filters = vec![li::ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".into(),
+        config_type: Some(li::listener_filter::ConfigType::TypedConfig(any(
+            &envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    let err = Listener::try_from(&pb).unwrap_err().to_string();
+    assert!(
+        err.contains("listener_filters[0] \"envoy.filters.listener.http_inspector\"")
+            && err.contains("is not supported by strait-proxy"),
+        "{err}"
+    );
 }
 
 fn eds_cluster(name: &str) -> cl::Cluster {
@@ -675,11 +748,14 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
     assert!(err.contains("original_dst_lb_config.metadata_key"), "{err}");
     let mut tls = eds_cluster(name);
     tls.transport_socket = Some(Default::default());
+    let err = Cluster::try_from(&tls).unwrap_err().to_string();
+    assert!(err.contains("transport_socket.typed_config"), "{err}");
+    let mut matcher = eds_cluster(name);
+    matcher.transport_socket_matcher = Some(Default::default());
+    let err = Cluster::try_from(&matcher).unwrap_err().to_string();
     assert!(
-        Cluster::try_from(&tls)
-            .unwrap_err()
-            .to_string()
-            .contains("transport_socket (upstream TLS) is not supported by strait-proxy")
+        err.contains("transport_socket_matcher is not supported by strait-proxy"),
+        "{err}"
     );
 }
 

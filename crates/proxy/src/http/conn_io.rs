@@ -17,10 +17,10 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::h1_check::{Refusal, Scanner};
+use crate::io::Io;
 
 /// What ended a connection early, for the access log.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl Drop for InFlight {
 }
 
 pub(crate) struct GuardedIo {
-    inner: TcpStream,
+    inner: Io,
     /// `None`: HTTP/2 only, nothing to check.
     scanner: Option<Scanner>,
     /// Checked bytes not yet read by hyper, from `offset`.
@@ -98,7 +98,7 @@ pub(crate) struct GuardedIo {
 
 impl GuardedIo {
     pub(crate) fn new(
-        inner: TcpStream,
+        inner: Io,
         scanner: Option<Scanner>,
         header_timeout: Option<Duration>,
         idle_timeout: Option<Duration>,

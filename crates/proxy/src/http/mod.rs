@@ -31,14 +31,16 @@ use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::Shared;
 use crate::access_log::{Entry, millis};
 use crate::config::listener::{Codec, HttpListener, ServerHeader};
 use crate::config::{Action, Redirect, Route};
+use crate::io::Io;
+use crate::listeners::Accepted;
 use crate::routing::{self, RequestView};
+use crate::tls::DownstreamSession;
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
 use cors::CorsVerdict;
 use h1_check::{HeadLimits, Scanner};
@@ -123,6 +125,8 @@ struct Conn {
     hcm: Arc<HttpListener>,
     down: Downstream,
     local: Option<SocketAddr>,
+    /// What the TLS handshake established, when the filter chain terminated TLS.
+    tls: Option<Arc<DownstreamSession>>,
     state: Arc<ConnState>,
 }
 
@@ -136,9 +140,8 @@ async fn drained(drain: &mut watch::Receiver<bool>) -> bool {
 pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
     hcm: Arc<HttpListener>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    original_dst: Option<SocketAddr>,
+    stream: Io,
+    accepted: Accepted,
     mut drain: watch::Receiver<bool>,
 ) {
     let codec = hcm.codec;
@@ -148,8 +151,12 @@ pub(crate) async fn serve_connection(
     let conn = Arc::new(Conn {
         shared: shared.clone(),
         hcm,
-        down: Downstream { peer, original_dst },
-        local: stream.local_addr().ok(),
+        down: Downstream {
+            peer: accepted.peer,
+            original_dst: accepted.restored,
+        },
+        local: Some(accepted.local),
+        tls: accepted.tls,
         state: state.clone(),
     });
     let io = GuardedIo::new(
@@ -260,7 +267,13 @@ impl Conn {
 async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let in_flight = InFlight::new(&conn.state);
-    forwarding_headers(&conn.hcm, conn.down.peer, req.headers_mut());
+    forwarding_headers(
+        &conn.hcm,
+        conn.down.peer,
+        conn.tls.is_some(),
+        req.headers_mut(),
+    );
+    client_cert_header(&conn.hcm, conn.tls.as_deref(), req.headers_mut());
     let entry = conn
         .shared
         .access_log
@@ -744,15 +757,14 @@ fn upgrade_request(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// removed and `x-envoy-external-address` set to the peer (no address is internal unless
 /// configured, Envoy's default); elsewhere `x-forwarded-proto` only when missing (an inbound
 /// sidecar passes on the client's).
-fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, headers: &mut HeaderMap) {
+fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, tls: bool, headers: &mut HeaderMap) {
     if hcm.generate_request_id && !headers.contains_key("x-request-id") {
         let id = request_id();
         if let Ok(v) = HeaderValue::from_str(&id) {
             headers.insert("x-request-id", v);
         }
     }
-    // Downstream TLS is not served yet: the scheme is http.
-    let proto = HeaderValue::from_static("http");
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
     if hcm.use_remote_address {
         for name in EDGE_STRIPPED {
             headers.remove(*name);
@@ -776,6 +788,68 @@ fn forwarding_headers(hcm: &HttpListener, peer: SocketAddr, headers: &mut Header
         headers.insert("x-forwarded-proto", proto);
     } else if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", proto);
+    }
+}
+
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// `x-forwarded-client-cert` as Envoy's `forward_client_cert_details` and
+/// `set_current_client_cert_details` have it: on a mutual TLS connection, the proxy's own
+/// identity (`By`), the client certificate's SHA-256 (`Hash`) and the fields asked for
+/// (`Subject`, `URI`, `DNS`), appended to or replacing what came; otherwise, removed unless
+/// told to always forward it.
+fn client_cert_header(
+    hcm: &HttpListener,
+    tls: Option<&DownstreamSession>,
+    headers: &mut HeaderMap,
+) {
+    use crate::config::listener::ForwardClientCert as F;
+    let peer = tls.and_then(|t| t.peer.as_ref().map(|p| (t, p)));
+    let Some((session, peer)) = peer else {
+        if hcm.forward_client_cert != F::AlwaysForwardOnly {
+            headers.remove(XFCC);
+        }
+        return;
+    };
+    let details = || {
+        let d = hcm.client_cert_details;
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(by) = &session.local_uri {
+            parts.push(format!("By={by}"));
+        }
+        parts.push(format!("Hash={}", peer.sha256));
+        if d.subject {
+            parts.push(format!("Subject=\"{}\"", peer.subject.replace('"', "\\\"")));
+        }
+        if d.uri
+            && let Some(uri) = peer.uris.first()
+        {
+            parts.push(format!("URI={uri}"));
+        }
+        if d.dns {
+            parts.extend(peer.dns_names.iter().map(|n| format!("DNS={n}")));
+        }
+        parts.join(";")
+    };
+    let value = match hcm.forward_client_cert {
+        F::Sanitize => {
+            headers.remove(XFCC);
+            return;
+        }
+        F::ForwardOnly | F::AlwaysForwardOnly => return,
+        F::SanitizeSet => details(),
+        F::AppendForward => match headers.get(XFCC).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.is_empty() => format!("{prev},{}", details()),
+            _ => details(),
+        },
+    };
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            headers.insert(XFCC, v);
+        }
+        Err(_) => {
+            headers.remove(XFCC);
+        }
     }
 }
 

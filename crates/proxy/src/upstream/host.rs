@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -24,6 +24,9 @@ use tokio::net::TcpStream;
 use crate::balance::outlier::HostOutlier;
 use crate::body::RequestBody;
 use crate::config::UpstreamProtocol;
+use crate::config::tls::UpstreamTls;
+use crate::io::Io;
+use crate::tls::{self, Secrets};
 
 /// Why an upstream request got no response.
 #[derive(Debug)]
@@ -37,11 +40,21 @@ pub(crate) enum SendError {
     Refused(String),
 }
 
+/// TLS the proxy originates to an endpoint: the cluster's context for it, and the
+/// certificates it is built with.
+#[derive(Clone)]
+pub(crate) struct HostTls {
+    pub(crate) context: Arc<UpstreamTls>,
+    pub(crate) secrets: Arc<Secrets>,
+}
+
 pub(crate) struct Host {
     /// `IP:port` (`[IPv6]:port`), or `name:port` in a DNS cluster.
     pub(crate) authority: Box<str>,
     /// The address, unless the endpoint is a name (resolved at each connect).
     ip: Option<SocketAddr>,
+    /// TLS to the endpoint, or plain text.
+    tls: Option<HostTls>,
     /// Requests in flight (see [`super::Picked`]).
     active: AtomicUsize,
     pub(crate) outlier: HostOutlier,
@@ -70,14 +83,25 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     /// An endpoint at `authority` (`IP:port` or `name:port`).
-    pub(crate) fn new(authority: String, ip: Option<SocketAddr>) -> Host {
+    pub(crate) fn new(authority: String, ip: Option<SocketAddr>, tls: Option<HostTls>) -> Host {
         Host {
             authority: authority.into_boxed_str(),
             ip,
+            tls,
             active: AtomicUsize::new(0),
             outlier: HostOutlier::default(),
             pool: Mutex::new(Pool::default()),
             draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether connections to the endpoint use this TLS context (both plain text, or the same
+    /// context).
+    pub(crate) fn uses(&self, tls: Option<&Arc<UpstreamTls>>) -> bool {
+        match (&self.tls, tls) {
+            (None, None) => true,
+            (Some(h), Some(t)) => Arc::ptr_eq(&h.context, t) || *h.context == **t,
+            _ => false,
         }
     }
 
@@ -143,8 +167,28 @@ impl Host {
         pool.h1.len() + usize::from(pool.h2.is_some())
     }
 
+    /// A connection to the endpoint within `timeout` (Nagle off), with the TLS handshake when
+    /// the cluster originates TLS to it.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Io, SendError> {
+        let stream = self.connect_tcp(timeout).await?;
+        let Some(tls) = &self.tls else {
+            return Ok(Io::Tcp(stream));
+        };
+        let ip = match self.ip {
+            Some(a) => a.ip(),
+            None => stream
+                .peer_addr()
+                .map_err(|e| SendError::Connect(format!("tcp connect error: {e}")))?
+                .ip(),
+        };
+        tls::connect(&tls.secrets, &tls.context, ip, stream)
+            .await
+            .map(|s| Io::TlsClient(Box::new(s)))
+            .map_err(|e| SendError::Connect(format!("TLS error: {e}")))
+    }
+
     /// A TCP connection to the endpoint within `timeout`, Nagle off.
-    pub(crate) async fn connect(&self, timeout: Duration) -> Result<TcpStream, SendError> {
+    async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, SendError> {
         let connecting = async {
             match self.ip {
                 Some(addr) => TcpStream::connect(addr).await,

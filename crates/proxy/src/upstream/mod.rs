@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(crate) use balancer::{Balancer, Picked, Slot};
-pub(crate) use host::{Host, SendError};
+pub(crate) use host::{Host, HostTls, SendError};
 
 use crate::balance::circuit::Circuit;
 use crate::balance::outlier::ClusterOutliers;
 use crate::config::{CircuitBreakers, Cluster, Config, Endpoint, OutlierDetection};
 use crate::stats::{ClusterStats, Stats};
+use crate::tls::Secrets;
 
 /// Idle upstream connections are closed after this long.
 pub(crate) const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -38,6 +39,8 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(crate) struct Upstreams {
     clusters: Mutex<HashMap<String, Arc<ClusterState>>>,
+    /// The certificates TLS to endpoints is built with.
+    secrets: Arc<Secrets>,
 }
 
 /// What a cluster keeps across config generations.
@@ -101,7 +104,7 @@ impl ClusterState {
         let mut d = locked(&self.destinations);
         let (host, used) = d
             .entry(addr)
-            .or_insert_with(|| (Arc::new(Host::new(addr.to_string(), Some(addr))), now));
+            .or_insert_with(|| (Arc::new(Host::new(addr.to_string(), Some(addr), None)), now));
         *used = now;
         host.clone()
     }
@@ -126,6 +129,13 @@ impl ClusterState {
 }
 
 impl Upstreams {
+    pub(crate) fn new(secrets: Arc<Secrets>) -> Upstreams {
+        Upstreams {
+            clusters: Mutex::default(),
+            secrets,
+        }
+    }
+
     /// Gives each cluster of `config` (about to be published) its balancer: an unchanged
     /// cluster keeps the one it had in `previous`; a new or changed one gets a new balancer
     /// over the lasting state of its endpoints. Returns the names of the clusters that changed,
@@ -163,11 +173,21 @@ impl Upstreams {
                     .iter()
                     .map(|e| {
                         let (authority, ip) = authority(e);
+                        let tls = cluster.tls.for_endpoint(e);
                         match known.get(authority.as_str()) {
-                            Some(h) => h.clone(),
-                            None => {
-                                let h = Arc::new(Host::new(authority.clone(), ip));
-                                known.insert(authority.into_boxed_str(), h.clone());
+                            Some(h) if h.uses(tls) => h.clone(),
+                            _ => {
+                                // New, or its TLS changed: new connections from now on.
+                                let host_tls = tls.map(|context| HostTls {
+                                    context: context.clone(),
+                                    secrets: self.secrets.clone(),
+                                });
+                                let h = Arc::new(Host::new(authority.clone(), ip, host_tls));
+                                if let Some(old) =
+                                    known.insert(authority.into_boxed_str(), h.clone())
+                                {
+                                    old.drain();
+                                }
                                 h
                             }
                         }

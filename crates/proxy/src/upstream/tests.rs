@@ -19,12 +19,13 @@ fn cluster(lb: LbPolicy, n: u16) -> Cluster {
 fn endpoints_cluster(lb: LbPolicy, endpoints: impl Iterator<Item = (String, u16)>) -> Cluster {
     Cluster {
         name: "c".into(),
+        tls: Default::default(),
         discovery: Discovery::Static,
         lb,
         connect_timeout: Duration::from_secs(1),
         protocol: UpstreamProtocol::Http1,
         endpoints: endpoints
-            .map(|(host, port)| Endpoint { host, port })
+            .map(|(host, port)| Endpoint::new(host, port))
             .collect(),
         circuit_breakers: Default::default(),
         outlier_detection: None,
@@ -67,7 +68,7 @@ fn lb(c: &Cluster) -> Arc<Balancer> {
 }
 
 fn host(authority: &str) -> Host {
-    Host::new(authority.to_string(), None)
+    Host::new(authority.to_string(), None, None)
 }
 
 fn report(lb: &Balancer, endpoint: &str, observed: Observed) {
@@ -473,10 +474,10 @@ async fn connections_to_an_endpoint_that_leaves_close_after_their_request() {
         let stays = server(Duration::ZERO).await;
         let mut proxy = Proxy::default();
         let mut both = at(slow.addr, protocol);
-        both.endpoints.push(Endpoint {
-            host: stays.addr.ip().to_string(),
-            port: stays.addr.port(),
-        });
+        both.endpoints.push(Endpoint::new(
+            stays.addr.ip().to_string(),
+            stays.addr.port(),
+        ));
         let lb = proxy.publish(&[&both]);
         // An idle connection to each, then one request in flight to the one that leaves.
         for _ in 0..2 {
