@@ -23,19 +23,6 @@ use support::mesh::{DataPlane, Mesh, Proxy, sample};
 /// Features strait-proxy refuses on purpose, with a part of its NACK reason: each is in
 /// docs/xds-support.md ("What the differential test allows").
 const EXCEPTIONS: &[(&str, &str)] = &[
-    // TLS passed through by SNI needs the TLS inspector, which comes with the security work.
-    (
-        "gateway-tls-passthrough.yaml",
-        "\"envoy.filters.listener.tls_inspector\"",
-    ),
-    (
-        "gateway-https-passthrough.yaml",
-        "\"envoy.filters.listener.tls_inspector\"",
-    ),
-    (
-        "se-https-port.yaml",
-        "\"envoy.filters.listener.tls_inspector\"",
-    ),
     // A Unix domain socket as an endpoint: strait-proxy connects over TCP only.
     (
         "sidecar-ingress-unix-endpoint.yaml",
