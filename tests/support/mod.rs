@@ -1,8 +1,8 @@
 //! Strait's end-to-end tests (`tests/*.rs` beside this folder) and what they share: the real
 //! `strait` binary as a control plane in a temporary data directory and CLI commands against
 //! it ([`ControlPlane`]), meshes of backends and proxies (Envoy or strait-proxy) for scenario
-//! tests ([`mesh`]), strait-proxy processes ([`strait_proxy`]) and long-running `strait`
-//! processes ([`process`]).
+//! tests ([`mesh`]), strait-proxy processes ([`strait_proxy`]), long-running `strait`
+//! processes ([`process`]), and certificates, Secrets and curl for the TLS tasks ([`tls`]).
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod platform;
 pub mod process;
 pub mod strait_proxy;
+pub mod tls;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -122,6 +122,8 @@ fn slot(ty: TypeUrl) -> usize {
         TypeUrl::Endpoint => 1,
         TypeUrl::Listener => 2,
         TypeUrl::Route => 3,
+        // Never subscribed to (simulated sidecars name no Secrets); shares the RDS slot.
+        TypeUrl::Secret => 3,
     }
 }
 
@@ -150,8 +152,11 @@ impl Held {
                 TypeUrl::Cluster | TypeUrl::Listener => Vec::new(),
                 TypeUrl::Endpoint => self.eds_sub.iter().cloned().collect(),
                 TypeUrl::Route => self.rds_sub.iter().cloned().collect(),
+                TypeUrl::Secret => Vec::new(),
             };
-            if names.is_empty() && matches!(ty, TypeUrl::Endpoint | TypeUrl::Route) {
+            if names.is_empty()
+                && matches!(ty, TypeUrl::Endpoint | TypeUrl::Route | TypeUrl::Secret)
+            {
                 continue;
             }
             out.push(DeltaDiscoveryRequest {

@@ -9,7 +9,7 @@ use envoy_types::pb::google::protobuf::Any;
 use strait_xds_core::{TypeUrl, XdsResources};
 
 /// One resource, packed, with the version of its bytes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Encoded {
     /// The resource's name, shared by every stream's record of what its client has.
     pub name: Arc<str>,
@@ -18,18 +18,30 @@ pub struct Encoded {
     pub resource: Any,
 }
 
+impl std::fmt::Debug for Encoded {
+    /// Name, version and size: the bytes may be a Secret's private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("type_url", &self.resource.type_url)
+            .field("bytes", &self.resource.value.len())
+            .finish()
+    }
+}
+
 /// Resources of one type, by name.
 pub(crate) type Resources = BTreeMap<String, Arc<Encoded>>;
 
 /// Everything one proxy gets, encoded, per type.
 #[derive(Debug)]
 pub(crate) struct Generated {
-    types: [Resources; 4],
+    types: [Resources; TYPES],
     /// Unique per generation.
     id: u64,
     /// For a generation derived from another ([`Generated::with_hosts`]): that one's id, and the
     /// names per type that differ from it (added, removed or changed).
-    base: Option<(u64, [BTreeSet<String>; 4])>,
+    base: Option<(u64, [BTreeSet<String>; TYPES])>,
 }
 
 impl Default for Generated {
@@ -69,7 +81,7 @@ impl Generated {
     /// `outbound|PORT|SUBSET|HOST`) replaced by those of `partial`; everything else shared.
     pub(crate) fn with_hosts(&self, partial: &XdsResources, hosts: &BTreeSet<String>) -> Self {
         let mut types = self.types.clone();
-        let mut changed: [BTreeSet<String>; 4] = Default::default();
+        let mut changed: [BTreeSet<String>; TYPES] = Default::default();
         let fresh = Generated::new(partial);
         for ty in [TypeUrl::Cluster, TypeUrl::Endpoint] {
             let map = &mut types[index(ty)];
@@ -126,12 +138,16 @@ fn host_of(name: &str) -> Option<&str> {
     rest.splitn(3, '|').nth(2)
 }
 
+/// How many resource types there are.
+const TYPES: usize = TypeUrl::ALL.len();
+
 fn index(ty: TypeUrl) -> usize {
     match ty {
         TypeUrl::Cluster => 0,
         TypeUrl::Endpoint => 1,
         TypeUrl::Listener => 2,
         TypeUrl::Route => 3,
+        TypeUrl::Secret => 4,
     }
 }
 

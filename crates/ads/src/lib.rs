@@ -83,7 +83,19 @@ pub trait Authorize: Send + Sync + 'static {
         &self,
         proxy: &Proxy,
         extensions: &tonic::codegen::http::Extensions,
-    ) -> Result<(), String>;
+    ) -> Result<Peer, String>;
+}
+
+/// What the authorizer established about a stream's peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// The peer proved the identity its node claims (namespace and service account, by its
+    /// certificate): it may have the Secrets of its namespace that its config names.
+    Verified,
+    /// The peer is not authenticated (the plaintext port, or a server without an authorizer):
+    /// it gets config but no Secrets, as istiod serves `credentialName` only to authenticated
+    /// proxies.
+    Anonymous,
 }
 
 /// How the server batches config changes.

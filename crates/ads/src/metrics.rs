@@ -16,8 +16,8 @@ const BUCKETS: [f64; 12] = [
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    pushes: [AtomicU64; 4],
-    nacks: [AtomicU64; 4],
+    pushes: [AtomicU64; 5],
+    nacks: [AtomicU64; 5],
     generations: AtomicU64,
     connected: AtomicI64,
     latency: Mutex<Histogram>,
@@ -50,6 +50,7 @@ fn slot(ty: TypeUrl) -> usize {
         TypeUrl::Endpoint => 1,
         TypeUrl::Listener => 2,
         TypeUrl::Route => 3,
+        TypeUrl::Secret => 4,
     }
 }
 

@@ -99,23 +99,29 @@ pub(super) async fn run<P: Protocol>(
             return;
         }
     };
-    if let Some(authorizer) = &inner.authorizer
-        && let Err(why) = authorizer.authorize(&proxy, &extensions)
-    {
-        tracing::warn!(?peer, proxy = %proxy.id, stream = ?kind, reason = %why, "refused an ADS stream");
-        let _ = tx.send(Err(Status::permission_denied(why))).await;
-        return;
-    }
+    let verified = match &inner.authorizer {
+        Some(authorizer) => match authorizer.authorize(&proxy, &extensions) {
+            Ok(verified) => verified,
+            Err(why) => {
+                tracing::warn!(?peer, proxy = %proxy.id, stream = ?kind, reason = %why, "refused an ADS stream");
+                let _ = tx.send(Err(Status::permission_denied(why))).await;
+                return;
+            }
+        },
+        None => super::Peer::Anonymous,
+    };
     let span = tracing::info_span!("ads", proxy = %proxy.id, stream = ?kind);
-    serve::<P>(inner, kind, peer, proxy, first, requests, tx)
+    serve::<P>(inner, kind, peer, verified, proxy, first, requests, tx)
         .instrument(span)
         .await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve<P: Protocol>(
     inner: Arc<Inner>,
     kind: StreamKind,
     peer: Option<SocketAddr>,
+    verified: super::Peer,
     proxy: Proxy,
     first: P::Request,
     mut requests: Streaming<P::Request>,
@@ -208,6 +214,17 @@ async fn serve<P: Protocol>(
             }
             continue;
         };
+        if ty == TypeUrl::Secret && verified != super::Peer::Verified {
+            // Secrets hold private keys: only for a peer that proved the identity (and so the
+            // namespace) its node claims. Envoy waits for them; its TLS chains fail closed.
+            if unsupported.insert(type_url.to_string()) {
+                tracing::warn!(
+                    "proxy asked for Secrets (SDS) over an unauthenticated stream; none are sent: \
+                     connect it to the control plane's TLS port with its workload certificate"
+                );
+            }
+            continue;
+        }
         let mut ev = Events::default();
         let (responses, awaiting, revision) = {
             let mut c = conn.lock().expect("ADS stream lock");

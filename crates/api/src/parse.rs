@@ -268,7 +268,7 @@ mod tests {
     fn skips_empty_documents_and_counts_the_rest() {
         let out = parse_bytes(
             "two.yaml",
-            b"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\n",
+            b"---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\n",
         );
         assert_eq!(out.len(), 2);
         assert!(matches!(out[0].outcome, Outcome::Resource(_)));

@@ -27,6 +27,7 @@ pub enum Kind {
     ServiceAccount,
     Namespace,
     Deployment,
+    Secret,
 }
 
 const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
@@ -35,7 +36,7 @@ const TELEMETRY: &[&str] = &["v1", "v1alpha1"];
 const CORE: &[&str] = &["v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -51,6 +52,7 @@ impl Kind {
         Kind::ServiceAccount,
         Kind::Namespace,
         Kind::Deployment,
+        Kind::Secret,
     ];
 
     /// (kind, group, versions served, plural, short names)
@@ -145,6 +147,7 @@ impl Kind {
             Kind::ServiceAccount => ("ServiceAccount", "", CORE, "serviceaccounts", &["sa"]),
             Kind::Namespace => ("Namespace", "", CORE, "namespaces", &["ns"]),
             Kind::Deployment => ("Deployment", "apps", CORE, "deployments", &["deploy"]),
+            Kind::Secret => ("Secret", "", CORE, "secrets", &[]),
         }
     }
 
@@ -267,8 +270,7 @@ fn is_known_unsupported(group: &str, kind: &str) -> bool {
     match group {
         "" => matches!(
             kind,
-            "Secret"
-                | "ConfigMap"
+            "ConfigMap"
                 | "Pod"
                 | "Endpoints"
                 | "PersistentVolumeClaim"
@@ -335,10 +337,12 @@ pub enum Spec {
     ServiceAccount(core::ServiceAccount),
     Namespace(core::NamespaceSpec),
     Deployment(core::deployment::DeploymentSpec),
+    /// A Secret's data, decoded (its `Debug` shows keys and sizes, never values).
+    Secret(core::secret::Secret),
 }
 
 /// A resource of a kind Strait handles: typed, and as it was written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Resource {
     pub kind: Kind,
     pub api_version: String,
@@ -362,6 +366,23 @@ struct Envelope<T> {
     #[serde(default)]
     #[expect(dead_code)]
     status: Option<Value>,
+}
+
+impl fmt::Debug for Resource {
+    /// As derived, except that a Secret's object as written (its data) is left out.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Resource");
+        d.field("kind", &self.kind)
+            .field("api_version", &self.api_version)
+            .field("metadata", &self.metadata)
+            .field("spec", &self.spec);
+        if self.kind == Kind::Secret {
+            d.field("raw", &"<a Secret's data is not shown>");
+        } else {
+            d.field("raw", &self.raw);
+        }
+        d.finish()
+    }
 }
 
 /// A type error in a document, with the path of the field that is wrong.
@@ -419,6 +440,10 @@ impl Resource {
             Kind::ServiceAccount => {
                 let obj: core::ServiceAccountObject = from_value(&raw)?;
                 (obj.metadata.clone(), Spec::ServiceAccount(obj.into_spec()))
+            }
+            Kind::Secret => {
+                let obj: core::secret::SecretObject = from_value(&raw)?;
+                (obj.metadata.clone(), Spec::Secret(obj.into_spec()))
             }
         };
         Ok(Resource {
@@ -492,6 +517,7 @@ impl Resource {
             Spec::Service(s) => core::service::validate(s, m, &at, r),
             Spec::ServiceAccount(_) | Spec::Namespace(_) => {}
             Spec::Deployment(s) => core::deployment::validate(s, m, &at, r),
+            Spec::Secret(s) => core::secret::validate(s, m, r),
         }
         report
     }

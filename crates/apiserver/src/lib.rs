@@ -8,6 +8,8 @@
 //! problem and changes nothing; a stale `metadata.resourceVersion` gets 409. `POST /batch`
 //! applies several objects in one store transaction, all or nothing (what `strait apply`
 //! uses). Every request but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
+//! A Secret's data is hidden in every answer (reads, lists, watches, and the answers to writes
+//! and batches) unless the request says `?showSecrets=true`.
 //!
 //! A watch that falls further behind than the store's history ends with an `ERROR` event whose
 //! object is a `Status` with code 410 (reason `Expired`), as kube-apiserver ends it: the client
@@ -159,10 +161,11 @@ async fn handle(State(state): State<ApiState>, method: Method, req: Request) -> 
         Ok(b) => b,
         Err(response) => return response,
     };
-    let path = match ResourcePath::parse(uri.path()) {
+    let mut path = match ResourcePath::parse(uri.path()) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    path.show_secrets = query_flag(&query, SHOW_SECRETS);
     let result = match (&method, path.name.is_some()) {
         (&Method::GET, false) if query_flag(&query, "watch") => {
             return watch(&state, &path, &query);
@@ -199,9 +202,37 @@ fn store_key(path: &ResourcePath, name: &str) -> Key {
     }
 }
 
-/// The stored object as the API returns it: the requested apiVersion, the store's resourceVersion.
+/// The query parameter that shows a Secret's data.
+pub const SHOW_SECRETS: &str = "showSecrets";
+
+/// Replaces each value of a Secret's `data` and `stringData` by `<redacted: N bytes>` (N: the
+/// decoded size). Not base64, so a redacted Secret written back is refused, not stored.
+fn hide_secret_data(value: &mut Value) {
+    for field in ["data", "stringData"] {
+        let Some(map) = value.get_mut(field).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for v in map.values_mut() {
+            let text = v.as_str().unwrap_or_default();
+            let size = if field == "data" {
+                // Decoded size of base64 without decoding: 3 bytes per 4 characters.
+                let pad = text.bytes().rev().take_while(|b| *b == b'=').count();
+                (text.len() / 4 * 3).saturating_sub(pad)
+            } else {
+                text.len()
+            };
+            *v = json!(format!("<redacted: {size} bytes>"));
+        }
+    }
+}
+
+/// The stored object as the API returns it: the requested apiVersion, the store's resourceVersion,
+/// a Secret's data hidden unless asked for.
 fn present(path: &ResourcePath, object: &Object) -> Value {
     let mut value = object.value.clone();
+    if path.kind == strait_api::Kind::Secret && !path.show_secrets {
+        hide_secret_data(&mut value);
+    }
     if let Some(obj) = value.as_object_mut() {
         obj.insert("apiVersion".into(), json!(path.api_version()));
         obj.insert("kind".into(), json!(path.kind.name()));
@@ -535,6 +566,8 @@ fn batch_path(item: &Value) -> Result<ResourcePath, ApiError> {
         version,
         namespace,
         name: None,
+        // The answer never shows a Secret's data.
+        show_secrets: false,
     })
 }
 

@@ -11,6 +11,8 @@ pub struct ResourcePath {
     pub version: String,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// `?showSecrets=true`: a Secret's data is shown (it is hidden otherwise).
+    pub show_secrets: bool,
 }
 
 impl ResourcePath {
@@ -66,6 +68,7 @@ impl ResourcePath {
             version: version.to_string(),
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
+            show_secrets: false,
         })
     }
 

@@ -350,3 +350,62 @@ async fn a_watch_that_falls_behind_the_history_ends_with_410() {
     assert_eq!(last["object"]["reason"], "Expired");
     assert!(lines.len() < 300, "{} lines", lines.len());
 }
+
+#[tokio::test]
+async fn a_secrets_data_is_shown_only_when_asked_for() {
+    let (app, store) = app();
+    let path = "/api/v1/namespaces/istio-system/secrets";
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "cred"},
+        "type": "kubernetes.io/tls",
+        // "-----BEGIN CERT" and "-----BEGIN KEY"
+        "data": {"tls.crt": "LS0tLS1CRUdJTiBDRVJU", "tls.key": "LS0tLS1CRUdJTiBLRVk="},
+    });
+    let (code, created) = call(&app, "POST", path, Some(secret.clone()), Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::CREATED, "{created}");
+    // Not even the answer to the write echoes it.
+    assert_eq!(created["data"]["tls.crt"], "<redacted: 15 bytes>");
+    assert_eq!(created["data"]["tls.key"], "<redacted: 14 bytes>");
+    let (_, read) = call(&app, "GET", &format!("{path}/cred"), None, Some(TOKEN)).await;
+    assert_eq!(read["data"]["tls.key"], "<redacted: 14 bytes>");
+    assert_eq!(read["type"], "kubernetes.io/tls");
+    let (_, list) = call(&app, "GET", path, None, Some(TOKEN)).await;
+    assert_eq!(list["items"][0]["data"]["tls.key"], "<redacted: 14 bytes>");
+    let (_, shown) = call(
+        &app,
+        "GET",
+        &format!("{path}/cred?showSecrets=true"),
+        None,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(shown["data"]["tls.key"], "LS0tLS1CRUdJTiBLRVk=");
+    // The store keeps the data; a redacted copy written back is refused and changes nothing.
+    let revision = store.revision();
+    let (code, refused) = call(
+        &app,
+        "PUT",
+        &format!("{path}/cred"),
+        Some(read),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("redacted"),
+        "{refused}"
+    );
+    assert_eq!(store.revision(), revision);
+    // A TLS Secret needs its keys; bad base64 is refused.
+    let mut bad = secret.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["data"] = json!({"tls.crt": "LS0tLS0="});
+    let (code, refused) = call(&app, "POST", path, Some(bad.clone()), Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["details"]["causes"][0]["field"], "data[tls.key]");
+    bad["data"] = json!({"tls.crt": "%%%", "tls.key": "LS0tLS0="});
+    let (code, _) = call(&app, "POST", path, Some(bad), Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+}

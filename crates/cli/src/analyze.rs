@@ -425,7 +425,17 @@ fn fetch_live(conn: &Connection) -> Result<Vec<Object>> {
     let client = conn.connect()?;
     let mut out = Vec::new();
     for kind in Kind::ALL {
-        let answer = client.request("GET", &kind.collection_path(None), None)?;
+        // The Secret analyzers read certificates (gateway credentials): with the data.
+        let path = if kind == Kind::Secret {
+            format!(
+                "{}?{}",
+                kind.collection_path(None),
+                crate::resources::SHOW_SECRETS
+            )
+        } else {
+            kind.collection_path(None)
+        };
+        let answer = client.request("GET", &path, None)?;
         if !answer.is_success() {
             bail!(
                 "listing {} from the control plane: {}",

@@ -76,6 +76,11 @@ enum Command {
         /// The lifetime of workload certificates when a request asks for none (at most 90d).
         #[arg(long, default_value = "24h", value_parser = strait_xds_core::flags::parse_duration)]
         workload_cert_ttl: std::time::Duration,
+        /// The trust bundle (PEM file) the proxies verify servers against when they originate
+        /// TLS without `caCertificates` (a DestinationRule's SIMPLE or MUTUAL); the proxies read
+        /// it, so it must exist where they run.
+        #[arg(long, value_name = "FILE", default_value = strait_translate::translate::SYSTEM_CA_BUNDLE)]
+        system_ca_bundle: PathBuf,
     },
     /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
     Bootstrap {
@@ -124,6 +129,15 @@ enum Command {
         all_namespaces: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: GetFormat,
+        /// Show Secrets' data (otherwise each value reads `<redacted: N bytes>`).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Create a Secret from files, as kubectl does: `strait create secret tls NAME --cert F
+    /// --key F`, `strait create secret generic NAME --from-file=KEY=F ...`.
+    Create {
+        #[command(subcommand)]
+        what: resources::CreateKind,
     },
     /// Run a workload with its sidecar on the local platform:
     /// `strait run --name web --labels app=web --port http:8000 -- python3 -m http.server 8000`.
@@ -185,6 +199,7 @@ fn main() -> ExitCode {
             trust_domain,
             ca_dir,
             workload_cert_ttl,
+            system_ca_bundle,
         } => control_plane::run(strait_controlplane::Options {
             data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
             api_addr,
@@ -201,6 +216,7 @@ fn main() -> ExitCode {
                 OutboundPolicyArg::RegistryOnly => strait_translate::OutboundPolicy::RegistryOnly,
             },
             vip_range,
+            system_ca_bundle,
         }),
         Command::Run(args) => run::run(&connection, args),
         Command::Gateway(args) => gateway::run(&connection, args),
@@ -224,6 +240,7 @@ fn main() -> ExitCode {
             namespace,
             all_namespaces,
             output,
+            show_secrets,
         } => resources::get(
             &connection,
             &kind,
@@ -231,7 +248,9 @@ fn main() -> ExitCode {
             namespace.as_deref(),
             all_namespaces,
             output,
+            show_secrets,
         ),
+        Command::Create { what } => resources::create(&connection, what),
         Command::Delete {
             kind,
             name,

@@ -39,6 +39,18 @@ pub fn table(kind: Kind, items: &[Value], with_namespace: bool) -> String {
             if a.is_empty() { "ALLOW".into() } else { a }
         })],
         Kind::PeerAuthentication => &[("MODE", |v| text(&v["spec"]["mtls"]["mode"]))],
+        Kind::Secret => &[
+            ("TYPE", |v| {
+                let t = text(&v["type"]);
+                if t.is_empty() { "Opaque".into() } else { t }
+            }),
+            ("DATA", |v| {
+                let keys = |f: &str| v[f].as_object().map(|m| m.keys().cloned().collect());
+                let mut all: std::collections::BTreeSet<String> = keys("data").unwrap_or_default();
+                all.extend(keys("stringData").unwrap_or_default());
+                all.len().to_string()
+            }),
+        ],
         Kind::Service => &[
             ("TYPE", |v| {
                 let t = text(&v["spec"]["type"]);

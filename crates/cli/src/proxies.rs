@@ -37,6 +37,9 @@ pub enum ConfigKind {
     Routes,
     Clusters,
     Endpoints,
+    /// The Secrets (`kubernetes://NAME`) the proxy's config names: certificates, never keys.
+    #[value(alias = "secrets")]
+    Secret,
 }
 
 impl ConfigKind {
@@ -46,6 +49,7 @@ impl ConfigKind {
             ConfigKind::Routes => "routes",
             ConfigKind::Clusters => "clusters",
             ConfigKind::Endpoints => "endpoints",
+            ConfigKind::Secret => "secrets",
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `strait apply`, `strait get`, `strait delete`.
+//! `strait apply`, `strait get`, `strait delete`, `strait create secret`.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,8 @@ use crate::input::read_all;
 use crate::output;
 
 const DEFAULT_NAMESPACE: &str = "default";
+/// The API's query parameter that shows Secrets' data.
+pub const SHOW_SECRETS: &str = "showSecrets=true";
 
 /// Every document must be a valid resource before anything is applied: one bad document changes
 /// nothing. Kinds Strait does not handle are skipped with a note.
@@ -116,11 +118,20 @@ pub fn get(
     namespace: Option<&str>,
     all_namespaces: bool,
     format: GetFormat,
+    show_secrets: bool,
 ) -> Result<ExitCode> {
     let kind = lookup_kind(kind)?;
     if all_namespaces && name.is_some() {
         bail!("a name cannot be used with --all-namespaces: give -n NAMESPACE instead");
     }
+    if show_secrets && kind != Kind::Secret {
+        bail!("--show-secrets is for Secrets only");
+    }
+    let query = if show_secrets {
+        format!("?{SHOW_SECRETS}")
+    } else {
+        String::new()
+    };
     let client = conn.connect()?;
     let ns = if all_namespaces {
         None
@@ -130,14 +141,14 @@ pub fn get(
     let collection = kind.collection_path(ns);
     let (items, single) = match name {
         Some(n) => {
-            let answer = client.request("GET", &format!("{collection}/{n}"), None)?;
+            let answer = client.request("GET", &format!("{collection}/{n}{query}"), None)?;
             if !answer.is_success() {
                 bail!("{}", answer.message());
             }
             (vec![answer.body], true)
         }
         None => {
-            let answer = client.request("GET", &collection, None)?;
+            let answer = client.request("GET", &format!("{collection}{query}"), None)?;
             if !answer.is_success() {
                 bail!("{}", answer.message());
             }
@@ -234,4 +245,138 @@ pub fn delete(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `strait create secret ...`.
+#[derive(clap::Subcommand)]
+pub enum CreateKind {
+    /// A Secret, from files.
+    Secret {
+        #[command(subcommand)]
+        secret: SecretArgs,
+    },
+}
+
+/// kubectl's `create secret tls` and `create secret generic` (from files).
+#[derive(clap::Subcommand)]
+pub enum SecretArgs {
+    /// A `kubernetes.io/tls` Secret: `tls.crt` and `tls.key` from PEM files.
+    Tls {
+        name: String,
+        /// The certificate (chain), PEM.
+        #[arg(long)]
+        cert: std::path::PathBuf,
+        /// Its private key, PEM.
+        #[arg(long)]
+        key: std::path::PathBuf,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// An `Opaque` Secret: one key per file (`--from-file=KEY=PATH`, or `--from-file=PATH` for
+    /// the file's name as the key).
+    Generic {
+        name: String,
+        #[arg(long = "from-file", required = true)]
+        from_file: Vec<String>,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+}
+
+/// Creates a Secret (it must not exist, as with kubectl); prints `secret/NAME created`.
+pub fn create(conn: &Connection, what: CreateKind) -> Result<ExitCode> {
+    use base64::Engine;
+    let CreateKind::Secret { secret } = what;
+    let (name, namespace, secret_type, files) = match secret {
+        SecretArgs::Tls {
+            name,
+            cert,
+            key,
+            namespace,
+        } => (
+            name,
+            namespace,
+            strait_api::core::secret::TLS_TYPE,
+            vec![("tls.crt".to_string(), cert), ("tls.key".to_string(), key)],
+        ),
+        SecretArgs::Generic {
+            name,
+            from_file,
+            namespace,
+        } => {
+            let mut files = Vec::new();
+            for spec in from_file {
+                let (key, path) = match spec.split_once('=') {
+                    Some((k, p)) => (k.to_string(), std::path::PathBuf::from(p)),
+                    None => {
+                        let path = std::path::PathBuf::from(&spec);
+                        let key = path
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .ok_or_else(|| anyhow!("--from-file={spec}: name the key: KEY=PATH"))?
+                            .to_string();
+                        (key, path)
+                    }
+                };
+                files.push((key, path));
+            }
+            (
+                name,
+                namespace,
+                strait_api::core::secret::OPAQUE_TYPE,
+                files,
+            )
+        }
+    };
+    let ns = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let mut data = serde_json::Map::new();
+    for (key, path) in files {
+        let bytes =
+            std::fs::read(&path).map_err(|e| anyhow!("{}: cannot read it: {e}", path.display()))?;
+        if data
+            .insert(
+                key.clone(),
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            )
+            .is_some()
+        {
+            bail!("the key {key:?} is given twice");
+        }
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns},
+        "type": secret_type,
+        "data": data,
+    });
+    // Validated here as on the server, so that a mistake is reported before anything is sent.
+    let parsed = strait_api::parse_value(
+        strait_api::Source {
+            file: "create secret".into(),
+            index: 0,
+        },
+        body.clone(),
+    );
+    match &parsed.outcome {
+        Outcome::Resource(r) => {
+            let report = r.validate();
+            if let Some(e) = report.errors.first() {
+                bail!("secret/{name}: {e}");
+            }
+        }
+        Outcome::Invalid(e) => bail!("secret/{name}: {}", e.to_issue()),
+        Outcome::Unsupported(why) => bail!("secret/{name}: {why}"),
+    }
+    let client = conn.connect()?;
+    let answer = client.request(
+        "POST",
+        &Kind::Secret.collection_path(Some(&ns)),
+        Some(&body),
+    )?;
+    if !answer.is_success() {
+        bail!("secret/{name}: {}", answer.message());
+    }
+    println!("secret/{name} created");
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,7 +6,7 @@
 //! request has only its bootstrap credential; an ADS stream on this port must present one, and
 //! its identity must be the one the proxy's node claims (namespace and service account), or the
 //! stream gets no config. The plaintext ADS port (15010) stays unauthenticated, for tools and
-//! tests, on loopback by default.
+//! tests, on loopback by default; its streams get no Secrets (`credentialName` certificates).
 //!
 //! The API gains two Kubernetes-shaped paths, behind the API token: the trust bundle as Istio's
 //! `istio-ca-root-cert` ConfigMap, and `TokenRequest` for a service account (a single-use
@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rustls::ServerConfig;
 use serde_json::{Value, json};
-use strait_ads::Authorize;
+use strait_ads::{Authorize, Peer};
 use strait_ca::{Binding, BootstrapTokens, CaOptions, CaService, MeshCa};
 use strait_identity::peer::PeerInfo;
 use strait_identity::tls::{ClientAuth, server_config};
@@ -166,10 +166,11 @@ impl Authorize for NodeMatchesCertificate {
         &self,
         proxy: &Proxy,
         extensions: &tonic::codegen::http::Extensions,
-    ) -> Result<(), String> {
+    ) -> Result<Peer, String> {
         let Some(peer) = extensions.get::<PeerInfo>() else {
-            // The plaintext port: unauthenticated by design (loopback unless told otherwise).
-            return Ok(());
+            // The plaintext port: unauthenticated by design (loopback unless told otherwise);
+            // such streams get no Secrets.
+            return Ok(Peer::Anonymous);
         };
         let claimed = strait_identity::Identity::new(
             &self.trust_domain,
@@ -181,7 +182,7 @@ impl Authorize for NodeMatchesCertificate {
                 "xDS on the TLS port needs a workload certificate: the proxy {} presented none (it claims {claimed})",
                 proxy.id
             )),
-            Some(id) if *id == claimed => Ok(()),
+            Some(id) if *id == claimed => Ok(Peer::Verified),
             Some(id) => Err(format!(
                 "the proxy's certificate proves {id}, but its node {} claims {claimed}: a proxy gets only the config of the identity it proves",
                 proxy.id

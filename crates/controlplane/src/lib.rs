@@ -46,6 +46,9 @@ pub struct Options {
     pub outbound_policy: OutboundPolicy,
     /// The range virtual IPs are allocated from (CIDR).
     pub vip_range: String,
+    /// The trust bundle proxies verify originated TLS against when a DestinationRule names no
+    /// `caCertificates` (a path the proxies read).
+    pub system_ca_bundle: PathBuf,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -69,9 +72,23 @@ pub async fn run(opts: Options) -> Result<()> {
     let token = load_or_create_token(dir)
         .with_context(|| format!("reading or creating the API token in {}", dir.display()))?;
 
+    let bundle = &opts.system_ca_bundle;
+    anyhow::ensure!(
+        bundle.is_absolute(),
+        "--system-ca-bundle {}: give an absolute path (the proxies read it)",
+        bundle.display()
+    );
+    if !bundle.is_file() {
+        tracing::warn!(
+            path = %bundle.display(),
+            "the system trust bundle does not exist here: TLS origination without caCertificates \
+             will fail until the proxies can read it (--system-ca-bundle)"
+        );
+    }
     let mesh_config = MeshConfig {
         outbound_policy: opts.outbound_policy,
         trust_domain: opts.identity.trust_domain.clone(),
+        system_ca_bundle: bundle.display().to_string(),
         ..MeshConfig::default()
     };
     let identity = MeshIdentity::start(&opts.identity, dir)?;

@@ -77,6 +77,9 @@ pub(crate) enum Refused {
         name: String,
         error: String,
     },
+    /// A type strait-proxy does not take yet (Secrets: it does not serve TLS yet).
+    #[error("{ty} {name:?}: strait-proxy does not take this type yet (no TLS, so no SDS Secrets)")]
+    NotServed { ty: &'static str, name: String },
     /// It decodes, and strait-proxy cannot honour a field of it.
     #[error(transparent)]
     Invalid(#[from] Invalid),
@@ -369,6 +372,8 @@ fn resource_name(ty: TypeUrl, any: &envoy_types::pb::google::protobuf::Any) -> S
         TypeUrl::Route => RouteConfiguration::decode(bytes).map(|r| r.name),
         TypeUrl::Cluster => PbCluster::decode(bytes).map(|c| c.name),
         TypeUrl::Endpoint => ClusterLoadAssignment::decode(bytes).map(|c| c.cluster_name),
+        // Not served yet: refused in `State::apply`.
+        TypeUrl::Secret => Ok(String::new()),
     }
     .unwrap_or_default()
 }
@@ -441,6 +446,7 @@ impl State {
             TypeUrl::Route => v(&self.routes),
             TypeUrl::Cluster => v(&self.clusters),
             TypeUrl::Endpoint => v(&self.endpoints),
+            TypeUrl::Secret => std::collections::HashMap::new(),
         }
     }
 
@@ -497,7 +503,7 @@ impl State {
                     .filter(|name| !present.contains(name.as_str()))
                     .collect()
             }
-            TypeUrl::Endpoint | TypeUrl::Route => Vec::new(),
+            TypeUrl::Endpoint | TypeUrl::Route | TypeUrl::Secret => Vec::new(),
         };
         let delta = DeltaDiscoveryResponse {
             system_version_info: resp.version_info.clone(),
@@ -545,6 +551,10 @@ impl State {
                     hold(&mut self.endpoints, &r.name, &r.version, e);
                     self.publish_users_of(&r.name);
                 }),
+                TypeUrl::Secret => Err(Refused::NotServed {
+                    ty: ty.short(),
+                    name: r.name.clone(),
+                }),
             };
             if let Err(e) = result {
                 errors.push(e);
@@ -570,6 +580,7 @@ impl State {
                     self.endpoints.remove(name);
                     self.publish_users_of(name);
                 }
+                TypeUrl::Secret => {}
             }
             self.answered.entry(ty).or_default().insert(name.clone());
         }
@@ -650,7 +661,7 @@ impl State {
                     RouteSource::Inline(_) => None,
                 })
                 .collect(),
-            TypeUrl::Cluster | TypeUrl::Listener => BTreeSet::new(),
+            TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::Secret => BTreeSet::new(),
         }
     }
 

@@ -31,7 +31,8 @@ pub struct MeshConfig {
     pub trust_domain: String,
     /// `cluster.local`.
     pub domain_suffix: String,
-    /// The system's trust bundle, for TLS origination without `caCertificates`.
+    /// The system's trust bundle, for TLS origination without `caCertificates`: a file the
+    /// proxies read (the control plane's `--system-ca-bundle`; Istio's `file-root:system`).
     pub system_ca_bundle: String,
 }
 

@@ -703,7 +703,7 @@ spec:
 }
 
 #[test]
-fn gateway_tls_passthrough_routes_on_sni_and_skips_terminated_tls() {
+fn gateway_tls_passthrough_routes_on_sni_beside_terminated_tls() {
     let config = snapshot(yaml(
         "gateway-tls.yaml",
         include_bytes!("data/gateway-tls.yaml"),
@@ -712,8 +712,27 @@ fn gateway_tls_passthrough_routes_on_sni_and_skips_terminated_tls() {
     let names: Vec<&str> = res.listeners.keys().map(String::as_str).collect();
     assert_eq!(
         names,
-        [format!("{GATEWAY_IP}_443")],
-        "terminated TLS is not translated"
+        [format!("{GATEWAY_IP}_443"), format!("{GATEWAY_IP}_8443")]
+    );
+    // The terminated HTTPS server: one chain for any SNI, TLS, then HTTP on routes of its own;
+    // the VirtualService's `tls` route for 8443 does not apply to it (Istio's rule: `tls` routes
+    // are for passthrough servers).
+    let https = listener(&res, &format!("{GATEWAY_IP}_8443"));
+    assert_eq!(https.filter_chains.len(), 1);
+    let chain = &https.filter_chains[0];
+    assert!(chain.filter_chain_match.is_none(), "{chain:?}");
+    assert_eq!(
+        chain.transport_socket.as_ref().map(|t| t.name.as_str()),
+        Some("envoy.transport_sockets.tls")
+    );
+    assert_eq!(
+        chain.filters[0].name,
+        "envoy.filters.network.http_connection_manager"
+    );
+    assert_eq!(
+        res.secrets.keys().collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "Secret cert does not exist: none is sent (the chain fails closed)"
     );
     let l = listener(&res, &format!("{GATEWAY_IP}_443"));
     assert_eq!(

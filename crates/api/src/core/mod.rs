@@ -1,8 +1,9 @@
-//! The Kubernetes kinds a mesh reads: Service, ServiceAccount, Namespace, Deployment.
+//! The Kubernetes kinds a mesh reads: Service, ServiceAccount, Namespace, Deployment, Secret.
 //!
 //! Strait reads the fields it uses and checks their types; see each type for what it keeps.
 
 pub mod deployment;
+pub mod secret;
 pub mod service;
 
 use serde::{Deserialize, Serialize};

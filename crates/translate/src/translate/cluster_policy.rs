@@ -46,7 +46,7 @@ pub(crate) struct Policy<'a> {
     pub connection_pool: Option<&'a ConnectionPoolSettings>,
     pub load_balancer: Option<&'a LoadBalancerSettings>,
     pub outlier_detection: Option<&'a OutlierDetection>,
-    /// Not applied here yet: upstream TLS belongs with the identity work.
+    /// Applied by `mtls::upstream_tls`.
     pub tls: Option<&'a ClientTlsSettings>,
 }
 
@@ -147,6 +147,17 @@ impl ClusterBuild {
                 )),
             },
         ));
+    }
+
+    /// TLS origination without a fixed SNI (Istio's `setAutoSniAndAutoSanValidation`): the SNI
+    /// from the request's host, and the server's certificate checked against it.
+    pub(crate) fn set_auto_sni(&mut self, auto_sni: bool, auto_san_validation: bool) {
+        let options = self
+            .http()
+            .upstream_http_protocol_options
+            .get_or_insert_with(Default::default);
+        options.auto_sni = auto_sni;
+        options.auto_san_validation = auto_san_validation;
     }
 
     fn is_h2(&self) -> bool {

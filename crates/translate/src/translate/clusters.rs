@@ -9,7 +9,8 @@
 //!
 //! The DestinationRule's traffic policy (merged with the subset's and the port's settings) gives
 //! each cluster its circuit breakers, timeouts, outlier detection and load balancer; see
-//! [`cluster_policy`](self::policy). Not yet applied: upstream TLS (`trafficPolicy.tls`),
+//! [`cluster_policy`](self::policy), and its upstream TLS (auto mTLS, ISTIO_MUTUAL, TLS
+//! origination: [`mtls`](super::mtls), [`origination`](super::origination)). Not yet applied:
 //! locality load balancing, `tunnel`, `proxyProtocol`.
 
 #[path = "cluster_policy.rs"]
@@ -239,12 +240,27 @@ fn outbound(
     }
     let policy = Policy::merged(rule, subset, port.number);
     let h2 = port.protocol.is_http2() || policy::should_h2_upgrade(policy.connection_pool);
-    match mtls::upstream_tls(ctx, service, port, subset, policy.tls, h2) {
+    let selected = rule.is_some_and(|r| r.workload_selector.is_some());
+    let mut auto_sni = None;
+    match mtls::upstream_tls(ctx, service, port, subset, policy.tls, h2, selected) {
         UpstreamTls::None => {}
         UpstreamTls::Socket(socket) => c.transport_socket = Some(socket),
+        UpstreamTls::Originate {
+            socket,
+            auto_sni: sni,
+            auto_san_validation,
+        } => {
+            c.transport_socket = Some(socket);
+            if sni || auto_san_validation {
+                auto_sni = Some((sni, auto_san_validation));
+            }
+        }
         UpstreamTls::Matches(matches) => c.transport_socket_matches = matches,
     }
     let mut b = ClusterBuild::new(c);
+    if let Some((sni, san)) = auto_sni {
+        b.set_auto_sni(sni, san);
+    }
     if port.protocol.is_http2() {
         b.set_h2();
     }

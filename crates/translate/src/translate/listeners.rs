@@ -9,7 +9,9 @@
 //!   weighted clusters, rewrites, mirrors); [`http_policy`]: the policies they carry (timeouts,
 //!   retries, hash policies, redirects, faults, CORS).
 //! - [`inbound`]: `virtualInbound` (15006), or per-port inbound listeners without capture.
-//! - [`gateway`]: gateway listeners `0.0.0.0_PORT` and route configurations `http.PORT`.
+//! - [`gateway`]: gateway listeners `0.0.0.0_PORT` and route configurations `http.PORT`
+//!   (and `https.PORT.PORT_NAME.GATEWAY.NAMESPACE` per terminated HTTPS server);
+//!   [`gateway_tls`]: the TLS those servers terminate.
 //! - [`filters`]: the Envoy filters these share (HCM, tcp_proxy, router, fault, CORS);
 //!   [`matchers`]: Istio's string matches as Envoy matchers.
 //! - [`config`]: which VirtualServices and DestinationRules apply to a proxy.
@@ -17,6 +19,7 @@
 mod config;
 mod filters;
 mod gateway;
+mod gateway_tls;
 mod http_policy;
 mod http_route;
 mod inbound;

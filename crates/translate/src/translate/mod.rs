@@ -5,7 +5,10 @@
 //! - listeners `virtualOutbound` (15001, original destination), `virtualInbound` (15006), per
 //!   service-port outbound listeners `0.0.0.0_PORT` (HTTP ports share one per port), and in
 //!   no-capture mode the HTTP proxy listener on `ADDRESS:15080`;
-//! - route configurations named by port (`9080`), and for gateways `http.PORT`.
+//! - route configurations named by port (`9080`), and for gateways `http.PORT` and, per
+//!   terminated HTTPS server, `https.PORT.PORT_NAME.GATEWAY.NAMESPACE`;
+//! - Secrets `kubernetes://NAME` and `kubernetes://NAME-cacert` for the `credentialName`s its
+//!   gateway servers and DestinationRules name ([`secrets`]), from its own namespace.
 //!
 //! Each proxy gets only the services it may reach: those exported to its namespace and allowed
 //! by the `Sidecar` that applies to it (a Sidecar selecting its labels, else its namespace's
@@ -15,8 +18,11 @@ mod clusters;
 mod listeners;
 pub mod mtls;
 mod origination;
+mod secrets;
+pub mod tls;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use strait_api::ObjectMeta;
 use strait_api::networking::sidecar::{OutboundTrafficPolicyMode, Sidecar};
@@ -56,6 +62,9 @@ pub struct Ctx<'a> {
     pub proxy: &'a Proxy,
     /// The Sidecar resource that applies to the proxy, if any.
     pub sidecar: Option<(&'a ObjectMeta, &'a Sidecar)>,
+    /// The SDS names of the Secrets the translation named so far (`kubernetes://NAME`,
+    /// `kubernetes://NAME-cacert`): the proxy gets those, and no others.
+    credentials: RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,6 +75,7 @@ impl<'a> Ctx<'a> {
             registry,
             proxy,
             sidecar,
+            credentials: RefCell::default(),
         }
     }
 
@@ -242,6 +252,7 @@ pub fn translate(config: &ConfigSnapshot, registry: &Registry, proxy: &Proxy) ->
     let mut out = XdsResources::default();
     clusters::build(&ctx, &mut out);
     listeners::build(&ctx, &mut out);
+    secrets::build(&ctx, &mut out);
     out
 }
 
@@ -263,7 +274,8 @@ pub(crate) fn stable_map<V>(
 }
 
 /// The outbound clusters and ClusterLoadAssignments `proxy` gets for `hosts` only, exactly as
-/// [`translate`] makes them (for an endpoint-only change of those hosts).
+/// [`translate`] makes them (for an endpoint-only change of those hosts, which changes no
+/// Secret).
 pub fn translate_hosts(
     config: &ConfigSnapshot,
     registry: &Registry,

@@ -45,6 +45,7 @@ use strait_api::{Kind as ResourceKind, ObjectMeta, Spec};
 use strait_registry::{Endpoint, Port, Service};
 
 use super::Ctx;
+use super::tls::tls_transport_socket;
 use crate::ConfigSnapshot;
 use crate::snapshot::namespace_of;
 
@@ -242,13 +243,6 @@ pub fn agent_secret(name: &str) -> SdsSecretConfig {
     }
 }
 
-fn tls_transport_socket(context: impl prost::Name) -> TransportSocket {
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(context))),
-    }
-}
-
 fn raw_transport_socket() -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.raw_buffer".to_string(),
@@ -267,7 +261,7 @@ fn tls_1_2_to_1_3() -> TlsParameters {
 }
 
 /// The workload's certificate and the trust bundle, and the SPIFFE ids a peer may present.
-fn mesh_common_context(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
+pub(super) fn mesh_common_context(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
     CommonTlsContext {
         tls_params: Some(tls_1_2_to_1_3()),
         alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
@@ -305,8 +299,16 @@ fn mesh_common_context(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
 pub enum UpstreamTls {
     /// Plaintext.
     None,
-    /// One transport socket for every endpoint (a DestinationRule's ISTIO_MUTUAL, SIMPLE, MUTUAL).
+    /// One transport socket for every endpoint (a DestinationRule's ISTIO_MUTUAL).
     Socket(TransportSocket),
+    /// TLS origination (a DestinationRule's SIMPLE or MUTUAL): one transport socket for every
+    /// endpoint, and for HTTP clusters the SNI from the request's host (`auto_sni`) and the
+    /// server's certificate checked against it (`auto_san_validation`).
+    Originate {
+        socket: TransportSocket,
+        auto_sni: bool,
+        auto_san_validation: bool,
+    },
     /// Auto mTLS: per endpoint, by its metadata.
     Matches(Vec<TransportSocketMatch>),
 }
@@ -346,7 +348,8 @@ fn service_accounts(ctx: &Ctx<'_>, service: &Service) -> Vec<String> {
     sans
 }
 
-/// The client TLS of one outbound cluster.
+/// The client TLS of one outbound cluster. `selected`: the DestinationRule that gave `tls` has a
+/// `workloadSelector` (which picked this proxy).
 pub fn upstream_tls(
     ctx: &Ctx<'_>,
     service: &Service,
@@ -354,6 +357,7 @@ pub fn upstream_tls(
     subset: Option<&str>,
     tls: Option<&ClientTlsSettings>,
     h2: bool,
+    selected: bool,
 ) -> UpstreamTls {
     let mode = tls.map(|t| t.mode());
     let istio_mutual = |tls: Option<&ClientTlsSettings>| {
@@ -380,9 +384,14 @@ pub fn upstream_tls(
             tracing::warn!(proxy = %ctx.proxy, host = %service.hostname, "a DestinationRule asks for ISTIO_MUTUAL, but the proxy has no workload identity: plaintext");
             UpstreamTls::None
         }
-        Some(TlsMode::Simple) | Some(TlsMode::Mutual) => {
-            super::origination::upstream(ctx, service, tls.expect("the mode is set"), h2)
-        }
+        Some(TlsMode::Simple) | Some(TlsMode::Mutual) => super::origination::upstream(
+            ctx,
+            service,
+            port,
+            tls.expect("the mode is set"),
+            h2,
+            selected,
+        ),
         None => {
             let auto = ctx.proxy.mtls
                 && !service.mesh_external

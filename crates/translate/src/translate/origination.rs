@@ -1,74 +1,65 @@
 //! TLS origination to a destination (a DestinationRule's `tls.mode` SIMPLE or MUTUAL), as Istio
-//! sets it up: the server is verified against `caCertificates` (a file the proxy reads), or the
-//! system's trust bundle when none is given, and `subjectAltNames` when given; `sni` when given,
-//! else the request's host (`auto_sni`); MUTUAL presents `clientCertificate` and `privateKey`
-//! (files), or the Secret named by `credentialName` (SDS over ADS, `kubernetes://NAME`, with its
-//! CA as `kubernetes://NAME-cacert`). `insecureSkipVerify` verifies nothing.
+//! sets it up (`cluster_tls.go`, `constructUpstreamTLS`):
+//!
+//! - With `credentialName`: the CA that verifies the server is the Secret's
+//!   (`kubernetes://NAME-cacert`, SDS over ADS), and MUTUAL presents the Secret's certificate
+//!   (`kubernetes://NAME`). A sidecar honours `credentialName` only from a DestinationRule with a
+//!   `workloadSelector` (Istio's rule, so that a Secret reaches only the workloads picked for
+//!   it); gateways always do. Where Istio then sends plaintext, Strait still originates TLS,
+//!   without the Secret (verified by the system's trust bundle, no client certificate): a
+//!   request for TLS never leaves in the clear.
+//! - Without: the server is verified against `caCertificates` (a file the proxy reads), or the
+//!   system's trust bundle ([`MeshConfig::system_ca_bundle`](crate::MeshConfig), the control
+//!   plane's `--system-ca-bundle`) when none is given, with `caCrl`; MUTUAL presents
+//!   `clientCertificate` and `privateKey` (files).
+//! - `subjectAltNames`: names the server's certificate must carry. `sni`: the SNI sent; when
+//!   unset, HTTP clusters take it from the request's host (`auto_sni`) and then check that the
+//!   server's certificate names that host (`auto_san_validation`) unless `subjectAltNames` or
+//!   `insecureSkipVerify` say otherwise; other clusters send the service's host name.
+//! - `insecureSkipVerify: true` (without `credentialName`): the server is not verified.
+//!
+//! TLS 1.2 to 1.3; `h2` as ALPN for HTTP/2 clusters.
 
-use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
-    config_source::ConfigSourceSpecifier, data_source, transport_socket,
-};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, SubjectAltNameMatcher,
-    TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context,
-    subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
+    CertificateValidationContext, CommonTlsContext, TlsCertificate, TlsParameters,
+    UpstreamTlsContext, common_tls_context, tls_parameters::TlsProtocol,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
-use envoy_types::util::pack_any;
 use strait_api::networking::destination_rule::{ClientTlsMode, ClientTlsSettings};
-use strait_registry::Service;
+use strait_registry::{Port, Service};
+use strait_xds_core::ProxyRole;
 
 use super::Ctx;
 use super::mtls::UpstreamTls;
+use super::tls::{file, san_matchers, tls_transport_socket};
 
-/// Where the proxies find the system's trust bundle (Debian's), unless the mesh config says
-/// otherwise.
+/// Where the proxies find the system's trust bundle (Debian's), unless the control plane is
+/// told otherwise (`--system-ca-bundle`).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// SDS over ADS for a Secret: Istio's `kubernetes://NAME`.
-pub fn credential_secret(name: &str) -> SdsSecretConfig {
-    SdsSecretConfig {
-        name: format!("kubernetes://{name}"),
-        sds_config: Some(ConfigSource {
-            resource_api_version: ApiVersion::V3 as i32,
-            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-            ..Default::default()
-        }),
-    }
-}
-
-fn file(path: &str) -> Option<DataSource> {
-    Some(DataSource {
-        specifier: Some(data_source::Specifier::Filename(path.to_string())),
-        ..Default::default()
-    })
-}
-
-/// The client TLS of a cluster with a SIMPLE or MUTUAL DestinationRule.
+/// The client TLS of a cluster with a SIMPLE or MUTUAL DestinationRule. `selected`: the
+/// DestinationRule has a `workloadSelector` (that picks this proxy).
 pub(super) fn upstream(
     ctx: &Ctx<'_>,
     service: &Service,
+    port: &Port,
     tls: &ClientTlsSettings,
     h2: bool,
+    selected: bool,
 ) -> UpstreamTls {
+    let mutual = tls.mode() == ClientTlsMode::Mutual;
     let skip = tls.insecure_skip_verify == Some(true);
-    let sans: Vec<SubjectAltNameMatcher> = tls
-        .subject_alt_names
-        .iter()
-        .map(|s| SubjectAltNameMatcher {
-            san_type: if s.starts_with("spiffe://") {
-                SanType::Uri
-            } else {
-                SanType::Dns
-            } as i32,
-            matcher: Some(StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact(s.clone())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .collect();
+    let mut credential = (!tls.credential_name.is_empty()).then_some(tls.credential_name.as_str());
+    if credential.is_some() && ctx.proxy.role == ProxyRole::Sidecar && !selected {
+        tracing::warn!(
+            proxy = %ctx.proxy,
+            host = %service.hostname,
+            credential = tls.credential_name,
+            "a DestinationRule's credentialName applies to sidecars only with a workloadSelector \
+             (as in Istio): TLS is originated without that Secret (the system's trust bundle \
+             verifies the server; no client certificate)"
+        );
+        credential = None;
+    }
     let mut common = CommonTlsContext {
         tls_params: Some(TlsParameters {
             tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
@@ -82,65 +73,81 @@ pub(super) fn upstream(
         },
         ..Default::default()
     };
-    let credential = (!tls.credential_name.is_empty()).then_some(tls.credential_name.as_str());
-    if tls.mode() == ClientTlsMode::Mutual {
-        match credential {
-            Some(name) => common
-                .tls_certificate_sds_secret_configs
-                .push(credential_secret(name)),
-            None => common.tls_certificates.push(TlsCertificate {
-                certificate_chain: file(&tls.client_certificate),
-                private_key: file(&tls.private_key),
-                ..Default::default()
-            }),
-        }
-    }
-    if !skip {
-        let validation = CertificateValidationContext {
-            match_typed_subject_alt_names: sans,
-            ..Default::default()
-        };
-        common.validation_context_type = Some(match credential {
-            Some(name) if tls.mode() == ClientTlsMode::Mutual => {
+    let validation = CertificateValidationContext {
+        match_typed_subject_alt_names: san_matchers(&tls.subject_alt_names),
+        crl: file(&tls.ca_crl),
+        ..Default::default()
+    };
+    match credential {
+        Some(name) => {
+            if mutual {
+                common
+                    .tls_certificate_sds_secret_configs
+                    .push(ctx.credential(name));
+            }
+            common.validation_context_type = Some(
                 common_tls_context::ValidationContextType::CombinedValidationContext(
                     common_tls_context::CombinedCertificateValidationContext {
                         default_validation_context: Some(validation),
-                        validation_context_sds_secret_config: Some(credential_secret(&format!(
-                            "{name}-cacert"
-                        ))),
+                        validation_context_sds_secret_config: Some(ctx.credential_ca(name)),
                         ..Default::default()
                     },
-                )
+                ),
+            );
+        }
+        None => {
+            if mutual && !tls.credential_name.is_empty() {
+                // The Secret was withheld (above): no client certificate.
+            } else if mutual {
+                if tls.client_certificate.is_empty() || tls.private_key.is_empty() {
+                    tracing::warn!(
+                        proxy = %ctx.proxy,
+                        host = %service.hostname,
+                        "a MUTUAL DestinationRule without credentialName needs clientCertificate \
+                         and privateKey: TLS is originated without a client certificate"
+                    );
+                } else {
+                    common.tls_certificates.push(TlsCertificate {
+                        certificate_chain: file(&tls.client_certificate),
+                        private_key: file(&tls.private_key),
+                        ..Default::default()
+                    });
+                }
             }
-            _ => {
+            if !skip {
                 let ca = if tls.ca_certificates.is_empty() {
                     ctx.config.mesh.system_ca_bundle.as_str()
                 } else {
                     tls.ca_certificates.as_str()
                 };
-                common_tls_context::ValidationContextType::ValidationContext(
-                    CertificateValidationContext {
-                        trusted_ca: file(ca),
-                        ..validation
-                    },
-                )
+                common.validation_context_type = Some(
+                    common_tls_context::ValidationContextType::ValidationContext(
+                        CertificateValidationContext {
+                            trusted_ca: file(ca),
+                            ..validation
+                        },
+                    ),
+                );
             }
-        });
+        }
     }
-    let sni = if tls.sni.is_empty() {
-        // Istio: auto_sni from the request's host; for a cluster of one host, that host.
+    let sni = if !tls.sni.is_empty() {
+        tls.sni.clone()
+    } else if !service.hostname.starts_with('*') {
         service.hostname.clone()
     } else {
-        tls.sni.clone()
+        String::new()
     };
-    UpstreamTls::Socket(TransportSocket {
-        name: "envoy.transport_sockets.tls".to_string(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
-            UpstreamTlsContext {
-                sni,
-                common_tls_context: Some(common),
-                ..Default::default()
-            },
-        ))),
-    })
+    UpstreamTls::Originate {
+        socket: tls_transport_socket(UpstreamTlsContext {
+            sni,
+            common_tls_context: Some(common),
+            ..Default::default()
+        }),
+        auto_sni: tls.sni.is_empty() && port.protocol.is_http(),
+        auto_san_validation: tls.sni.is_empty()
+            && port.protocol.is_http()
+            && tls.subject_alt_names.is_empty()
+            && !skip,
+    }
 }

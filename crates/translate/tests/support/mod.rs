@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use strait_api::Resource;
@@ -325,6 +326,7 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
         .or_else(|| show::<TlsInspector>(type_url, bytes))
         .or_else(|| show::<PreviousHostsPredicate>(type_url, bytes))
         .or_else(|| show::<PreviousPrioritiesConfig>(type_url, bytes))
+        .or_else(|| show::<DownstreamTlsContext>(type_url, bytes))
 }
 
 fn indent_of(line: &str) -> usize {

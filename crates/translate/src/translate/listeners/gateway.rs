@@ -17,15 +17,25 @@
 //! connections are accepted and closed. Servers of another kind on a port already taken by
 //! one kind are skipped and logged.
 //!
-//! Terminated TLS (HTTPS and TLS servers with SIMPLE or MUTUAL) and AUTO_PASSTHROUGH are not
+//! Terminated TLS (HTTPS and TLS servers with SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL)
+//! shares a port with passthrough servers, as in Istio: the listener reads the SNI
+//! (tls_inspector) and each terminated server gets one filter chain matching its hosts
+//! (`server_names`, none when a host is `*`) with the server's TLS ([`gateway_tls`]). An HTTPS
+//! server's chain has an HCM on a route configuration of its own,
+//! `https.PORT.PORT_NAME.GATEWAY.NAMESPACE`, built like `http.PORT` from that server alone; a TLS
+//! server's chain has a tcp_proxy to its first `tcp:` route (as a TCP server's). An HTTP server
+//! with `tls.httpsRedirect` marks its virtual hosts `require_tls: ALL` (Envoy answers plain
+//! HTTP with a 301 to https), even those no VirtualService serves. AUTO_PASSTHROUGH is not
 //! translated yet.
+//!
+//! [`gateway_tls`]: super::gateway_tls
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, Route, RouteConfiguration, VirtualHost, route,
+    DirectResponseAction, Route, RouteConfiguration, VirtualHost, route, virtual_host,
 };
 use strait_api::networking::gateway::{Protocol, Server, TlsMode};
 
@@ -51,25 +61,55 @@ enum Kind {
     Tcp,
     /// TLS routed on SNI, not terminated.
     TlsPassthrough,
+    /// HTTPS: TLS terminated, then an HCM.
+    Https,
+    /// TLS terminated, then tcp_proxy.
+    TlsTerminated,
+}
+
+/// Servers of one class share a port: plain HTTP, TCP, or TLS (terminated or not, told apart
+/// by SNI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Http,
+    Tcp,
+    Tls,
 }
 
 impl Kind {
     /// The kind of a server, if Strait translates it.
     fn of(server: &Server) -> Option<Kind> {
         let protocol = server.protocol();
-        match &server.tls {
-            None if protocol.is_http() => Some(Kind::Http),
-            None if matches!(
-                protocol,
-                Protocol::Tcp | Protocol::Mongo | Protocol::Redis | Protocol::Mysql
-            ) =>
-            {
-                Some(Kind::Tcp)
+        if protocol.is_http() {
+            return Some(Kind::Http);
+        }
+        if matches!(
+            protocol,
+            Protocol::Tcp | Protocol::Mongo | Protocol::Redis | Protocol::Mysql
+        ) {
+            return Some(Kind::Tcp);
+        }
+        if !protocol.is_tls() {
+            return None;
+        }
+        match server.tls.as_ref()?.mode() {
+            TlsMode::Passthrough => Some(Kind::TlsPassthrough),
+            TlsMode::AutoPassthrough => None,
+            TlsMode::Simple | TlsMode::Mutual | TlsMode::OptionalMutual | TlsMode::IstioMutual => {
+                Some(if protocol == Protocol::Https {
+                    Kind::Https
+                } else {
+                    Kind::TlsTerminated
+                })
             }
-            Some(tls) if protocol.is_tls() && tls.mode() == TlsMode::Passthrough => {
-                Some(Kind::TlsPassthrough)
-            }
-            _ => None,
+        }
+    }
+
+    fn class(self) -> Class {
+        match self {
+            Kind::Http => Class::Http,
+            Kind::Tcp => Class::Tcp,
+            Kind::TlsPassthrough | Kind::Https | Kind::TlsTerminated => Class::Tls,
         }
     }
 }
@@ -78,6 +118,8 @@ impl Kind {
 struct BoundServer<'a> {
     /// `NAMESPACE/NAME` of the Gateway.
     gateway: String,
+    /// The Gateway's name.
+    name: &'a str,
     namespace: &'a str,
     server: &'a Server,
     kind: Kind,
@@ -91,6 +133,33 @@ impl BoundServer<'_> {
             let (ns, host) = h.split_once('/').unwrap_or(("*", h));
             (if ns == "." { self.namespace } else { ns }, host)
         })
+    }
+
+    /// The SNI names a terminated server's filter chain matches: its hosts without their
+    /// namespaces, sorted; none (any SNI) when one is `*`.
+    fn server_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hosts().map(|(_, h)| h.to_string()).collect();
+        if names.iter().any(|h| h == "*") {
+            return Vec::new();
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// `https.PORT.PORT_NAME.GATEWAY.NAMESPACE` (Istio's name for a terminated server's routes
+    /// and chain).
+    fn tls_name(&self, prefix: &str, port: u16) -> String {
+        let port_name = self.server.port.as_ref().map_or("", |p| p.name.as_str());
+        format!(
+            "{prefix}.{port}.{port_name}.{}.{}",
+            self.name, self.namespace
+        )
+    }
+
+    /// An HTTP server that redirects plain HTTP to HTTPS.
+    fn https_redirect(&self) -> bool {
+        self.server.tls.as_ref().is_some_and(|t| t.https_redirect)
     }
 
     /// Whether the server takes `vs`: one of its hosts admits the VirtualService's namespace
@@ -127,14 +196,15 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     gateway = %meta.name,
                     port,
                     protocol = %server.protocol(),
-                    "only HTTP, TCP and TLS passthrough gateway servers are translated yet; \
-                     server skipped"
+                    "only HTTP, TCP and TLS (terminated or passthrough) gateway servers are \
+                     translated yet (not AUTO_PASSTHROUGH, nor HTTPS or TLS without tls \
+                     settings); server skipped"
                 );
                 continue;
             };
             let servers = by_port.entry(port).or_default();
             if let Some(first) = servers.first()
-                && first.kind != kind
+                && first.kind.class() != kind.class()
             {
                 tracing::warn!(
                     gateway = %meta.name,
@@ -147,6 +217,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
             }
             servers.push(BoundServer {
                 gateway: format!("{namespace}/{}", meta.name),
+                name: &meta.name,
                 namespace,
                 server,
                 kind,
@@ -155,8 +226,8 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
     let ip = ctx.proxy.ip.to_string();
     for (port, servers) in by_port {
-        if servers[0].kind != Kind::Http {
-            let l = l4_listener(ctx, &ip, port, &servers);
+        if servers[0].kind.class() != Class::Http {
+            let l = l4_listener(ctx, &ip, port, &servers, out);
             out.listeners.insert(l.name.clone(), l);
             continue;
         }
@@ -187,8 +258,15 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
 }
 
-/// The listener of a TCP or TLS passthrough port (all `servers` are of that kind).
-fn l4_listener(ctx: &Ctx<'_>, ip: &str, port: u16, servers: &[BoundServer<'_>]) -> Listener {
+/// The listener of a TCP port, or of a TLS port (passthrough and terminated servers, told apart
+/// by SNI); the route configurations of its HTTPS servers go to `out`.
+fn l4_listener(
+    ctx: &Ctx<'_>,
+    ip: &str,
+    port: u16,
+    servers: &[BoundServer<'_>],
+    out: &mut XdsResources,
+) -> Listener {
     let mut l = listener(
         format!("{ip}_{port}"),
         ip,
@@ -197,16 +275,29 @@ fn l4_listener(ctx: &Ctx<'_>, ip: &str, port: u16, servers: &[BoundServer<'_>]) 
         true,
     );
     let mut chains: Vec<FilterChain> = Vec::new();
-    if servers[0].kind == Kind::TlsPassthrough {
+    if servers[0].kind.class() == Class::Tls {
         l.listener_filters = vec![tls_inspector_listener_filter()];
         for bs in servers {
-            for chain in tls_chains(ctx, port, bs) {
+            let found = match bs.kind {
+                Kind::TlsPassthrough => tls_chains(ctx, port, bs),
+                _ => terminated_chain(ctx, &ip_prefix(ip, port), port, bs, out)
+                    .into_iter()
+                    .collect(),
+            };
+            for chain in found {
                 // Envoy refuses two chains with one match: the first wins.
                 if chains
                     .iter()
                     .all(|c| c.filter_chain_match != chain.filter_chain_match)
                 {
                     chains.push(chain);
+                } else {
+                    tracing::warn!(
+                        gateway = %bs.gateway,
+                        port,
+                        chain = %chain.name,
+                        "two gateway servers match the same SNI on one port; the first is kept"
+                    );
                 }
             }
         }
@@ -236,6 +327,69 @@ fn l4_listener(ctx: &Ctx<'_>, ip: &str, port: u16, servers: &[BoundServer<'_>]) 
     }
     l.filter_chains = chains;
     l
+}
+
+fn ip_prefix(ip: &str, port: u16) -> String {
+    format!("outbound_{ip}_{port}")
+}
+
+/// The filter chain of a terminated TLS server (HTTPS: an HCM on its own routes, which go to
+/// `out`; TLS: a tcp_proxy to its first `tcp:` route, else `BlackHoleCluster`). `None` when its
+/// TLS settings cannot be honoured (logged).
+fn terminated_chain(
+    ctx: &Ctx<'_>,
+    stat_prefix: &str,
+    port: u16,
+    bs: &BoundServer<'_>,
+    out: &mut XdsResources,
+) -> Option<FilterChain> {
+    let https = bs.kind == Kind::Https;
+    let tls = bs.server.tls.as_ref()?;
+    let socket = match super::gateway_tls::downstream_tls(ctx, tls, https) {
+        Ok(socket) => socket,
+        Err(why) => {
+            tracing::warn!(
+                gateway = %bs.gateway,
+                port,
+                server = %bs.tls_name(if https { "https" } else { "tls" }, port),
+                "{why}; server skipped"
+            );
+            return None;
+        }
+    };
+    let names = bs.server_names();
+    let matcher = (!names.is_empty()).then(|| FilterChainMatch {
+        server_names: names,
+        ..Default::default()
+    });
+    let mut chain = if https {
+        let route_name = bs.tls_name("https", port);
+        let rc = route_configuration(ctx, &route_name, port, std::slice::from_ref(bs));
+        out.routes.insert(route_name.clone(), rc);
+        filter_chain(
+            route_name.clone(),
+            matcher,
+            vec![hcm_filter(Hcm {
+                stat_prefix: stat_prefix.to_string(),
+                routes: Routes::Rds(route_name),
+                filters: HttpFilters::Outbound,
+                server_name: ISTIO_SERVER_NAME,
+                use_remote_address: true,
+                allow_absolute_url: false,
+                forward_client_cert: false,
+            })],
+        )
+    } else {
+        let target = tcp_route(ctx, port, bs)
+            .unwrap_or_else(|| TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()));
+        filter_chain(
+            bs.tls_name("tls", port),
+            matcher,
+            vec![tcp_proxy_filter(&stat_name(&target), target)],
+        )
+    };
+    chain.transport_socket = Some(socket);
+    Some(chain)
 }
 
 /// Where a TCP server's connections go: the first `tcp:` route that applies on `port`, of the
@@ -319,8 +473,14 @@ fn domains(host: &str, port: u16) -> Vec<String> {
     }
 }
 
-/// A virtual host's routes, and the VirtualServices (namespace, name) they came from.
-type HostRoutes = (Vec<Route>, Vec<(String, String)>);
+/// A virtual host's routes, the VirtualServices (namespace, name) they came from, and whether
+/// a server that has the host redirects plain HTTP to HTTPS.
+#[derive(Default)]
+struct HostRoutes {
+    routes: Vec<Route>,
+    from: Vec<(String, String)>,
+    https_redirect: bool,
+}
 
 fn route_configuration(
     ctx: &Ctx<'_>,
@@ -337,7 +497,12 @@ fn route_configuration(
             port,
             gateway: &bs.gateway,
         };
+        let redirect = bs.kind == Kind::Http && bs.https_redirect();
         for (ns, host) in bs.hosts() {
+            if redirect {
+                // Redirected even when no VirtualService serves the host.
+                hosts.entry(host.to_string()).or_default().https_redirect = true;
+            }
             for vs in vss.iter().filter(|vs| ns == "*" || ns == vs.namespace) {
                 for vs_host in &vs.hosts {
                     let Some(vhost) = intersect(host, vs_host) else {
@@ -345,11 +510,12 @@ fn route_configuration(
                     };
                     let id = (vs.namespace.to_string(), vs.meta.name.clone());
                     let entry = hosts.entry(vhost).or_default();
-                    if entry.1.contains(&id) {
+                    entry.https_redirect |= redirect;
+                    if entry.from.contains(&id) {
                         continue;
                     }
-                    entry.1.push(id);
-                    entry.0.extend(virtual_service_routes(&scope, vs));
+                    entry.from.push(id);
+                    entry.routes.extend(virtual_service_routes(&scope, vs));
                 }
             }
         }
@@ -357,11 +523,11 @@ fn route_configuration(
     let mut taken = std::collections::BTreeSet::new();
     let mut virtual_hosts: Vec<VirtualHost> = hosts
         .into_iter()
-        .filter(|(_, (routes, _))| !routes.is_empty())
-        .filter_map(|(host, (routes, _))| {
+        .filter(|(_, h)| !h.routes.is_empty() || h.https_redirect)
+        .filter_map(|(host, h)| {
             // Catch-all routes go last, keeping the order of the others (Istio's sort).
             let (mut routes, catch_all): (Vec<Route>, Vec<Route>) =
-                routes.into_iter().partition(|r| !is_catch_all(r));
+                h.routes.into_iter().partition(|r| !is_catch_all(r));
             routes.extend(catch_all);
             let mut domains = domains(&host, port);
             domains.retain(|d| taken.insert(d.to_ascii_lowercase()));
@@ -369,6 +535,11 @@ fn route_configuration(
                 name: format!("{host}:{port}"),
                 domains,
                 routes,
+                require_tls: if h.https_redirect {
+                    virtual_host::TlsRequirementType::All as i32
+                } else {
+                    0
+                },
                 include_request_attempt_count: true,
                 ..Default::default()
             })
