@@ -29,9 +29,7 @@
 //! (503), and accepted once its DestinationRule names that CA in `caCertificates`.
 //!
 //! Needs root, iproute2, iptables, setpriv, python3, curl, openssl and Envoy; fails (never
-//! skips) without. The scenario takes the data plane as a parameter; only Envoy's test exists
-//! here. The strait-proxy variant (`--proxy strait`) comes with strait-proxy's TLS (branch
-//! arch).
+//! skips) without. The scenario runs with each data plane (`--proxy envoy`, `--proxy strait`).
 
 use strait_e2e as support;
 
@@ -303,7 +301,11 @@ fn egress_tls_origination_task_with_envoy() {
     egress_tls_origination_task("envoy");
 }
 
-// strait-proxy variant: added with strait-proxy TLS (branch arch)
+#[test]
+fn egress_tls_origination_task_with_strait_proxy() {
+    let _one = require_platform();
+    egress_tls_origination_task("strait");
+}
 
 fn egress_tls_origination_task(proxy: &str) {
     let t = start_task(proxy);

@@ -1,6 +1,7 @@
-//! Certificate rotation under load: two pods with 30-second workload certificates (a lifetime the
-//! CA allows for tests) and steady mutual-TLS traffic between them for two minutes: no request
-//! fails, and each proxy serves at least three new certificates (new serials) meanwhile.
+//! Certificate rotation under load: per data plane, two pods with 30-second workload certificates
+//! (a lifetime the CA allows for tests) and steady mutual-TLS traffic between them for two
+//! minutes: no request fails, and each proxy serves at least three new certificates (new
+//! serials) meanwhile. Envoy's pair and strait-proxy's run side by side in the same minutes.
 //!
 //! Needs root, iproute2, iptables, setpriv, python3 and Envoy; fails (never skips) without.
 
@@ -22,7 +23,7 @@ ok = failed = 0
 errors = []
 while time.time() < end:
     try:
-        with urllib.request.urlopen("http://web:8000/ip", timeout=5) as r:
+        with urllib.request.urlopen(os.environ["TARGET"], timeout=5) as r:
             if r.status == 200:
                 ok += 1
             else:
@@ -67,22 +68,60 @@ fn ureq_get(url: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).to_string())
 }
 
+/// Both data planes at once, each a pair of its own (`web-envoy` ← `client-envoy`,
+/// `web-strait` ← `client-strait`), in the same two minutes.
 #[test]
-fn certificates_rotate_under_load_without_failed_requests_envoy() {
+fn certificates_rotate_under_load_without_failed_requests_on_both_data_planes() {
     let _one = require_platform();
-    rotation("envoy");
+    rotation(&["envoy", "strait"]);
 }
 
-fn rotation(proxy: &str) {
+/// A pod of the test: `NAME-PROXY` with its label and service account, and 30 s certificates.
+fn pod(
+    cp: &ControlPlane,
+    dir: &std::path::Path,
+    name: &str,
+    proxy: &str,
+    extra: &[&str],
+    cmd: &[&str],
+) -> support::platform::Run {
+    let pod = format!("{name}-{proxy}");
+    let label = format!("app={pod}");
+    let mut args: Vec<&str> = vec![
+        "run",
+        "--name",
+        &pod,
+        "--labels",
+        &label,
+        "--service-account",
+        &pod,
+        "--capture",
+        "iptables",
+        "--proxy",
+        proxy,
+        "--cert-ttl",
+        "30s",
+    ];
+    args.extend(extra);
+    args.push("--");
+    args.extend(cmd);
+    start(cp, &args, dir)
+}
+
+fn rotation(proxies: &[&str]) {
     strait_proxy_built();
     let cp = ControlPlane::start_with(&["--xds-addr", "0.0.0.0:0", "--tls-addr", "0.0.0.0:0"]);
     let dir = tempfile::tempdir().unwrap();
     let svc = dir.path().join("web.yaml");
-    std::fs::write(
-        &svc,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports:\n  - {name: http, port: 8000, targetPort: 8080}\n",
-    )
-    .unwrap();
+    let services: Vec<String> = proxies
+        .iter()
+        .map(|p| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web-{p}}}\nspec:\n  selector: {{app: web-{p}}}\n  ports:\n  - {{name: http, port: 8000, targetPort: 8080}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&svc, services.join("---\n")).unwrap();
     cp.ok(&["apply", "-f", svc.to_str().unwrap()]);
     // Mesh-wide STRICT: every request must be mutual TLS.
     cp.ok(&[
@@ -94,110 +133,113 @@ fn rotation(proxy: &str) {
             .unwrap(),
     ]);
     let httpbin = fixture("httpbin.py").display().to_string();
-    let mut web = start(
-        &cp,
-        &[
-            "run",
-            "--name",
-            "web",
-            "--labels",
-            "app=web",
-            "--service-account",
-            "web",
-            "--port",
-            "http:8080",
-            "--capture",
-            "iptables",
-            "--proxy",
-            proxy,
-            "--cert-ttl",
-            "30s",
-            "--",
-            "python3",
-            &httpbin,
-        ],
-        dir.path(),
-    );
-    let web_we = wait_workload_entry(&cp, &mut web, "default", "web");
     let seconds = 120;
-    let mut client = start(
-        &cp,
-        &[
-            "run",
-            "--name",
-            "client",
-            "--labels",
-            "app=client",
-            "--service-account",
-            "client",
-            "--capture",
-            "iptables",
-            "--proxy",
-            proxy,
-            "--cert-ttl",
-            "30s",
-            "--",
-            "env",
-            &format!("DURATION={seconds}"),
-            "python3",
-            "-c",
-            CLIENT,
-        ],
-        dir.path(),
-    );
-    let client_we = wait_workload_entry(&cp, &mut client, "default", "client");
-    let admins: BTreeMap<&str, String> = [
-        (
+    let duration = format!("DURATION={seconds}");
+    let mut pairs = Vec::new();
+    for proxy in proxies {
+        let mut web = pod(
+            &cp,
+            dir.path(),
             "web",
-            format!("{}:15000", web_we["spec"]["address"].as_str().unwrap()),
-        ),
-        (
-            "client",
-            format!("{}:15000", client_we["spec"]["address"].as_str().unwrap()),
-        ),
-    ]
-    .into();
-    let mut serials: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    let mut output: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
-    let result = loop {
-        for (name, admin) in &admins {
-            if let Some(s) = serial(admin) {
-                serials.entry(name).or_default().insert(s);
-            }
-        }
-        output.extend(client.new_lines());
-        if let Some(line) = output.iter().find(|l| l.starts_with("RESULT ")) {
-            break line.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the client did not finish; its output:\n{}\nstderr:\n{}",
-            output.join("\n"),
-            client.stderr()
+            proxy,
+            &["--port", "http:8080"],
+            &["python3", &httpbin],
         );
-        std::thread::sleep(Duration::from_secs(2));
-    };
-    let parts: Vec<&str> = result.splitn(4, ' ').collect();
-    let (ok, failed): (u64, u64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
-    assert!(ok > 500, "too few requests went through: {result}");
-    assert_eq!(failed, 0, "requests failed during rotation: {result}");
-    for name in ["web", "client"] {
-        let seen = serials.get(name).cloned().unwrap_or_default();
-        assert!(
-            seen.len() >= 4,
-            "{name}'s proxy served {} certificate(s) in {seconds} s with 30 s certificates ({seen:?}); \
-             expected the first and at least three renewals",
-            seen.len()
-        );
+        let web_we = wait_workload_entry(&cp, &mut web, "default", &format!("web-{proxy}"));
+        pairs.push((*proxy, web, web_we));
     }
-    eprintln!(
-        "{proxy}: {ok} requests, none failed; serials per proxy: {:?}",
-        serials
-            .iter()
-            .map(|(k, v)| (k, v.len()))
-            .collect::<Vec<_>>()
-    );
-    client.stop();
-    web.stop();
+    let mut runs = Vec::new();
+    for (proxy, web, web_we) in pairs {
+        let target = format!("TARGET=http://web-{proxy}:8000/ip");
+        let mut client = pod(
+            &cp,
+            dir.path(),
+            "client",
+            proxy,
+            &[],
+            &["env", &duration, &target, "python3", "-c", CLIENT],
+        );
+        let client_we =
+            wait_workload_entry(&cp, &mut client, "default", &format!("client-{proxy}"));
+        let admins: BTreeMap<&str, String> = [
+            (
+                "web",
+                format!("{}:15000", web_we["spec"]["address"].as_str().unwrap()),
+            ),
+            (
+                "client",
+                format!("{}:15000", client_we["spec"]["address"].as_str().unwrap()),
+            ),
+        ]
+        .into();
+        runs.push(Rotating {
+            proxy,
+            web,
+            client,
+            admins,
+            serials: BTreeMap::new(),
+            output: Vec::new(),
+            result: None,
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+    while runs.iter().any(|r| r.result.is_none()) {
+        for r in runs.iter_mut().filter(|r| r.result.is_none()) {
+            for (name, admin) in &r.admins {
+                if let Some(s) = serial(admin) {
+                    r.serials.entry(name).or_default().insert(s);
+                }
+            }
+            r.output.extend(r.client.new_lines());
+            r.result = r.output.iter().find(|l| l.starts_with("RESULT ")).cloned();
+            assert!(
+                r.result.is_some() || Instant::now() < deadline,
+                "{}: the client did not finish; its output:\n{}\nstderr:\n{}",
+                r.proxy,
+                r.output.join("\n"),
+                r.client.stderr()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for mut r in runs {
+        let proxy = r.proxy;
+        let result = r.result.clone().unwrap();
+        let parts: Vec<&str> = result.splitn(4, ' ').collect();
+        let (ok, failed): (u64, u64) = (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+        assert!(ok > 500, "{proxy}: too few requests went through: {result}");
+        assert_eq!(
+            failed, 0,
+            "{proxy}: requests failed during rotation: {result}"
+        );
+        for name in ["web", "client"] {
+            let seen = r.serials.get(name).cloned().unwrap_or_default();
+            assert!(
+                seen.len() >= 4,
+                "{proxy}: {name}'s proxy served {} certificate(s) in {seconds} s with 30 s certificates ({seen:?}); \
+                 expected the first and at least three renewals",
+                seen.len()
+            );
+        }
+        eprintln!(
+            "{proxy}: {ok} requests, none failed; serials per proxy: {:?}",
+            r.serials
+                .iter()
+                .map(|(k, v)| (k, v.len()))
+                .collect::<Vec<_>>()
+        );
+        r.client.stop();
+        r.web.stop();
+    }
+}
+
+/// One data plane's pair while it runs.
+struct Rotating<'a> {
+    proxy: &'a str,
+    web: support::platform::Run,
+    client: support::platform::Run,
+    admins: BTreeMap<&'static str, String>,
+    serials: BTreeMap<&'static str, BTreeSet<String>>,
+    output: Vec<String>,
+    result: Option<String>,
 }

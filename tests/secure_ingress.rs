@@ -20,8 +20,7 @@
 //! 443 (`SECURE_INGRESS_PORT`). Needs root, iproute2, iptables, setpriv, python3, curl, openssl
 //! and Envoy; fails (never skips) without.
 //!
-//! The scenario takes the data plane as a parameter; only Envoy's test exists here. The
-//! strait-proxy variant (`--proxy strait`) comes with strait-proxy's TLS (branch arch).
+//! The scenario runs with each data plane (`--proxy envoy`, `--proxy strait`).
 
 use strait_e2e as support;
 
@@ -199,7 +198,11 @@ fn secure_ingress_task_with_envoy() {
     secure_ingress_task("envoy");
 }
 
-// strait-proxy variant: added with strait-proxy TLS (branch arch)
+#[test]
+fn secure_ingress_task_with_strait_proxy() {
+    let _one = require_platform();
+    secure_ingress_task("strait");
+}
 
 fn secure_ingress_task(proxy: &str) {
     let t = start_task(proxy);

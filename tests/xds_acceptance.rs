@@ -86,12 +86,22 @@ impl Planes {
     /// applied so far, and waits until every proxy has the marker's cluster (so it got the
     /// generation with everything before it) and has answered every response (no type STALE).
     async fn settle(&mut self) {
+        self.settle_with(None).await
+    }
+
+    /// [`Planes::settle`] with the documents of `file` applied first, in the same batch.
+    async fn settle_with(&mut self, file: Option<&std::path::Path>) {
         self.marks += 1;
         let host = format!("marker-{}.ack.test", self.marks);
+        let before = file.map_or(String::new(), |f| {
+            let text =
+                std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            format!("{text}\n---\n")
+        });
         self.mesh.apply_yaml(
             "ack-marker.yaml",
             &format!(
-                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ack-marker}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints: [{{address: 127.0.0.1}}]\n"
+                "{before}apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ack-marker}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  location: MESH_EXTERNAL\n  endpoints: [{{address: 127.0.0.1}}]\n"
             ),
         );
         let needle = format!("||{host}\"");
@@ -189,8 +199,7 @@ async fn strait_proxy_accepts_every_feature_envoy_accepts() {
     let mut excepted = Vec::new();
     for path in features() {
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        planes.mesh.apply(&path);
-        planes.settle().await;
+        planes.settle_with(Some(&path)).await;
         let verdicts = planes.verdicts();
         for (envoy, strait) in [
             ("ack-envoy-sidecar", "ack-strait-sidecar"),
@@ -217,9 +226,10 @@ async fn strait_proxy_accepts_every_feature_envoy_accepts() {
         planes.cp_delete(&path);
         // DestinationRule features replace Bookinfo's `reviews`: bring it back.
         planes
-            .mesh
-            .apply(&sample("bookinfo/networking/destination-rule-all.yaml"));
-        planes.settle().await;
+            .settle_with(Some(&sample(
+                "bookinfo/networking/destination-rule-all.yaml",
+            )))
+            .await;
         let after = planes.verdicts();
         assert!(
             after.values().all(|v| v.values().all(Option::is_none)),

@@ -13,6 +13,7 @@ fn vh(name: &str, domains: &[&str], routes: Vec<Route>) -> VirtualHost {
         domains: domains.iter().map(|d| d.to_string()).collect(),
         routes,
         include_attempt_count: false,
+        require_tls: Default::default(),
     }
 }
 

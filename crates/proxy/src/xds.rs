@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as PbSecret;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::Shared;
+use crate::config::tls::SecretValue;
 use crate::config::{
     Cluster, Config, Discovery, Endpoint, Invalid, Listener, RouteConfig, RouteSource,
 };
@@ -77,9 +79,6 @@ pub(crate) enum Refused {
         name: String,
         error: String,
     },
-    /// A type strait-proxy does not take yet (Secrets: it does not serve TLS yet).
-    #[error("{ty} {name:?}: strait-proxy does not take this type yet (no TLS, so no SDS Secrets)")]
-    NotServed { ty: &'static str, name: String },
     /// It decodes, and strait-proxy cannot honour a field of it.
     #[error(transparent)]
     Invalid(#[from] Invalid),
@@ -101,6 +100,8 @@ pub(crate) struct State {
     routes: BTreeMap<String, Held<RouteConfig>>,
     clusters: BTreeMap<String, Held<Cluster>>,
     endpoints: BTreeMap<String, Held<Vec<Endpoint>>>,
+    /// SDS secrets over ADS, by name (`kubernetes://NAME`).
+    secrets: BTreeMap<String, Held<SecretValue>>,
     /// The EDS clusters by the service name they take their endpoints from.
     eds_users: BTreeMap<String, BTreeSet<String>>,
     /// The config as last built: each response changes only its own type's table (and, for
@@ -257,6 +258,7 @@ async fn stream(
         for req in state.resubscribe() {
             let _ = tx.send(req).await;
         }
+        shared.tls.set_named(state.secrets());
         shared.publish(state.config(), state.complete());
     }
     Err(StreamError::Closed)
@@ -358,6 +360,7 @@ async fn stream_sotw(
             };
             let _ = tx.send(req).await;
         }
+        shared.tls.set_named(state.secrets());
         shared.publish(state.config(), state.complete());
     }
     Err(StreamError::Closed)
@@ -373,7 +376,7 @@ fn resource_name(ty: TypeUrl, any: &envoy_types::pb::google::protobuf::Any) -> S
         TypeUrl::Cluster => PbCluster::decode(bytes).map(|c| c.name),
         TypeUrl::Endpoint => ClusterLoadAssignment::decode(bytes).map(|c| c.cluster_name),
         // Not served yet: refused in `State::apply`.
-        TypeUrl::Secret => Ok(String::new()),
+        TypeUrl::Secret => PbSecret::decode(bytes).map(|s| s.name),
     }
     .unwrap_or_default()
 }
@@ -446,7 +449,7 @@ impl State {
             TypeUrl::Route => v(&self.routes),
             TypeUrl::Cluster => v(&self.clusters),
             TypeUrl::Endpoint => v(&self.endpoints),
-            TypeUrl::Secret => std::collections::HashMap::new(),
+            TypeUrl::Secret => v(&self.secrets),
         }
     }
 
@@ -458,6 +461,7 @@ impl State {
             TypeUrl::Listener,
             TypeUrl::Endpoint,
             TypeUrl::Route,
+            TypeUrl::Secret,
         ]
         .into_iter()
         .map(|ty| (ty, self.subscribed_names(ty)))
@@ -551,10 +555,11 @@ impl State {
                     hold(&mut self.endpoints, &r.name, &r.version, e);
                     self.publish_users_of(&r.name);
                 }),
-                TypeUrl::Secret => Err(Refused::NotServed {
-                    ty: ty.short(),
-                    name: r.name.clone(),
-                }),
+                TypeUrl::Secret => {
+                    convert(r, ty, |p: &PbSecret| SecretValue::try_from(p)).map(|v| {
+                        hold(&mut self.secrets, &r.name, &r.version, v);
+                    })
+                }
             };
             if let Err(e) = result {
                 errors.push(e);
@@ -580,7 +585,7 @@ impl State {
                     self.endpoints.remove(name);
                     self.publish_users_of(name);
                 }
-                TypeUrl::Secret => {}
+                TypeUrl::Secret => drop(self.secrets.remove(name)),
             }
             self.answered.entry(ty).or_default().insert(name.clone());
         }
@@ -661,14 +666,43 @@ impl State {
                     RouteSource::Inline(_) => None,
                 })
                 .collect(),
-            TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::Secret => BTreeSet::new(),
+            TypeUrl::Secret => {
+                let listeners = self.listeners.values().flat_map(|l| {
+                    l.value
+                        .tls_contexts()
+                        .map(|t| &t.common)
+                        .collect::<Vec<_>>()
+                });
+                let clusters = self.clusters.values().flat_map(|c| {
+                    c.value
+                        .tls
+                        .contexts()
+                        .into_iter()
+                        .map(|t| &t.common)
+                        .collect::<Vec<_>>()
+                });
+                listeners
+                    .chain(clusters)
+                    .flat_map(|c| c.ads_secrets())
+                    .map(str::to_string)
+                    .collect()
+            }
+            TypeUrl::Cluster | TypeUrl::Listener => BTreeSet::new(),
         }
+    }
+
+    /// The secrets received, by name.
+    pub(crate) fn secrets(&self) -> BTreeMap<String, SecretValue> {
+        self.secrets
+            .iter()
+            .map(|(k, h)| (k.clone(), SecretValue::clone(&h.value)))
+            .collect()
     }
 
     /// Subscription changes to send, and drops what is no longer wanted.
     pub(crate) fn resubscribe(&mut self) -> Vec<DeltaDiscoveryRequest> {
         let mut out = Vec::new();
-        for ty in [TypeUrl::Endpoint, TypeUrl::Route] {
+        for ty in [TypeUrl::Endpoint, TypeUrl::Route, TypeUrl::Secret] {
             let wanted = self.wanted(ty);
             let have = self.subscribed.entry(ty).or_default();
             let add: Vec<String> = wanted.difference(have).cloned().collect();
@@ -680,6 +714,7 @@ impl State {
                 match ty {
                     // No cluster uses these endpoints any more.
                     TypeUrl::Endpoint => drop(self.endpoints.remove(name)),
+                    TypeUrl::Secret => drop(self.secrets.remove(name)),
                     _ => {
                         self.routes.remove(name);
                         self.config.routes.remove(name);

@@ -38,6 +38,11 @@ pub struct Cluster {
     /// TLS to the endpoints (`transport_socket`, `transport_socket_matches`).
     #[serde(skip_serializing_if = "ClusterTls::is_none")]
     pub tls: ClusterTls,
+    /// `upstream_http_protocol_options.auto_sni`: with TLS and no `sni`, each request's host
+    /// is the server name sent.
+    pub auto_sni: bool,
+    /// `auto_san_validation`: the certificate must have that host as a DNS name.
+    pub auto_san_validation: bool,
     pub discovery: Discovery,
     pub lb: LbPolicy,
     #[serde(serialize_with = "super::secs::one")]
@@ -224,6 +229,19 @@ impl ClusterTls {
     pub fn is_none(&self) -> bool {
         matches!(self, ClusterTls::None)
     }
+
+    /// Every TLS context it may use.
+    pub fn contexts(&self) -> Vec<&UpstreamTls> {
+        match self {
+            ClusterTls::None => Vec::new(),
+            ClusterTls::All(t) => vec![t],
+            ClusterTls::ByEndpoint { matches, default } => matches
+                .iter()
+                .filter_map(|m| m.tls.as_deref())
+                .chain(default.as_deref())
+                .collect(),
+        }
+    }
 }
 
 impl TryFrom<&pb::Cluster> for Cluster {
@@ -243,6 +261,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
     let endpoints = static_endpoints(c, &discovery)?;
     let original_dst_header = original_dst_header(c, &discovery)?;
     let tls = cluster_tls(c)?;
+    let (auto_sni, auto_san_validation) = auto_sni(c)?;
     if discovery == Discovery::OriginalDst && !tls.is_none() {
         return Err(Refusal::unsupported_value(
             "transport_socket",
@@ -251,6 +270,8 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
     }
     Ok(Cluster {
         tls,
+        auto_sni,
+        auto_san_validation,
         name: c.name.clone(),
         discovery,
         lb,
@@ -462,6 +483,20 @@ fn upstream_protocol(c: &pb::Cluster) -> Result<UpstreamProtocol, Refusal> {
         }
     }
     Ok(protocol)
+}
+
+/// `HttpProtocolOptions.upstream_http_protocol_options`: `auto_sni`, `auto_san_validation`.
+fn auto_sni(c: &pb::Cluster) -> Result<(bool, bool), Refusal> {
+    let Some(any) = c.typed_extension_protocol_options.get(HTTP_OPTIONS) else {
+        return Ok((false, false));
+    };
+    let opts: HttpProtocolOptions = decode(any, HTTP_OPTIONS_TYPE).map_err(|r| {
+        r.at(Segment::Key(HTTP_OPTIONS.to_string()))
+            .under("typed_extension_protocol_options")
+    })?;
+    Ok(opts
+        .upstream_http_protocol_options
+        .map_or((false, false), |u| (u.auto_sni, u.auto_san_validation)))
 }
 
 /// The endpoints of a STATIC or DNS cluster (`load_assignment`); EDS clusters get theirs from

@@ -13,6 +13,7 @@ pub enum Kind {
     RouteConfiguration,
     Cluster,
     ClusterLoadAssignment,
+    Secret,
 }
 
 impl fmt::Display for Kind {
@@ -22,6 +23,7 @@ impl fmt::Display for Kind {
             Kind::RouteConfiguration => "route configuration",
             Kind::Cluster => "cluster",
             Kind::ClusterLoadAssignment => "cluster load assignment",
+            Kind::Secret => "secret",
         })
     }
 }

@@ -290,6 +290,14 @@ pub enum RouteSource {
 
 impl Listener {
     /// Every HTTP connection manager of the listener (for RDS subscriptions).
+    /// The TLS contexts of its filter chains.
+    pub fn tls_contexts(&self) -> impl Iterator<Item = &super::tls::DownstreamTls> {
+        self.filter_chains
+            .iter()
+            .chain(&self.default_filter_chain)
+            .filter_map(|c| c.tls.as_deref())
+    }
+
     pub fn http_filters(&self) -> impl Iterator<Item = &HttpListener> {
         self.filter_chains
             .iter()

@@ -36,8 +36,8 @@ pub use listener::{
 };
 pub use route::{
     Action, EntryHeaders, Fault, Forward, HashKey, HashPolicy, HeaderMatch, HeaderMutation, Mirror,
-    PathMatch, QueryMatch, Redirect, RetryPolicy, Route, RouteConfig, RouteMatch, StringMatch,
-    Target, VirtualHost, WeightedCluster,
+    PathMatch, QueryMatch, Redirect, RequireTls, RetryPolicy, Route, RouteConfig, RouteMatch,
+    StringMatch, Target, VirtualHost, WeightedCluster,
 };
 
 /// Durations in the config dump as Envoy's JSON writes them: `"0.500s"`.

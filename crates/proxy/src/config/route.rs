@@ -70,6 +70,25 @@ pub struct VirtualHost {
     /// Send upstream the attempt's number in `x-envoy-attempt-count`
     /// (`include_request_attempt_count`; Istio sets it).
     pub include_attempt_count: bool,
+    /// `require_tls`: plain-text requests get a 301 to their https URL.
+    #[serde(skip_serializing_if = "RequireTls::is_none")]
+    pub require_tls: RequireTls,
+}
+
+/// Envoy's `VirtualHost.TlsRequirementType`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum RequireTls {
+    #[default]
+    None,
+    /// Requests without `x-envoy-internal` (Envoy: those it does not consider internal).
+    ExternalOnly,
+    All,
+}
+
+impl RequireTls {
+    pub fn is_none(&self) -> bool {
+        *self == RequireTls::None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -365,7 +384,18 @@ pub(crate) fn route_config(rc: &pb::RouteConfiguration) -> Result<RouteConfig, R
 }
 
 fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, Refusal> {
-    refuse_if(vh.require_tls != 0, "require_tls")?;
+    let require_tls = match pb::virtual_host::TlsRequirementType::try_from(vh.require_tls) {
+        Ok(pb::virtual_host::TlsRequirementType::None) => RequireTls::None,
+        Ok(pb::virtual_host::TlsRequirementType::ExternalOnly) => RequireTls::ExternalOnly,
+        Ok(pb::virtual_host::TlsRequirementType::All) => RequireTls::All,
+        Err(_) => {
+            return Err(Refusal::bad_value(
+                "require_tls",
+                vh.require_tls,
+                "NONE, EXTERNAL_ONLY or ALL",
+            ));
+        }
+    };
     refuse_if(vh.matcher.is_some(), "matcher")?;
     refuse_if(!vh.rate_limits.is_empty(), "rate_limits")?;
     refuse_if(vh.retry_policy.is_some(), "retry_policy")?;
@@ -412,6 +442,7 @@ fn virtual_host(vh: &pb::VirtualHost) -> Result<VirtualHost, Refusal> {
         domains: vh.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
         routes,
         include_attempt_count: vh.include_request_attempt_count,
+        require_tls,
     })
 }
 

@@ -19,9 +19,9 @@ use envoy_types::pb::envoy::config::core::v3::{
     grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret,
     SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context,
-    subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
+    secret, subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
 };
 use serde::Serialize;
 
@@ -66,6 +66,63 @@ pub enum TrustSource {
     File(PathBuf),
     /// A PEM bundle given inline.
     Inline(String),
+}
+
+/// A secret delivered over ADS (Envoy's SDS `Secret`, Istio's `kubernetes://NAME` for a
+/// certificate and its key, `kubernetes://NAME-cacert` for the CAs that check clients).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretValue {
+    Certificate { chain: String, key: String },
+    Trust(String),
+}
+
+impl TryFrom<&Secret> for SecretValue {
+    type Error = super::Invalid;
+
+    fn try_from(s: &Secret) -> Result<SecretValue, super::Invalid> {
+        secret(s).map_err(|r| r.of(super::Kind::Secret, &s.name))
+    }
+}
+
+fn secret(s: &Secret) -> Result<SecretValue, Refusal> {
+    let inline = |ds: Option<&DataSource>, field: &'static str| -> Result<String, Refusal> {
+        let ds = ds.ok_or_else(|| Refusal::missing(field))?;
+        match data_source(ds).under(field)? {
+            Pem::Inline(text) => Ok(text),
+            Pem::File(path) => std::fs::read_to_string(&path).map_err(|e| {
+                Refusal::bad_value(field, path.display(), format!("a readable file ({e})"))
+            }),
+        }
+    };
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(c)) => {
+            refuse_if(c.password.is_some(), "tls_certificate.password")?;
+            refuse_if(
+                c.private_key_provider.is_some(),
+                "tls_certificate.private_key_provider",
+            )?;
+            refuse_if(c.pkcs12.is_some(), "tls_certificate.pkcs12")?;
+            Ok(SecretValue::Certificate {
+                chain: inline(
+                    c.certificate_chain.as_ref(),
+                    "tls_certificate.certificate_chain",
+                )?,
+                key: inline(c.private_key.as_ref(), "tls_certificate.private_key")?,
+            })
+        }
+        Some(secret::Type::ValidationContext(v)) => {
+            refuse_if(v.crl.is_some(), "validation_context.crl")?;
+            Ok(SecretValue::Trust(inline(
+                v.trusted_ca.as_ref(),
+                "validation_context.trusted_ca",
+            )?))
+        }
+        Some(secret::Type::SessionTicketKeys(_)) => {
+            Err(Refusal::unsupported("session_ticket_keys"))
+        }
+        Some(secret::Type::GenericSecret(_)) => Err(Refusal::unsupported("generic_secret")),
+        None => Err(Refusal::missing("type")),
+    }
 }
 
 /// Which subject alternative name a matcher looks at.

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::Shared;
 use crate::access_log::{Entry, millis};
 use crate::config::listener::{Codec, HttpListener, ServerHeader};
-use crate::config::{Action, Redirect, Route};
+use crate::config::{Action, Redirect, RequireTls, Route};
 use crate::io::Io;
 use crate::listeners::Accepted;
 use crate::routing::{self, RequestView};
@@ -83,6 +83,8 @@ pub(crate) struct Downstream {
     /// The connection's original destination, when the listener restored it (iptables mode):
     /// where ORIGINAL_DST clusters send requests.
     pub(crate) original_dst: Option<SocketAddr>,
+    /// The connection is TLS.
+    pub(crate) tls: bool,
 }
 
 /// A response the proxy made itself: its flags and Envoy's response code details.
@@ -154,6 +156,7 @@ pub(crate) async fn serve_connection(
         down: Downstream {
             peer: accepted.peer,
             original_dst: accepted.restored,
+            tls: accepted.tls.is_some(),
         },
         local: Some(accepted.local),
         tls: accepted.tls,
@@ -578,6 +581,27 @@ async fn handle(
         path_and_query: &path,
         headers: req.headers(),
     };
+    // A virtual host that requires TLS redirects plain-text requests to https, whatever their
+    // route (Envoy's `require_tls`).
+    if let Some(vh) = routing::virtual_host(routes, &authority)
+        && !down.tls
+        && match vh.require_tls {
+            RequireTls::None => false,
+            RequireTls::All => true,
+            RequireTls::ExternalOnly => req.headers().get("x-envoy-internal").is_none(),
+        }
+    {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        if let Ok(location) = HeaderValue::from_str(&format!("https://{authority}{path}")) {
+            r.headers_mut().insert(hyper::header::LOCATION, location);
+        }
+        r.extensions_mut().insert(LocalReply {
+            flags: "-",
+            details: "via_upstream",
+        });
+        return r;
+    }
     let Some((vh, route)) = routing::virtual_host(routes, &authority)
         .and_then(|vh| routing::route(vh, view).map(|route| (vh, route)))
     else {

@@ -14,6 +14,7 @@
 
 pub(crate) mod sniff;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -33,7 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::route::StringMatch;
 use crate::config::tls::{
-    CertificateSource, DownstreamTls, SanKind, SanMatcher, ServerConfigs, TrustSource, UpstreamTls,
+    CertificateSource, DownstreamTls, SanKind, SanMatcher, SecretValue, ServerConfigs, TrustSource,
+    UpstreamTls,
 };
 
 /// How long a TLS handshake may take, either side.
@@ -62,18 +64,28 @@ pub(crate) enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The certificates the proxy holds: its workload identity (when it has one), with a
-/// generation bumped on every change. Secrets by name (SDS over ADS, `kubernetes://NAME`) are
-/// not taken yet: a context that names one takes no connection.
+/// The certificates the proxy holds: its workload identity (when it has one) and the secrets
+/// the control plane sent by name (SDS over ADS, `kubernetes://NAME`), with a generation bumped
+/// on every change.
 #[derive(Default)]
 pub(crate) struct Secrets {
     workload: ArcSwapOption<Credentials>,
+    named: arc_swap::ArcSwap<BTreeMap<String, SecretValue>>,
     generation: AtomicU64,
 }
 
 impl Secrets {
     pub(crate) fn set_workload(&self, creds: Arc<Credentials>) {
         self.workload.store(Some(creds));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Replaces the secrets received by name (all of them).
+    pub(crate) fn set_named(&self, named: BTreeMap<String, SecretValue>) {
+        if **self.named.load() == named {
+            return;
+        }
+        self.named.store(Arc::new(named));
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -91,10 +103,15 @@ impl Secrets {
                 .workload()
                 .map(|c| c.certified_key())
                 .ok_or(TlsError::NoIdentity),
-            CertificateSource::Secret(name) => Err(TlsError::MissingSecret {
-                name: name.clone(),
-                wanted: "certificate",
-            }),
+            CertificateSource::Secret(name) => match self.named.load().get(name) {
+                Some(SecretValue::Certificate { chain, key }) => Ok(
+                    strait_identity::tls::certified_key(chain, key, &format!("secret {name:?}"))?,
+                ),
+                _ => Err(TlsError::MissingSecret {
+                    name: name.clone(),
+                    wanted: "certificate",
+                }),
+            },
             CertificateSource::Files { chain, key } => Ok(strait_identity::tls::certified_key(
                 &read(chain, "the certificate chain")?,
                 &read(key, "the private key")?,
@@ -114,10 +131,16 @@ impl Secrets {
                 .workload()
                 .map(|c| c.root_store())
                 .ok_or(TlsError::NoIdentity),
-            TrustSource::Secret(name) => Err(TlsError::MissingSecret {
-                name: name.clone(),
-                wanted: "trusted CA bundle",
-            }),
+            TrustSource::Secret(name) => match self.named.load().get(name) {
+                Some(SecretValue::Trust(pem)) => Ok(strait_identity::tls::root_store(
+                    pem,
+                    &format!("secret {name:?}"),
+                )?),
+                _ => Err(TlsError::MissingSecret {
+                    name: name.clone(),
+                    wanted: "trusted CA bundle",
+                }),
+            },
             TrustSource::File(path) => Ok(strait_identity::tls::root_store(
                 &read(path, "the trusted CA bundle")?,
                 &path.display().to_string(),

@@ -23,8 +23,9 @@ use tokio::net::TcpStream;
 
 use crate::balance::outlier::HostOutlier;
 use crate::body::RequestBody;
+use crate::config::StringMatch;
 use crate::config::UpstreamProtocol;
-use crate::config::tls::UpstreamTls;
+use crate::config::tls::{SanKind, SanMatcher, UpstreamTls};
 use crate::io::Io;
 use crate::tls::{self, Secrets};
 
@@ -46,7 +47,20 @@ pub(crate) enum SendError {
 pub(crate) struct HostTls {
     pub(crate) context: Arc<UpstreamTls>,
     pub(crate) secrets: Arc<Secrets>,
+    /// The cluster's `auto_sni` and `auto_san_validation`: when the context names no server,
+    /// each request's host is the SNI (and, with validation, a DNS name the certificate must
+    /// have); connections are kept per server name.
+    pub(crate) auto: Option<AutoSni>,
 }
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct AutoSni {
+    pub(crate) san_validation: bool,
+}
+
+/// Most server names an endpoint keeps connections for (`auto_sni`); past it, the least
+/// recently created that is idle goes.
+const MAX_SERVER_NAMES: usize = 64;
 
 pub(crate) struct Host {
     /// `IP:port` (`[IPv6]:port`), or `name:port` in a DNS cluster.
@@ -55,6 +69,8 @@ pub(crate) struct Host {
     ip: Option<SocketAddr>,
     /// TLS to the endpoint, or plain text.
     tls: Option<HostTls>,
+    /// With `auto_sni`: the endpoint's connections per server name, each its own host.
+    by_sni: Mutex<Vec<(Box<str>, Arc<Host>)>>,
     /// Requests in flight (see [`super::Picked`]).
     active: AtomicUsize,
     pub(crate) outlier: HostOutlier,
@@ -88,6 +104,7 @@ impl Host {
             authority: authority.into_boxed_str(),
             ip,
             tls,
+            by_sni: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
             outlier: HostOutlier::default(),
             pool: Mutex::new(Pool::default()),
@@ -97,12 +114,57 @@ impl Host {
 
     /// Whether connections to the endpoint use this TLS context (both plain text, or the same
     /// context).
-    pub(crate) fn uses(&self, tls: Option<&Arc<UpstreamTls>>) -> bool {
+    pub(crate) fn uses(&self, tls: Option<&Arc<UpstreamTls>>, auto: Option<AutoSni>) -> bool {
         match (&self.tls, tls) {
             (None, None) => true,
-            (Some(h), Some(t)) => Arc::ptr_eq(&h.context, t) || *h.context == **t,
+            (Some(h), Some(t)) => {
+                (Arc::ptr_eq(&h.context, t) || *h.context == **t) && h.auto == auto
+            }
             _ => false,
         }
+    }
+
+    /// The host that carries requests for `server_name` to this endpoint (`auto_sni`).
+    fn for_server_name(&self, tls: &HostTls, server_name: &str) -> Arc<Host> {
+        let mut children = self.by_sni.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, h)) = children.iter().find(|(n, _)| &**n == server_name) {
+            return h.clone();
+        }
+        if children.len() >= MAX_SERVER_NAMES
+            && let Some(i) = children.iter().position(|(_, h)| h.active() == 0)
+        {
+            children.remove(i).1.drain();
+        }
+        let mut context = UpstreamTls::clone(&tls.context);
+        context.sni = server_name.to_string();
+        if tls.auto.is_some_and(|a| a.san_validation)
+            && let Some(v) = &mut context.common.validation
+        {
+            v.sans = vec![SanMatcher {
+                kind: SanKind::Dns,
+                matcher: StringMatch::Exact(server_name.to_string()),
+                ignore_case: true,
+            }];
+        }
+        let child = Arc::new(Host::new(
+            self.authority.to_string(),
+            self.ip,
+            Some(HostTls {
+                context: Arc::new(context),
+                secrets: tls.secrets.clone(),
+                auto: None,
+            }),
+        ));
+        if self.is_draining() {
+            child.drain();
+        }
+        children.push((server_name.into(), child.clone()));
+        child
+    }
+
+    fn children(&self) -> Vec<Arc<Host>> {
+        let children = self.by_sni.lock().unwrap_or_else(|e| e.into_inner());
+        children.iter().map(|(_, h)| h.clone()).collect()
     }
 
     /// Requests in flight.
@@ -134,11 +196,23 @@ impl Host {
         // Dropping a connection's handle closes it once its response is read through.
         pool.h1.clear();
         pool.h2 = None;
+        drop(pool);
+        for child in self.children() {
+            child.drain();
+        }
     }
 
     /// Closes the connections idle for `idle` or more at `now` (dropping the last handle of a
     /// hyper connection closes it).
     pub(crate) fn expire(&self, now: Instant, idle: Duration) {
+        for child in self.children() {
+            child.expire(now, idle);
+        }
+        // Server names with no connection left are forgotten.
+        self.by_sni
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, h)| h.active() > 0 || h.kept() > 0);
         let busy = self.active() > 0;
         let mut pool = self.pool();
         pool.h1.retain_mut(|(c, since)| {
@@ -161,7 +235,6 @@ impl Host {
     }
 
     /// Open connections kept for reuse (idle HTTP/1.1 ones and the HTTP/2 one).
-    #[cfg(test)]
     pub(crate) fn kept(&self) -> usize {
         let pool = self.pool();
         pool.h1.len() + usize::from(pool.h2.is_some())
@@ -206,6 +279,23 @@ impl Host {
     /// Sends `req` (its URI: the path and query) in `protocol`. Over HTTP/2 the request's `Host`
     /// becomes its `:authority`.
     pub(crate) async fn send(
+        &self,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if let Some(tls) = &self.tls
+            && tls.auto.is_some()
+            && tls.context.sni.is_empty()
+            && let Some(name) = server_name(&req)
+        {
+            let child = self.for_server_name(tls, &name);
+            return child.send_here(protocol, connect_timeout, req).await;
+        }
+        self.send_here(protocol, connect_timeout, req).await
+    }
+
+    async fn send_here(
         &self,
         protocol: UpstreamProtocol,
         connect_timeout: Duration,
@@ -355,4 +445,58 @@ fn refused_stream(e: &hyper::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+/// The server name `auto_sni` sends for a request: its host, without the port, lowercased;
+/// none for an IP address.
+fn server_name<B>(req: &Request<B>) -> Option<String> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    if host.starts_with('[') {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    (!name.is_empty() && name.parse::<std::net::IpAddr>().is_err()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_host(host: &str) -> Request<()> {
+        Request::builder().header(HOST, host).body(()).unwrap()
+    }
+
+    #[test]
+    fn auto_sni_sends_the_requests_host_without_its_port_and_never_an_address() {
+        assert_eq!(
+            server_name(&with_host("Edition.CNN.com")).as_deref(),
+            Some("edition.cnn.com")
+        );
+        assert_eq!(
+            server_name(&with_host("edition.cnn.com:443")).as_deref(),
+            Some("edition.cnn.com")
+        );
+        assert_eq!(
+            server_name(&with_host("edition.cnn.com.")).as_deref(),
+            Some("edition.cnn.com")
+        );
+        assert_eq!(server_name(&with_host("10.0.0.1:443")), None);
+        assert_eq!(server_name(&with_host("[::1]:443")), None);
+        let by_uri = Request::builder()
+            .uri("http://my-nginx.mesh-external.svc.cluster.local/")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            server_name(&by_uri).as_deref(),
+            Some("my-nginx.mesh-external.svc.cluster.local")
+        );
+    }
 }

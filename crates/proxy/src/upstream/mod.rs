@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub(crate) use balancer::{Balancer, Picked, Slot};
-pub(crate) use host::{Host, HostTls, SendError};
+pub(crate) use host::{AutoSni, Host, HostTls, SendError};
 
 use crate::balance::circuit::Circuit;
 use crate::balance::outlier::ClusterOutliers;
@@ -166,6 +166,9 @@ impl Upstreams {
                     ))
                 })
                 .clone();
+            let auto = cluster.auto_sni.then_some(AutoSni {
+                san_validation: cluster.auto_san_validation,
+            });
             let hosts: Vec<Arc<Host>> = {
                 let mut known = locked(&state.hosts);
                 cluster
@@ -175,12 +178,13 @@ impl Upstreams {
                         let (authority, ip) = authority(e);
                         let tls = cluster.tls.for_endpoint(e);
                         match known.get(authority.as_str()) {
-                            Some(h) if h.uses(tls) => h.clone(),
+                            Some(h) if h.uses(tls, auto) => h.clone(),
                             _ => {
                                 // New, or its TLS changed: new connections from now on.
                                 let host_tls = tls.map(|context| HostTls {
                                     context: context.clone(),
                                     secrets: self.secrets.clone(),
+                                    auto,
                                 });
                                 let h = Arc::new(Host::new(authority.clone(), ip, host_tls));
                                 if let Some(old) =

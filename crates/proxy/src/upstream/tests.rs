@@ -20,6 +20,8 @@ fn endpoints_cluster(lb: LbPolicy, endpoints: impl Iterator<Item = (String, u16)
     Cluster {
         name: "c".into(),
         tls: Default::default(),
+        auto_sni: false,
+        auto_san_validation: false,
         discovery: Discovery::Static,
         lb,
         connect_timeout: Duration::from_secs(1),
