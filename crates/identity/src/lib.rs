@@ -22,6 +22,7 @@ mod credentials;
 pub mod manager;
 pub mod peer;
 pub mod tls;
+mod v1;
 
 use std::fmt;
 use std::str::FromStr;

@@ -14,6 +14,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error, OtherError, RootCertStore,
@@ -113,6 +114,9 @@ impl std::error::Error for ChainRefused {}
 struct SpiffeServerVerifier {
     chain: Arc<WebPkiServerVerifier>,
     expected: ExpectedPeer,
+    /// For X.509 v1 certificates, which webpki does not read (see [`crate::v1`]).
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
 }
 
 /// A DNS name the chain check is run with: SPIFFE certificates carry none, so the name check
@@ -130,13 +134,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self.chain.verify_server_cert(
-            end_entity,
-            intermediates,
-            &placeholder_name(),
-            ocsp_response,
-            now,
-        ) {
+        let checked = if crate::v1::is_v1(end_entity) {
+            crate::v1::verify(end_entity, &self.roots, &self.provider, now)
+                .map(|()| ServerCertVerified::assertion())
+                .map_err(Error::InvalidCertificate)
+        } else {
+            self.chain.verify_server_cert(
+                end_entity,
+                intermediates,
+                &placeholder_name(),
+                ocsp_response,
+                now,
+            )
+        };
+        match checked {
             Ok(_)
             | Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -179,6 +190,9 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if crate::v1::is_v1(cert) {
+            return Err(crate::v1::tls12_refused());
+        }
         self.chain.verify_tls12_signature(message, cert, dss)
     }
 
@@ -188,6 +202,74 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
+        if crate::v1::is_v1(cert) {
+            return crate::v1::tls13_signature(message, cert, dss, &self.provider);
+        }
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// webpki's client check, and [`crate::v1`]'s for X.509 v1 client certificates.
+#[derive(Debug)]
+struct ClientVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        if crate::v1::is_v1(end_entity) {
+            return crate::v1::verify(end_entity, &self.roots, &self.provider, now)
+                .map(|()| ClientCertVerified::assertion())
+                .map_err(Error::InvalidCertificate);
+        }
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        if crate::v1::is_v1(cert) {
+            return Err(crate::v1::tls12_refused());
+        }
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        if crate::v1::is_v1(cert) {
+            return crate::v1::tls13_signature(message, cert, dss, &self.provider);
+        }
         self.chain.verify_tls13_signature(message, cert, dss)
     }
 
@@ -231,14 +313,18 @@ pub fn server_config_with(
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match clients {
         Some((roots, client_auth)) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
             let verifier = match client_auth {
                 ClientAuth::Required => verifier,
                 ClientAuth::Optional => verifier.allow_unauthenticated(),
             }
             .build()
             .map_err(|e| Error::General(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                chain: verifier,
+                roots,
+                provider: provider(),
+            }))
         }
         None => builder.with_no_client_auth(),
     };
@@ -272,10 +358,15 @@ pub fn client_config_with(
 ) -> Result<Arc<ClientConfig>, Error> {
     let verifier: Arc<dyn ServerCertVerifier> = match servers {
         Some((roots, expected)) => {
-            let chain = WebPkiServerVerifier::builder_with_provider(roots, provider())
+            let chain = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
                 .build()
                 .map_err(|e| Error::General(e.to_string()))?;
-            Arc::new(SpiffeServerVerifier { chain, expected })
+            Arc::new(SpiffeServerVerifier {
+                chain,
+                expected,
+                roots,
+                provider: provider(),
+            })
         }
         None => Arc::new(Unverified(provider())),
     };
@@ -346,14 +437,32 @@ pub fn certified_key(
     key_pem: &str,
     what: &str,
 ) -> Result<Arc<CertifiedKey>, crate::cert::CertError> {
+    let bad = |reason: String| crate::cert::CertError::BadCertificate {
+        what: what.to_string(),
+        reason,
+    };
     let chain = crate::cert::certs_from_pem(chain_pem, &format!("{what}'s certificate chain"))?;
     let key = crate::cert::key_from_pem(key_pem, &format!("{what}'s private key"))?;
-    CertifiedKey::from_der(chain, key, &provider())
-        .map(Arc::new)
-        .map_err(|e| crate::cert::CertError::BadCertificate {
-            what: what.to_string(),
-            reason: format!("the private key does not fit the certificate: {e}"),
-        })
+    let signer = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(format!("the private key cannot sign: {e}")))?;
+    // The key must be the certificate's. Compared on the public key itself, so that X.509 v1
+    // certificates (what `openssl x509 -req` makes, as Istio's tasks do) are taken as Envoy
+    // takes them; webpki reads only v3.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| bad("the chain has no certificate".to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| bad(format!("the certificate cannot be read: {e}")))?;
+    if let Some(public) = signer.public_key()
+        && public.as_ref() != cert.tbs_certificate.subject_pki.raw
+    {
+        return Err(bad(
+            "the private key does not fit the certificate (their public keys differ)".to_string(),
+        ));
+    }
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 
 /// A root store of every certificate of a PEM bundle.

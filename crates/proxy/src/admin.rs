@@ -75,6 +75,17 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
+        "/server_info" => {
+            // Envoy's shape, for the fields tools read.
+            let uptime = format!("{}s", shared.started.elapsed().as_secs());
+            let info = serde_json::json!({
+                "version": concat!("strait-proxy/", env!("CARGO_PKG_VERSION")),
+                "state": if shared.is_ready() { "LIVE" } else { "PRE_INITIALIZING" },
+                "uptime_current_epoch": uptime,
+                "uptime_all_epochs": uptime,
+            });
+            reply(StatusCode::OK, "application/json", info.to_string())
+        }
         "/certs" => reply(
             StatusCode::OK,
             "application/json",
@@ -115,14 +126,14 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "strait-proxy admin: /ready /config_dump /clusters /certs /stats/prometheus /drain_listeners /quitquitquit\n"
+            "strait-proxy admin: /ready /server_info /config_dump /clusters /certs /stats/prometheus /drain_listeners /quitquitquit\n"
                 .into(),
         ),
         other => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
             format!(
-                "no admin path {other}: try /ready, /config_dump, /clusters, /certs, /stats/prometheus\n"
+                "no admin path {other}: try /ready, /server_info, /config_dump, /clusters, /certs, /stats/prometheus\n"
             ),
         ),
     }

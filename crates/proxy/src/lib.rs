@@ -121,6 +121,8 @@ pub struct Shared {
     open: AtomicUsize,
     /// The certificates TLS contexts are built from.
     tls: Arc<tls::Secrets>,
+    /// When the proxy started (`/server_info`'s uptime).
+    started: std::time::Instant,
 }
 
 /// Counts a downstream connection as open until dropped.
@@ -147,6 +149,7 @@ impl Shared {
             access_log,
             open: AtomicUsize::new(0),
             tls,
+            started: std::time::Instant::now(),
         })
     }
 
