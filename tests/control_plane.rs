@@ -116,7 +116,12 @@ fn every_istio_sample_validates_applies_and_reads_back_unchanged() {
             }
         }
         for ((kind, ns, name), written) in &expected {
-            let got = json(&cp.ok(&["get", kind, name, "-n", ns, "-o", "json"]));
+            // A Secret's data reads back only when asked for.
+            let mut args = vec!["get", kind, name, "-n", ns, "-o", "json"];
+            if kind == "Secret" {
+                args.push("--show-secrets");
+            }
+            let got = json(&cp.ok(&args));
             let body = |v: &Value| {
                 let mut v = v.clone();
                 if let Some(o) = v.as_object_mut() {
