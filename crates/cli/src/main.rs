@@ -10,6 +10,7 @@ mod control_plane;
 mod demo;
 mod gateway;
 mod input;
+mod kube_inject;
 mod output;
 mod pod_identity;
 mod proxies;
@@ -137,6 +138,9 @@ enum Command {
     /// Ctrl-C: `strait demo [--proxy envoy]` (as root, pods in network namespaces with iptables
     /// capture; otherwise on loopback addresses, the apps using their sidecars as HTTP proxies).
     Demo(demo::DemoArgs),
+    /// Add Strait's sidecar to workloads, like `istioctl kube-inject`:
+    /// `strait kube-inject -f deployment.yaml | kubectl apply -f -`.
+    KubeInject(kube_inject::KubeInjectArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&connection, args),
         Command::Agent(args) => agent::run(args),
         Command::Demo(args) => demo::run(cli.data_dir.as_deref(), args),
+        Command::KubeInject(args) => kube_inject::run(args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
         Command::ProxyConfig {
