@@ -503,3 +503,55 @@ fn errors_name_the_thing_and_the_fix() {
         "{e}"
     );
 }
+
+#[test]
+fn istios_bookinfo_unchanged_gets_six_sidecars() {
+    let path = testdata()
+        .parent()
+        .unwrap()
+        .join("istio-samples/bookinfo/platform/kube/bookinfo.yaml");
+    assert!(
+        path.is_file(),
+        "Istio's Bookinfo sample is missing at {}",
+        path.display()
+    );
+    let out = strait(&["kube-inject", "-f", path.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let input = yaml_docs(&read(&path));
+    let docs = yaml_docs(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(docs.len(), input.len());
+    let mut injected = Vec::new();
+    for (o, i) in docs.iter().zip(&input) {
+        if o["kind"] == "Deployment" {
+            let meta = &o["spec"]["template"]["metadata"];
+            assert_eq!(meta["labels"]["security.istio.io/tlsMode"], "istio");
+            assert!(find(&o["spec"]["template"]["spec"], "istio-proxy").is_some());
+            injected.push(format!(
+                "{}:{}",
+                meta["labels"]["service.istio.io/canonical-name"]
+                    .as_str()
+                    .unwrap(),
+                meta["labels"]["service.istio.io/canonical-revision"]
+                    .as_str()
+                    .unwrap()
+            ));
+        } else {
+            assert_eq!(o, i, "{} {} changed", o["kind"], o["metadata"]["name"]);
+        }
+    }
+    assert_eq!(
+        injected,
+        [
+            "details:v1",
+            "ratings:v1",
+            "reviews:v1",
+            "reviews:v2",
+            "reviews:v3",
+            "productpage:v1"
+        ]
+    );
+}
