@@ -21,19 +21,42 @@ pub struct KubeInjectArgs {
     /// Where to write the result (default: standard output).
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
+    /// The namespace of documents that do not name one.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    #[command(flatten)]
+    injection: InjectionArgs,
+}
+
+/// What shapes the sidecar, shared by `kube-inject` and `inject-webhook`.
+#[derive(clap::Args)]
+pub struct InjectionArgs {
     /// Injection values (a subset of Istio's Helm values: global.hub, global.tag,
     /// global.proxy.*, sidecarInjectorWebhook.*); what it does not set keeps its default.
     #[arg(long = "values", value_name = "FILE")]
     values: Option<PathBuf>,
-    /// The namespace of documents that do not name one.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
     /// The oldest kubelet version in the cluster. With 1.33 or newer, the sidecar is a native
     /// sidecar (an init container with `restartPolicy: Always`), as Istio decides with
     /// `ENABLE_NATIVE_SIDECARS=auto`; the pod annotation `sidecar.istio.io/nativeSidecar` and
     /// the values' `sidecarInjectorWebhook.nativeSidecars` override it.
     #[arg(long, value_name = "MAJOR.MINOR", default_value = "1.33")]
     kubelet_version: String,
+}
+
+impl InjectionArgs {
+    pub fn injector(&self) -> Result<Injector> {
+        let values = match &self.values {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read the values file", path.display()))?;
+                Values::from_yaml(&path.display().to_string(), &text)?
+            }
+            None => Values::default(),
+        };
+        let mut injector = Injector::new(values);
+        injector.cluster_native = parse_version(&self.kubelet_version)? >= (1, 33);
+        Ok(injector)
+    }
 }
 
 /// `1.33`, `v1.34.0` → (1, 33).
@@ -78,16 +101,7 @@ fn read_input(file: &str) -> Result<(String, String)> {
 }
 
 pub fn run(args: KubeInjectArgs) -> Result<ExitCode> {
-    let values = match &args.values {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("{}: cannot read the values file", path.display()))?;
-            Values::from_yaml(&path.display().to_string(), &text)?
-        }
-        None => Values::default(),
-    };
-    let mut injector = Injector::new(values);
-    injector.cluster_native = parse_version(&args.kubelet_version)? >= (1, 33);
+    let injector = args.injection.injector()?;
     let (name, text) = read_input(&args.file)?;
     let injected = injector.kube_inject(&name, &text, &args.namespace)?;
     for warning in &injected.warnings {

@@ -9,6 +9,7 @@ mod client;
 mod control_plane;
 mod demo;
 mod gateway;
+mod inject_webhook;
 mod input;
 mod kube_inject;
 mod output;
@@ -141,6 +142,9 @@ enum Command {
     /// Add Strait's sidecar to workloads, like `istioctl kube-inject`:
     /// `strait kube-inject -f deployment.yaml | kubectl apply -f -`.
     KubeInject(kube_inject::KubeInjectArgs),
+    /// Serve the sidecar injection webhook (`POST /inject`, AdmissionReview v1 and v1beta1) over
+    /// HTTPS: `strait inject-webhook --tls-cert cert.pem --tls-key key.pem`.
+    InjectWebhook(inject_webhook::InjectWebhookArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(args),
         Command::Demo(args) => demo::run(cli.data_dir.as_deref(), args),
         Command::KubeInject(args) => kube_inject::run(args),
+        Command::InjectWebhook(args) => inject_webhook::run(args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
         Command::ProxyConfig {
