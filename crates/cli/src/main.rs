@@ -9,7 +9,10 @@ mod client;
 mod control_plane;
 mod demo;
 mod gateway;
+mod inject_webhook;
 mod input;
+mod istio_iptables;
+mod kube_inject;
 mod output;
 mod pod_identity;
 mod proxies;
@@ -151,6 +154,16 @@ enum Command {
     /// Ctrl-C: `strait demo [--proxy envoy]` (as root, pods in network namespaces with iptables
     /// capture; otherwise on loopback addresses, the apps using their sidecars as HTTP proxies).
     Demo(demo::DemoArgs),
+    /// Add Strait's sidecar to workloads, like `istioctl kube-inject`:
+    /// `strait kube-inject -f deployment.yaml | kubectl apply -f -`.
+    KubeInject(kube_inject::KubeInjectArgs),
+    /// Serve the sidecar injection webhook (`POST /inject`, AdmissionReview v1 and v1beta1) over
+    /// HTTPS: `strait inject-webhook --tls-cert cert.pem --tls-key key.pem`.
+    InjectWebhook(inject_webhook::InjectWebhookArgs),
+    /// What the injected istio-init container runs: installs Istio's capture rules in the
+    /// current network namespace, with istio-iptables' flags (`-p 15001 -z 15006 -u 1337 -m
+    /// REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020`).
+    IstioIptables(istio_iptables::IstioIptablesArgs),
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -222,6 +235,9 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&connection, args),
         Command::Agent(args) => agent::run(args),
         Command::Demo(args) => demo::run(cli.data_dir.as_deref(), args),
+        Command::KubeInject(args) => kube_inject::run(args),
+        Command::InjectWebhook(args) => inject_webhook::run(args),
+        Command::IstioIptables(args) => istio_iptables::run(args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
         Command::ProxyConfig {
