@@ -39,6 +39,7 @@ use super::http_route::{
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use crate::snapshot::namespace_of;
+use crate::translate::authz;
 use crate::translate::{BLACKHOLE_CLUSTER, Ctx, host_matches};
 use strait_xds_core::XdsResources;
 
@@ -154,6 +155,8 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
         }
     }
     let ip = ctx.proxy.ip.to_string();
+    // Gateways enforce the AuthorizationPolicies that select them.
+    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
     for (port, servers) in by_port {
         if servers[0].kind != Kind::Http {
             let l = l4_listener(ctx, &ip, port, &servers);
@@ -179,6 +182,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 use_remote_address: true,
                 allow_absolute_url: false,
                 forward_client_cert: false,
+                authz: authz::http_filters(&policies),
             })],
         )];
         out.listeners.insert(l.name.clone(), l);
@@ -233,6 +237,14 @@ fn l4_listener(ctx: &Ctx<'_>, ip: &str, port: u16, servers: &[BoundServer<'_>]) 
                 TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()),
             )],
         ));
+    }
+    let rbac = authz::network_filters(&authz::policies_for(
+        ctx.config,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    ));
+    for c in &mut chains {
+        c.filters.splice(0..0, rbac.iter().cloned());
     }
     l.filter_chains = chains;
     l
