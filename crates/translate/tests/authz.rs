@@ -689,3 +689,29 @@ fn strait_authz_compiles_every_translated_feature() {
     }
     assert!(compiled >= 6, "only {compiled} RBAC filters translated");
 }
+
+/// Versions are hashes of the encoded bytes: RBAC's `policies` map must encode the same way each
+/// time, or every push would replace (and drain) the workload's listeners.
+#[test]
+fn the_same_policies_encode_to_the_same_bytes() {
+    let config = snapshot(yaml(
+        "authz-features.yaml",
+        include_bytes!("data/authz-features.yaml"),
+    ));
+    let mut resources = config.all().cloned().collect::<Vec<_>>();
+    resources.extend(docs(
+        "authz-http/authz-http-bookinfo.yaml",
+        &["allow-nothing", "productpage-viewer"],
+    ));
+    let config = snapshot(resources);
+    let p = productpage(CaptureMode::Iptables);
+    let first =
+        translate(&config, &tcp_echo_registry(), &p).encode(strait_xds_core::TypeUrl::Listener);
+    for _ in 0..20 {
+        let again =
+            translate(&config, &tcp_echo_registry(), &p).encode(strait_xds_core::TypeUrl::Listener);
+        for ((name, a), (_, b)) in first.iter().zip(&again) {
+            assert_eq!(a.value, b.value, "{name} encodes differently");
+        }
+    }
+}

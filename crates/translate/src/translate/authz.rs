@@ -41,8 +41,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     ListMatcher, MetadataMatcher, OrMatcher, PathMatcher, RegexMatcher, StringMatcher,
     ValueMatcher, list_matcher, metadata_matcher, path_matcher, string_matcher, value_matcher,
 };
-use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use envoy_types::util::pack_any;
+use prost::Message;
 use strait_api::security::authorization_policy::{
     Action, AuthorizationPolicy, DRY_RUN_ANNOTATION, Rule,
 };
@@ -148,15 +149,17 @@ pub fn http_filters(policies: &Policies<'_>) -> Vec<HttpFilter> {
     build_all(policies, false)
         .into_iter()
         .map(|b| {
-            let shadow_rules_stat_prefix = shadow_prefix(&b.shadow);
+            let head = HttpRbac {
+                shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
+                ..Default::default()
+            };
             HttpFilter {
                 name: HTTP_RBAC.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
-                    rules: b.rules,
-                    shadow_rules: b.shadow,
-                    shadow_rules_stat_prefix,
-                    ..Default::default()
-                }))),
+                config_type: Some(http_filter::ConfigType::TypedConfig(stable_any(
+                    HTTP_RBAC_TYPE,
+                    &head,
+                    &b,
+                ))),
                 ..Default::default()
             }
         })
@@ -168,19 +171,73 @@ pub fn network_filters(policies: &Policies<'_>) -> Vec<Filter> {
     build_all(policies, true)
         .into_iter()
         .map(|b| {
-            let shadow_rules_stat_prefix = shadow_prefix(&b.shadow);
+            let head = NetworkRbac {
+                stat_prefix: TCP_STAT_PREFIX.to_string(),
+                shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
+                ..Default::default()
+            };
             Filter {
                 name: NETWORK_RBAC.to_string(),
-                config_type: Some(filter::ConfigType::TypedConfig(pack_any(NetworkRbac {
-                    rules: b.rules,
-                    shadow_rules: b.shadow,
-                    stat_prefix: TCP_STAT_PREFIX.to_string(),
-                    shadow_rules_stat_prefix,
-                    ..Default::default()
-                }))),
+                config_type: Some(filter::ConfigType::TypedConfig(stable_any(
+                    NETWORK_RBAC_TYPE,
+                    &head,
+                    &b,
+                ))),
             }
         })
         .collect()
+}
+
+const HTTP_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
+
+/// The filter config packed with its rule sets' policies in name order. `RBAC.policies` is a
+/// protobuf map (a `HashMap` in the generated code), which prost encodes in the map's
+/// iteration order, different each time: the same policies would encode to different bytes,
+/// so every push would look like a change and Envoy would drain and replace the listener.
+/// Both filters carry `rules` as field 1 and `shadow_rules` as field 2.
+fn stable_any<M: prost::Message>(type_url: &str, head: &M, built: &Built) -> Any {
+    let mut value = head.encode_to_vec();
+    for (tag, rules) in [(1, &built.rules), (2, &built.shadow)] {
+        if let Some(r) = rules {
+            let bytes = stable_rbac(r);
+            prost::encoding::encode_key(
+                tag,
+                prost::encoding::WireType::LengthDelimited,
+                &mut value,
+            );
+            prost::encoding::encode_varint(bytes.len() as u64, &mut value);
+            value.extend_from_slice(&bytes);
+        }
+    }
+    Any {
+        type_url: type_url.to_string(),
+        value,
+    }
+}
+
+/// `envoy.config.rbac.v3.RBAC` with its `policies` map (field 2) in key order.
+fn stable_rbac(r: &rbac::Rbac) -> Vec<u8> {
+    let head = rbac::Rbac {
+        policies: HashMap::new(),
+        ..r.clone()
+    };
+    let mut out = head.encode_to_vec();
+    let sorted: BTreeMap<String, rbac::Policy> = r
+        .policies
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    prost::encoding::btree_map::encode(
+        prost::encoding::string::encode,
+        prost::encoding::string::encoded_len,
+        prost::encoding::message::encode,
+        prost::encoding::message::encoded_len,
+        2,
+        &sorted,
+        &mut out,
+    );
+    out
 }
 
 /// Istio's policy name for rule `i`.
