@@ -159,3 +159,19 @@ fn envoy_accepts_gateway_tcp_and_tls_passthrough_and_no_capture_tcp() {
         validate(name, &proxy, &res).unwrap();
     }
 }
+
+#[test]
+fn envoy_accepts_every_authorization_policy_feature() {
+    let config = snapshot(yaml(
+        "authz-features.yaml",
+        include_bytes!("data/authz-features.yaml"),
+    ));
+    for (name, proxy) in [
+        ("authz-sidecar-iptables", productpage(CaptureMode::Iptables)),
+        ("authz-sidecar-none", productpage(CaptureMode::None)),
+        ("authz-gateway", ingress_gateway()),
+    ] {
+        let res = translate(&config, &tcp_echo_registry(), &proxy);
+        validate(name, &proxy, &res).unwrap();
+    }
+}

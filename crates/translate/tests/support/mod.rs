@@ -13,13 +13,16 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
@@ -327,6 +330,9 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
         .or_else(|| show::<PreviousHostsPredicate>(type_url, bytes))
         .or_else(|| show::<PreviousPrioritiesConfig>(type_url, bytes))
         .or_else(|| show::<DownstreamTlsContext>(type_url, bytes))
+        .or_else(|| show::<HttpRbac>(type_url, bytes))
+        .or_else(|| show::<NetworkRbac>(type_url, bytes))
+        .or_else(|| show::<UriTemplateMatchConfig>(type_url, bytes))
 }
 
 fn indent_of(line: &str) -> usize {

@@ -104,6 +104,8 @@ pub(super) struct Hcm {
     /// Istio's inbound `x-forwarded-client-cert`: APPEND_FORWARD with the client certificate's
     /// subject, URI and DNS names (only mTLS connections have one).
     pub forward_client_cert: bool,
+    /// Authorization filters (RBAC), first in the chain as Istio puts them.
+    pub authz: Vec<HttpFilter>,
 }
 
 /// The `server_name` Istio gives inbound and gateway connection managers.
@@ -121,7 +123,7 @@ fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Ht
 
 /// An `envoy.filters.network.http_connection_manager` filter.
 pub(super) fn hcm_filter(hcm: Hcm) -> Filter {
-    let mut http_filters = Vec::new();
+    let mut http_filters = hcm.authz;
     if hcm.filters == HttpFilters::Outbound {
         http_filters.push(http_filter(CORS, pack_any(Cors {})));
         http_filters.push(http_filter(FAULT, pack_any(HttpFault::default())));
@@ -288,6 +290,7 @@ mod tests {
             use_remote_address: false,
             allow_absolute_url: false,
             forward_client_cert: false,
+            authz: Vec::new(),
         });
         let Some(filter::ConfigType::TypedConfig(any)) = f.config_type else {
             panic!("no typed config")

@@ -49,6 +49,7 @@ use super::http_route::{
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use crate::snapshot::namespace_of;
+use crate::translate::authz;
 use crate::translate::{BLACKHOLE_CLUSTER, Ctx, host_matches};
 use strait_xds_core::XdsResources;
 
@@ -225,6 +226,8 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
         }
     }
     let ip = ctx.proxy.ip.to_string();
+    // Gateways enforce the AuthorizationPolicies that select them.
+    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
     for (port, servers) in by_port {
         if servers[0].kind.class() != Class::Http {
             let l = l4_listener(ctx, &ip, port, &servers, out);
@@ -250,6 +253,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 use_remote_address: true,
                 allow_absolute_url: false,
                 forward_client_cert: false,
+                authz: authz::http_filters(&policies),
             })],
         )];
         out.listeners.insert(l.name.clone(), l);
@@ -325,6 +329,14 @@ fn l4_listener(
             )],
         ));
     }
+    let rbac = authz::network_filters(&authz::policies_for(
+        ctx.config,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    ));
+    for c in &mut chains {
+        c.filters.splice(0..0, rbac.iter().cloned());
+    }
     l.filter_chains = chains;
     l
 }
@@ -377,16 +389,23 @@ fn terminated_chain(
                 use_remote_address: true,
                 allow_absolute_url: false,
                 forward_client_cert: false,
+                authz: authz::http_filters(&authz::policies_for(
+                    ctx.config,
+                    &ctx.proxy.namespace,
+                    &ctx.proxy.labels,
+                )),
             })],
         )
     } else {
         let target = tcp_route(ctx, port, bs)
             .unwrap_or_else(|| TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()));
-        filter_chain(
-            bs.tls_name("tls", port),
-            matcher,
-            vec![tcp_proxy_filter(&stat_name(&target), target)],
-        )
+        let mut filters = authz::network_filters(&authz::policies_for(
+            ctx.config,
+            &ctx.proxy.namespace,
+            &ctx.proxy.labels,
+        ));
+        filters.push(tcp_proxy_filter(&stat_name(&target), target));
+        filter_chain(bs.tls_name("tls", port), matcher, filters)
     };
     chain.transport_socket = Some(socket);
     Some(chain)

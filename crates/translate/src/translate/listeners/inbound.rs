@@ -19,6 +19,7 @@ use super::filters::{
     tls_inspector_listener_filter, u32_value,
 };
 use super::http_route::prefix_match;
+use crate::translate::authz;
 use crate::translate::mtls::{self, ChainKind, Mode};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
@@ -28,6 +29,13 @@ use strait_xds_core::{CaptureMode, XdsResources};
 
 pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     let ports = ctx.inbound_ports();
+    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
+    if !policies.custom.is_empty() {
+        tracing::warn!(
+            proxy = %ctx.proxy.id,
+            "CUSTOM AuthorizationPolicies are not enforced yet; the other actions are"
+        );
+    }
     match ctx.proxy.capture {
         CaptureMode::Iptables => {
             let any = "0.0.0.0";
@@ -59,7 +67,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     format!("{any}_{port}"),
                     port_match(port),
                     port,
-                    || inbound_filter(any, port, p.protocol.is_http(), ctx.proxy.mtls),
+                    || inbound_filters(any, port, p.protocol.is_http(), ctx.proxy.mtls, &policies),
                     p.protocol.is_http(),
                 ));
             }
@@ -78,19 +86,18 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     )],
                 )
             } else {
-                filter_chain(
-                    "InboundPassthroughFilterChain",
-                    None,
-                    vec![tcp_proxy_filter(
-                        "InboundPassthroughCluster",
-                        TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
-                    )],
-                )
+                // Authorization applies to passthrough connections too (as TCP).
+                let mut filters = authz::network_filters(&policies);
+                filters.push(tcp_proxy_filter(
+                    "InboundPassthroughCluster",
+                    TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
+                ));
+                filter_chain("InboundPassthroughFilterChain", None, filters)
             });
             out.listeners.insert(l.name.clone(), l);
-            bound_listeners(ctx, ports.iter().filter(|p| p.capture_none), out);
+            bound_listeners(ctx, ports.iter().filter(|p| p.capture_none), &policies, out);
         }
-        CaptureMode::None => bound_listeners(ctx, ports.iter(), out),
+        CaptureMode::None => bound_listeners(ctx, ports.iter(), &policies, out),
     }
 }
 
@@ -98,6 +105,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
 fn bound_listeners<'p>(
     ctx: &Ctx<'_>,
     ports: impl Iterator<Item = &'p InboundPort>,
+    policies: &authz::Policies<'_>,
     out: &mut XdsResources,
 ) {
     for p in ports {
@@ -118,7 +126,7 @@ fn bound_listeners<'p>(
             format!("{ip}_{port}"),
             FilterChainMatch::default(),
             port,
-            || inbound_filter(&ip, port, p.protocol.is_http(), ctx.proxy.mtls),
+            || inbound_filters(&ip, port, p.protocol.is_http(), ctx.proxy.mtls, policies),
             p.protocol.is_http(),
         );
         out.listeners.insert(l.name.clone(), l);
@@ -132,7 +140,7 @@ fn port_chains(
     name: String,
     base: FilterChainMatch,
     port: u16,
-    filter: impl Fn() -> Filter,
+    filters: impl Fn() -> Vec<Filter>,
     http: bool,
 ) -> Vec<FilterChain> {
     let plain_match = (base != FilterChainMatch::default()).then(|| base.clone());
@@ -149,16 +157,16 @@ fn port_chains(
                 )],
             )];
         }
-        return vec![filter_chain(name, plain_match, vec![filter()])];
+        return vec![filter_chain(name, plain_match, filters())];
     }
     mtls::inbound_matches(&base, mode, http)
         .into_iter()
         .map(|c| match c.kind {
             ChainKind::MutualTls => FilterChain {
                 transport_socket: Some(mtls::downstream_tls_socket()),
-                ..filter_chain(format!("{name}-mtls"), Some(c.matcher), vec![filter()])
+                ..filter_chain(format!("{name}-mtls"), Some(c.matcher), filters())
             },
-            ChainKind::Plaintext => filter_chain(name.clone(), Some(c.matcher), vec![filter()]),
+            ChainKind::Plaintext => filter_chain(name.clone(), Some(c.matcher), filters()),
             ChainKind::Refused => filter_chain(
                 format!("{name}-plaintext-refused"),
                 Some(c.matcher),
@@ -178,13 +186,25 @@ fn port_match(port: u16) -> FilterChainMatch {
     }
 }
 
-/// HTTP: an HCM with one catch-all route to `inbound|PORT||`, no timeout; TCP: tcp_proxy.
+/// HTTP: an HCM with one catch-all route to `inbound|PORT||`, no timeout, and the workload's
+/// HTTP RBAC filters; TCP: its network RBAC filters, then tcp_proxy.
 /// With mTLS, the HCM also tells the app who called (Istio's `x-forwarded-client-cert`:
 /// appended, with the client certificate's subject, URI and DNS names).
-fn inbound_filter(address: &str, port: u16, http: bool, mtls: bool) -> Filter {
+fn inbound_filters(
+    address: &str,
+    port: u16,
+    http: bool,
+    mtls: bool,
+    policies: &authz::Policies<'_>,
+) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     if !http {
-        return tcp_proxy_filter(&cluster, TcpTarget::Cluster(cluster.clone()));
+        let mut filters = authz::network_filters(policies);
+        filters.push(tcp_proxy_filter(
+            &cluster,
+            TcpTarget::Cluster(cluster.clone()),
+        ));
+        return filters;
     }
     let action = RouteAction {
         cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
@@ -212,7 +232,7 @@ fn inbound_filter(address: &str, port: u16, http: bool, mtls: bool) -> Filter {
         validate_clusters: Some(bool_value(false)),
         ..Default::default()
     };
-    hcm_filter(Hcm {
+    vec![hcm_filter(Hcm {
         stat_prefix: format!("inbound_{address}_{port}"),
         routes: Routes::Inline(Box::new(routes)),
         filters: HttpFilters::Inbound,
@@ -220,5 +240,6 @@ fn inbound_filter(address: &str, port: u16, http: bool, mtls: bool) -> Filter {
         use_remote_address: false,
         allow_absolute_url: false,
         forward_client_cert: mtls,
-    })
+        authz: authz::http_filters(policies),
+    })]
 }

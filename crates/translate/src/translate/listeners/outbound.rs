@@ -75,6 +75,7 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
             use_remote_address: false,
             allow_absolute_url: true,
             forward_client_cert: false,
+            authz: Vec::new(),
         })],
     )];
     insert(out, l);
@@ -181,6 +182,7 @@ fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
                 use_remote_address: false,
                 allow_absolute_url: false,
                 forward_client_cert: false,
+                authz: Vec::new(),
             })],
         )];
         insert(out, l);
