@@ -24,9 +24,8 @@
 //! that and ALLOW `/ip`: DENY is evaluated first, then a request no ALLOW rule matches is
 //! refused too.
 //!
-//! Each scenario is a function of the data plane. strait-proxy variants are not here yet:
-//! strait-proxy does not enforce RBAC filters (it refuses them) until strait-authz is wired into
-//! it; `authz_http_task("strait")` is the call to add then.
+//! Each scenario runs with each data plane: Envoy enforces the RBAC filters the control plane
+//! sends, strait-proxy evaluates the same filters with strait-authz.
 //!
 //! Needs root, iproute2, iptables, setpriv, curl and Envoy; fails (never skips) without.
 
@@ -239,13 +238,12 @@ fn istios_authz_http_task_with_envoy() {
     authz_http_task("envoy", "127.0.212.1");
 }
 
-// The strait-proxy variant, once strait-authz is wired into strait-proxy:
-// #[test]
-// fn istios_authz_http_task_with_strait_proxy() {
-//     let _one = support::platform::require_platform();
-//     require_platform("strait");
-//     authz_http_task("strait", "127.0.212.2");
-// }
+#[test]
+fn istios_authz_http_task_with_strait_proxy() {
+    let _one = support::platform::require_platform();
+    require_platform("strait");
+    authz_http_task("strait", "127.0.212.2");
+}
 
 fn authz_http_task(proxy: &str, listen: &str) {
     let demo = Demo::start(proxy, listen);
@@ -472,13 +470,12 @@ fn istios_authz_deny_task_with_envoy() {
     authz_deny_task("envoy");
 }
 
-// The strait-proxy variant, once strait-authz is wired into strait-proxy:
-// #[test]
-// fn istios_authz_deny_task_with_strait_proxy() {
-//     let _one = support::platform::require_platform();
-//     support::platform::strait_proxy_built();
-//     authz_deny_task("strait");
-// }
+#[test]
+fn istios_authz_deny_task_with_strait_proxy() {
+    let _one = support::platform::require_platform();
+    support::platform::strait_proxy_built();
+    authz_deny_task("strait");
+}
 
 fn authz_deny_task(proxy: &str) {
     let path = samples().join("tasks/authz-deny/authz-deny.yaml");

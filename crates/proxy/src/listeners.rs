@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::config::listener::Detected;
-use crate::config::{Config, Listener, NetworkFilter};
+use crate::config::{Config, FilterChain, Listener, NetworkFilter};
 use crate::io::{Io, Prefixed};
 use crate::tls::DownstreamSession;
 use crate::tls::sniff::{self, Sniffed};
@@ -26,15 +26,35 @@ use crate::tls::sniff::{self, Sniffed};
 struct Bound {
     address: SocketAddr,
     task: JoinHandle<()>,
-    /// Tells the listener's connections to drain.
-    drain: watch::Sender<bool>,
+    /// The version of the listener its connections were accepted with.
+    version: Arc<Listener>,
+    /// Tells the connections accepted since the last version change to drain; new
+    /// connections subscribe to the current one.
+    drain: Arc<Mutex<watch::Sender<bool>>>,
 }
 
 impl Bound {
     fn close(&self) {
         self.task.abort();
-        self.drain.send_replace(true);
+        lock(&self.drain).send_replace(true);
     }
+
+    /// The listener changed in place: the connections accepted with the old version drain
+    /// (as Envoy drains a listener it replaces), so that what changed, an authorization policy
+    /// above all, holds for every request from now on; new connections get the new version.
+    fn update(&mut self, version: &Arc<Listener>) {
+        if Arc::ptr_eq(&self.version, version) || *self.version == **version {
+            self.version = version.clone();
+            return;
+        }
+        self.version = version.clone();
+        let old = std::mem::replace(&mut *lock(&self.drain), watch::channel(false).0);
+        old.send_replace(true);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Follows config changes forever.
@@ -53,15 +73,21 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         let config = shared.config.load_full();
         bound.retain(|name, b| {
-            let keep = config
+            let current = config
                 .listeners
                 .get(name)
-                .is_some_and(|l| l.bind && l.address == b.address);
-            if !keep {
-                tracing::info!(listener = %name, address = %b.address, "listener removed: closing");
-                b.close();
+                .filter(|l| l.bind && l.address == b.address);
+            match current {
+                Some(l) => {
+                    b.update(l);
+                    true
+                }
+                None => {
+                    tracing::info!(listener = %name, address = %b.address, "listener removed: closing");
+                    b.close();
+                    false
+                }
             }
-            keep
         });
         for (name, listener) in config.listeners.iter().filter(|(_, l)| l.bind) {
             if bound.contains_key(name) {
@@ -70,18 +96,19 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             match TcpListener::bind(listener.address).await {
                 Ok(tcp) => {
                     tracing::info!(listener = %name, address = %listener.address, "listening");
-                    let drain = watch::channel(false).0;
+                    let drain = Arc::new(Mutex::new(watch::channel(false).0));
                     let task = tokio::spawn(accept(
                         shared.clone(),
                         name.as_str().into(),
                         tcp,
-                        drain.subscribe(),
+                        drain.clone(),
                     ));
                     bound.insert(
                         name.clone(),
                         Bound {
                             address: listener.address,
                             task,
+                            version: listener.clone(),
                             drain,
                         },
                     );
@@ -106,7 +133,7 @@ async fn accept(
     shared: Arc<Shared>,
     listener: Arc<str>,
     tcp: TcpListener,
-    drain: watch::Receiver<bool>,
+    drain: Arc<Mutex<watch::Sender<bool>>>,
 ) {
     loop {
         let (stream, peer) = match tcp.accept().await {
@@ -125,7 +152,7 @@ async fn accept(
                 listener.clone(),
                 stream,
                 peer,
-                drain.clone(),
+                lock(&drain).subscribe(),
             )
             .instrument(span),
         );
@@ -206,7 +233,7 @@ async fn connection(
                     tracing::debug!(%peer, peer_identity = ?session.peer.as_ref().and_then(|p| p.principal()), sni = ?session.server_name, alpn = ?session.alpn, "TLS terminated");
                     return serve(
                         &shared,
-                        &chain.filter,
+                        chain,
                         Io::Tls(Box::new(tls_stream)),
                         Accepted {
                             peer,
@@ -229,7 +256,7 @@ async fn connection(
     };
     serve(
         &shared,
-        &chain.filter,
+        chain,
         io,
         Accepted {
             peer,
@@ -255,14 +282,50 @@ pub(crate) struct Accepted {
     pub(crate) tls: Option<Arc<DownstreamSession>>,
 }
 
+impl Accepted {
+    /// The connection as authorization reads it: addresses, the peer's SPIFFE id when it
+    /// presented a certificate, the server name it asked for.
+    pub(crate) fn authz_connection(&self) -> strait_authz::Connection {
+        strait_authz::Connection {
+            source: self.peer,
+            destination: self.destination,
+            peer_principal: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.peer.as_ref())
+                .and_then(|p| p.principal())
+                .map(str::to_string),
+            sni: self.tls.as_ref().and_then(|t| t.server_name.clone()),
+        }
+    }
+}
+
 async fn serve(
     shared: &Arc<Shared>,
-    filter: &NetworkFilter,
+    chain: &FilterChain,
     io: Io,
     down: Accepted,
     drain: watch::Receiver<bool>,
 ) {
-    match filter {
+    if !chain.rbac.is_empty() {
+        let connection = down.authz_connection();
+        let metadata = strait_authz::Metadata::new();
+        let input = strait_authz::Input {
+            connection: &connection,
+            request: None,
+            metadata: &metadata,
+        };
+        for filter in &chain.rbac {
+            let decision = filter.decide(&input);
+            if !decision.allowed {
+                shared.stats.flag("RBAC");
+                tracing::info!(peer = %down.peer, chain = %chain.name, denial = %filter.explain_denial(&decision, &input), "connection denied by RBAC: closed");
+                io.reset_on_close();
+                return;
+            }
+        }
+    }
+    match &chain.filter {
         NetworkFilter::Http(hcm) => {
             crate::http::serve_connection(shared.clone(), hcm.clone(), io, down, drain).await
         }
@@ -342,6 +405,7 @@ mod tests {
     fn tcp_chain(name: &str, port: Option<u16>, ranges: &[(&str, u8)]) -> FilterChain {
         FilterChain {
             name: name.into(),
+            rbac: Vec::new(),
             matcher: ChainMatch {
                 destination_port: port,
                 prefix_ranges: ranges

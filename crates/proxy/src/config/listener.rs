@@ -39,6 +39,8 @@ const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const CORS_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
+const HTTP_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 /// Envoy's tcp_proxy idle timeout when none is set.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -76,6 +78,10 @@ pub struct FilterChain {
     #[serde(rename = "filter_chain_match")]
     pub matcher: ChainMatch,
     pub tls: Option<Arc<DownstreamTls>>,
+    /// `envoy.filters.network.rbac` filters before the terminal filter: each decides once,
+    /// when the connection opens (after TLS), and a denial closes it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Arc<strait_authz::RbacFilter>>,
     pub filter: NetworkFilter,
 }
 
@@ -235,6 +241,9 @@ pub struct HttpListener {
     pub forward_client_cert: ForwardClientCert,
     /// What the proxy adds about the client's certificate (`set_current_client_cert_details`).
     pub client_cert_details: ClientCertDetails,
+    /// `envoy.filters.http.rbac` filters, in order: each decides every request before routing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rbac: Vec<Arc<strait_authz::RbacFilter>>,
 }
 
 /// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
@@ -462,20 +471,25 @@ fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, Refusal> {
         None => ChainMatch::default(),
         Some(m) => chain_match(m).under("filter_chain_match")?,
     };
-    let [filter] = c.filters.as_slice() else {
+    let Some((filter, before)) = c.filters.split_last() else {
         return Err(Refusal::unsupported_value(
             "filters",
-            format!(
-                "with {} network filters (strait-proxy takes exactly one: http_connection_manager or tcp_proxy)",
-                c.filters.len()
-            ),
+            "with no network filter (strait-proxy takes http_connection_manager or tcp_proxy, after any envoy.filters.network.rbac)",
         ));
     };
+    let rbac = before
+        .iter()
+        .enumerate()
+        .map(|(i, f)| network_rbac(f).index(i).under("filters"))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(FilterChain {
         name: c.name.clone(),
         matcher,
         tls,
-        filter: network_filter(filter).index(0).under("filters")?,
+        rbac,
+        filter: network_filter(filter)
+            .index(before.len())
+            .under("filters")?,
     })
 }
 
@@ -558,6 +572,27 @@ fn cidr(r: &CidrRange) -> Result<Cidr, Refusal> {
         address,
         prefix_len,
     })
+}
+
+/// An `envoy.filters.network.rbac` (the only network filter strait-proxy runs before the
+/// terminal one).
+fn network_rbac(filter: &pb::Filter) -> Result<Arc<strait_authz::RbacFilter>, Refusal> {
+    let any = match &filter.config_type {
+        Some(pb::filter::ConfigType::TypedConfig(any)) => any,
+        _ => return Err(Refusal::missing("typed_config")),
+    };
+    if any.type_url != NETWORK_RBAC_TYPE {
+        return Err(Refusal::unsupported_value(
+            "",
+            format!(
+                "{:?} ({}) before the last filter (strait-proxy runs only envoy.filters.network.rbac there)",
+                filter.name, any.type_url
+            ),
+        ));
+    }
+    strait_authz::convert::network_rbac_filter(any)
+        .map(Arc::new)
+        .map_err(|e| Refusal::bad_value("typed_config", e, "an RBAC config strait-proxy evaluates"))
 }
 
 fn network_filter(filter: &pb::Filter) -> Result<NetworkFilter, Refusal> {
@@ -643,7 +678,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
         _ => return Err(Refusal::unsupported_value("codec_type", "HTTP3")),
     };
     let routes = route_source(hcm)?;
-    http_filters(&hcm.http_filters).under("http_filters")?;
+    let rbac = http_filters(&hcm.http_filters).under("http_filters")?;
     let upgrades = upgrades(&hcm.upgrade_configs).under("upgrade_configs")?;
     let server_header = match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
     {
@@ -686,6 +721,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
         }
     };
     Ok(HttpListener {
+        rbac,
         forward_client_cert,
         client_cert_details,
         routes,
@@ -727,10 +763,13 @@ fn route_source(hcm: &HttpConnectionManager) -> Result<RouteSource, Refusal> {
     }
 }
 
-/// The HTTP filters: the router (last), and the fault and CORS filters, which act through each
-/// route's `typed_per_filter_config`.
-fn http_filters(filters: &[http_connection_manager_pb::HttpFilter]) -> Result<(), Refusal> {
+/// The HTTP filters: the router (last), the fault and CORS filters, which act through each
+/// route's `typed_per_filter_config`, and the RBAC filters (returned, in their order).
+fn http_filters(
+    filters: &[http_connection_manager_pb::HttpFilter],
+) -> Result<Vec<Arc<strait_authz::RbacFilter>>, Refusal> {
     let mut router = false;
+    let mut rbac = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let at = |r: Refusal| r.at(Segment::Index(i));
         if router {
@@ -754,6 +793,15 @@ fn http_filters(filters: &[http_connection_manager_pb::HttpFilter]) -> Result<()
             }
             // The filter-level CORS config has nothing strait-proxy needs.
             CORS_FILTER_TYPE => {}
+            HTTP_RBAC_TYPE => rbac.push(Arc::new(
+                strait_authz::convert::http_rbac_filter(any).map_err(|e| {
+                    at(Refusal::bad_value(
+                        "typed_config",
+                        e,
+                        "an RBAC config strait-proxy evaluates",
+                    ))
+                })?,
+            )),
             other => {
                 return Err(at(Refusal::unsupported_value(
                     "",
@@ -765,7 +813,7 @@ fn http_filters(filters: &[http_connection_manager_pb::HttpFilter]) -> Result<()
     if !router {
         return Err(Refusal::missing("envoy.filters.http.router"));
     }
-    Ok(())
+    Ok(rbac)
 }
 
 fn upgrades(

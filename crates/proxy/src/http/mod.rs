@@ -129,6 +129,8 @@ struct Conn {
     local: Option<SocketAddr>,
     /// What the TLS handshake established, when the filter chain terminated TLS.
     tls: Option<Arc<DownstreamSession>>,
+    /// The connection as the RBAC filters read it (when the HCM has any).
+    authz: Option<strait_authz::Connection>,
     state: Arc<ConnState>,
 }
 
@@ -152,13 +154,14 @@ pub(crate) async fn serve_connection(
     let scanner = (codec != Codec::Http2).then(|| Scanner::new(limits.head, codec == Codec::Auto));
     let conn = Arc::new(Conn {
         shared: shared.clone(),
-        hcm,
         down: Downstream {
             peer: accepted.peer,
             original_dst: accepted.restored,
             tls: accepted.tls.is_some(),
         },
         local: Some(accepted.local),
+        authz: (!hcm.rbac.is_empty()).then(|| accepted.authz_connection()),
+        hcm,
         tls: accepted.tls,
         state: state.clone(),
     });
@@ -284,7 +287,10 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
     let grpc = is_grpc(req.headers());
-    let mut resp = handle(&conn.shared, &conn.hcm, conn.down, req, started).await;
+    let mut resp = match rbac_denial(conn, &req) {
+        Some(denied) => denied,
+        None => handle(&conn.shared, &conn.hcm, conn.down, req, started).await,
+    };
     if grpc {
         grpc_local_reply(&mut resp);
     }
@@ -524,6 +530,51 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         })
+}
+
+/// The connection manager's RBAC filters, in order: the first that denies answers 403 with
+/// Envoy's body; the log line names the policy and what did not match.
+fn rbac_denial(conn: &Conn, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let connection = conn.authz.as_ref()?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let authority = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    let request = strait_authz::HttpRequest {
+        method: req.method().as_str(),
+        path,
+        authority,
+        scheme: if conn.tls.is_some() { "https" } else { "http" },
+        headers: req.headers(),
+        remote_ip: conn.down.peer.ip(),
+    };
+    let metadata = strait_authz::Metadata::new();
+    let input = strait_authz::Input {
+        connection,
+        request: Some(&request),
+        metadata: &metadata,
+    };
+    for filter in &conn.hcm.rbac {
+        let decision = filter.decide(&input);
+        if decision.allowed {
+            continue;
+        }
+        conn.shared.stats.flag("RBAC");
+        tracing::info!(peer = %conn.down.peer, method = %req.method(), %authority, %path, denial = %filter.explain_denial(&decision, &input), "request denied by RBAC");
+        let mut resp = local_details(
+            403,
+            "RBAC",
+            "rbac_access_denied_matched_policy",
+            strait_authz::ACCESS_DENIED,
+        );
+        *resp.body_mut() = full(strait_authz::ACCESS_DENIED);
+        resp.headers_mut().remove(FLAGS_HEADER);
+        return Some(resp);
+    }
+    None
 }
 
 async fn handle(
