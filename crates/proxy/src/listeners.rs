@@ -317,6 +317,9 @@ async fn serve(
         };
         for filter in &chain.rbac {
             let decision = filter.decide(&input);
+            if let Some((Some(policy), allowed)) = &decision.shadow {
+                tracing::info!(peer = %down.peer, chain = %chain.name, %policy, would_allow = allowed, "RBAC shadow rule (dry run) matched");
+            }
             if !decision.allowed {
                 shared.stats.flag("RBAC");
                 tracing::info!(peer = %down.peer, chain = %chain.name, denial = %filter.explain_denial(&decision, &input), "connection denied by RBAC: closed");

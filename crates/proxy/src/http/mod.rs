@@ -559,6 +559,9 @@ fn rbac_denial(conn: &Conn, req: &Request<Incoming>) -> Option<Response<Body>> {
     };
     for filter in &conn.hcm.rbac {
         let decision = filter.decide(&input);
+        if let Some((Some(policy), allowed)) = &decision.shadow {
+            tracing::info!(peer = %conn.down.peer, method = %req.method(), %authority, %path, %policy, would_allow = allowed, "RBAC shadow rule (dry run) matched");
+        }
         if decision.allowed {
             continue;
         }
