@@ -4,6 +4,7 @@
 #   bench/run.sh            # the recorded run: 3 rounds, 1000 req/s for 30 s, max rate for 15 s
 #   bench/run.sh --quick    # 1 round, 10 s + 8 s per configuration: under 3 minutes
 #   bench/run.sh --no-build # use the release binaries already built
+#   bench/run.sh --mtls     # mutual TLS between the sidecars (STRICT; certificates from the CA)
 #   bench/run.sh [--quick] -- EXTRA   # EXTRA goes to strait-bench (see strait-bench --help)
 #   bench/run.sh --churn [-- EXTRA]   # endpoint churn: 50,000 changes, strait and envoy memory
 #   bench/run.sh --endpoints [-- EXTRA]  # CPU per request at 1 and 5,000 endpoints
@@ -14,15 +15,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
-MODE=full BUILD=1 EXTRA=() SUB=()
+MODE=full BUILD=1 EXTRA=() SUB=() MTLS=0
 while (($#)); do
     case $1 in
     --quick) MODE=quick ;;
     --churn) SUB=(churn) ;;
     --endpoints) SUB=(endpoints) ;;
     --no-build) BUILD=0 ;;
+    --mtls) MTLS=1 ;;
     --) shift; EXTRA=("$@"); break ;;
-    *) echo "usage: $0 [--quick | --churn | --endpoints] [--no-build] [-- STRAIT-BENCH-ARGS...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick | --churn | --endpoints] [--mtls] [--no-build] [-- STRAIT-BENCH-ARGS...]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -35,5 +37,8 @@ if ((BUILD)); then
 fi
 if ((${#SUB[@]})); then
     exec "$TARGET/release/strait-bench" "${SUB[@]}" --bin-dir "$TARGET/release" "${EXTRA[@]}"
+fi
+if ((MTLS)); then
+    EXTRA=(--mtls "${EXTRA[@]}")
 fi
 exec "$TARGET/release/strait-bench" --mode "$MODE" --bin-dir "$TARGET/release" "${EXTRA[@]}"

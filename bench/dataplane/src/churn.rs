@@ -134,7 +134,7 @@ pub fn main(args: ChurnArgs) -> anyhow::Result<()> {
     let mut generations: VecDeque<Listening> = VecDeque::new();
     generations.push_back(farm.listen(&addresses(args.endpoints))?);
 
-    let cp = ControlPlane::start(&paths.strait, work.path())?;
+    let cp = ControlPlane::start(&paths.strait, work.path(), false)?;
     let yaml = work.path().join("churn.yaml");
     std::fs::write(
         &yaml,
@@ -162,7 +162,7 @@ pub fn main(args: ChurnArgs) -> anyhow::Result<()> {
             bail!("churn runs sidecars: strait and/or envoy, not direct");
         }
         let ip = format!("127.{net}.255.{}", 10 + i);
-        let (process, _admin) = run::start_proxy(
+        let run::Sidecar { process, .. } = run::start_proxy(
             *config,
             &paths,
             &cp,

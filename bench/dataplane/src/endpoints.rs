@@ -132,7 +132,7 @@ pub fn main(args: EndpointsArgs) -> anyhow::Result<()> {
     };
     let (one, many) = listening.addrs.split_at(1);
 
-    let cp = ControlPlane::start(&paths.strait, work.path())?;
+    let cp = ControlPlane::start(&paths.strait, work.path(), false)?;
     let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
     for (service, addrs) in [("one", one), ("many", many)] {
         yaml.push_str(&format!(
@@ -162,7 +162,7 @@ pub fn main(args: EndpointsArgs) -> anyhow::Result<()> {
             bail!("endpoints runs sidecars: strait and/or envoy, not direct");
         }
         let ip = format!("127.{net}.255.{}", 10 + i);
-        let (mut process, _admin) = run::start_proxy(
+        let run::Sidecar { mut process, .. } = run::start_proxy(
             *config,
             &paths,
             &cp,

@@ -139,6 +139,30 @@ impl Api {
         })
     }
 
+    /// `GET PATH`: the JSON answer of a 2xx, else an error with the status and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        json_answer("GET", &url, resp)
+    }
+
+    /// `POST PATH` with a JSON body: the JSON answer of a 2xx, else an error.
+    pub fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.auth)
+            .send_json(body)
+            .with_context(|| format!("POST {url}"))?;
+        json_answer("POST", &url, resp)
+    }
+
     /// Creates or replaces WorkloadEntry `name` in `namespace`: `address`, port `http` at
     /// `port`, label `app`.
     pub fn workload_entry(
@@ -175,6 +199,19 @@ impl Api {
         }
         Ok(())
     }
+}
+
+fn json_answer(
+    method: &str,
+    url: &str,
+    mut resp: ureq::http::Response<ureq::Body>,
+) -> anyhow::Result<Value> {
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    if !(200..300).contains(&code) {
+        bail!("{method} {url}: HTTP {code}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("{method} {url}: not JSON: {text}"))
 }
 
 /// A keep-alive HTTP/1.1 client that sends `GET http://HOST/` through an HTTP proxy (a

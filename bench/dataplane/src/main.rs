@@ -106,6 +106,12 @@ pub struct RunArgs {
     /// Response body size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub body_size: usize,
+    /// Mutual TLS between the sidecars, as a mesh runs it: a mesh-wide STRICT
+    /// PeerAuthentication, each sidecar with a workload certificate from the control plane's CA
+    /// (strait-proxy obtains its own; Envoy gets it from `strait agent` over SDS, as Istio's
+    /// Envoy gets it from pilot-agent). Reports are named `dataplane-mtls[-MODE]`.
+    #[arg(long)]
+    pub mtls: bool,
 }
 
 fn main() -> ExitCode {

@@ -21,6 +21,8 @@ pub struct Settings {
     pub h2_seconds: u64,
     pub connections: u32,
     pub body_size: usize,
+    /// Mutual TLS between the sidecars (STRICT).
+    pub mtls: bool,
 }
 
 impl Settings {
@@ -38,6 +40,7 @@ impl Settings {
             h2_seconds: a.h2_seconds.unwrap_or(h2_seconds),
             connections: a.connections,
             body_size: a.body_size,
+            mtls: a.mtls,
         }
     }
 }
@@ -338,7 +341,7 @@ pub fn markdown(r: &Report) -> String {
     let st = &r.settings;
     let _ = writeln!(
         s,
-        "Data plane, {} mode, {}: HTTP/1.1, {} B bodies, {} connections, {} round(s); \
+        "Data plane, {} mode, {}: HTTP/1.1, {}, {} B bodies, {} connections, {} round(s); \
          {} requests/s for {} s, then the maximum rate for {} s. Commit {}; {} cores ({}), \
          load average at the end {}.\n",
         serde_json::to_value(r.mode)
@@ -346,6 +349,11 @@ pub fn markdown(r: &Report) -> String {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
         r.date,
+        if st.mtls {
+            "mutual TLS between the sidecars (STRICT)"
+        } else {
+            "plaintext between the sidecars"
+        },
         st.body_size,
         st.connections,
         st.rounds,

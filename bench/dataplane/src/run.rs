@@ -145,9 +145,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         10,
     )?;
 
-    let cp = ControlPlane::start(&paths.strait, work.path())?;
+    let cp = ControlPlane::start(&paths.strait, work.path(), args.mtls)?;
     let yaml = work.path().join("bench.yaml");
-    std::fs::write(&yaml, mesh_yaml(&server_ip, &ports))?;
+    std::fs::write(&yaml, mesh_yaml(&server_ip, &ports, args.mtls))?;
     cp.strait(&["apply", "-f", &yaml.display().to_string()])?;
 
     let service = format!("{SERVICE}.{NAMESPACE}.svc.cluster.local");
@@ -190,6 +190,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             };
             if let Some(s) = &sidecars {
                 s.probe(&host)?;
+                if args.mtls {
+                    s.refuses_plaintext(&server_ip, ports.http)?;
+                }
             }
             let result = measure(
                 config,
@@ -214,10 +217,17 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| repo.join("bench/results"));
-    let name = args.name.clone().unwrap_or_else(|| match args.mode {
-        Mode::Full => "dataplane".into(),
-        Mode::Quick => "dataplane-quick".into(),
-        Mode::Smoke => "dataplane-smoke".into(),
+    let name = args.name.clone().unwrap_or_else(|| {
+        let base = if args.mtls {
+            "dataplane-mtls"
+        } else {
+            "dataplane"
+        };
+        match args.mode {
+            Mode::Full => base.into(),
+            Mode::Quick => format!("{base}-quick"),
+            Mode::Smoke => format!("{base}-smoke"),
+        }
     });
     let (json, md) = report::write(&report, &out, &name)?;
     println!("{}", std::fs::read_to_string(&md)?);
@@ -410,15 +420,20 @@ pub(crate) struct ControlPlane {
     strait: PathBuf,
     pub(crate) data: PathBuf,
     pub(crate) xds: SocketAddr,
+    /// The TLS port: the mesh CA and xDS over mutual TLS.
+    pub(crate) tls: SocketAddr,
     /// The resource API.
     pub(crate) api: SocketAddr,
+    /// Whether the sidecars get workload certificates and talk mutual TLS.
+    pub(crate) mtls: bool,
 }
 
 impl ControlPlane {
-    pub(crate) fn start(strait: &Path, work: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(strait: &Path, work: &Path, mtls: bool) -> anyhow::Result<Self> {
         let data = work.join("data");
         let api: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
         let xds: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
         let mut process = Process::spawn(
             "control plane",
             strait,
@@ -431,7 +446,7 @@ impl ControlPlane {
                 "--xds-addr".into(),
                 xds.to_string(),
                 "--tls-addr".into(),
-                "127.0.0.1:0".into(),
+                tls.to_string(),
             ],
             work.join("control-plane.log"),
         )?;
@@ -441,8 +456,43 @@ impl ControlPlane {
             strait: strait.to_path_buf(),
             data,
             xds,
+            tls,
             api,
+            mtls,
         })
+    }
+
+    /// What a workload in `NAMESPACE` with the default service account needs for its first
+    /// certificate, written into `dir` as `strait run` writes it for a pod: the mesh's trust
+    /// bundle and a single-use bootstrap credential. Returns the identity flags.
+    fn identity_flags(&self, dir: &Path) -> anyhow::Result<Vec<String>> {
+        let api = crate::farm::Api::new(self.api, &self.data)?;
+        let roots = api.get(&format!(
+            "/api/v1/namespaces/{NAMESPACE}/configmaps/istio-ca-root-cert"
+        ))?;
+        let roots = roots["data"]["root-cert.pem"]
+            .as_str()
+            .context("the control plane's trust bundle ConfigMap has no root-cert.pem")?;
+        let token = api.post(
+            &format!("/api/v1/namespaces/{NAMESPACE}/serviceaccounts/default/token"),
+            &serde_json::json!({"spec": {"expirationSeconds": 600}}),
+        )?;
+        let token = token["status"]["token"]
+            .as_str()
+            .context("the TokenRequest answer has no status.token")?;
+        std::fs::create_dir_all(dir)?;
+        let root_cert = dir.join("root-cert.pem");
+        let token_file = dir.join("bootstrap-token");
+        std::fs::write(&root_cert, roots)?;
+        std::fs::write(&token_file, token)?;
+        Ok(vec![
+            "--ca-addr".into(),
+            self.tls.to_string(),
+            "--root-cert".into(),
+            root_cert.display().to_string(),
+            "--bootstrap-token".into(),
+            token_file.display().to_string(),
+        ])
     }
 
     /// Runs `strait --data-dir DATA ARGS` and returns its output.
@@ -468,8 +518,8 @@ impl ControlPlane {
 /// sidecar's HTTP-proxy listener (IP:15080), which routes to the server sidecar's inbound
 /// listener (the WorkloadEntry's address and port), which forwards to the upstream.
 struct Sidecars {
-    client: (Process, SocketAddr),
-    server: (Process, SocketAddr),
+    client: Sidecar,
+    server: Sidecar,
     client_ip: String,
 }
 
@@ -496,14 +546,27 @@ impl Sidecars {
 
     fn pids(&self) -> Vec<(String, u32)> {
         vec![
-            ("client".into(), self.client.0.pid()),
-            ("server".into(), self.server.0.pid()),
+            ("client".into(), self.client.process.pid()),
+            ("server".into(), self.server.process.pid()),
         ]
     }
 
     fn check_running(&mut self) -> anyhow::Result<()> {
-        self.client.0.check_running()?;
-        self.server.0.check_running()
+        self.client.check_running()?;
+        self.server.check_running()
+    }
+
+    /// With mutual TLS on, the server sidecar's inbound port must refuse a plaintext request
+    /// (STRICT): proof that the measured traffic is mutual TLS.
+    fn refuses_plaintext(&self, server_ip: &str, port: u16) -> anyhow::Result<()> {
+        let inbound: SocketAddr = format!("{server_ip}:{port}").parse()?;
+        match status_of(inbound, "GET / HTTP/1.1\r\nHost: bench-server\r\n") {
+            Ok(status) => bail!(
+                "the server sidecar answered a plaintext request on {inbound} with {status}: \
+                 mutual TLS is not enforced, so this would not measure it"
+            ),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Waits until a request through both sidecars gets the upstream's 200 (config has arrived).
@@ -522,15 +585,33 @@ impl Sidecars {
         }
         bail!(
             "no 200 through the sidecars within 30 s (last: {last}); client log:\n{}\nserver log:\n{}",
-            self.client.0.log_tail(),
-            self.server.0.log_tail()
+            self.client.process.log_tail(),
+            self.server.process.log_tail()
         )
     }
 }
 
+/// A running sidecar: the proxy, and Envoy's node agent with mutual TLS. Dropped in this
+/// order: the proxy stops before its agent.
+pub(crate) struct Sidecar {
+    pub(crate) process: Process,
+    /// `strait agent`, which serves Envoy its certificate over SDS.
+    pub(crate) agent: Option<Process>,
+}
+
+impl Sidecar {
+    pub(crate) fn check_running(&mut self) -> anyhow::Result<()> {
+        self.process.check_running()?;
+        if let Some(a) = self.agent.as_mut() {
+            a.check_running()?;
+        }
+        Ok(())
+    }
+}
+
 /// A sidecar (no-capture mode) of `config` for `workload` at `ip` with label `app=APP`,
-/// connected to the control plane; returns once its admin `/ready` answers 200, with its admin
-/// address.
+/// connected to the control plane (with a workload certificate when the control plane's mesh
+/// runs mutual TLS); returns once its admin `/ready` answers 200.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_proxy(
     config: Config,
@@ -540,8 +621,17 @@ pub(crate) fn start_proxy(
     ip: &str,
     app: &str,
     work: &Path,
-) -> anyhow::Result<(Process, SocketAddr)> {
+) -> anyhow::Result<Sidecar> {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")?).parse()?;
+    let id_dir = work.join(format!("{}-{workload}-identity", config.name()));
+    let _ = std::fs::remove_dir_all(&id_dir);
+    let id_flags = if cp.mtls {
+        cp.identity_flags(&id_dir)?
+    } else {
+        Vec::new()
+    };
+    // With a CA the xDS connection is mutual TLS to the TLS port too.
+    let xds = if cp.mtls { cp.tls } else { cp.xds };
     let identity: Vec<String> = [
         "--workload",
         workload,
@@ -560,15 +650,17 @@ pub(crate) fn start_proxy(
     .map(|s| s.to_string())
     .chain([
         "--xds".into(),
-        cp.xds.to_string(),
+        xds.to_string(),
         "--admin".into(),
         admin.to_string(),
     ])
     .collect();
     let log = work.join(format!("{}-{workload}.log", config.name()));
+    let mut agent = None;
     let mut process = match config {
         Config::Strait => {
             let mut a = identity.clone();
+            a.extend(id_flags);
             a.extend(["--concurrency".into(), PROXY_THREADS.to_string()]);
             Process::spawn_env(
                 &format!("strait-proxy {workload}"),
@@ -579,8 +671,21 @@ pub(crate) fn start_proxy(
             )?
         }
         Config::Envoy => {
-            let mut a: Vec<&str> = vec!["bootstrap", "envoy"];
-            a.extend(identity.iter().map(String::as_str));
+            let mut a: Vec<String> = vec!["bootstrap".into(), "envoy".into()];
+            a.extend(identity.iter().cloned());
+            if cp.mtls {
+                let socket = id_dir.join("sds.sock");
+                agent = Some(start_agent(
+                    paths, &socket, &id_flags, &id_dir, workload, work,
+                )?);
+                a.extend([
+                    "--ca-addr".into(),
+                    cp.tls.to_string(),
+                    "--sds-socket".into(),
+                    socket.display().to_string(),
+                ]);
+            }
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
             let bootstrap = cp.strait(&a)?;
             let file = work.join(format!("envoy-{workload}.yaml"));
             std::fs::write(&file, bootstrap)?;
@@ -607,7 +712,48 @@ pub(crate) fn start_proxy(
         "GET /ready HTTP/1.1\r\nHost: x\r\n",
         30,
     )?;
-    Ok((process, admin))
+    Ok(Sidecar { process, agent })
+}
+
+/// `strait agent` for Envoy: obtains the workload's certificate and serves it over SDS on
+/// `socket`; returns once the socket exists (it has the certificate).
+fn start_agent(
+    paths: &Paths,
+    socket: &Path,
+    id_flags: &[String],
+    dir: &Path,
+    workload: &str,
+    work: &Path,
+) -> anyhow::Result<Process> {
+    let mut args: Vec<String> = vec![
+        "agent".into(),
+        "--namespace".into(),
+        NAMESPACE.into(),
+        "--service-account".into(),
+        "default".into(),
+        "--sds-socket".into(),
+        socket.display().to_string(),
+    ];
+    args.extend(id_flags.iter().cloned());
+    let mut p = Process::spawn(
+        &format!("strait agent {workload}"),
+        &paths.strait,
+        &args,
+        work.join(format!("agent-{workload}.log")),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        p.check_running()?;
+        if Instant::now() > deadline {
+            bail!(
+                "strait agent has no certificate after 30 s ({}); log:\n{}",
+                dir.display(),
+                p.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(p)
 }
 
 /// Sends one HTTP/1.1 request (head without the final blank line) and returns the status.
@@ -672,9 +818,36 @@ pub(crate) fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// The mesh the benchmark runs: one Service and its one workload, the server.
-fn mesh_yaml(server_ip: &str, ports: &Ports) -> String {
+/// The mesh the benchmark runs: one Service and its one workload, the server; with mutual TLS,
+/// a mesh-wide STRICT PeerAuthentication in the root namespace.
+fn mesh_yaml(server_ip: &str, ports: &Ports, mtls: bool) -> String {
     let Ports { http, http2, grpc } = ports;
+    let strict = if mtls {
+        "---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: istio-system
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: istio-system
+spec:
+  mtls:
+    mode: STRICT
+"
+    } else {
+        ""
+    };
+    // Istio's injector (and `strait run`) labels a workload whose sidecar has a certificate;
+    // client sidecars then originate mutual TLS to it (auto mTLS).
+    let tls_label = if mtls {
+        "\n    security.istio.io/tlsMode: istio"
+    } else {
+        ""
+    };
     format!(
         "apiVersion: v1
 kind: Namespace
@@ -705,11 +878,11 @@ metadata:
 spec:
   address: {server_ip}
   labels:
-    app: {SERVICE}
+    app: {SERVICE}{tls_label}
   ports:
     http: {http}
     http2: {http2}
     grpc: {grpc}
-"
+{strict}"
     )
 }

@@ -130,6 +130,23 @@ pub enum ManagerError {
     NoCredential,
 }
 
+/// Retries of the first certificate request after a transport failure (250 ms, doubling).
+const FIRST_ATTEMPTS: u32 = 4;
+
+impl ManagerError {
+    /// A failure in transit (the CA unreachable, the connection broken mid-request), which a
+    /// retry may get past; a refusal or a bad answer is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ManagerError::Ca(CaError::Connect { .. }) => true,
+            ManagerError::Ca(CaError::Refused { code, .. }) => {
+                matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// How renewal is going, for `/certs` and `strait proxy-status`.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -155,14 +172,27 @@ impl Drop for CertManager {
 }
 
 impl CertManager {
-    /// Obtains the first certificate (an error if the CA refuses or cannot be reached), then
-    /// renews in a task of its own.
+    /// Obtains the first certificate, then renews in a task of its own. A CA that cannot be
+    /// reached, or a connection that breaks mid-request, is retried a few times over about 8 s
+    /// (a pod's network and the CA may come up together); a refusal is an error at once.
     pub async fn start(opts: ManagerOptions) -> Result<CertManager, ManagerError> {
         let token = opts
             .bootstrap_token
             .as_deref()
             .ok_or(ManagerError::NoCredential)?;
-        let first = obtain(&opts, None, Some(token)).await?;
+        let mut attempt = 0u32;
+        let first = loop {
+            match obtain(&opts, None, Some(token)).await {
+                Ok(c) => break c,
+                Err(e) if e.is_transient() && attempt < FIRST_ATTEMPTS => {
+                    attempt += 1;
+                    let wait = Duration::from_millis(250 << attempt);
+                    tracing::warn!(identity = %opts.identity, error = %e, attempt, ?wait, "the first certificate request failed in transit; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let status = Arc::new(Mutex::new(Status {
             issued: 1,
             last_issued: Some(SystemTime::now()),
