@@ -155,6 +155,49 @@ impl Demo {
         );
     }
 
+    /// `strait authz check --from FROM --to TO --path PATH -o json`: whether the control plane
+    /// says TO's proxy allows the request, with its explanation.
+    fn authz_check(&self, from: &str, to: &str, path: &str) -> (bool, String) {
+        let out = Command::new(support::strait())
+            .args([
+                "authz", "check", "--from", from, "--to", to, "--port", "9080", "--path", path,
+                "-o", "json",
+            ])
+            .env("STRAIT_HOME", &self.home)
+            .env_remove("STRAIT_SERVER")
+            .env_remove("STRAIT_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "strait authz check {from} -> {to}: not JSON ({e}): {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let allowed = v["allowed"].as_bool().expect("allowed");
+        assert_eq!(
+            out.status.code(),
+            Some(if allowed { 0 } else { 3 }),
+            "exit code 0 when allowed, 3 when denied: {text}"
+        );
+        (allowed, text)
+    }
+
+    /// `strait authz check` decides each hop as the proxies did at this step (what the page
+    /// showed: `allowed` per hop).
+    fn checks_agree(&self, step: &str, hops: &[(&str, &str, &str, bool)]) {
+        for (from, to, path, allowed) in hops {
+            let (said, text) = self.authz_check(from, to, path);
+            assert_eq!(
+                said,
+                *allowed,
+                "{step}: the proxies {} GET {path} from {from} to {to}, strait authz check says otherwise:\n{text}",
+                if *allowed { "allowed" } else { "denied" }
+            );
+        }
+    }
+
     fn apply_file(&self, path: &Path) {
         assert!(path.is_file(), "{} is missing", path.display());
         self.strait(&["apply", "-f", path.to_str().unwrap()], None);
@@ -252,16 +295,22 @@ fn authz_http_task(proxy: &str, listen: &str) {
     demo.until("before any policy", |code, body| {
         code == "200" && body.contains(RED_STARS) && !body.contains(DETAILS_ERROR)
     });
+    demo.checks_agree("before any policy", &every_hop(true, true, true, true));
 
     demo.apply_doc(&task_doc(file, "allow-nothing"));
     demo.until("allow-nothing", |code, body| {
         code == "403" && body == ACCESS_DENIED
     });
+    demo.checks_agree("allow-nothing", &every_hop(false, false, false, false)[..1]);
 
     demo.apply_doc(&task_doc(file, "productpage-viewer"));
     demo.until("productpage-viewer", |code, body| {
         code == "200" && body.contains(DETAILS_ERROR) && body.contains(REVIEWS_ERROR)
     });
+    demo.checks_agree(
+        "productpage-viewer",
+        &every_hop(true, false, false, false)[..3],
+    );
 
     demo.apply_doc(&task_doc(file, "details-viewer"));
     demo.apply_doc(&task_doc(file, "reviews-viewer"));
@@ -272,11 +321,16 @@ fn authz_http_task(proxy: &str, listen: &str) {
             && body.contains("<h4>Book Details</h4>")
             && body.contains(RATINGS_UNAVAILABLE)
     });
+    demo.checks_agree(
+        "details-viewer and reviews-viewer",
+        &every_hop(true, true, true, false),
+    );
 
     demo.apply_doc(&task_doc(file, "ratings-viewer"));
     demo.until("ratings-viewer", |code, body| {
         code == "200" && body.contains(RED_STARS) && !body.contains(RATINGS_UNAVAILABLE)
     });
+    demo.checks_agree("ratings-viewer", &every_hop(true, true, true, true));
 
     // Istio's cleanup: without the policies everything is allowed again.
     for name in [
@@ -294,6 +348,29 @@ fn authz_http_task(proxy: &str, listen: &str) {
     demo.until("policies deleted", |code, body| {
         code == "200" && body.contains(RED_STARS) && !body.contains(DETAILS_ERROR)
     });
+    demo.checks_agree("policies deleted", &every_hop(true, true, true, true));
+}
+
+/// The hops of one page load, in order, with whether each was allowed: the gateway to
+/// productpage, productpage to details and to reviews, reviews v3 to ratings. A page that
+/// stops at a hop tells nothing of the later ones, so steps check a prefix.
+fn every_hop(
+    page: bool,
+    details: bool,
+    reviews: bool,
+    ratings: bool,
+) -> [(&'static str, &'static str, &'static str, bool); 4] {
+    [
+        (
+            "istio-ingressgateway.istio-system",
+            "productpage-v1",
+            "/productpage",
+            page,
+        ),
+        ("productpage-v1", "details-v1", "/details/0", details),
+        ("productpage-v1", "reviews-v3", "/reviews/0", reviews),
+        ("reviews-v3", "ratings-v1", "/ratings/0", ratings),
+    ]
 }
 
 /// httpbin and sleep in `foo` with `proxy` sidecars, as Istio's authz-deny task sets them up.

@@ -5,6 +5,10 @@
 //! ServiceEntry or Sidecar. After each, the control plane's `/debug/proxies` (what
 //! `strait proxy-status` shows) says per proxy and type whether the proxy ACKed or NACKed it.
 //!
+//! Features are applied in turn, each in one batch with the deletion of the one before (and
+//! Bookinfo's DestinationRules again, which some features replace); after a NACK, the feature
+//! is deleted on its own and every proxy must ACK again.
+//!
 //! The test fails when strait-proxy NACKs what Envoy ACKs, unless the feature is one of
 //! [`EXCEPTIONS`], the refusals docs/xds-support.md names with their reason; it also fails when
 //! a listed exception is accepted after all (the list and the docs must then shrink), and when
@@ -91,13 +95,22 @@ impl Planes {
 
     /// [`Planes::settle`] with the documents of `file` applied first, in the same batch.
     async fn settle_with(&mut self, file: Option<&std::path::Path>) {
+        self.settle_with_files(file.as_slice()).await
+    }
+
+    /// [`Planes::settle`] with the documents of `files` applied first, in order, in the same
+    /// batch.
+    async fn settle_with_files(&mut self, files: &[&std::path::Path]) {
         self.marks += 1;
         let host = format!("marker-{}.ack.test", self.marks);
-        let before = file.map_or(String::new(), |f| {
-            let text =
-                std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            format!("{text}\n---\n")
-        });
+        let before: String = files
+            .iter()
+            .map(|f| {
+                let text =
+                    std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                format!("{text}\n---\n")
+            })
+            .collect();
         self.mesh.apply_yaml(
             "ack-marker.yaml",
             &format!(
@@ -197,10 +210,19 @@ async fn strait_proxy_accepts_every_feature_envoy_accepts() {
     let mut planes = Planes::start().await;
     let mut failures = Vec::new();
     let mut excepted = Vec::new();
+    // DestinationRule features replace Bookinfo's `reviews`: it is applied again before each.
+    let bookinfo_rules = sample("bookinfo/networking/destination-rule-all.yaml");
+    // The feature before, deleted just before the next one is applied when every proxy ACKed it (a
+    // leftover NACK would then show in the next verdicts, and be checked on its own below).
+    let mut previous: Option<PathBuf> = None;
     for path in features() {
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        planes.settle_with(Some(&path)).await;
+        if let Some(p) = previous.take() {
+            planes.cp_delete(&p);
+        }
+        planes.settle_with_files(&[&bookinfo_rules, &path]).await;
         let verdicts = planes.verdicts();
+        let any_nack = verdicts.values().any(|v| v.values().any(Option::is_some));
         for (envoy, strait) in [
             ("ack-envoy-sidecar", "ack-strait-sidecar"),
             ("ack-envoy-gateway", "ack-strait-gateway"),
@@ -223,17 +245,17 @@ async fn strait_proxy_accepts_every_feature_envoy_accepts() {
                 }
             }
         }
+        if !any_nack {
+            previous = Some(path);
+            continue;
+        }
+        // A NACK: deleting the feature must clear it (or it was a leftover of the one before).
         planes.cp_delete(&path);
-        // DestinationRule features replace Bookinfo's `reviews`: bring it back.
-        planes
-            .settle_with(Some(&sample(
-                "bookinfo/networking/destination-rule-all.yaml",
-            )))
-            .await;
+        planes.settle_with(Some(&bookinfo_rules)).await;
         let after = planes.verdicts();
         assert!(
             after.values().all(|v| v.values().all(Option::is_none)),
-            "after deleting {file}, a proxy still NACKs: {after:#?}"
+            "after deleting {file} (and the feature before it), a proxy still NACKs: {after:#?}"
         );
     }
     for (file, _) in EXCEPTIONS {

@@ -5,6 +5,7 @@
 
 mod agent;
 mod analyze;
+mod authz;
 mod client;
 mod control_plane;
 mod demo;
@@ -164,6 +165,13 @@ enum Command {
     /// current network namespace, with istio-iptables' flags (`-p 15001 -z 15006 -u 1337 -m
     /// REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020`).
     IstioIptables(istio_iptables::IstioIptablesArgs),
+    /// Authorization: `strait authz check --from sleep.foo --to httpbin.foo --path /ip` decides
+    /// a request as the destination's proxy would (the AuthorizationPolicies that apply, the
+    /// rule that decided, and why), without sending it.
+    Authz {
+        #[command(subcommand)]
+        what: authz::AuthzCommand,
+    },
     /// Delete resources named in files, or one by kind and name.
     Delete {
         kind: Option<String>,
@@ -240,6 +248,7 @@ fn main() -> ExitCode {
         Command::IstioIptables(args) => istio_iptables::run(args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
+        Command::Authz { what } => authz::run(&connection, what),
         Command::ProxyConfig {
             what,
             proxy,

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use envoy_types::pb::envoy::config::core::v3::Address;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
@@ -35,6 +35,7 @@ pub fn routes(ads: AdsServer, mesh: Arc<Mesh>) -> Router {
         .route("/debug/proxies", get(proxies))
         .route("/debug/proxies/{id}/{what}", get(proxy_config))
         .route("/debug/services", get(services))
+        .route("/debug/authz/check", post(authz_check))
         .with_state(DebugState { ads, mesh })
 }
 
@@ -88,6 +89,37 @@ async fn proxies(State(s): State<DebugState>) -> Response {
         })
         .collect();
     axum::Json(Value::Array(list)).into_response()
+}
+
+/// `strait authz check`: what the destination's proxy would decide (crate::authz_check).
+async fn authz_check(
+    State(s): State<DebugState>,
+    axum::Json(req): axum::Json<crate::authz_check::CheckRequest>,
+) -> Response {
+    use crate::authz_check::{CheckError, check, find};
+    let proxies: Vec<strait_xds_core::Proxy> =
+        s.ads.status().into_iter().map(|p| p.proxy).collect();
+    let error = |code: StatusCode, message: String| {
+        (code, axum::Json(json!({ "message": message }))).into_response()
+    };
+    let dest = match find(&proxies, &req.to, &req.to_namespace) {
+        Ok(p) => p,
+        Err(m) => return error(StatusCode::NOT_FOUND, m),
+    };
+    let source = match &req.from {
+        Some(name) => match find(&proxies, name, &req.from_namespace) {
+            Ok(p) => Some(p),
+            Err(m) => return error(StatusCode::NOT_FOUND, m),
+        },
+        None => None,
+    };
+    let resources = s.mesh.generate(dest);
+    let trust_domain = s.mesh.current().snapshot.mesh.trust_domain.clone();
+    match check(&req, dest, &resources, source, &trust_domain) {
+        Ok(answer) => axum::Json(answer).into_response(),
+        Err(CheckError::NotFound(m)) => error(StatusCode::NOT_FOUND, m),
+        Err(CheckError::Bad(m)) => error(StatusCode::BAD_REQUEST, m),
+    }
 }
 
 /// The registry's services with their virtual IPs and ports (read-only): what `strait run` writes

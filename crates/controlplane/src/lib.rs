@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod authz_check;
 mod debug;
 mod identity;
 mod limits;

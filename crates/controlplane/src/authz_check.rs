@@ -1,0 +1,433 @@
+//! `strait authz check`: what a destination's proxy would decide for a request from a source
+//! workload, without sending it. The control plane generates the destination proxy's config as
+//! it sends it, picks the filter chain the connection would take (by port, and mutual TLS when
+//! both sides have certificates), and runs that chain's RBAC filters with strait-authz, the
+//! engine strait-proxy enforces them with: network filters first (per connection), then the
+//! HTTP filters (per request), the first refusal deciding.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_filter,
+};
+use prost::Message;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use strait_authz::{Connection, HttpRequest, Input, Metadata, RbacFilter, convert};
+use strait_xds_core::{Proxy, ProxyRole, XdsResources};
+
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+const TLS: &str = "tls";
+
+/// What to check (`POST /debug/authz/check`).
+#[derive(Debug, Deserialize)]
+pub struct CheckRequest {
+    /// The destination workload (pod) and its namespace.
+    pub to: String,
+    #[serde(default = "default_namespace")]
+    pub to_namespace: String,
+    /// The source workload; none: a client outside the mesh (no certificate).
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub from_namespace: String,
+    /// The destination's port (the workload's own, as its inbound listener has it); default:
+    /// its only inbound port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The `Host` (`:authority`); default: `TO:PORT`.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+fn default_method() -> String {
+    "GET".to_string()
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+/// Why a check could not be made (HTTP 404 or 400 with the message).
+#[derive(Debug)]
+pub enum CheckError {
+    NotFound(String),
+    Bad(String),
+}
+
+/// The connected proxy of workload `name` in `namespace`.
+pub fn find<'a>(proxies: &'a [Proxy], name: &str, namespace: &str) -> Result<&'a Proxy, String> {
+    proxies
+        .iter()
+        .find(|p| p.workload == name && p.namespace == namespace)
+        .ok_or_else(|| {
+            let known: Vec<String> = proxies
+                .iter()
+                .map(|p| format!("{}.{}", p.workload, p.namespace))
+                .collect();
+            format!(
+                "no connected proxy for workload {name}.{namespace}; connected: {} (`strait proxy-status` lists them)",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+}
+
+/// Decides `req` against `resources`, the config of `dest`, for a connection from `source`
+/// (with its principal when both sides do mutual TLS).
+pub fn check(
+    req: &CheckRequest,
+    dest: &Proxy,
+    resources: &XdsResources,
+    source: Option<&Proxy>,
+    trust_domain: &str,
+) -> Result<Value, CheckError> {
+    let mtls = dest.mtls && source.is_some_and(|s| s.mtls);
+    let (listener_name, chain, port) = pick_chain(req.port, dest, resources, mtls)?;
+    let uses_tls = chain
+        .filter_chain_match
+        .as_ref()
+        .is_some_and(|m| m.transport_protocol == TLS);
+    if uses_tls && !mtls {
+        return Ok(json!({
+            "allowed": false,
+            "destination": {"proxy": dest.id, "listener": listener_name, "chain": chain.name, "port": port},
+            "source": source_json(source, None),
+            "decided_by": "mutual TLS",
+            "reason": format!(
+                "port {port} of {}.{} takes only mutual TLS (a STRICT PeerAuthentication) and {} no workload certificate: the connection is reset",
+                dest.workload,
+                dest.namespace,
+                match source {
+                    Some(s) if !s.mtls => format!("{}.{} has", s.workload, s.namespace),
+                    Some(_) => "the destination has".to_string(),
+                    None => "a client outside the mesh has".to_string(),
+                }
+            ),
+        }));
+    }
+    let principal = (uses_tls && mtls)
+        .then(|| {
+            source.map(|s| {
+                format!(
+                    "spiffe://{trust_domain}/ns/{}/sa/{}",
+                    s.namespace, s.service_account
+                )
+            })
+        })
+        .flatten();
+    let connection = Connection {
+        source: SocketAddr::new(
+            source.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.ip),
+            40000,
+        ),
+        destination: SocketAddr::new(dest.ip, port),
+        peer_principal: principal.clone(),
+        sni: None,
+    };
+    let place = Place {
+        dest,
+        listener: &listener_name,
+        chain,
+        port,
+        source,
+        principal: principal.as_deref(),
+    };
+    let metadata = Metadata::new();
+    let mut steps = Vec::new();
+
+    let network = network_filters(chain)?;
+    let input = Input {
+        connection: &connection,
+        request: None,
+        metadata: &metadata,
+    };
+    for f in &network {
+        let d = f.decide(&input);
+        steps.push(step("network", f, &d, &input));
+        if !d.allowed {
+            let reason = f.explain_denial(&d, &input);
+            return Ok(place.answer(
+                steps,
+                Some(("network RBAC", reason)),
+                "the connection is reset",
+            ));
+        }
+    }
+
+    let Some(http) = http_filters(chain)? else {
+        return Ok(place.answer(steps, None, "the TCP connection is proxied"));
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &req.headers {
+        let name = http::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| CheckError::Bad(format!("{k:?} is not a header name")))?;
+        let value = http::HeaderValue::from_str(v)
+            .map_err(|_| CheckError::Bad(format!("{v:?} is not a header value")))?;
+        headers.append(name, value);
+    }
+    let authority = req
+        .host
+        .clone()
+        .unwrap_or_else(|| format!("{}:{port}", dest.workload));
+    let request = HttpRequest {
+        method: &req.method,
+        path: &req.path,
+        authority: &authority,
+        scheme: if principal.is_some() { "https" } else { "http" },
+        headers: &headers,
+        remote_ip: connection.source.ip(),
+    };
+    let input = Input {
+        connection: &connection,
+        request: Some(&request),
+        metadata: &metadata,
+    };
+    for f in &http {
+        let d = f.decide(&input);
+        steps.push(step("http", f, &d, &input));
+        if !d.allowed {
+            let reason = f.explain_denial(&d, &input);
+            return Ok(place.answer(
+                steps,
+                Some(("HTTP RBAC", reason)),
+                "403 RBAC: access denied",
+            ));
+        }
+    }
+    Ok(place.answer(steps, None, "the request is routed"))
+}
+
+fn step(layer: &str, f: &RbacFilter, d: &strait_authz::Decision, input: &Input<'_>) -> Value {
+    json!({
+        "layer": layer,
+        "allowed": d.allowed,
+        "action": d.action.map(|a| format!("{a:?}").to_uppercase()),
+        "policy": d.policy.as_deref().map(strait_authz::display_policy_name),
+        "shadow": d.shadow.as_ref().map(|(p, allowed)| json!({
+            "policy": p.as_deref().map(strait_authz::display_policy_name),
+            "would_allow": allowed,
+        })),
+        "explanation": if d.allowed { Value::Null } else { Value::String(f.explain_denial(d, input)) },
+    })
+}
+
+/// Where the connection goes and where it comes from.
+struct Place<'a> {
+    dest: &'a Proxy,
+    listener: &'a str,
+    chain: &'a FilterChain,
+    port: u16,
+    source: Option<&'a Proxy>,
+    principal: Option<&'a str>,
+}
+
+impl Place<'_> {
+    /// The answer: allowed unless `denial` (which layer refused, and why).
+    fn answer(&self, steps: Vec<Value>, denial: Option<(&str, String)>, outcome: &str) -> Value {
+        let (decided_by, reason) = denial.unzip();
+        json!({
+            "allowed": decided_by.is_none(),
+            "destination": {
+                "proxy": self.dest.id,
+                "listener": self.listener,
+                "chain": self.chain.name,
+                "port": self.port,
+            },
+            "source": source_json(self.source, self.principal),
+            "filters": steps,
+            "decided_by": decided_by,
+            "reason": reason,
+            "outcome": outcome,
+        })
+    }
+}
+
+fn source_json(source: Option<&Proxy>, principal: Option<&str>) -> Value {
+    match source {
+        Some(s) => json!({
+            "proxy": s.id,
+            "ip": s.ip.to_string(),
+            "principal": principal,
+        }),
+        None => json!({"proxy": null, "principal": null}),
+    }
+}
+
+/// The listener and filter chain a connection to `port` would take: a sidecar's
+/// `virtualInbound` chain for the port (mutual TLS or plaintext), else its passthrough chain; a
+/// gateway's listener on the port.
+fn pick_chain<'a>(
+    port: Option<u16>,
+    dest: &Proxy,
+    resources: &'a XdsResources,
+    mtls: bool,
+) -> Result<(String, &'a FilterChain, u16), CheckError> {
+    if dest.role == ProxyRole::Gateway {
+        let listeners: Vec<(&String, &Listener, u16)> = resources
+            .listeners
+            .iter()
+            .filter_map(|(name, l)| listener_port(l).map(|p| (name, l, p)))
+            .collect();
+        let (name, l, p) = match port {
+            Some(p) => listeners
+                .into_iter()
+                .find(|(_, _, lp)| *lp == p)
+                .ok_or_else(|| {
+                    CheckError::NotFound(format!(
+                        "gateway {}.{} has no listener on port {p}",
+                        dest.workload, dest.namespace
+                    ))
+                })?,
+            None => one(listeners, dest)?,
+        };
+        let chain = l
+            .filter_chains
+            .first()
+            .ok_or_else(|| CheckError::NotFound(format!("listener {name} has no filter chain")))?;
+        return Ok((name.clone(), chain, p));
+    }
+    let inbound = resources.listeners.get("virtualInbound").ok_or_else(|| {
+        CheckError::NotFound(format!(
+            "{}.{} has no inbound listener (virtualInbound): nothing of it is authorized by its proxy",
+            dest.workload, dest.namespace
+        ))
+    })?;
+    let port_of = |c: &FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .and_then(|m| m.destination_port)
+            .map(|p| p.value as u16)
+    };
+    let port = match port {
+        Some(p) => p,
+        None => {
+            let mut ports: Vec<u16> = inbound.filter_chains.iter().filter_map(port_of).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            match ports.as_slice() {
+                [p] => *p,
+                _ => {
+                    return Err(CheckError::Bad(format!(
+                        "{}.{} has inbound ports {ports:?}: say which with --port",
+                        dest.workload, dest.namespace
+                    )));
+                }
+            }
+        }
+    };
+    let transport = |c: &FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .map(|m| m.transport_protocol.clone())
+            .unwrap_or_default()
+    };
+    let for_port: Vec<&FilterChain> = {
+        let exact: Vec<&FilterChain> = inbound
+            .filter_chains
+            .iter()
+            .filter(|c| port_of(c) == Some(port))
+            .collect();
+        if exact.is_empty() {
+            inbound
+                .filter_chains
+                .iter()
+                .filter(|c| port_of(c).is_none())
+                .collect()
+        } else {
+            exact
+        }
+    };
+    let pick = for_port
+        .iter()
+        .find(|c| (transport(c) == TLS) == mtls)
+        .or_else(|| for_port.first())
+        .ok_or_else(|| {
+            CheckError::NotFound(format!(
+                "{}.{}'s inbound listener has no filter chain for port {port}",
+                dest.workload, dest.namespace
+            ))
+        })?;
+    Ok(("virtualInbound".to_string(), pick, port))
+}
+
+fn one<'a>(
+    mut listeners: Vec<(&'a String, &'a Listener, u16)>,
+    dest: &Proxy,
+) -> Result<(&'a String, &'a Listener, u16), CheckError> {
+    if listeners.len() == 1 {
+        return Ok(listeners.remove(0));
+    }
+    let ports: Vec<u16> = listeners.iter().map(|(_, _, p)| *p).collect();
+    Err(CheckError::Bad(format!(
+        "gateway {}.{} listens on ports {ports:?}: say which with --port",
+        dest.workload, dest.namespace
+    )))
+}
+
+fn listener_port(l: &Listener) -> Option<u16> {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as Kind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    match l.address.as_ref()?.address.as_ref()? {
+        Kind::SocketAddress(s) => match s.port_specifier.as_ref()? {
+            PortSpecifier::PortValue(p) => Some(*p as u16),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn network_filters(chain: &FilterChain) -> Result<Vec<RbacFilter>, CheckError> {
+    chain
+        .filters
+        .iter()
+        .filter(|f| f.name == NETWORK_RBAC)
+        .map(|f| {
+            let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
+            };
+            convert::network_rbac_filter(any)
+                .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
+        })
+        .collect()
+}
+
+/// The HTTP RBAC filters of the chain's connection manager; `None` for a TCP chain.
+fn http_filters(chain: &FilterChain) -> Result<Option<Vec<RbacFilter>>, CheckError> {
+    let Some(f) = chain.filters.iter().find(|f| f.name == HCM) else {
+        return Ok(None);
+    };
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice())
+        .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))?;
+    hcm.http_filters
+        .iter()
+        .filter(|f| f.name == HTTP_RBAC)
+        .map(|f| {
+            let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
+            };
+            convert::http_rbac_filter(any)
+                .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
