@@ -571,8 +571,15 @@ fn jwt_authn(
         filter.authenticate(&request, SystemTime::now())
     };
     if let Some(error) = outcome.refused {
-        let path = req.uri().path();
-        let realm = format!("{scheme}://{}{path}", request_authority(req));
+        // Envoy's realm is the original URI as its `buildOriginalUri` makes it:
+        // `x-forwarded-proto`, `://`, host, path with query.
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let realm = format!("{proto}://{}{path}", request_authority(req));
         tracing::info!(peer = %conn.down.peer, method = %req.method(), %realm, %error, "request refused by jwt_authn");
         let mut value = format!("Bearer realm=\"{realm}\"");
         if error != strait_authz::JwtError::Missing {
