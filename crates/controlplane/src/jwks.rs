@@ -359,6 +359,60 @@ mod tests {
         assert!(parse_resolve("example.com:443=localhost").is_err());
     }
 
+    #[tokio::test]
+    async fn fetch_goes_where_resolve_says_and_keeps_the_uri() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                head.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"keys":[]}"#;
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let opts = JwksOptions {
+            resolve: [("issuer.example:80".to_string(), addr)].into(),
+            system_roots: None,
+            ..JwksOptions::default()
+        };
+        let tls = Arc::new(client_config(&opts).unwrap());
+        let text = fetch(&opts, &tls, "http://issuer.example/keys/jwks.json")
+            .await
+            .unwrap();
+        assert_eq!(text, r#"{"keys":[]}"#);
+        let head = server.await.unwrap();
+        assert!(
+            head.starts_with("GET /keys/jwks.json HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("host: issuer.example\r\n"),
+            "{head}"
+        );
+        assert!(looks_like_jwks(&text).is_ok());
+        assert!(looks_like_jwks("<html>").is_err());
+
+        // An unknown scheme is refused before any connection.
+        let err = fetch(&opts, &tls, "ftp://issuer.example/jwks.json")
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("expected http or https"),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn stored_key_sets_round_trip() {
         let v = json!({"keys": {"https://a/jwks.json": "{\"keys\":[]}"}});
