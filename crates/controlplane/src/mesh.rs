@@ -665,6 +665,36 @@ mod tests {
     const WE: &str = "workloadentry.networking.istio.io";
 
     #[test]
+    fn fetched_key_sets_enter_the_snapshot_at_a_new_revision_and_survive_a_rebuild() {
+        let store = Arc::new(MemoryStore::new());
+        let mesh = Mesh::load(store.clone(), MeshConfig::default(), "240.240.0.0/16").unwrap();
+        let before = mesh.current().revision();
+        let uri = "https://issuer.example/jwks.json";
+        let object = store
+            .put(
+                &jwks_key(),
+                json!({"metadata": {"name": "jwks"}, "keys": {uri: "{\"keys\":[]}"}}),
+                Precondition::None,
+            )
+            .unwrap();
+        let (rev, endpoints_only) = mesh
+            .apply(vec![Event {
+                event_type: EventType::Added,
+                object,
+            }])
+            .expect("a key set change is a mesh change");
+        assert!(rev > before && !endpoints_only);
+        let state = mesh.current();
+        assert_eq!(state.revision(), rev);
+        assert_eq!(
+            state.snapshot.jwks.get(uri).map(String::as_str),
+            Some("{\"keys\":[]}")
+        );
+        mesh.rebuild().unwrap();
+        assert!(mesh.current().snapshot.jwks.contains_key(uri));
+    }
+
+    #[test]
     fn events_update_the_state_and_endpoint_only_changes_are_told_apart() {
         let store = Arc::new(MemoryStore::new());
         put(&store, "service", "a", service("a"));
