@@ -90,11 +90,19 @@ pub fn jwks_uris(config: &ConfigSnapshot) -> Vec<String> {
     uris
 }
 
-/// Istio's stand-in key set for a `jwksUri` that could not be fetched (`CreateFakeJwks`): an
-/// RSA key no token is signed with.
+/// The stand-in key set for a `jwksUri` that could not be fetched, as Istio's `CreateFakeJwks`:
+/// one RSA key (`kid` `abc`) whose modulus is made from the URI, so no token verifies. Istio
+/// uses the URI's bytes as the modulus as they are; Envoy refuses such a key when the URI is
+/// short or ends in an even byte ("Jwks RSA [n] or [e] field is missing or has a parse error"),
+/// which would NACK the whole listener, so here the URI's bytes are repeated to 2048 bits with
+/// the top and bottom bits set.
 pub fn fake_jwks(uri: &str) -> String {
     use base64::Engine;
-    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uri.as_bytes());
+    let seed = if uri.is_empty() { "jwks" } else { uri };
+    let mut n: Vec<u8> = seed.bytes().cycle().take(256).collect();
+    n[0] |= 0x80;
+    n[255] |= 1;
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&n);
     format!(r#"{{"keys":[ {{"e":"AQAB","kid":"abc","kty":"RSA","n":"{n}"}}]}}"#)
 }
 
