@@ -317,14 +317,14 @@ impl Drop for Mesh {
     }
 }
 
-fn start_mesh(proxy: &str, jwks: &JwksHost, gateway: bool) -> Mesh {
+fn start_mesh(proxy: &str, jwks_flags: Vec<String>, gateway: bool) -> Mesh {
     let mut flags = vec![
         "--xds-addr".to_string(),
         "0.0.0.0:0".into(),
         "--tls-addr".into(),
         "0.0.0.0:0".into(),
     ];
-    flags.extend(jwks.flags());
+    flags.extend(jwks_flags);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let cp = ControlPlane::start_with(&flags);
     let dir = tempfile::tempdir().unwrap();
@@ -413,7 +413,7 @@ fn authz_jwt_task(proxy: &str) {
     let steps = docs(&sample("tasks/authz-jwt/authz-jwt.yaml"));
     assert_eq!(steps.len(), 3, "authz-jwt.yaml: three documents");
     let jwks = JwksHost::start();
-    let mesh = start_mesh(proxy, &jwks, false);
+    let mesh = start_mesh(proxy, jwks.flags(), false);
     let cp = &mesh.cp;
     let ns = Some(SLEEP_NETNS);
     let base = "http://httpbin.foo:8000";
@@ -477,7 +477,7 @@ fn authn_policy_ingress_steps(proxy: &str) {
     let task = |f: &str| sample(&format!("tasks/authn-policy/{f}"));
     let token = jwt_sample("demo.jwt");
     let jwks = JwksHost::start();
-    let mesh = start_mesh(proxy, &jwks, true);
+    let mesh = start_mesh(proxy, jwks.flags(), true);
     let cp = &mesh.cp;
     let base = format!("http://{GATEWAY_HOST}:80");
 
@@ -545,5 +545,50 @@ fn authn_policy_ingress_steps(proxy: &str) {
             ("/ip", None, "200", any),
             ("/headers", Some(&token), "200", any),
         ],
+    );
+}
+
+#[test]
+fn a_jwks_fetch_that_fails_refuses_tokens_and_passes_requests_without_one_with_envoy() {
+    let _one = require_platform();
+    jwks_fetch_fails("envoy");
+}
+
+#[test]
+fn a_jwks_fetch_that_fails_refuses_tokens_and_passes_requests_without_one_with_strait_proxy() {
+    let _one = require_platform();
+    strait_proxy_built();
+    jwks_fetch_fails("strait");
+}
+
+/// As Istio: a `jwksUri` that cannot be fetched (here the stand-in's address refuses
+/// connections) gets a key set that verifies nothing, and the control plane logs the URI.
+fn jwks_fetch_fails(proxy: &str) {
+    let steps = docs(&sample("tasks/authz-jwt/authz-jwt.yaml"));
+    let mesh = start_mesh(
+        proxy,
+        vec![
+            "--jwks-resolve".into(),
+            "raw.githubusercontent.com:443=127.0.0.1:1".into(),
+        ],
+        false,
+    );
+    let cp = &mesh.cp;
+    apply_doc(cp, &steps[0]);
+    expect(
+        cp,
+        "jwt-example, its key set not fetched",
+        Some(SLEEP_NETNS),
+        "http://httpbin.foo:8000",
+        &[
+            ("/headers", Some(&jwt_sample("demo.jwt")), "401", any),
+            ("/headers", None, "200", any),
+        ],
+    );
+    let log = cp.log();
+    assert!(
+        log.lines().any(|l| l.contains("fetching the JWKS failed")
+            && l.contains("https://raw.githubusercontent.com/istio/istio/release-1.8/security/tools/jwt/samples/jwks.json")),
+        "the control plane does not log the failed fetch with its URI:\n{log}"
     );
 }
