@@ -316,7 +316,7 @@ spec:
   selector: {matchLabels: {app: httpbin}}
   jwtRules:
   - issuer: a
-    jwks: '{"keys":[]}'
+    jwks: '{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k1"}]}'
     audiences: [x]
     forwardOriginalToken: true
     fromHeaders: [{name: x-jwt, prefix: "Token "}]

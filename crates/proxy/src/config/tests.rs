@@ -945,6 +945,9 @@ fn weighted_clusters_keep_their_own_header_mutations() {
     assert!(v2.request.add.is_empty());
 }
 
+/// One P-256 key (RFC 7517's example).
+const EC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k1"}]}"#;
+
 #[test]
 fn jwt_authn_runs_ahead_of_rbac_and_what_it_cannot_evaluate_is_refused_at_its_field() {
     use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
@@ -971,9 +974,7 @@ fn jwt_authn_runs_ahead_of_rbac_and_what_it_cannot_evaluate_is_refused_at_its_fi
         "envoy.filters.http.jwt_authn",
         &with_keys(jwt::jwt_provider::JwksSourceSpecifier::LocalJwks(
             DataSource {
-                specifier: Some(data_source::Specifier::InlineString(
-                    r#"{"keys":[]}"#.into(),
-                )),
+                specifier: Some(data_source::Specifier::InlineString(EC_JWKS.into())),
                 ..Default::default()
             },
         )),
