@@ -683,9 +683,15 @@ fn provider(p: &jwt_pb::JwtProvider) -> Result<Provider> {
     let keys = match &p.jwks_source_specifier {
         Some(jwt_pb::jwt_provider::JwksSourceSpecifier::LocalJwks(ds)) => {
             let text = inline(ds).under("local_jwks")?;
-            // A key set that does not parse refuses every token (as Envoy does), rather than
-            // the whole config.
-            Jwks::parse(&text)
+            // Envoy refuses a config whose key set has no key it can use ("invalid local
+            // jwks"); keys it cannot use beside usable ones are skipped, as Envoy skips them.
+            Ok(Jwks::parse(&text).map_err(|e| {
+                ConfigError::bad_value(
+                    "local_jwks",
+                    e,
+                    "a key set with at least one usable key (Envoy: invalid local jwks)",
+                )
+            })?)
         }
         Some(jwt_pb::jwt_provider::JwksSourceSpecifier::RemoteJwks(_)) => {
             return Err(ConfigError::unsupported_value(
@@ -1015,5 +1021,41 @@ mod tests {
         };
         assert!(t.matches("/api/v1/items/a/b"));
         assert!(!t.matches("/api/v1/v2/items/a"));
+    }
+
+    #[test]
+    fn a_local_key_set_without_a_usable_key_is_refused_as_envoy_refuses_it() {
+        use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+        let with = |jwks: &str| {
+            let f = jwt_pb::JwtAuthentication {
+                providers: [(
+                    "p".to_string(),
+                    jwt_pb::JwtProvider {
+                        issuer: "a".into(),
+                        jwks_source_specifier: Some(
+                            jwt_pb::jwt_provider::JwksSourceSpecifier::LocalJwks(DataSource {
+                                specifier: Some(data_source::Specifier::InlineString(jwks.into())),
+                                ..Default::default()
+                            }),
+                        ),
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                ..Default::default()
+            };
+            jwt_authn(&any(JWT_AUTHN_TYPE, &f))
+        };
+        let err = with(r#"{"keys":[]}"#).unwrap_err().to_string();
+        assert!(
+            err.contains("providers[\"p\"].local_jwks") || err.contains("local_jwks"),
+            "{err}"
+        );
+        // A key it cannot use beside one it can: skipped (Envoy accepts such a set too).
+        let ok = with(
+            r#"{"keys":[{"kty":"XYZ"},{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.providers["p"].keys.as_ref().map(|k| k.keys.len()), Ok(1));
     }
 }

@@ -85,6 +85,18 @@ enum Command {
         /// it, so it must exist where they run.
         #[arg(long, value_name = "FILE", default_value = strait_translate::translate::SYSTEM_CA_BUNDLE)]
         system_ca_bundle: PathBuf,
+        /// Fetch RequestAuthentication `jwksUri`s on HOST:PORT from IP:PORT instead (like curl's
+        /// --resolve), for machines without the issuer's network; the URI is unchanged, so TLS
+        /// still checks HOST. Repeatable.
+        #[arg(long, value_name = "HOST:PORT=IP:PORT", value_parser = parse_jwks_resolve)]
+        jwks_resolve: Vec<(String, std::net::SocketAddr)>,
+        /// Extra trust roots (PEM file) for https `jwksUri` fetches, besides
+        /// --system-ca-bundle. Repeatable.
+        #[arg(long, value_name = "FILE")]
+        jwks_ca: Vec<PathBuf>,
+        /// How often fetched key sets are fetched again (failed fetches: every 30s).
+        #[arg(long, default_value = "20m", value_parser = strait_xds_core::flags::parse_duration)]
+        jwks_refresh: std::time::Duration,
     },
     /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
     Bootstrap {
@@ -221,7 +233,16 @@ fn main() -> ExitCode {
             ca_dir,
             workload_cert_ttl,
             system_ca_bundle,
+            jwks_resolve,
+            jwks_ca,
+            jwks_refresh,
         } => control_plane::run(strait_controlplane::Options {
+            jwks: strait_controlplane::jwks::JwksOptions {
+                resolve: jwks_resolve.into_iter().collect(),
+                extra_roots: jwks_ca,
+                system_roots: Some(system_ca_bundle.clone()),
+                refresh: jwks_refresh,
+            },
             data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
             api_addr,
             xds_addr,
@@ -296,4 +317,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_jwks_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
+    strait_controlplane::jwks::parse_resolve(s).map_err(|e| format!("{e:#}"))
 }

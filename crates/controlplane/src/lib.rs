@@ -8,6 +8,7 @@
 mod authz_check;
 mod debug;
 mod identity;
+pub mod jwks;
 mod limits;
 mod mesh;
 
@@ -50,6 +51,8 @@ pub struct Options {
     /// The trust bundle proxies verify originated TLS against when a DestinationRule names no
     /// `caCertificates` (a path the proxies read).
     pub system_ca_bundle: PathBuf,
+    /// How RequestAuthentications' `jwksUri`s are fetched.
+    pub jwks: jwks::JwksOptions,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -94,6 +97,7 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let identity = MeshIdentity::start(&opts.identity, dir)?;
     let mesh = Arc::new(Mesh::load(store.clone(), mesh_config, &opts.vip_range)?);
+    mesh.set_jwks_fetcher(jwks::JwksFetcher::start(opts.jwks.clone(), store.clone())?);
     let ads = AdsServer::with_authorizer(
         mesh.clone() as Arc<dyn strait_ads::Generator>,
         AdsOptions {

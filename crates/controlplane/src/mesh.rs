@@ -23,6 +23,8 @@ use strait_translate::translate::{translate, translate_hosts};
 use strait_translate::{ConfigSnapshot, MeshConfig};
 use strait_xds_core::{Proxy, XdsResources};
 
+use crate::jwks::{JWKS_KEY_KIND, JwksFetcher, jwks_key, parse_stored};
+
 /// The store kind under which the virtual IP table is kept, so VIPs survive restarts. The API
 /// does not serve it.
 pub const VIP_KEY_KIND: &str = "internal.strait.io/VipTable";
@@ -75,6 +77,8 @@ pub struct Mesh {
     objects: Mutex<Objects>,
     /// Read on every generation, replaced on every change.
     state: ArcSwap<MeshState>,
+    /// Told which `jwksUri`s the RequestAuthentications use after every change.
+    jwks: OnceLock<JwksFetcher>,
 }
 
 fn vip_key() -> Key {
@@ -206,6 +210,7 @@ impl Mesh {
             vips: Mutex::new(vips),
             vips_saving: Mutex::new(()),
             objects: Mutex::default(),
+            jwks: OnceLock::new(),
             state: ArcSwap::from_pointee(MeshState {
                 snapshot: ConfigSnapshot::default(),
                 registry: Registry::default(),
@@ -219,6 +224,23 @@ impl Mesh {
 
     pub fn current(&self) -> Arc<MeshState> {
         self.state.load_full()
+    }
+
+    /// Has `fetcher` fetch the key sets the RequestAuthentications name, from now on.
+    pub fn set_jwks_fetcher(&self, fetcher: JwksFetcher) {
+        if self.jwks.set(fetcher).is_ok() {
+            self.want_jwks(&self.current().snapshot);
+        }
+    }
+
+    fn want_jwks(&self, snapshot: &ConfigSnapshot) {
+        if let Some(f) = self.jwks.get() {
+            f.want(
+                strait_translate::translate::authn::jwks_uris(snapshot)
+                    .into_iter()
+                    .collect(),
+            );
+        }
     }
 
     /// Rebuilds the snapshot and registry from everything in the store (at start, and when the
@@ -241,6 +263,9 @@ impl Mesh {
         for (kind, list) in &objects {
             snapshot = snapshot.with_kind(revision, *kind, sorted(list));
         }
+        if let Some(obj) = self.store.get(&jwks_key())? {
+            snapshot = snapshot.with_jwks(revision, Arc::new(parse_stored(&obj.value)));
+        }
         *self.objects.lock().expect("mesh objects lock poisoned") = objects;
         self.install(snapshot, None);
         Ok(revision)
@@ -250,6 +275,8 @@ impl Mesh {
     /// changed, or `None` if no event concerned the mesh.
     pub fn apply(&self, events: Vec<Event>) -> Option<(u64, bool)> {
         let mut changed: BTreeSet<Kind> = BTreeSet::new();
+        // Fetched key sets (not a kind): the latest, if they changed.
+        let mut jwks = None;
         // The WorkloadEntries changed, before and after.
         let mut workloads: Vec<Arc<Resource>> = Vec::new();
         let mut revision = 0;
@@ -259,6 +286,14 @@ impl Mesh {
             let mut objects = self.objects.lock().expect("mesh objects lock poisoned");
             for event in events {
                 let key = event.object.key;
+                if key.kind == JWKS_KEY_KIND {
+                    revision = revision.max(event.object.revision);
+                    jwks = Some(Arc::new(match event.event_type {
+                        EventType::Deleted => BTreeMap::new(),
+                        _ => parse_stored(&event.object.value),
+                    }));
+                    continue;
+                }
                 let Some(kind) = kind_of(&key) else {
                     continue;
                 };
@@ -280,11 +315,16 @@ impl Mesh {
                     workloads.extend(old.into_iter().chain(new));
                 }
             }
-            if changed.is_empty() {
+            if changed.is_empty() && jwks.is_none() {
                 return None;
             }
             for kind in &changed {
                 snapshot = snapshot.with_kind(revision, *kind, sorted(&objects[kind]));
+            }
+            if let Some(jwks) = jwks.take() {
+                snapshot = snapshot.with_jwks(revision, jwks);
+                // Not an endpoint-only change.
+                changed.insert(Kind::RequestAuthentication);
             }
         }
         let endpoints_kinds = changed.iter().all(|k| *k == Kind::WorkloadEntry);
@@ -371,6 +411,9 @@ impl Mesh {
         });
         while log.len() > LOG_LEN {
             log.pop_front();
+        }
+        if !endpoints_only {
+            self.want_jwks(&snapshot);
         }
         self.state.store(Arc::new(MeshState {
             owners,
@@ -620,6 +663,36 @@ mod tests {
     }
 
     const WE: &str = "workloadentry.networking.istio.io";
+
+    #[test]
+    fn fetched_key_sets_enter_the_snapshot_at_a_new_revision_and_survive_a_rebuild() {
+        let store = Arc::new(MemoryStore::new());
+        let mesh = Mesh::load(store.clone(), MeshConfig::default(), "240.240.0.0/16").unwrap();
+        let before = mesh.current().revision();
+        let uri = "https://issuer.example/jwks.json";
+        let object = store
+            .put(
+                &jwks_key(),
+                json!({"metadata": {"name": "jwks"}, "keys": {uri: "{\"keys\":[]}"}}),
+                Precondition::None,
+            )
+            .unwrap();
+        let (rev, endpoints_only) = mesh
+            .apply(vec![Event {
+                event_type: EventType::Added,
+                object,
+            }])
+            .expect("a key set change is a mesh change");
+        assert!(rev > before && !endpoints_only);
+        let state = mesh.current();
+        assert_eq!(state.revision(), rev);
+        assert_eq!(
+            state.snapshot.jwks.get(uri).map(String::as_str),
+            Some("{\"keys\":[]}")
+        );
+        mesh.rebuild().unwrap();
+        assert!(mesh.current().snapshot.jwks.contains_key(uri));
+    }
 
     #[test]
     fn events_update_the_state_and_endpoint_only_changes_are_told_apart() {

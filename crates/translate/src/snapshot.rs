@@ -55,6 +55,9 @@ pub struct ConfigSnapshot {
     pub revision: u64,
     pub mesh: MeshConfig,
     by_kind: BTreeMap<Kind, Arc<Vec<Arc<Resource>>>>,
+    /// Key sets the control plane fetched, by `jwksUri` (RequestAuthentication); a URI not
+    /// here has not been fetched successfully (yet).
+    pub jwks: Arc<BTreeMap<String, String>>,
 }
 
 /// A resource's namespace, `default` when it names none.
@@ -94,6 +97,7 @@ impl ConfigSnapshot {
             revision,
             mesh,
             by_kind: by_kind.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            jwks: Arc::default(),
         }
     }
 
@@ -110,6 +114,16 @@ impl ConfigSnapshot {
             revision,
             mesh: self.mesh.clone(),
             by_kind,
+            jwks: self.jwks.clone(),
+        }
+    }
+
+    /// This snapshot at `revision` with these fetched key sets (by `jwksUri`).
+    pub fn with_jwks(&self, revision: u64, jwks: Arc<BTreeMap<String, String>>) -> Self {
+        Self {
+            revision,
+            jwks,
+            ..self.clone()
         }
     }
 

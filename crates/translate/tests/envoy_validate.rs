@@ -175,3 +175,40 @@ fn envoy_accepts_every_authorization_policy_feature() {
         validate(name, &proxy, &res).unwrap();
     }
 }
+
+/// Every RequestAuthentication field the translator reads, two rules (so the combined
+/// requirement), an inline key set and a `jwksUri` not fetched (Istio's stand-in key set), on a
+/// sidecar and a gateway.
+#[test]
+fn envoy_accepts_every_request_authentication_feature() {
+    let config = snapshot(yaml(
+        "authn-features.yaml",
+        br#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: features, namespace: istio-system}
+spec:
+  jwtRules:
+  - issuer: a.example
+    jwks: '{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k1"}]}'
+    audiences: [x, y]
+    forwardOriginalToken: true
+    fromHeaders: [{name: x-jwt, prefix: "Token "}]
+    fromParams: [tok]
+    fromCookies: [session]
+    outputPayloadToHeader: x-payload
+    outputClaimToHeaders: [{header: x-sub, claim: sub}]
+    spaceDelimitedClaims: [roles]
+  - issuer: b.example
+    jwksUri: https://b.example/jwks.json
+    presence: REQUIRED
+"#,
+    ));
+    for (name, proxy) in [
+        ("authn-sidecar-iptables", productpage(CaptureMode::Iptables)),
+        ("authn-gateway", ingress_gateway()),
+    ] {
+        let res = translate(&config, &tcp_echo_registry(), &proxy);
+        validate(name, &proxy, &res).unwrap();
+    }
+}

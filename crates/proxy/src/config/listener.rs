@@ -40,6 +40,8 @@ const ROUTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rou
 const FAULT_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
 const CORS_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors";
 const HTTP_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+const JWT_AUTHN_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 const NETWORK_RBAC_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 /// Envoy's tcp_proxy idle timeout when none is set.
 const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -244,6 +246,10 @@ pub struct HttpListener {
     /// `envoy.filters.http.rbac` filters, in order: each decides every request before routing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rbac: Vec<Arc<strait_authz::RbacFilter>>,
+    /// `envoy.filters.http.jwt_authn`, which runs before the RBAC filters and leaves a verified
+    /// token's payload in the metadata they read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_authn: Option<Arc<strait_authz::JwtAuthn>>,
 }
 
 /// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
@@ -678,7 +684,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
         _ => return Err(Refusal::unsupported_value("codec_type", "HTTP3")),
     };
     let routes = route_source(hcm)?;
-    let rbac = http_filters(&hcm.http_filters).under("http_filters")?;
+    let (jwt_authn, rbac) = http_filters(&hcm.http_filters).under("http_filters")?;
     let upgrades = upgrades(&hcm.upgrade_configs).under("upgrade_configs")?;
     let server_header = match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
     {
@@ -722,6 +728,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
     };
     Ok(HttpListener {
         rbac,
+        jwt_authn,
         forward_client_cert,
         client_cert_details,
         routes,
@@ -764,12 +771,19 @@ fn route_source(hcm: &HttpConnectionManager) -> Result<RouteSource, Refusal> {
 }
 
 /// The HTTP filters: the router (last), the fault and CORS filters, which act through each
-/// route's `typed_per_filter_config`, and the RBAC filters (returned, in their order).
+/// route's `typed_per_filter_config`, one jwt_authn filter ahead of the RBAC filters, and the
+/// RBAC filters (returned, in their order).
+type AuthFilters = (
+    Option<Arc<strait_authz::JwtAuthn>>,
+    Vec<Arc<strait_authz::RbacFilter>>,
+);
+
 fn http_filters(
     filters: &[http_connection_manager_pb::HttpFilter],
-) -> Result<Vec<Arc<strait_authz::RbacFilter>>, Refusal> {
+) -> Result<AuthFilters, Refusal> {
     let mut router = false;
     let mut rbac = Vec::new();
+    let mut jwt_authn = None;
     for (i, f) in filters.iter().enumerate() {
         let at = |r: Refusal| r.at(Segment::Index(i));
         if router {
@@ -802,6 +816,24 @@ fn http_filters(
                     ))
                 })?,
             )),
+            JWT_AUTHN_TYPE => {
+                if jwt_authn.is_some() || !rbac.is_empty() {
+                    return Err(at(Refusal::rule(
+                        "",
+                        "a second jwt_authn, or one after an RBAC filter: strait-proxy runs one \
+                         jwt_authn filter, ahead of the RBAC filters",
+                    )));
+                }
+                jwt_authn = Some(Arc::new(strait_authz::convert::jwt_authn(any).map_err(
+                    |e| {
+                        at(Refusal::bad_value(
+                            "typed_config",
+                            e,
+                            "a jwt_authn config strait-proxy evaluates",
+                        ))
+                    },
+                )?));
+            }
             other => {
                 return Err(at(Refusal::unsupported_value(
                     "",
@@ -813,7 +845,7 @@ fn http_filters(
     if !router {
         return Err(Refusal::missing("envoy.filters.http.router"));
     }
-    Ok(rbac)
+    Ok((jwt_authn, rbac))
 }
 
 fn upgrades(

@@ -379,16 +379,16 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
     assert!(hcm.generate_request_id);
     assert!(!hcm.use_remote_address);
 
-    let rbac = http_filter(
-        "envoy.filters.http.rbac",
-        &envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::default(),
+    let ext_authz = http_filter(
+        "envoy.filters.http.ext_authz",
+        &envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz::default(),
     );
-    let err = Listener::try_from(&hcm_listener(vec![rbac, router.clone()]))
+    let err = Listener::try_from(&hcm_listener(vec![ext_authz, router.clone()]))
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with(
-            "listener \"127.0.0.2_15080\": filter_chains[0].filters[0].typed_config.http_filters[0] \"envoy.filters.http.rbac\""
+            "listener \"127.0.0.2_15080\": filter_chains[0].filters[0].typed_config.http_filters[0] \"envoy.filters.http.ext_authz\""
         ) && err.ends_with("is not supported by strait-proxy"),
         "{err}"
     );
@@ -943,4 +943,79 @@ fn weighted_clusters_keep_their_own_header_mutations() {
     assert_eq!(v1.response.remove[0].as_str(), "x-internal");
     let v2 = clusters[1].headers.as_ref().unwrap();
     assert!(v2.request.add.is_empty());
+}
+
+/// One P-256 key (RFC 7517's example).
+const EC_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0","kid":"k1"}]}"#;
+
+#[test]
+fn jwt_authn_runs_ahead_of_rbac_and_what_it_cannot_evaluate_is_refused_at_its_field() {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+    use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    let router = http_filter("envoy.filters.http.router", &Router::default());
+    let rbac = http_filter(
+        "envoy.filters.http.rbac",
+        &envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac::default(),
+    );
+    let with_keys = |source| jwt::JwtAuthentication {
+        providers: [(
+            "origins-0".to_string(),
+            jwt::JwtProvider {
+                issuer: "testing@secure.istio.io".into(),
+                jwks_source_specifier: Some(source),
+                ..Default::default()
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let local = http_filter(
+        "envoy.filters.http.jwt_authn",
+        &with_keys(jwt::jwt_provider::JwksSourceSpecifier::LocalJwks(
+            DataSource {
+                specifier: Some(data_source::Specifier::InlineString(EC_JWKS.into())),
+                ..Default::default()
+            },
+        )),
+    );
+    let l = Listener::try_from(&hcm_listener(vec![
+        local.clone(),
+        rbac.clone(),
+        router.clone(),
+    ]))
+    .unwrap();
+    let NetworkFilter::Http(hcm) = &l.filter_chains[0].filter else {
+        panic!("{l:?}")
+    };
+    let compiled = hcm.jwt_authn.as_ref().expect("jwt_authn compiled");
+    assert_eq!(
+        compiled.providers["origins-0"].issuer,
+        "testing@secure.istio.io"
+    );
+    assert_eq!(hcm.rbac.len(), 1);
+
+    // After an RBAC filter, RBAC would not see the payload: refused.
+    let err = Listener::try_from(&hcm_listener(vec![rbac, local, router.clone()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http_filters[1]") && err.contains("ahead of the RBAC filters"),
+        "{err}"
+    );
+
+    // remote_jwks: the control plane inlines key sets; strait-proxy does not fetch.
+    let remote = http_filter(
+        "envoy.filters.http.jwt_authn",
+        &with_keys(jwt::jwt_provider::JwksSourceSpecifier::RemoteJwks(
+            jwt::RemoteJwks::default(),
+        )),
+    );
+    let err = Listener::try_from(&hcm_listener(vec![remote, router]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http_filters[0]") && err.contains("remote_jwks"),
+        "{err}"
+    );
 }

@@ -287,7 +287,11 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
     let grpc = is_grpc(req.headers());
-    let mut resp = match rbac_denial(conn, &req) {
+    let denied = match jwt_authn(conn, &mut req) {
+        Ok(metadata) => rbac_denial(conn, &req, &metadata),
+        Err(refused) => Some(*refused),
+    };
+    let mut resp = match denied {
         Some(denied) => denied,
         None => handle(&conn.shared, &conn.hcm, conn.down, req, started).await,
     };
@@ -532,9 +536,90 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
+/// The request's authority (`host`, else the URI's).
+fn request_authority(req: &Request<Incoming>) -> &str {
+    req.headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+}
+
+/// The connection manager's jwt_authn filter: a token it refuses answers 401 (403 for an
+/// audience not allowed) with Envoy's body and `www-authenticate`; a verified token's payload
+/// goes into the dynamic metadata the RBAC filters read, its header is removed unless
+/// forwarded, and payload and claim headers are set.
+fn jwt_authn(
+    conn: &Conn,
+    req: &mut Request<Incoming>,
+) -> Result<strait_authz::Metadata, Box<Response<Body>>> {
+    let mut metadata = strait_authz::Metadata::new();
+    let Some(filter) = conn.hcm.jwt_authn.as_ref() else {
+        return Ok(metadata);
+    };
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
+    let outcome = {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let request = strait_authz::HttpRequest {
+            method: req.method().as_str(),
+            path,
+            authority: request_authority(req),
+            scheme,
+            headers: req.headers(),
+            remote_ip: conn.down.peer.ip(),
+        };
+        filter.authenticate(&request, SystemTime::now())
+    };
+    if let Some(error) = outcome.refused {
+        // Envoy's realm is the original URI as its `buildOriginalUri` makes it:
+        // `x-forwarded-proto`, `://`, host, path with query.
+        let proto = req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let realm = format!("{proto}://{}{path}", request_authority(req));
+        tracing::info!(peer = %conn.down.peer, method = %req.method(), %realm, %error, "request refused by jwt_authn");
+        let mut value = format!("Bearer realm=\"{realm}\"");
+        if error != strait_authz::JwtError::Missing {
+            value.push_str(", error=\"invalid_token\"");
+        }
+        let body = error.to_string();
+        let mut resp = local_details(error.status(), "-", "jwt_authn_access_denied", &body);
+        *resp.body_mut() = full(body);
+        resp.headers_mut().remove(FLAGS_HEADER);
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, v);
+        }
+        return Err(Box::new(resp));
+    }
+    if let Some(payloads) = outcome.metadata_object() {
+        metadata.insert(strait_authz::jwt::FILTER_NAME.to_string(), payloads);
+    }
+    let headers = req.headers_mut();
+    for name in &outcome.remove_headers {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &outcome.set_headers {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    Ok(metadata)
+}
+
 /// The connection manager's RBAC filters, in order: the first that denies answers 403 with
 /// Envoy's body; the log line names the policy and what did not match.
-fn rbac_denial(conn: &Conn, req: &Request<Incoming>) -> Option<Response<Body>> {
+fn rbac_denial(
+    conn: &Conn,
+    req: &Request<Incoming>,
+    metadata: &strait_authz::Metadata,
+) -> Option<Response<Body>> {
     let connection = conn.authz.as_ref()?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let authority = req
@@ -551,11 +636,10 @@ fn rbac_denial(conn: &Conn, req: &Request<Incoming>) -> Option<Response<Body>> {
         headers: req.headers(),
         remote_ip: conn.down.peer.ip(),
     };
-    let metadata = strait_authz::Metadata::new();
     let input = strait_authz::Input {
         connection,
         request: Some(&request),
-        metadata: &metadata,
+        metadata,
     };
     for filter in &conn.hcm.rbac {
         let decision = filter.decide(&input);

@@ -72,6 +72,9 @@ pub struct Policies<'a> {
     pub allow: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
     /// CUSTOM policies: not translated yet (they need MeshConfig's extension providers).
     pub custom: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
+    /// The RequestAuthentications' `envoy.filters.http.jwt_authn`, which goes ahead of the
+    /// HTTP RBAC filters (see [`super::authn`]).
+    pub jwt_authn: Option<HttpFilter>,
 }
 
 impl Policies<'_> {
@@ -87,7 +90,13 @@ pub fn policies_for<'a>(
     labels: &BTreeMap<String, String>,
 ) -> Policies<'a> {
     let root = config.mesh.root_namespace.as_str();
-    let mut out = Policies::default();
+    let mut out = Policies {
+        jwt_authn: super::authn::http_filter(
+            config,
+            &super::authn::policies_for(config, namespace, labels),
+        ),
+        ..Policies::default()
+    };
     for r in config.of(Kind::AuthorizationPolicy) {
         let Spec::AuthorizationPolicy(p) = &r.spec else {
             continue;
@@ -144,26 +153,25 @@ fn build_all(policies: &Policies<'_>, tcp: bool) -> Vec<Built> {
     .collect()
 }
 
-/// `envoy.filters.http.rbac` filters for an HTTP port of the workload (none without policies).
+/// `envoy.filters.http.rbac` filters for an HTTP port of the workload (none without policies),
+/// after the RequestAuthentications' `envoy.filters.http.jwt_authn` if any.
 pub fn http_filters(policies: &Policies<'_>) -> Vec<HttpFilter> {
-    build_all(policies, false)
-        .into_iter()
-        .map(|b| {
-            let head = HttpRbac {
-                shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
-                ..Default::default()
-            };
-            HttpFilter {
-                name: HTTP_RBAC.to_string(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(stable_any(
-                    HTTP_RBAC_TYPE,
-                    &head,
-                    &b,
-                ))),
-                ..Default::default()
-            }
-        })
-        .collect()
+    let rbac = build_all(policies, false).into_iter().map(|b| {
+        let head = HttpRbac {
+            shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
+            ..Default::default()
+        };
+        HttpFilter {
+            name: HTTP_RBAC.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(stable_any(
+                HTTP_RBAC_TYPE,
+                &head,
+                &b,
+            ))),
+            ..Default::default()
+        }
+    });
+    policies.jwt_authn.clone().into_iter().chain(rbac).collect()
 }
 
 /// `envoy.filters.network.rbac` filters for a TCP port of the workload.

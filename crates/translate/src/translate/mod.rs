@@ -14,6 +14,7 @@
 //! by the `Sidecar` that applies to it (a Sidecar selecting its labels, else its namespace's
 //! Sidecar without a selector, else the root namespace's).
 
+pub mod authn;
 pub mod authz;
 mod clusters;
 mod listeners;

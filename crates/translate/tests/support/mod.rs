@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::{Cors, CorsPolicy};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -291,7 +292,9 @@ pub fn render(res: &XdsResources) -> String {
     out
 }
 
-fn text(debug: &str) -> String {
+/// A message's `Debug` text as the golden files show it (packed configs decoded, maps sorted,
+/// default fields left out).
+pub fn text(debug: &str) -> String {
     let mut out = String::new();
     for line in sort_maps(&expand_anys(debug)).lines() {
         if !is_default_field(line) {
@@ -331,6 +334,7 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
         .or_else(|| show::<PreviousPrioritiesConfig>(type_url, bytes))
         .or_else(|| show::<DownstreamTlsContext>(type_url, bytes))
         .or_else(|| show::<HttpRbac>(type_url, bytes))
+        .or_else(|| show::<JwtAuthentication>(type_url, bytes))
         .or_else(|| show::<NetworkRbac>(type_url, bytes))
         .or_else(|| show::<UriTemplateMatchConfig>(type_url, bytes))
 }
