@@ -35,7 +35,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use support::mesh::{DataPlane, Mesh, Proxy};
@@ -149,9 +149,9 @@ async fn rapid_reset(plane: DataPlane) {
 /// CONTINUATION bytes the attacker sends at most.
 const FLOOD_BYTES: usize = 64 << 20;
 /// The proxy must refuse the header block (RST_STREAM, GOAWAY or closing) before the attacker
-/// has written this many bytes; the kernel's socket buffers on loopback hold up to about 10 MB of
-/// them before the proxy reads any.
-const MAX_UNREFUSED_CONTINUATION: usize = 16 << 20;
+/// has written this many bytes; the proxy's socket receive buffer on loopback may hold a few MB
+/// of them before the proxy reads any.
+const MAX_UNREFUSED_CONTINUATION: usize = 4 << 20;
 
 async fn continuation_flood(plane: DataPlane) {
     let t = Target::start(plane).await;
@@ -744,7 +744,12 @@ impl Attack {
     }
 
     async fn open(addr: SocketAddr, settings: &[(u16, u32)]) -> (OwnedReadHalf, OwnedWriteHalf) {
-        let stream = TcpStream::connect(addr)
+        // A small send buffer (no autotuning): what the attacker has written is close to what
+        // the proxy has read.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(64 << 10).unwrap();
+        let stream = socket
+            .connect(addr)
             .await
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
