@@ -29,7 +29,7 @@ use hyper::HeaderMap;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
@@ -63,6 +63,12 @@ pub struct HttpLimits {
     pub idle_timeout: Option<Duration>,
     /// HTTP/2 streams at once on one connection (`SETTINGS_MAX_CONCURRENT_STREAMS`). Default 1024.
     pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive: a PING after this long without a request frame from the client, and
+    /// the connection closed when its ACK does not come within as long again. Closes connections
+    /// whose client stopped reading (a SETTINGS or PING flood that never reads the ACKs stalls
+    /// the connection) or went away silently. Default `None` (no PINGs): the PINGs and their
+    /// ACKs are bytes, which would keep an idle connection from its idle timeout.
+    pub http2_keepalive: Option<Duration>,
 }
 
 impl Default for HttpLimits {
@@ -72,6 +78,7 @@ impl Default for HttpLimits {
             request_headers_timeout: Some(Duration::from_secs(10)),
             idle_timeout: Some(Duration::from_secs(3600)),
             max_concurrent_streams: 1024,
+            http2_keepalive: None,
         }
     }
 }
@@ -206,6 +213,13 @@ pub(crate) async fn serve_connection(
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
         // Response data queued per stream beyond the client's window.
         .max_send_buf_size(H2_MAX_SEND_BUF);
+    if let Some(keepalive) = limits.http2_keepalive {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive);
+    }
     match codec {
         Codec::Auto => {}
         Codec::Http1 => builder = builder.http1_only(),
