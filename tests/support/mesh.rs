@@ -39,6 +39,8 @@ pub struct Mesh {
     pub cp: ControlPlane,
     pub backends: Vec<(String, String, Backend)>,
     pub files: tempfile::TempDir,
+    /// Flags added to every strait-proxy this mesh starts from now on (e.g. shorter timeouts).
+    pub strait_proxy_flags: Vec<String>,
 }
 
 impl Default for Mesh {
@@ -53,6 +55,7 @@ impl Mesh {
             cp: ControlPlane::start(),
             backends: Vec::new(),
             files: tempfile::tempdir().unwrap(),
+            strait_proxy_flags: Vec::new(),
         }
     }
 
@@ -62,6 +65,7 @@ impl Mesh {
             cp: ControlPlane::start_with(flags),
             backends: Vec::new(),
             files: tempfile::tempdir().unwrap(),
+            strait_proxy_flags: Vec::new(),
         }
     }
 
@@ -198,6 +202,7 @@ impl Mesh {
                 if plane == DataPlane::StraitSotw {
                     args.extend(["--api", "sotw"]);
                 }
+                args.extend(self.strait_proxy_flags.iter().map(String::as_str));
                 let mut proxy = StraitProxy::start(workload, &args, admin);
                 proxy.wait_ready(Duration::from_secs(20)).await;
                 for l in &listen {

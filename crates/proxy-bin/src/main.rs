@@ -31,6 +31,10 @@ struct Args {
     /// HTTP/2 streams at once on one downstream connection.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     max_concurrent_streams: u32,
+    /// Seconds without a request frame from an HTTP/2 client before a PING, and then for its ACK
+    /// before the connection is closed (0: no PINGs).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    http2_keepalive: f64,
     /// On SIGINT or SIGTERM, how long open connections may take to finish after the listeners
     /// close (Envoy's flag name).
     #[arg(long = "drain-time-s", value_name = "SECS", default_value_t = 5.0)]
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
         request_headers_timeout: timeout("request-headers-timeout", args.request_headers_timeout)?,
         idle_timeout: timeout("idle-timeout", args.idle_timeout)?,
         max_concurrent_streams: args.max_concurrent_streams.max(1),
+        http2_keepalive: timeout("http2-keepalive", args.http2_keepalive)?,
         ..strait_proxy::HttpLimits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
