@@ -16,6 +16,12 @@
 
 use strait_e2e as support;
 
+/// Certificate rotation under load (tests/rotation.rs) is compiled into this binary so that its
+/// two minutes of steady traffic run beside this test's feature loop (libtest runs a binary's
+/// tests in parallel); neither needs what the other holds.
+#[path = "rotation.rs"]
+mod rotation;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -112,6 +112,11 @@ pub struct RunArgs {
     /// Envoy gets it from pilot-agent). Reports are named `dataplane-mtls[-MODE]`.
     #[arg(long)]
     pub mtls: bool,
+    /// With --mtls: an AuthorizationPolicy of N ALLOW rules on the server sidecar, the client's
+    /// identity matching only the last (each request is checked against all N). Reports are
+    /// named `dataplane-mtls-authzN[-MODE]`.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub authz_rules: u32,
 }
 
 fn main() -> ExitCode {

