@@ -5,6 +5,7 @@
 #   bench/run.sh --quick    # 1 round, 10 s + 8 s per configuration: under 3 minutes
 #   bench/run.sh --no-build # use the release binaries already built
 #   bench/run.sh --mtls     # mutual TLS between the sidecars (STRICT; certificates from the CA)
+#   bench/run.sh --mtls -- --authz-rules 20   # and 20 ALLOW rules on the server sidecar
 #   bench/run.sh [--quick] -- EXTRA   # EXTRA goes to strait-bench (see strait-bench --help)
 #   bench/run.sh --churn [-- EXTRA]   # endpoint churn: 50,000 changes, strait and envoy memory
 #   bench/run.sh --endpoints [-- EXTRA]  # CPU per request at 1 and 5,000 endpoints
