@@ -158,17 +158,12 @@ pub fn check(
         request: None,
         metadata: &metadata,
     };
-    for f in &network {
-        let d = f.decide(&input);
-        steps.push(step("network", f, &d, &input));
-        if !d.allowed {
-            let reason = f.explain_denial(&d, &input);
-            return Ok(place.answer(
-                steps,
-                Some(("network RBAC", reason)),
-                "the connection is reset",
-            ));
-        }
+    if let Some(reason) = first_denial("network", &network, &input, &mut steps) {
+        return Ok(place.answer(
+            steps,
+            Some(("network RBAC", reason)),
+            "the connection is reset",
+        ));
     }
 
     let Some(http) = http_filters(chain)? else {
@@ -199,19 +194,32 @@ pub fn check(
         request: Some(&request),
         metadata: &metadata,
     };
-    for f in &http {
-        let d = f.decide(&input);
-        steps.push(step("http", f, &d, &input));
-        if !d.allowed {
-            let reason = f.explain_denial(&d, &input);
-            return Ok(place.answer(
-                steps,
-                Some(("HTTP RBAC", reason)),
-                "403 RBAC: access denied",
-            ));
-        }
+    if let Some(reason) = first_denial("http", &http, &input, &mut steps) {
+        return Ok(place.answer(
+            steps,
+            Some(("HTTP RBAC", reason)),
+            "403 RBAC: access denied",
+        ));
     }
     Ok(place.answer(steps, None, "the request is routed"))
+}
+
+/// Runs `filters` in order as the proxy does, recording each decision in `steps`; the first
+/// refusal ends it, with its explanation.
+fn first_denial(
+    layer: &str,
+    filters: &[RbacFilter],
+    input: &Input<'_>,
+    steps: &mut Vec<Value>,
+) -> Option<String> {
+    for f in filters {
+        let d = f.decide(input);
+        steps.push(step(layer, f, &d, input));
+        if !d.allowed {
+            return Some(f.explain_denial(&d, input));
+        }
+    }
+    None
 }
 
 fn step(layer: &str, f: &RbacFilter, d: &strait_authz::Decision, input: &Input<'_>) -> Value {

@@ -576,6 +576,18 @@ fn request_authority(req: &Request<Incoming>) -> &str {
         .unwrap_or_default()
 }
 
+/// The request as jwt_authn and RBAC read it.
+fn authz_request<'a>(conn: &Conn, req: &'a Request<Incoming>) -> strait_authz::HttpRequest<'a> {
+    strait_authz::HttpRequest {
+        method: req.method().as_str(),
+        path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        authority: request_authority(req),
+        scheme: if conn.tls.is_some() { "https" } else { "http" },
+        headers: req.headers(),
+        remote_ip: conn.down.peer.ip(),
+    }
+}
+
 /// The connection manager's jwt_authn filter: a token it refuses answers 401 (403 for an
 /// audience not allowed) with Envoy's body and `www-authenticate`; a verified token's payload
 /// goes into the dynamic metadata the RBAC filters read, its header is removed unless
@@ -588,19 +600,7 @@ fn jwt_authn(
     let Some(filter) = conn.hcm.jwt_authn.as_ref() else {
         return Ok(metadata);
     };
-    let scheme = if conn.tls.is_some() { "https" } else { "http" };
-    let outcome = {
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let request = strait_authz::HttpRequest {
-            method: req.method().as_str(),
-            path,
-            authority: request_authority(req),
-            scheme,
-            headers: req.headers(),
-            remote_ip: conn.down.peer.ip(),
-        };
-        filter.authenticate(&request, SystemTime::now())
-    };
+    let outcome = filter.authenticate(&authz_request(conn, req), SystemTime::now());
     if let Some(error) = outcome.refused {
         // Envoy's realm is the original URI as its `buildOriginalUri` makes it:
         // `x-forwarded-proto`, `://`, host, path with query.
@@ -652,21 +652,8 @@ fn rbac_denial(
     metadata: &strait_authz::Metadata,
 ) -> Option<Response<Body>> {
     let connection = conn.authz.as_ref()?;
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let authority = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or_default();
-    let request = strait_authz::HttpRequest {
-        method: req.method().as_str(),
-        path,
-        authority,
-        scheme: if conn.tls.is_some() { "https" } else { "http" },
-        headers: req.headers(),
-        remote_ip: conn.down.peer.ip(),
-    };
+    let request = authz_request(conn, req);
+    let (authority, path) = (request.authority, request.path);
     let input = strait_authz::Input {
         connection,
         request: Some(&request),
