@@ -13,14 +13,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::process::Spawned;
-
-/// The two demos use the same pod names and the same bridge: one at a time.
-static ONE_DEMO: Mutex<()> = Mutex::new(());
 
 const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
 const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
@@ -699,7 +695,8 @@ fn egress(mesh: &PodMesh, proxy: &str) {
 /// left.
 fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &str) {
     require_platform(proxy);
-    let _one = ONE_DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    // The demos use the same pod names, bridge and run folder as every pod test: one at a time.
+    let _one = support::platform::one_at_a_time();
     let started = Instant::now();
     let mut demo = start_demo(proxy, capture, listen);
     let mesh_kind = (proxy, capture);
