@@ -29,6 +29,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v tcpdump >/dev/null || need_apt+=(tcpdump)
 command -v tshark >/dev/null || need_apt+=(tshark)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# Prometheus scrapes the mesh through the control plane's service discovery (tests/prometheus.rs).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -29,6 +29,10 @@ pub struct EnvoyBootstrapArgs {
     /// gets its certificate and the trust bundle.
     #[arg(long, value_name = "PATH")]
     pub sds_socket: Option<std::path::PathBuf>,
+    /// Serve `/stats/prometheus` here too, as Istio's bootstrap does on `POD_IP:15090` (the
+    /// admin port serves it either way).
+    #[arg(long, value_name = "IP:PORT")]
+    pub prometheus: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,6 +79,7 @@ pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode>
         BootstrapTarget::Envoy(EnvoyBootstrapArgs {
             proxy: args,
             sds_socket,
+            prometheus,
         }) => {
             let identity = match (&args.identity.ca_addr, sds_socket) {
                 (None, None) => None,
@@ -98,6 +103,7 @@ pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode>
                 delta: args.api == XdsApi::Delta,
                 concurrency: None,
                 identity,
+                prometheus_addr: prometheus,
             };
             print!("{}", envoy_bootstrap(&opts));
         }

@@ -293,6 +293,11 @@ impl RunningProxy {
                     delta: true,
                     concurrency: Some(2),
                     identity,
+                    // Istio's stats port, on the pod's own address as the admin interface.
+                    prometheus_addr: Some(SocketAddr::new(
+                        l.admin.ip(),
+                        strait_xds_core::names::PROMETHEUS_PORT,
+                    )),
                 });
                 let path = l.dir.join("bootstrap.yaml");
                 std::fs::write(&path, bootstrap)

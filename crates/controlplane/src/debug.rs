@@ -1,6 +1,7 @@
 //! Debug pages of the control plane (behind the API token): connected proxies and their sync
 //! state (`strait proxy-status`), and what the control plane sends each proxy
-//! (`strait proxy-config`). And `/metrics` for Prometheus. Secrets are shown by name, with
+//! (`strait proxy-config`). And `/metrics` for Prometheus, with `/debug/prometheus_sd`: every
+//! connected proxy's stats address for Prometheus's HTTP service discovery. Secrets are shown by name, with
 //! what their certificates say; their keys and bytes never leave the control plane this way.
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub fn routes(ads: AdsServer, mesh: Arc<Mesh>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/debug/proxies", get(proxies))
+        .route("/debug/prometheus_sd", get(prometheus_sd))
         .route("/debug/proxies/{id}/{what}", get(proxy_config))
         .route("/debug/services", get(services))
         .route("/debug/authz/check", post(authz_check))
@@ -89,6 +91,56 @@ async fn proxies(State(s): State<DebugState>) -> Response {
         })
         .collect();
     axum::Json(Value::Array(list)).into_response()
+}
+
+/// Prometheus's HTTP service discovery (`http_sd_configs`): one target group per connected
+/// proxy, its stats on Istio's port on the proxy's address (`IP:15090`, path
+/// `/stats/prometheus`), labelled with its namespace and pod as Istio's scrape config labels
+/// them; the proxy's role, id and workload labels as `__meta_strait_*` for relabelling.
+async fn prometheus_sd(State(s): State<DebugState>) -> Response {
+    let mut groups: Vec<(String, Value)> = s
+        .ads
+        .status()
+        .into_iter()
+        .map(|p| {
+            let target =
+                std::net::SocketAddr::new(p.proxy.ip, strait_xds_core::names::PROMETHEUS_PORT)
+                    .to_string();
+            (target.clone(), sd_group(&target, &p.proxy))
+        })
+        .collect();
+    // One group per address: a proxy that reconnected is listed once.
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups.dedup_by(|a, b| a.0 == b.0);
+    axum::Json(Value::Array(groups.into_iter().map(|(_, g)| g).collect())).into_response()
+}
+
+fn sd_group(target: &str, proxy: &strait_xds_core::Proxy) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("__metrics_path__".into(), json!("/stats/prometheus"));
+    labels.insert("namespace".into(), json!(proxy.namespace));
+    labels.insert("pod".into(), json!(proxy.workload));
+    let role = match proxy.role {
+        strait_xds_core::ProxyRole::Sidecar => "sidecar",
+        strait_xds_core::ProxyRole::Gateway => "router",
+    };
+    labels.insert("__meta_strait_role".into(), json!(role));
+    labels.insert("__meta_strait_proxy_id".into(), json!(proxy.id));
+    for (name, value) in &proxy.labels {
+        labels.insert(
+            format!("__meta_strait_label_{}", label_name(name)),
+            json!(value),
+        );
+    }
+    json!({ "targets": [target], "labels": labels })
+}
+
+/// A Kubernetes label name as a Prometheus label name (`[a-zA-Z0-9_]`), as Prometheus's own
+/// Kubernetes discovery writes `__meta_kubernetes_pod_label_*`.
+fn label_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// `strait authz check`: what the destination's proxy would decide (crate::authz_check).
@@ -415,4 +467,44 @@ fn endpoints(r: &XdsResources) -> Value {
         TypeUrl::Endpoint,
         r,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_is_a_target_on_istios_stats_port_with_its_pod() {
+        let proxy = strait_xds_core::Proxy {
+            id: "sidecar~10.44.0.3~productpage-v1.default~default.svc.cluster.local".into(),
+            role: strait_xds_core::ProxyRole::Sidecar,
+            ip: "10.44.0.3".parse().unwrap(),
+            workload: "productpage-v1".into(),
+            namespace: "default".into(),
+            labels: [("app", "productpage"), ("app.kubernetes.io/version", "v1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            capture: strait_xds_core::CaptureMode::Iptables,
+            service_account: "bookinfo-productpage".into(),
+            app_address: None,
+            mtls: false,
+        };
+        let group = sd_group("10.44.0.3:15090", &proxy);
+        assert_eq!(
+            group,
+            json!({
+                "targets": ["10.44.0.3:15090"],
+                "labels": {
+                    "__metrics_path__": "/stats/prometheus",
+                    "namespace": "default",
+                    "pod": "productpage-v1",
+                    "__meta_strait_role": "sidecar",
+                    "__meta_strait_proxy_id": proxy.id,
+                    "__meta_strait_label_app": "productpage",
+                    "__meta_strait_label_app_kubernetes_io_version": "v1",
+                },
+            })
+        );
+    }
 }

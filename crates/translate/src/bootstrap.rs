@@ -43,6 +43,10 @@ pub struct BootstrapOptions {
     /// `sds-grpc` cluster, as Istio's bootstrap has it), and connects to the control plane's TLS
     /// port (`xds_addr`) with that certificate, checking the control plane's identity.
     pub identity: Option<BootstrapIdentity>,
+    /// Where Prometheus scrapes the proxy's stats (Istio's `POD_IP:15090`): a listener there
+    /// serves the admin interface's `/stats/prometheus`, and nothing else of it, as Istio's
+    /// bootstrap does. None: no such listener (the admin port still serves the stats).
+    pub prometheus_addr: Option<SocketAddr>,
 }
 
 /// See [`BootstrapOptions::identity`].
@@ -153,6 +157,16 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
         }));
     }
     clusters.insert(0, xds_cluster);
+    let mut listeners = Vec::new();
+    if let Some(addr) = opts.prometheus_addr {
+        let (cluster, listener) = prometheus_stats(addr, opts.admin_addr);
+        clusters.push(cluster);
+        listeners.push(listener);
+    }
+    let mut static_resources = json!({ "clusters": clusters });
+    if !listeners.is_empty() {
+        static_resources["listeners"] = json!(listeners);
+    }
 
     // Top-level keys in reading order; the sections themselves are plain JSON values.
     let sections = [
@@ -177,7 +191,7 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
                 "lds_config": ads_over_grpc,
             }),
         ),
-        ("static_resources", json!({ "clusters": clusters })),
+        ("static_resources", static_resources),
         (
             "admin",
             json!({
@@ -215,6 +229,56 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
         doc.insert(key.into(), section);
     }
     serde_yaml_ng::to_string(&doc).expect("YAML values serialize")
+}
+
+/// The name of the bootstrap's cluster to Envoy's own admin interface (Istio's).
+pub const PROMETHEUS_STATS_CLUSTER: &str = "prometheus_stats";
+
+/// Istio's stats listener: `/stats/prometheus` on `addr`, proxied to the admin interface; every
+/// other path is a 404, so the admin interface's other pages stay on the admin port.
+fn prometheus_stats(addr: SocketAddr, admin: SocketAddr) -> (serde_json::Value, serde_json::Value) {
+    let cluster = json!({
+        "name": PROMETHEUS_STATS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "0.250s",
+        "load_assignment": {
+            "cluster_name": PROMETHEUS_STATS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{ "endpoint": { "address": socket_address(admin) } }],
+            }],
+        },
+    });
+    let listener = json!({
+        "name": format!("{}_{}", addr.ip(), addr.port()),
+        "address": socket_address(addr),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "stats",
+                    "codec_type": "AUTO",
+                    "route_config": {
+                        "virtual_hosts": [{
+                            "name": "backend",
+                            "domains": ["*"],
+                            "routes": [{
+                                "match": { "prefix": "/stats/prometheus" },
+                                "route": { "cluster": PROMETHEUS_STATS_CLUSTER },
+                            }],
+                        }],
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                        },
+                    }],
+                },
+            }],
+        }],
+    });
+    (cluster, listener)
 }
 
 fn socket_address(addr: SocketAddr) -> serde_json::Value {
@@ -297,6 +361,7 @@ mod tests {
             delta,
             concurrency: None,
             identity: None,
+            prometheus_addr: None,
         }
     }
 
@@ -309,6 +374,7 @@ mod tests {
         let opts = BootstrapOptions {
             concurrency: Some(4),
             identity: None,
+            prometheus_addr: None,
             ..options(proxy(ProxyRole::Sidecar, CaptureMode::None), false)
         };
         let b = parse(&envoy_bootstrap(&opts));
@@ -442,6 +508,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn serves_prometheus_stats_on_istios_port_when_asked() {
+        let opts = options(proxy(ProxyRole::Sidecar, CaptureMode::Iptables), true);
+        let b = parse(&envoy_bootstrap(&opts));
+        assert!(b["static_resources"].get("listeners").is_none());
+
+        let opts = BootstrapOptions {
+            prometheus_addr: Some("10.44.0.9:15090".parse().unwrap()),
+            ..opts
+        };
+        let b = parse(&envoy_bootstrap(&opts));
+        let listeners = b["static_resources"]["listeners"].as_array().unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert_eq!(
+            listeners[0]["address"]["socket_address"],
+            json!({ "address": "10.44.0.9", "port_value": 15090 })
+        );
+        let hcm = &listeners[0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes,
+            &json!([{
+                "match": { "prefix": "/stats/prometheus" },
+                "route": { "cluster": PROMETHEUS_STATS_CLUSTER },
+            }])
+        );
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        let stats = clusters
+            .iter()
+            .find(|c| c["name"] == PROMETHEUS_STATS_CLUSTER)
+            .expect("the stats cluster");
+        assert_eq!(
+            stats["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"],
+            json!({ "address": "127.0.10.7", "port_value": 15000 })
+        );
+    }
+
     /// Real Envoy accepts every kind of bootstrap we write (`envoy --mode validate`).
     #[test]
     fn envoy_validates_the_bootstraps() {
@@ -461,6 +564,9 @@ mod tests {
                 let opts = BootstrapOptions {
                     concurrency: Some(2),
                     identity: None,
+                    // Istio's stats listener on the pod's address, for pods in a namespace.
+                    prometheus_addr: (capture == CaptureMode::Iptables)
+                        .then(|| "127.0.10.7:15090".parse().unwrap()),
                     ..options(proxy(role, capture), delta)
                 };
                 let file = dir.path().join(format!("{name}-delta-{delta}.yaml"));

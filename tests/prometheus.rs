@@ -1,0 +1,254 @@
+//! A real Prometheus (Debian's `prometheus`) scrapes the mesh through the control plane's HTTP
+//! service discovery (`/debug/prometheus_sd`): every connected proxy on Istio's stats port
+//! (`IP:15090/stats/prometheus`), labelled with its namespace and pod, and the control plane's
+//! own `/metrics`. The prometheus.yml is the one docs/observability.md gives, with this test's
+//! addresses.
+
+use strait_e2e as support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_testsupport::{Envoy, free_port, http_get};
+use support::ControlPlane;
+use support::mesh::next_ip;
+
+/// Prometheus, or a failure that says how to install it.
+fn prometheus_bin() -> &'static str {
+    let ok = Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Prometheus is missing: install it with `apt-get install -y prometheus` (scripts/test.sh does)"
+    );
+    "prometheus"
+}
+
+/// The scrape config docs/observability.md gives: the proxies from the control plane's service
+/// discovery, the control plane's own metrics.
+fn prometheus_yml(control_plane: &str, token_file: &Path) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n\
+         - job_name: strait-proxies\n  http_sd_configs:\n  - url: http://{control_plane}/debug/prometheus_sd\n    refresh_interval: 1s\n    authorization:\n      type: Bearer\n      credentials_file: {}\n\
+         - job_name: strait-control-plane\n  static_configs:\n  - targets: ['{control_plane}']\n",
+        token_file.display()
+    )
+}
+
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(config: &str) -> Prometheus {
+        let bin = prometheus_bin();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        let addr: SocketAddr = (IpAddr::from([127, 0, 0, 1]), free_port()).into();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The instant query's result vector (empty while Prometheus is not up yet).
+    async fn query(&self, promql: &str) -> Vec<Value> {
+        let url = format!(
+            "http://{}/api/v1/query?query={}",
+            self.addr,
+            url_encode(promql)
+        );
+        match http_get(&url, &[]).await {
+            Ok(reply) if reply.status == 200 => reply.json()["data"]["result"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Polls `promql` until `done` holds of its result, or fails with the last result.
+    async fn until(&self, promql: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let result = self.query(promql).await;
+            if done(&result) {
+                return result;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus did not answer `{promql}` as expected within 60 s; last result: \
+                 {result:#?}\nits log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An Envoy sidecar (no capture) on a loopback address of its own, with Istio's stats listener
+/// on `IP:15090`.
+async fn envoy_sidecar(cp: &ControlPlane, workload: &str, app: &str) -> (Envoy, IpAddr) {
+    let ip = next_ip();
+    let admin: SocketAddr = (IpAddr::from([127, 0, 0, 1]), free_port()).into();
+    let stats: SocketAddr = (ip, 15090).into();
+    let labels = format!("app={app},version=v1");
+    let bootstrap = cp.ok(&[
+        "bootstrap",
+        "envoy",
+        "--workload",
+        workload,
+        "--namespace",
+        "default",
+        "--address",
+        &ip.to_string(),
+        "--labels",
+        &labels,
+        "--capture",
+        "none",
+        "--admin",
+        &admin.to_string(),
+        "--prometheus",
+        &stats.to_string(),
+    ]);
+    let envoy = Envoy::start(&bootstrap, workload);
+    envoy.wait_ready(Duration::from_secs(20)).await;
+    envoy.wait_listener(stats).await;
+    (envoy, ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_proxy_through_the_control_planes_discovery() {
+    prometheus_bin();
+    let cp = ControlPlane::start();
+    let (_web, web_ip) = envoy_sidecar(&cp, "web-v1", "web").await;
+    let (_api, api_ip) = envoy_sidecar(&cp, "api-v1", "api").await;
+
+    // The stats listener serves the stats, and only them: the rest of the admin interface
+    // stays on the admin port.
+    let stats = http_get(&format!("http://{web_ip}:15090/stats/prometheus"), &[])
+        .await
+        .unwrap();
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert!(
+        stats.body.contains("envoy_server_live"),
+        "no Envoy series on {web_ip}:15090:\n{}",
+        &stats.body[..stats.body.len().min(2000)]
+    );
+    let other = http_get(&format!("http://{web_ip}:15090/config_dump"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status, 404,
+        "the stats port serves only /stats/prometheus"
+    );
+
+    // The discovery: one group per connected proxy, with the token; none without it.
+    let server = cp.server();
+    let addr = server.trim_start_matches("http://").to_string();
+    let (code, _) = support::http(&server, "GET", "/debug/prometheus_sd", None, None);
+    assert_eq!(code, 401, "the service discovery needs the API token");
+    let token = cp.token();
+    let sd = http_get(
+        &format!("{server}/debug/prometheus_sd"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(sd.status, 200, "{}", sd.body);
+    let mut targets: Vec<(String, String)> = sd
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["targets"][0].as_str().unwrap().to_string(),
+                g["labels"]["pod"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    targets.sort();
+    let mut want = vec![
+        (format!("{web_ip}:15090"), "web-v1".to_string()),
+        (format!("{api_ip}:15090"), "api-v1".to_string()),
+    ];
+    want.sort();
+    assert_eq!(targets, want, "{}", sd.body);
+
+    // Prometheus finds both proxies and the control plane, and scrapes them.
+    let token_file = cp.data_dir().join("token");
+    let prometheus = Prometheus::start(&prometheus_yml(&addr, &token_file));
+    let up = prometheus
+        .until("up", |r| {
+            r.len() == 3 && r.iter().all(|s| s["value"][1] == "1")
+        })
+        .await;
+    let mut pods: Vec<String> = up
+        .iter()
+        .filter(|s| s["metric"]["job"] == "strait-proxies")
+        .map(|s| {
+            assert_eq!(s["metric"]["namespace"], "default", "{s}");
+            s["metric"]["pod"].as_str().unwrap().to_string()
+        })
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["api-v1", "web-v1"], "{up:#?}");
+    assert!(
+        up.iter()
+            .any(|s| s["metric"]["job"] == "strait-control-plane"),
+        "{up:#?}"
+    );
+    // A proxy series by pod, as a dashboard asks for it.
+    let live = prometheus
+        .until("sum(envoy_server_live) by (pod)", |r| r.len() == 2)
+        .await;
+    for s in &live {
+        assert_eq!(s["value"][1], "1", "{live:#?}");
+    }
+}
