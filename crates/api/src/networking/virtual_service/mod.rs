@@ -16,6 +16,7 @@ use crate::Duration;
 use crate::common::PortSelector;
 
 pub use validate::{validate, validate_destination};
+pub(crate) use http::validate_string_match;
 
 /// `spec` of a VirtualService.
 ///
