@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 use crate::common::PortSelector;
 
-pub use validate::{validate, validate_destination};
 pub(crate) use http::validate_string_match;
+pub use validate::{validate, validate_destination};
 
 /// `spec` of a VirtualService.
 ///
