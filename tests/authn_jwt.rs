@@ -492,6 +492,8 @@ fn authz_jwt_task(proxy: &str) {
             &format!("{SLEEP_POD}.foo"),
             "--to",
             &format!("{HTTPBIN_POD}.foo"),
+            "--port",
+            "8080",
             "--path",
             "/headers",
             "--jwt",
