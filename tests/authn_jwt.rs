@@ -458,6 +458,56 @@ fn authz_jwt_task(proxy: &str) {
             ("/headers", Some(&token), "403", rbac_denied),
         ],
     );
+
+    // `strait authz check --jwt` decides as the proxy did: the control plane verifies the token
+    // with the key set it sent the proxy, and the groups rule reads its claims.
+    let expired = curl(ns, &format!("{base}/headers"), Some(&jwks.expired));
+    assert_eq!(expired.code, "401", "an expired token: {expired:?}");
+    for (what, jwt, allowed, says) in [
+        (
+            "groups token (200)",
+            &group,
+            true,
+            "jwt_authn: token verified",
+        ),
+        (
+            "demo token (403)",
+            &token,
+            false,
+            "the client sees: 403 RBAC: access denied",
+        ),
+        (
+            "expired token (401)",
+            &jwks.expired,
+            false,
+            "the client sees: 401 Jwt is expired",
+        ),
+    ] {
+        let file = mesh._dir.path().join("token.jwt");
+        std::fs::write(&file, jwt).unwrap();
+        let out = cp.cli(&[
+            "authz",
+            "check",
+            "--from",
+            &format!("{SLEEP_POD}.foo"),
+            "--to",
+            &format!("{HTTPBIN_POD}.foo"),
+            "--port",
+            "8080",
+            "--path",
+            "/headers",
+            "--jwt",
+            file.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(if allowed { 0 } else { 3 }),
+            "authz check --jwt, {what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(says), "authz check --jwt, {what}: {text}");
+    }
 }
 
 #[test]

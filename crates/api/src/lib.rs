@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod meta;
 pub mod networking;
 pub mod parse;
+pub mod policy;
 pub mod resource;
 pub mod security;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validate::common::{is_dns1123_label, is_dns1123_subdomain, validate_labels};
-use crate::{FieldPath, ObjectMeta, Report, core, networking, security, telemetry};
+use crate::{FieldPath, ObjectMeta, Report, core, networking, policy, security, telemetry};
 
 /// One resource kind: its API group, the versions served, its REST plural and short names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -23,6 +23,7 @@ pub enum Kind {
     AuthorizationPolicy,
     RequestAuthentication,
     Telemetry,
+    LocalRateLimit,
     Service,
     ServiceAccount,
     Namespace,
@@ -34,9 +35,10 @@ const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const SECURITY: &[&str] = &["v1", "v1beta1"];
 const TELEMETRY: &[&str] = &["v1", "v1alpha1"];
 const CORE: &[&str] = &["v1"];
+const STRAIT_POLICY: &[&str] = &["v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -48,6 +50,7 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::RequestAuthentication,
         Kind::Telemetry,
+        Kind::LocalRateLimit,
         Kind::Service,
         Kind::ServiceAccount,
         Kind::Namespace,
@@ -142,6 +145,13 @@ impl Kind {
                 TELEMETRY,
                 "telemetries",
                 &[],
+            ),
+            Kind::LocalRateLimit => (
+                "LocalRateLimit",
+                "policy.strait.dev",
+                STRAIT_POLICY,
+                "localratelimits",
+                &["lrl"],
             ),
             Kind::Service => ("Service", "", CORE, "services", &["svc"]),
             Kind::ServiceAccount => ("ServiceAccount", "", CORE, "serviceaccounts", &["sa"]),
@@ -333,6 +343,7 @@ pub enum Spec {
     AuthorizationPolicy(security::authorization_policy::AuthorizationPolicy),
     RequestAuthentication(security::request_authentication::RequestAuthentication),
     Telemetry(telemetry::Telemetry),
+    LocalRateLimit(policy::LocalRateLimit),
     Service(core::service::ServiceSpec),
     ServiceAccount(core::ServiceAccount),
     Namespace(core::NamespaceSpec),
@@ -434,6 +445,7 @@ impl Resource {
                 typed(&raw).map(|(m, s)| (m, Spec::RequestAuthentication(s)))?
             }
             Kind::Telemetry => typed(&raw).map(|(m, s)| (m, Spec::Telemetry(s)))?,
+            Kind::LocalRateLimit => typed(&raw).map(|(m, s)| (m, Spec::LocalRateLimit(s)))?,
             Kind::Service => typed(&raw).map(|(m, s)| (m, Spec::Service(s)))?,
             Kind::Namespace => typed(&raw).map(|(m, s)| (m, Spec::Namespace(s)))?,
             Kind::Deployment => typed(&raw).map(|(m, s)| (m, Spec::Deployment(s)))?,
@@ -514,6 +526,7 @@ impl Resource {
                 security::request_authentication::validate(s, m, &at, r)
             }
             Spec::Telemetry(s) => telemetry::validate(s, m, &at, r),
+            Spec::LocalRateLimit(s) => policy::validate(s, m, &at, r),
             Spec::Service(s) => core::service::validate(s, m, &at, r),
             Spec::ServiceAccount(_) | Spec::Namespace(_) => {}
             Spec::Deployment(s) => core::deployment::validate(s, m, &at, r),

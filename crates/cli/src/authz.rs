@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::client::Connection;
@@ -40,6 +40,11 @@ pub struct CheckArgs {
     /// A request header, `NAME=VALUE` (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME=VALUE")]
     headers: Vec<String>,
+    /// A JWT read from FILE, sent as `Authorization: Bearer TOKEN`: the destination's
+    /// RequestAuthentication checks it as its proxy would (signature, issuer, audiences,
+    /// expiry), and the policies' requestPrincipals and request.auth.* see its claims.
+    #[arg(long, value_name = "FILE")]
+    jwt: Option<std::path::PathBuf>,
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: crate::ReportFormat,
 }
@@ -63,6 +68,21 @@ pub fn run(conn: &Connection, cmd: AuthzCommand) -> Result<ExitCode> {
         };
         headers.push((k.trim().to_string(), v.to_string()));
     }
+    let jwt = match &args.jwt {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("--jwt {}: cannot read the token file", path.display()))?;
+            let token = token.trim().to_string();
+            if token.is_empty() {
+                bail!(
+                    "--jwt {}: the file is empty; it must hold one JWT (three base64url parts joined by dots)",
+                    path.display()
+                );
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let body = json!({
         "to": to,
         "to_namespace": to_namespace,
@@ -73,6 +93,7 @@ pub fn run(conn: &Connection, cmd: AuthzCommand) -> Result<ExitCode> {
         "path": args.path,
         "host": args.host,
         "headers": headers,
+        "jwt": jwt,
     });
     let client = conn.connect()?;
     let answer = client.request("POST", "/debug/authz/check", Some(&body))?;
@@ -113,6 +134,20 @@ fn text(args: &CheckArgs, v: &Value) -> String {
         None => out.push_str("  peer identity: none (plaintext)\n"),
     }
     for f in v["filters"].as_array().into_iter().flatten() {
+        if f["filter"].as_str() == Some("jwt_authn") {
+            out.push_str(&format!(
+                "  jwt_authn: {}{}\n",
+                if f["allowed"].as_bool() == Some(true) {
+                    format!("token {}", f["token"].as_str().unwrap_or("?"))
+                } else {
+                    "token refused".to_string()
+                },
+                f["explanation"]
+                    .as_str()
+                    .map_or(String::new(), |e| format!(" ({e})"))
+            ));
+            continue;
+        }
         let policy = f["policy"].as_str().unwrap_or("no policy matched");
         out.push_str(&format!(
             "  {} RBAC {}: {}{}\n",

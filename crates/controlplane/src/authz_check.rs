@@ -3,7 +3,12 @@
 //! it sends it, picks the filter chain the connection would take (by port, and mutual TLS when
 //! both sides have certificates), and runs that chain's RBAC filters with strait-authz, the
 //! engine strait-proxy enforces them with: network filters first (per connection), then the
-//! HTTP filters (per request), the first refusal deciding.
+//! HTTP filters (per request), the first refusal deciding. An HTTP chain's jwt_authn filter
+//! (RequestAuthentication) runs first, as in the proxy: a token (`--jwt`, sent as
+//! `Authorization: Bearer`, or any header given) is verified against the key sets in that config
+//! (signature, issuer, audiences, expiry) with strait-authz's jwt_authn, the proxies' own; a
+//! refused token is the proxy's 401 (or 403), a verified one's payload is what the RBAC filters'
+//! `requestPrincipals` and `request.auth.*` read.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -20,6 +25,7 @@ use strait_xds_core::{Proxy, ProxyRole, XdsResources};
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 const HTTP_RBAC: &str = "envoy.filters.http.rbac";
+const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 const TLS: &str = "tls";
 
 /// What to check (`POST /debug/authz/check`).
@@ -47,6 +53,9 @@ pub struct CheckRequest {
     pub host: Option<String>,
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// A JWT, sent as `Authorization: Bearer TOKEN` (`strait authz check --jwt FILE`).
+    #[serde(default)]
+    pub jwt: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -149,7 +158,7 @@ pub fn check(
         source,
         principal: principal.as_deref(),
     };
-    let metadata = Metadata::new();
+    let mut metadata = Metadata::new();
     let mut steps = Vec::new();
 
     let network = network_filters(chain)?;
@@ -169,7 +178,14 @@ pub fn check(
     let Some(http) = http_filters(chain)? else {
         return Ok(place.answer(steps, None, "the TCP connection is proxied"));
     };
+    let jwt_authn = jwt_filter(chain)?;
     let mut headers = http::HeaderMap::new();
+    if let Some(token) = &req.jwt {
+        let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+            CheckError::Bad("the JWT has characters a header cannot carry: give the token alone (three base64url parts joined by dots)".to_string())
+        })?;
+        headers.insert(http::header::AUTHORIZATION, value);
+    }
     for (k, v) in &req.headers {
         let name = http::header::HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| CheckError::Bad(format!("{k:?} is not a header name")))?;
@@ -189,6 +205,37 @@ pub fn check(
         headers: &headers,
         remote_ip: connection.source.ip(),
     };
+    if let Some(filter) = &jwt_authn {
+        let outcome = filter.authenticate(&request, std::time::SystemTime::now());
+        steps.push(json!({
+            "layer": "http",
+            "filter": "jwt_authn",
+            "allowed": outcome.refused.is_none(),
+            "token": if outcome.metadata.is_empty() { "none verified" } else { "verified" },
+            "explanation": outcome.refused.as_ref().map(ToString::to_string),
+        }));
+        if let Some(error) = &outcome.refused {
+            return Ok(place.answer(
+                steps,
+                Some((
+                    "jwt_authn",
+                    format!("the RequestAuthentication refuses the token: {error}"),
+                )),
+                &format!("{} {error}", error.status()),
+            ));
+        }
+        if let Some(payloads) = outcome.metadata_object() {
+            metadata.insert(strait_authz::jwt::FILTER_NAME.to_string(), payloads);
+        }
+    } else if req.jwt.is_some() {
+        steps.push(json!({
+            "layer": "http",
+            "filter": "jwt_authn",
+            "allowed": true,
+            "token": "not checked",
+            "explanation": "no RequestAuthentication applies to this port: the proxy passes the token on unverified, and request.auth.* is empty",
+        }));
+    }
     let input = Input {
         connection: &connection,
         request: Some(&request),
@@ -414,6 +461,36 @@ fn network_filters(chain: &FilterChain) -> Result<Vec<RbacFilter>, CheckError> {
                 .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
         })
         .collect()
+}
+
+/// The chain's connection manager's jwt_authn filter (RequestAuthentication), if any.
+fn jwt_filter(chain: &FilterChain) -> Result<Option<strait_authz::JwtAuthn>, CheckError> {
+    let Some(hcm) = hcm(chain)? else {
+        return Ok(None);
+    };
+    hcm.http_filters
+        .iter()
+        .find(|f| f.name == JWT_AUTHN)
+        .map(|f| {
+            let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
+            };
+            convert::jwt_authn(any)
+                .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
+        })
+        .transpose()
+}
+
+fn hcm(chain: &FilterChain) -> Result<Option<HttpConnectionManager>, CheckError> {
+    let Some(f) = chain.filters.iter().find(|f| f.name == HCM) else {
+        return Ok(None);
+    };
+    let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
+    };
+    HttpConnectionManager::decode(any.value.as_slice())
+        .map(Some)
+        .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
 }
 
 /// The HTTP RBAC filters of the chain's connection manager; `None` for a TCP chain.

@@ -32,6 +32,7 @@ fn route(name: &str, path: PathMatch, headers: Vec<HeaderMatch>) -> Route {
         },
         fault: None,
         cors: None,
+        local_ratelimit: None,
         request_headers: HeaderMutation::default(),
         response_headers: HeaderMutation::default(),
     }

@@ -250,6 +250,10 @@ pub struct HttpListener {
     /// token's payload in the metadata they read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_authn: Option<Arc<strait_authz::JwtAuthn>>,
+    /// `envoy.filters.http.local_ratelimit`: runs after the authentication and authorization
+    /// filters, once the route is chosen (a route's own config replaces this one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_ratelimit: Option<Arc<super::ratelimit::LocalRateLimit>>,
 }
 
 /// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
@@ -685,6 +689,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
     };
     let routes = route_source(hcm)?;
     let (jwt_authn, rbac) = http_filters(&hcm.http_filters).under("http_filters")?;
+    let local_ratelimit = super::ratelimit::hcm_filter(&hcm.http_filters).under("http_filters")?;
     let upgrades = upgrades(&hcm.upgrade_configs).under("upgrade_configs")?;
     let server_header = match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
     {
@@ -729,6 +734,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
     Ok(HttpListener {
         rbac,
         jwt_authn,
+        local_ratelimit,
         forward_client_cert,
         client_cert_details,
         routes,
@@ -807,6 +813,8 @@ fn http_filters(
             }
             // The filter-level CORS config has nothing strait-proxy needs.
             CORS_FILTER_TYPE => {}
+            // Converted by `ratelimit::hcm_filter`.
+            super::ratelimit::LOCAL_RATELIMIT_TYPE => {}
             HTTP_RBAC_TYPE => rbac.push(Arc::new(
                 strait_authz::convert::http_rbac_filter(any).map_err(|e| {
                     at(Refusal::bad_value(

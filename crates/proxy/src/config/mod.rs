@@ -16,6 +16,7 @@ pub mod cors;
 pub mod invalid;
 pub mod listener;
 mod proto;
+pub mod ratelimit;
 pub mod route;
 pub mod tls;
 

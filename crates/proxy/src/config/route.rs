@@ -4,6 +4,7 @@
 //! fields it ignores are listed in docs/xds-support.md. Each conversion below takes one field
 //! group and adds its own path segments to what it refuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use serde::{Serialize, Serializer};
 use super::cors::{CORS_TYPE, Cors};
 use super::invalid::{At, Invalid, Kind, Refusal, refuse_if};
 use super::proto::{decode, duration, per_million};
+use super::ratelimit::{LOCAL_RATELIMIT, LocalRateLimit};
 
 const FAULT: &str = "envoy.filters.http.fault";
 const CORS: &str = "envoy.filters.http.cors";
@@ -101,6 +103,9 @@ pub struct Route {
     pub fault: Option<Fault>,
     /// The route's `envoy.filters.http.cors` policy.
     pub cors: Option<Cors>,
+    /// The route's `envoy.filters.http.local_ratelimit` config (its own token bucket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_ratelimit: Option<Arc<LocalRateLimit>>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
 }
@@ -467,13 +472,14 @@ fn route(r: &pb::Route) -> Result<Route, Refusal> {
         }
         None => return Err(Refusal::missing("action")),
     };
-    let (fault, cors) = per_filter_config(&r.typed_per_filter_config)?;
+    let (fault, cors, local_ratelimit) = per_filter_config(&r.typed_per_filter_config)?;
     Ok(Route {
         name: r.name.clone(),
         matcher,
         action,
         fault,
         cors,
+        local_ratelimit,
         request_headers: mutation(
             &r.request_headers_to_add,
             "request_headers_to_add",
@@ -489,11 +495,12 @@ fn route(r: &pb::Route) -> Result<Route, Refusal> {
     })
 }
 
-/// A route's `typed_per_filter_config`: the fault filter's and the CORS filter's configs.
-fn per_filter_config(
-    configs: &HashMap<String, Any>,
-) -> Result<(Option<Fault>, Option<Cors>), Refusal> {
-    let (mut fault, mut cors) = (None, None);
+/// A route's `typed_per_filter_config`: the fault filter's, the CORS filter's and the
+/// local_ratelimit filter's configs.
+type PerFilter = (Option<Fault>, Option<Cors>, Option<Arc<LocalRateLimit>>);
+
+fn per_filter_config(configs: &HashMap<String, Any>) -> Result<PerFilter, Refusal> {
+    let (mut fault, mut cors, mut local_ratelimit) = (None, None, None);
     for (key, any) in configs {
         let under = |r: Refusal| {
             r.at(super::invalid::Segment::Key(key.clone()))
@@ -508,10 +515,13 @@ fn per_filter_config(
                 let p = decode(any, CORS_TYPE).map_err(under)?;
                 cors = Some(super::cors::policy(&p).map_err(under)?);
             }
+            LOCAL_RATELIMIT => {
+                local_ratelimit = Some(super::ratelimit::convert(any, true).map_err(under)?);
+            }
             _ => return Err(under(Refusal::unsupported(""))),
         }
     }
-    Ok((fault, cors))
+    Ok((fault, cors, local_ratelimit))
 }
 
 fn route_match(m: &pb::RouteMatch) -> Result<RouteMatch, Refusal> {
@@ -1029,7 +1039,9 @@ fn mutation(
     Ok(HeaderMutation { add, remove })
 }
 
-fn header_option(h: &HeaderValueOption) -> Result<(HeaderName, HeaderValue, bool), Refusal> {
+pub(super) fn header_option(
+    h: &HeaderValueOption,
+) -> Result<(HeaderName, HeaderValue, bool), Refusal> {
     let hv = h
         .header
         .as_ref()

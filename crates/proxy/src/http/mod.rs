@@ -12,6 +12,7 @@ pub(crate) mod conn_io;
 mod cors;
 mod forward;
 pub mod h1_check;
+mod ratelimit;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -765,6 +766,9 @@ async fn handle(
         tracing::debug!(%peer, %authority, %path, "no route");
         return local(404, "NR", &format!("no route for {authority}{path}"));
     };
+    if let Some(resp) = ratelimit::limited(shared, hcm, route) {
+        return resp;
+    }
     // The CORS filter runs before the fault filter, and sees every response on its way back.
     let cors = match &route.cors {
         Some(policy) => cors::verdict(

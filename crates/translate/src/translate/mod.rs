@@ -20,6 +20,7 @@ mod clusters;
 mod listeners;
 pub mod mtls;
 mod origination;
+pub mod ratelimit;
 mod secrets;
 pub mod tls;
 

@@ -253,7 +253,12 @@ fn validate_match_request(m: &HttpMatchRequest, at: &FieldPath, report: &mut Rep
 }
 
 /// Istio's `validateStringMatch`: no empty prefix, and a valid regex.
-fn validate_string_match(sm: &StringMatch, where_: &str, at: &FieldPath, report: &mut Report) {
+pub(crate) fn validate_string_match(
+    sm: &StringMatch,
+    where_: &str,
+    at: &FieldPath,
+    report: &mut Report,
+) {
     check_one_of_string_match(sm, at, report);
     if let Some(StringMatchKind::Prefix("")) = sm.kind() {
         report.error(

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::Duration;
 use crate::common::PortSelector;
 
+pub(crate) use http::validate_string_match;
 pub use validate::{validate, validate_destination};
 
 /// `spec` of a VirtualService.

@@ -49,8 +49,9 @@ use super::http_route::{
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use crate::snapshot::namespace_of;
-use crate::translate::authz;
 use crate::translate::{BLACKHOLE_CLUSTER, Ctx, host_matches};
+use crate::translate::{authz, ratelimit};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use strait_xds_core::XdsResources;
 
 /// How a gateway server's connections are handled.
@@ -253,7 +254,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 use_remote_address: true,
                 allow_absolute_url: false,
                 forward_client_cert: false,
-                authz: authz::http_filters(&policies),
+                authz: with_rate_limit(ctx, port, authz::http_filters(&policies)),
             })],
         )];
         out.listeners.insert(l.name.clone(), l);
@@ -341,6 +342,24 @@ fn l4_listener(
     l
 }
 
+/// The gateway's authentication and authorization filters, then the LocalRateLimit that
+/// selects it on this port (its `tokenBucket`; rules apply to sidecars only).
+fn with_rate_limit(ctx: &Ctx<'_>, port: u16, mut filters: Vec<HttpFilter>) -> Vec<HttpFilter> {
+    if let Some((meta, p)) =
+        ratelimit::policy_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, port)
+    {
+        if !p.rules.is_empty() {
+            tracing::warn!(
+                proxy = %ctx.proxy.id,
+                policy = %format!("{}/{}", namespace_of(meta), meta.name),
+                "LocalRateLimit rules apply to sidecars only; the gateway enforces its tokenBucket"
+            );
+        }
+        filters.push(ratelimit::http_filter(p));
+    }
+    filters
+}
+
 fn ip_prefix(ip: &str, port: u16) -> String {
     format!("outbound_{ip}_{port}")
 }
@@ -389,11 +408,15 @@ fn terminated_chain(
                 use_remote_address: true,
                 allow_absolute_url: false,
                 forward_client_cert: false,
-                authz: authz::http_filters(&authz::policies_for(
-                    ctx.config,
-                    &ctx.proxy.namespace,
-                    &ctx.proxy.labels,
-                )),
+                authz: with_rate_limit(
+                    ctx,
+                    port,
+                    authz::http_filters(&authz::policies_for(
+                        ctx.config,
+                        &ctx.proxy.namespace,
+                        &ctx.proxy.labels,
+                    )),
+                ),
             })],
         )
     } else {

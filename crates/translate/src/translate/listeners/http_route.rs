@@ -322,7 +322,7 @@ fn claim_matcher(claims: Vec<String>, sm: &StringMatch) -> MetadataMatcher {
     }
 }
 
-fn route_match_for(m: &HttpMatchRequest) -> RouteMatch {
+pub(super) fn route_match_for(m: &HttpMatchRequest) -> RouteMatch {
     let mut out = prefix_match("/");
     for (name, sm) in &m.headers {
         match jwt_claim_path(name) {

@@ -18,13 +18,15 @@ use super::filters::{
     hcm_filter, listener, original_dst_listener_filter, tcp_proxy_filter,
     tls_inspector_listener_filter, u32_value,
 };
-use super::http_route::prefix_match;
-use crate::translate::authz;
+use super::http_route::{prefix_match, route_match_for};
 use crate::translate::mtls::{self, ChainKind, Mode};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
     inbound_cluster_name,
 };
+use crate::translate::{authz, ratelimit};
+use strait_api::networking::virtual_service::HttpMatchRequest;
+use strait_api::policy::LocalRateLimit;
 use strait_xds_core::{CaptureMode, XdsResources};
 
 pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
@@ -67,7 +69,16 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                     format!("{any}_{port}"),
                     port_match(port),
                     port,
-                    || inbound_filters(any, port, p.protocol.is_http(), ctx.proxy.mtls, &policies),
+                    || {
+                        inbound_filters(
+                            any,
+                            port,
+                            p.protocol.is_http(),
+                            ctx.proxy.mtls,
+                            &policies,
+                            rate_limit(ctx, port),
+                        )
+                    },
                     p.protocol.is_http(),
                 ));
             }
@@ -126,7 +137,16 @@ fn bound_listeners<'p>(
             format!("{ip}_{port}"),
             FilterChainMatch::default(),
             port,
-            || inbound_filters(&ip, port, p.protocol.is_http(), ctx.proxy.mtls, policies),
+            || {
+                inbound_filters(
+                    &ip,
+                    port,
+                    p.protocol.is_http(),
+                    ctx.proxy.mtls,
+                    policies,
+                    rate_limit(ctx, port),
+                )
+            },
             p.protocol.is_http(),
         );
         out.listeners.insert(l.name.clone(), l);
@@ -196,6 +216,7 @@ fn inbound_filters(
     http: bool,
     mtls: bool,
     policies: &authz::Policies<'_>,
+    rate_limit: Option<&LocalRateLimit>,
 ) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     if !http {
@@ -216,17 +237,39 @@ fn inbound_filters(
         }),
         ..Default::default()
     };
+    // A LocalRateLimit's rules: a route each, ahead of the catch-all, with the rule's bucket.
+    let mut routes: Vec<Route> = rate_limit
+        .into_iter()
+        .flat_map(|p| p.rules.iter().enumerate().map(move |(i, r)| (p, i, r)))
+        .map(|(p, i, rule)| Route {
+            name: format!("ratelimit-{i}"),
+            r#match: Some(route_match_for(&HttpMatchRequest {
+                uri: rule.match_.uri.clone(),
+                method: rule.match_.method.clone(),
+                headers: rule.match_.headers.clone(),
+                ..Default::default()
+            })),
+            action: Some(route::Action::Route(action.clone())),
+            typed_per_filter_config: [(
+                ratelimit::LOCAL_RATELIMIT.to_string(),
+                ratelimit::filter_config(p, Some(&rule.token_bucket)),
+            )]
+            .into(),
+            ..Default::default()
+        })
+        .collect();
+    routes.push(Route {
+        name: "default".to_string(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::Route(action)),
+        ..Default::default()
+    });
     let routes = RouteConfiguration {
         name: cluster.clone(),
         virtual_hosts: vec![VirtualHost {
             name: format!("inbound|http|{port}"),
             domains: vec!["*".to_string()],
-            routes: vec![Route {
-                name: "default".to_string(),
-                r#match: Some(prefix_match("/")),
-                action: Some(route::Action::Route(action)),
-                ..Default::default()
-            }],
+            routes,
             ..Default::default()
         }],
         validate_clusters: Some(bool_value(false)),
@@ -240,6 +283,16 @@ fn inbound_filters(
         use_remote_address: false,
         allow_absolute_url: false,
         forward_client_cert: mtls,
-        authz: authz::http_filters(policies),
+        // Authentication and authorization first, then the rate limit (as Envoy users expect:
+        // a denied request takes no token).
+        authz: authz::http_filters(policies)
+            .into_iter()
+            .chain(rate_limit.map(ratelimit::http_filter))
+            .collect(),
     })]
+}
+
+/// The LocalRateLimit for an inbound port of the proxy's workload.
+fn rate_limit<'c>(ctx: &Ctx<'c>, port: u16) -> Option<&'c LocalRateLimit> {
+    ratelimit::policy_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels, port).map(|(_, p)| p)
 }
