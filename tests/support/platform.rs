@@ -12,12 +12,38 @@ use crate::ControlPlane;
 use crate::process::Spawned;
 
 /// One test at a time: a `strait run` removes whatever pod a killed run left, so a test's own
-/// check that the next run cleans up after `kill -9` needs no other test's runs meanwhile.
+/// check that the next run cleans up after `kill -9` needs no other test's runs meanwhile; and
+/// pods share one bridge, one address range and one run folder.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The pods of this machine, held by one test at a time across threads and across processes
+/// (scripts/test.sh runs the pod tests beside the others, and two checkouts may test at once).
+pub struct PodsLock {
+    _file: std::fs::File,
+    _thread: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Waits until no other test, in this process or another, holds the pods.
+pub fn one_at_a_time() -> PodsLock {
+    let thread = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let path = std::env::temp_dir().join("strait-e2e-pods.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open the pods' lock file {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    PodsLock {
+        _file: file,
+        _thread: thread,
+    }
+}
+
 /// Fails, naming what is missing and how to install it, unless this machine can run pods;
-/// then holds the one-at-a-time lock for the test.
-pub fn require_platform() -> std::sync::MutexGuard<'static, ()> {
+/// then holds the pods for the test ([`one_at_a_time`]).
+pub fn require_platform() -> PodsLock {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let root = status
         .lines()
@@ -48,7 +74,7 @@ pub fn require_platform() -> std::sync::MutexGuard<'static, ()> {
         assert!(ok, "`{tool}` is missing: install it with `{install}`");
     }
     strait_testsupport::envoy_bin();
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+    one_at_a_time()
 }
 
 pub fn strait_proxy_built() {
