@@ -558,9 +558,38 @@ impl Mesh {
                 .unwrap_or_else(|e| format!("{cmd}: {e}"))
         };
         let neighbours = tool("ip", &["-n", &netns, "neigh", "show"]);
-        let connections = tool("ss", &["-N", &netns, "-tanH", "dport = :9080"]);
+        // Open ones only (the app's closed connections to the services' VIPs are many).
+        let connections: Vec<String> = tool("ss", &["-N", &netns, "-tanH", "dport = :9080"])
+            .lines()
+            .filter(|l| !l.starts_with("TIME-WAIT"))
+            .map(str::to_string)
+            .collect();
+        let log = std::fs::read_to_string(
+            support::platform::run_dir().join("productpage-v1.default.d/proxy.log"),
+        )
+        .unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let log_tail = lines[lines.len().saturating_sub(40)..].to_vec();
+        // The productpage sidecar's own counters for details.
+        let details_stats: Vec<String> = pod_record("productpage-v1.default")
+            .and_then(|r| r["ip"].as_str().map(str::to_string))
+            .and_then(|ip| format!("{ip}:15000").parse().ok())
+            .and_then(|a| get(a, "/stats/prometheus").ok())
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| !l.starts_with('#') && l.contains("details") && !l.ends_with(" 0"))
+                    .take(80)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         json!({
-            "productpage_pod": {"neighbours": neighbours, "connections_to_9080": connections},
+            "productpage_pod": {
+                "neighbours": neighbours,
+                "connections_to_9080": connections,
+                "sidecar_details_stats": details_stats,
+                "sidecar_log_tail": log_tail,
+            },
             "endpoints": proxies,
             "workload_entries": entries,
             "proxy_status": String::from_utf8_lossy(&status.stdout),
