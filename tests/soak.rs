@@ -780,6 +780,8 @@ fn soak(proxy: &'static str, listen: &str, schedule: Schedule) -> Outcome {
     while started.elapsed() < schedule.length {
         std::thread::sleep(Duration::from_millis(100));
     }
+    // While the traffic still runs: requests in flight show in the connections.
+    let end_state = mesh.end_state();
     stop.store(true, Ordering::Relaxed);
     let length = secs();
     let (mut total, mut failures) = (0, Vec::new());
@@ -790,7 +792,6 @@ fn soak(proxy: &'static str, listen: &str, schedule: Schedule) -> Outcome {
     }
     failures.sort_by(|a, b| a.start.total_cmp(&b.start));
     let samples = sampler.join().unwrap();
-    let end_state = mesh.end_state();
     mesh.stop();
     Outcome {
         proxy,
@@ -894,9 +895,11 @@ fn report(o: &Outcome) -> Value {
     let mut by_error: BTreeMap<String, u64> = BTreeMap::new();
     let mut listed = Vec::new();
     for f in &o.failures {
+        // The latest fault that explains it (the faults are in time order).
         let explained_by = o
             .faults
             .iter()
+            .rev()
             .find(|x| x.explains() && f.end >= x.start && f.start <= x.end + window);
         explained += explained_by.is_some() as u64;
         *by_error.entry(f.error.clone()).or_default() += 1;
