@@ -16,6 +16,7 @@
 
 pub mod authn;
 pub mod authz;
+pub mod ext_authz;
 mod clusters;
 mod listeners;
 pub mod mtls;

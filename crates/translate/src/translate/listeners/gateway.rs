@@ -227,7 +227,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
     let ip = ctx.proxy.ip.to_string();
     // Gateways enforce the AuthorizationPolicies that select them.
-    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
+    let policies = authz::policies_for(ctx.config, ctx.registry, &ctx.proxy.namespace, &ctx.proxy.labels);
     for (port, servers) in by_port {
         if servers[0].kind.class() != Class::Http {
             let l = l4_listener(ctx, &ip, port, &servers, out);
@@ -331,6 +331,7 @@ fn l4_listener(
     }
     let rbac = authz::network_filters(&authz::policies_for(
         ctx.config,
+        ctx.registry,
         &ctx.proxy.namespace,
         &ctx.proxy.labels,
     ));
@@ -391,6 +392,7 @@ fn terminated_chain(
                 forward_client_cert: false,
                 authz: authz::http_filters(&authz::policies_for(
                     ctx.config,
+                    ctx.registry,
                     &ctx.proxy.namespace,
                     &ctx.proxy.labels,
                 )),
@@ -401,6 +403,7 @@ fn terminated_chain(
             .unwrap_or_else(|| TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()));
         let mut filters = authz::network_filters(&authz::policies_for(
             ctx.config,
+            ctx.registry,
             &ctx.proxy.namespace,
             &ctx.proxy.labels,
         ));
