@@ -194,7 +194,13 @@ impl Pods {
                 Instant::now() < deadline,
                 "{step}: /headers x-ext-authz: deny answered {got:?} (authorizer log {log:?}), \
                  not {tag}'s denial within 30 s\ncontrol plane:\n{}",
-                self.cp.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+                self.cp
+                    .log()
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         // Let the log of the waiting probes arrive, then count only what follows.
@@ -227,7 +233,10 @@ impl Pods {
         }
         assert_eq!(echoed["headers"]["X-Ext-Authz"], "allow", "{body}");
         let (code, body) = self.curl("/ip", None);
-        assert_eq!(code, "200", "{step}: /ip is not under the CUSTOM rule: {body}");
+        assert_eq!(
+            code, "200",
+            "{step}: /ip is not under the CUSTOM rule: {body}"
+        );
 
         std::thread::sleep(Duration::from_millis(500));
         let log = self.authorizer_log();
@@ -295,9 +304,6 @@ fn authz_custom_task(proxy: &str) {
     pods.custom_step("CUSTOM with sample-ext-authz-grpc", "gRPCv3");
 
     // The task's comment: "You can also replace this with sample-ext-authz-http".
-    pods.apply(&policy.replace(
-        "name: sample-ext-authz-grpc",
-        "name: sample-ext-authz-http",
-    ));
+    pods.apply(&policy.replace("name: sample-ext-authz-grpc", "name: sample-ext-authz-http"));
     pods.custom_step("CUSTOM with sample-ext-authz-http", "HTTP");
 }

@@ -69,7 +69,10 @@ pub enum Provider {
     EnvoyExtAuthzGrpc(ExtAuthzGrpc),
     /// Any other provider (`opentelemetry`, `prometheus`, `envoyFileAccessLog`, `zipkin`, ...):
     /// its key and its settings as written, kept for the telemetry work.
-    Other { kind: String, config: Value },
+    Other {
+        kind: String,
+        config: Value,
+    },
 }
 
 /// `envoyExtAuthzGrpc`: Envoy's ext_authz gRPC check API (`envoy.service.auth.v3.Authorization`).
@@ -213,7 +216,9 @@ pub fn parse(file: &str, text: &str) -> Result<MeshConfigFile, MeshConfigError> 
                     if !name.is_empty() && !names.insert(name.clone()) {
                         return Err(err(
                             "extensionProviders",
-                            format!("the provider name {name:?} is given twice: names must be unique"),
+                            format!(
+                                "the provider name {name:?} is given twice: names must be unique"
+                            ),
                         ));
                     }
                     if let Value::Array(a) = all {
@@ -313,7 +318,8 @@ fn typed(raw: &Value) -> Result<MeshConfig, (String, String)> {
     let mut providers = Vec::new();
     if let Some(Value::Array(list)) = raw.get("extensionProviders") {
         for (i, p) in list.iter().enumerate() {
-            providers.push(provider(p).map_err(|(f, r)| (format!("extensionProviders[{i}]{f}"), r))?);
+            providers
+                .push(provider(p).map_err(|(f, r)| (format!("extensionProviders[{i}]{f}"), r))?);
         }
     }
     Ok(MeshConfig {
@@ -327,11 +333,19 @@ fn typed(raw: &Value) -> Result<MeshConfig, (String, String)> {
 
 fn provider(p: &Value) -> Result<ExtensionProvider, (String, String)> {
     let Value::Object(map) = p else {
-        return Err((String::new(), "a provider is a mapping with `name` and one provider".into()));
+        return Err((
+            String::new(),
+            "a provider is a mapping with `name` and one provider".into(),
+        ));
     };
     let name = match map.get("name") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err((".name".into(), "every provider needs a non-empty name".into())),
+        _ => {
+            return Err((
+                ".name".into(),
+                "every provider needs a non-empty name".into(),
+            ));
+        }
     };
     let kinds: Vec<(&String, &Value)> = map.iter().filter(|(k, _)| *k != "name").collect();
     let [(kind, config)] = kinds.as_slice() else {
@@ -463,7 +477,10 @@ data:
         let Provider::EnvoyExtAuthzGrpc(g) = &p[0].provider else {
             panic!("{p:?}")
         };
-        assert_eq!((g.service.as_str(), g.port), ("ext-authz.foo.svc.cluster.local", 9000));
+        assert_eq!(
+            (g.service.as_str(), g.port),
+            ("ext-authz.foo.svc.cluster.local", 9000)
+        );
         let Provider::EnvoyExtAuthzHttp(h) = &p[1].provider else {
             panic!("{p:?}")
         };
@@ -477,8 +494,14 @@ data:
         let m = parse("op.yaml", op).unwrap();
         assert_eq!(m.config.trust_domain.as_deref(), Some("example.org"));
         assert_eq!(m.config.root_namespace.as_deref(), Some("mesh-root"));
-        assert_eq!(m.config.outbound_traffic_policy, Some(OutboundMode::RegistryOnly));
-        assert_eq!(m.warnings, ["enableTracing: not honoured by Strait, ignored"]);
+        assert_eq!(
+            m.config.outbound_traffic_policy,
+            Some(OutboundMode::RegistryOnly)
+        );
+        assert_eq!(
+            m.warnings,
+            ["enableTracing: not honoured by Strait, ignored"]
+        );
         assert!(matches!(
             &m.config.extension_providers[0].provider,
             Provider::Other { kind, .. } if kind == "opentelemetry"

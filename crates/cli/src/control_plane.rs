@@ -54,10 +54,12 @@ fn mesh_settings(opts: &mut Options, flags: MeshFlags) -> Result<()> {
         .trust_domain
         .or(mesh.trust_domain.clone())
         .unwrap_or_else(|| "cluster.local".to_string());
-    opts.outbound_policy = flags.outbound_policy.unwrap_or(match mesh.outbound_traffic_policy {
-        Some(OutboundMode::RegistryOnly) => strait_translate::OutboundPolicy::RegistryOnly,
-        _ => strait_translate::OutboundPolicy::AllowAny,
-    });
+    opts.outbound_policy = flags
+        .outbound_policy
+        .unwrap_or(match mesh.outbound_traffic_policy {
+            Some(OutboundMode::RegistryOnly) => strait_translate::OutboundPolicy::RegistryOnly,
+            _ => strait_translate::OutboundPolicy::AllowAny,
+        });
     opts.mesh = mesh;
     Ok(())
 }

@@ -813,8 +813,14 @@ fn custom_triggers_the_providers_ext_authz_only_when_its_rule_matches() {
     else {
         panic!("{g:?}")
     };
-    assert_eq!(e.cluster_name, "outbound|9000||ext-authz.foo.svc.cluster.local");
-    assert_eq!(e.authority, "outbound_.9000_._.ext-authz.foo.svc.cluster.local");
+    assert_eq!(
+        e.cluster_name,
+        "outbound|9000||ext-authz.foo.svc.cluster.local"
+    );
+    assert_eq!(
+        e.authority,
+        "outbound_.9000_._.ext-authz.foo.svc.cluster.local"
+    );
     assert!(!ea.failure_mode_allow, "fail closed unless failOpen");
 
     // The HTTP provider: its header list.
@@ -824,7 +830,10 @@ fn custom_triggers_the_providers_ext_authz_only_when_its_rule_matches() {
         panic!("ext_authz without typed config")
     };
     let ea: ExtAuthz = prost::Message::decode(any.value.as_slice()).unwrap();
-    assert!(matches!(ea.services, Some(ext_authz::Services::HttpService(_))));
+    assert!(matches!(
+        ea.services,
+        Some(ext_authz::Services::HttpService(_))
+    ));
     assert_eq!(ea.allowed_headers.unwrap().patterns.len(), 1);
 }
 

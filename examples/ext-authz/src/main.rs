@@ -24,13 +24,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
@@ -41,7 +41,8 @@ const RESULT_HEADER: &str = "x-ext-authz-check-result";
 const RECEIVED_HEADER: &str = "x-ext-authz-check-received";
 const OVERRIDE_HEADER: &str = "x-ext-authz-additional-header-override";
 const GRPC_OVERRIDE_VALUE: &str = "grpc-additional-header-override-value";
-const DENY_BODY: &str = "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
+const DENY_BODY: &str =
+    "denied by ext_authz for not found header `x-ext-authz: allow` in the request";
 /// gRPC's PERMISSION_DENIED.
 const PERMISSION_DENIED: i32 = 7;
 
@@ -168,11 +169,10 @@ async fn serve_http(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
         let (stream, _) = listener.accept().await.context("accepting")?;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(http_check);
-            let _ = hyper_util::server::conn::auto::Builder::new(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-            .await;
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
         });
     }
 }
@@ -181,7 +181,11 @@ async fn http_check(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let allowed = parts
         .headers
         .get(CHECK_HEADER)

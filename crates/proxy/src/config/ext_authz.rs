@@ -108,7 +108,10 @@ fn list(l: &Option<ListStringMatcher>) -> Result<Option<Vec<NameMatch>>, Refusal
 
 fn enabled(m: &MetadataMatcher) -> Result<EnabledMetadata, Refusal> {
     let [segment] = m.path.as_slice() else {
-        return Err(Refusal::rule("path", "one key (strait-proxy reads one level)"));
+        return Err(Refusal::rule(
+            "path",
+            "one key (strait-proxy reads one level)",
+        ));
     };
     let Some(metadata_matcher::path_segment::Segment::Key(key)) = &segment.segment else {
         return Err(Refusal::missing("path.key"));
@@ -138,9 +141,15 @@ pub(crate) fn ext_authz(any: &Any) -> Result<ExtAuthz, Refusal> {
     refuse_if(f.with_request_body.is_some(), "with_request_body")?;
     refuse_if(f.filter_enabled.is_some(), "filter_enabled")?;
     refuse_if(f.deny_at_disable.is_some(), "deny_at_disable")?;
-    refuse_if(f.failure_mode_allow_header_add, "failure_mode_allow_header_add")?;
+    refuse_if(
+        f.failure_mode_allow_header_add,
+        "failure_mode_allow_header_add",
+    )?;
     refuse_if(f.disallowed_headers.is_some(), "disallowed_headers")?;
-    refuse_if(!f.metadata_context_namespaces.is_empty(), "metadata_context_namespaces")?;
+    refuse_if(
+        !f.metadata_context_namespaces.is_empty(),
+        "metadata_context_namespaces",
+    )?;
     refuse_if(f.include_peer_certificate, "include_peer_certificate")?;
     refuse_if(f.include_tls_session, "include_tls_session")?;
     refuse_if(f.shadow_mode, "shadow_mode")?;
@@ -167,7 +176,10 @@ pub(crate) fn ext_authz(any: &Any) -> Result<ExtAuthz, Refusal> {
     )?;
     let service = match &f.services {
         Some(ext_authz::Services::GrpcService(g)) => {
-            refuse_if(!g.initial_metadata.is_empty(), "grpc_service.initial_metadata")?;
+            refuse_if(
+                !g.initial_metadata.is_empty(),
+                "grpc_service.initial_metadata",
+            )?;
             let Some(grpc_service::TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
                 return Err(Refusal::unsupported_value(
                     "grpc_service",
@@ -202,7 +214,10 @@ pub(crate) fn ext_authz(any: &Any) -> Result<ExtAuthz, Refusal> {
             if let Some(r) = req {
                 #[allow(deprecated)]
                 let deprecated = r.allowed_headers.is_some();
-                refuse_if(deprecated, "http_service.authorization_request.allowed_headers")?;
+                refuse_if(
+                    deprecated,
+                    "http_service.authorization_request.allowed_headers",
+                )?;
                 for hv in &r.headers_to_add {
                     headers_to_add.push((hv.key.to_ascii_lowercase(), hv.value.clone()));
                 }
@@ -220,10 +235,7 @@ pub(crate) fn ext_authz(any: &Any) -> Result<ExtAuthz, Refusal> {
             CheckService::Http {
                 cluster: cluster.clone(),
                 host,
-                timeout: uri
-                    .timeout
-                    .as_ref()
-                    .map_or(DEFAULT_GRPC_TIMEOUT, duration),
+                timeout: uri.timeout.as_ref().map_or(DEFAULT_GRPC_TIMEOUT, duration),
                 path_prefix: h.path_prefix.clone(),
                 headers_to_add,
                 allowed_upstream_headers: list(&resp.allowed_upstream_headers).map_err(under)?,

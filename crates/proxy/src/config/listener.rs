@@ -831,7 +831,8 @@ fn http_filters(
                          per workload)",
                     )));
                 }
-                let f = super::ext_authz::ext_authz(any).map_err(|r| at(r.under("typed_config")))?;
+                let f =
+                    super::ext_authz::ext_authz(any).map_err(|r| at(r.under("typed_config")))?;
                 ext_authz = Some((rbac.len(), Arc::new(f)));
             }
             JWT_AUTHN_TYPE => {

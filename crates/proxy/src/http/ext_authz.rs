@@ -86,7 +86,10 @@ pub(super) async fn check(
         return Outcome::Skipped;
     }
     let (path, authority) = (
-        req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        req.uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string(),
         super::request_authority(req).to_string(),
     );
     let result = match &filter.service {

@@ -697,7 +697,11 @@ fn rbac_denial(
             tracing::info!(peer = %conn.down.peer, method = %req.method(), %authority, %path, %policy, would_allow = allowed, "RBAC shadow rule (dry run) matched");
         }
         if decision.allowed {
-            filter.record(&decision, metadata, strait_authz::filter::HTTP_RBAC_NAMESPACE);
+            filter.record(
+                &decision,
+                metadata,
+                strait_authz::filter::HTTP_RBAC_NAMESPACE,
+            );
             continue;
         }
         conn.shared.stats.flag("RBAC");

@@ -216,8 +216,7 @@ pub fn http_filters(policies: &Policies<'_>) -> Vec<HttpFilter> {
 pub fn network_filters(policies: &Policies<'_>) -> Vec<Filter> {
     let custom = policies.custom_filters.tcp.iter().cloned();
     custom
-        .chain(build_all(policies, true).into_iter()
-        .map(|b| {
+        .chain(build_all(policies, true).into_iter().map(|b| {
             let head = NetworkRbac {
                 stat_prefix: TCP_STAT_PREFIX.to_string(),
                 shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
@@ -334,9 +333,10 @@ pub(super) fn build_named(
             };
             match generator.policy(rule) {
                 Ok(policy) => {
-                    target
-                        .policies
-                        .insert(format!("{prefix}{}", policy_name(ns, &meta.name, i)), policy);
+                    target.policies.insert(
+                        format!("{prefix}{}", policy_name(ns, &meta.name, i)),
+                        policy,
+                    );
                 }
                 Err(why) => {
                     tracing::debug!(

@@ -16,8 +16,8 @@
 
 pub mod authn;
 pub mod authz;
-pub mod ext_authz;
 mod clusters;
+pub mod ext_authz;
 mod listeners;
 pub mod mtls;
 mod origination;

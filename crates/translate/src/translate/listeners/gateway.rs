@@ -227,7 +227,12 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
     let ip = ctx.proxy.ip.to_string();
     // Gateways enforce the AuthorizationPolicies that select them.
-    let policies = authz::policies_for(ctx.config, ctx.registry, &ctx.proxy.namespace, &ctx.proxy.labels);
+    let policies = authz::policies_for(
+        ctx.config,
+        ctx.registry,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    );
     for (port, servers) in by_port {
         if servers[0].kind.class() != Class::Http {
             let l = l4_listener(ctx, &ip, port, &servers, out);
