@@ -178,16 +178,20 @@ impl Pods {
     /// One policy step: the task's three probes once the policy is in force, and the
     /// authorizer asked exactly twice (`tag`: `gRPCv3` or `HTTP`).
     fn custom_step(&mut self, step: &str, tag: &str) {
-        // In force: a denial with the authorizer's body, from this provider's server.
+        // In force: a denial with the authorizer's body, from this provider's server, 5 times
+        // in a row (a proxy's workers take a listener update one after the other: Envoy's
+        // connections may reach the old listener for a moment).
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut in_a_row = 0;
         loop {
             let got = self.curl("/headers", Some("deny"));
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(100));
             let log = self.authorizer_log();
-            if got.0 == "403"
+            let ok = got.0 == "403"
                 && got.1 == DENY_BODY
-                && log.iter().any(|l| l.contains(&format!("[{tag}][denied]")))
-            {
+                && log.iter().any(|l| l.contains(&format!("[{tag}][denied]")));
+            in_a_row = if ok { in_a_row + 1 } else { 0 };
+            if in_a_row == 5 {
                 break;
             }
             assert!(

@@ -265,3 +265,79 @@ pub(crate) fn ext_authz(any: &Any) -> Result<ExtAuthz, Refusal> {
         allowed_headers: list(&f.allowed_headers).map_err(|r| r.under("allowed_headers"))?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::GrpcService;
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::BufferSettings;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, ValueMatcher};
+    use envoy_types::util::pack_any;
+
+    use super::*;
+
+    fn grpc() -> ExtAuthzPb {
+        ExtAuthzPb {
+            services: Some(ext_authz::Services::GrpcService(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: "outbound|9000||ext-authz.foo.svc.cluster.local".into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            })),
+            filter_enabled_metadata: Some(MetadataMatcher {
+                filter: "envoy.filters.http.rbac".into(),
+                path: vec![metadata_matcher::PathSegment {
+                    segment: Some(metadata_matcher::path_segment::Segment::Key(
+                        "istio_ext_authz_shadow_effective_policy_id".into(),
+                    )),
+                }],
+                value: Some(ValueMatcher {
+                    match_pattern: Some(value_matcher::MatchPattern::StringMatch(StringMatcher {
+                        match_pattern: Some(
+                            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Prefix(
+                                "istio-ext-authz".into(),
+                            ),
+                        ),
+                        ignore_case: false,
+                    })),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn istios_grpc_provider_is_read_with_envoys_defaults() {
+        let f = ext_authz(&pack_any(grpc())).unwrap();
+        assert_eq!(f.status_on_error, 403, "Envoy's default");
+        assert!(!f.failure_mode_allow, "fail closed by default");
+        assert_eq!(
+            f.service,
+            CheckService::Grpc {
+                cluster: "outbound|9000||ext-authz.foo.svc.cluster.local".into(),
+                authority: String::new(),
+                timeout: DEFAULT_GRPC_TIMEOUT,
+            }
+        );
+        let m = f.enabled_metadata.unwrap();
+        assert_eq!(m.key, "istio_ext_authz_shadow_effective_policy_id");
+        assert!(
+            m.value
+                .matches("istio-ext-authz-p-ns[foo]-policy[a]-rule[0]")
+        );
+        assert!(!m.value.matches("ns[foo]-policy[a]-rule[0]"));
+    }
+
+    #[test]
+    fn fields_strait_proxy_does_not_honour_are_refused_by_name() {
+        let f = ExtAuthzPb {
+            with_request_body: Some(BufferSettings::default()),
+            ..grpc()
+        };
+        let e = ext_authz(&pack_any(f)).unwrap_err();
+        assert!(e.path().to_string().contains("with_request_body"), "{e:?}");
+    }
+}
