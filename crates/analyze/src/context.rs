@@ -328,19 +328,4 @@ pub fn default_mesh_config() -> Value {
     })
 }
 
-/// Merges `over` into `base`: objects field by field, everything else replaced.
-pub fn merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
-                    _ => {
-                        b.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
-}
+pub use strait_api::mesh_config::merge;

@@ -17,6 +17,7 @@ pub mod core;
 pub mod duration;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
+pub mod mesh_config;
 pub mod meta;
 pub mod networking;
 pub mod parse;

@@ -268,11 +268,10 @@ pub fn analyze(args: &AnalyzeArgs, live: Option<&Connection>) -> Result<ExitCode
         ..Options::default()
     };
     if let Some(path) = &args.mesh_config_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the mesh config", path.display()))?;
-        let mesh: Value = serde_yaml_ng::from_str(&text)
-            .with_context(|| format!("{}: not a YAML mesh config", path.display()))?;
-        options.mesh_config = Some(mesh);
+        // The same reader as `strait control-plane --mesh-config`: a bare MeshConfig, the
+        // `istio` ConfigMap (or its `data.mesh`), or an IstioOperator/Helm `meshConfig`.
+        let mesh = strait_api::mesh_config::load(path)?;
+        options.mesh_config = Some(mesh.raw);
     }
     let analyzers: Vec<&dyn strait_analyze::Analyzer> = strait_analyze::analyzers::all()
         .into_iter()

@@ -61,18 +61,26 @@ enum Command {
         /// How long to wait for more changes before pushing (milliseconds).
         #[arg(long, default_value_t = 100)]
         debounce_ms: u64,
-        /// Mesh-wide outbound traffic policy for hosts not in the registry.
-        #[arg(long, value_enum, default_value = "allow-any")]
-        outbound_traffic_policy: OutboundPolicyArg,
+        /// Istio's MeshConfig: the `istio` ConfigMap (or its `data.mesh`), an IstioOperator or
+        /// Helm values file (`meshConfig`), or a bare MeshConfig. Honoured: rootNamespace,
+        /// trustDomain, outboundTrafficPolicy, enableAutoMtls, extensionProviders; the flags
+        /// below override it.
+        #[arg(long, value_name = "FILE")]
+        mesh_config: Option<PathBuf>,
+        /// Mesh-wide outbound traffic policy for hosts not in the registry [default: allow-any,
+        /// or the mesh config's].
+        #[arg(long, value_enum)]
+        outbound_traffic_policy: Option<OutboundPolicyArg>,
         /// The range services' virtual IPs come from.
         #[arg(long, default_value = "240.240.0.0/16")]
         vip_range: String,
         /// Where the TLS port listens: the mesh CA and xDS over mutual TLS (Istio's 15012).
         #[arg(long, default_value = "127.0.0.1:15012")]
         tls_addr: String,
-        /// The mesh's trust domain: workload identities are spiffe://TRUST_DOMAIN/ns/NS/sa/SA.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
+        /// The mesh's trust domain: workload identities are spiffe://TRUST_DOMAIN/ns/NS/sa/SA
+        /// [default: cluster.local, or the mesh config's].
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// A plug-in CA in Istio's cacerts layout (ca-cert.pem, ca-key.pem, cert-chain.pem,
         /// root-cert.pem) instead of the self-signed root kept in the data directory.
         #[arg(long, value_name = "DIR")]
@@ -226,6 +234,7 @@ fn main() -> ExitCode {
             api_addr,
             xds_addr,
             debounce_ms,
+            mesh_config,
             outbound_traffic_policy,
             vip_range,
             tls_addr,
@@ -236,30 +245,40 @@ fn main() -> ExitCode {
             jwks_resolve,
             jwks_ca,
             jwks_refresh,
-        } => control_plane::run(strait_controlplane::Options {
-            jwks: strait_controlplane::jwks::JwksOptions {
-                resolve: jwks_resolve.into_iter().collect(),
-                extra_roots: jwks_ca,
-                system_roots: Some(system_ca_bundle.clone()),
-                refresh: jwks_refresh,
+        } => control_plane::run(
+            strait_controlplane::Options {
+                jwks: strait_controlplane::jwks::JwksOptions {
+                    resolve: jwks_resolve.into_iter().collect(),
+                    extra_roots: jwks_ca,
+                    system_roots: Some(system_ca_bundle.clone()),
+                    refresh: jwks_refresh,
+                },
+                data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
+                api_addr,
+                xds_addr,
+                tls_addr,
+                identity: strait_controlplane::IdentityOptions {
+                    trust_domain: String::new(),
+                    ca_dir,
+                    workload_cert_ttl,
+                },
+                debounce: std::time::Duration::from_millis(debounce_ms),
+                outbound_policy: strait_translate::OutboundPolicy::AllowAny,
+                mesh: Default::default(),
+                vip_range,
+                system_ca_bundle,
             },
-            data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
-            api_addr,
-            xds_addr,
-            tls_addr,
-            identity: strait_controlplane::IdentityOptions {
+            control_plane::MeshFlags {
+                file: mesh_config,
                 trust_domain,
-                ca_dir,
-                workload_cert_ttl,
+                outbound_policy: outbound_traffic_policy.map(|p| match p {
+                    OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,
+                    OutboundPolicyArg::RegistryOnly => {
+                        strait_translate::OutboundPolicy::RegistryOnly
+                    }
+                }),
             },
-            debounce: std::time::Duration::from_millis(debounce_ms),
-            outbound_policy: match outbound_traffic_policy {
-                OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,
-                OutboundPolicyArg::RegistryOnly => strait_translate::OutboundPolicy::RegistryOnly,
-            },
-            vip_range,
-            system_ca_bundle,
-        }),
+        ),
         Command::Run(args) => run::run(&connection, args),
         Command::Gateway(args) => gateway::run(&connection, args),
         Command::Agent(args) => agent::run(args),

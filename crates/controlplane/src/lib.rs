@@ -53,6 +53,9 @@ pub struct Options {
     pub system_ca_bundle: PathBuf,
     /// How RequestAuthentications' `jwksUri`s are fetched.
     pub jwks: jwks::JwksOptions,
+    /// Istio's MeshConfig, as read from `--mesh-config` (its trust domain and outbound policy
+    /// are already in `identity` and `outbound_policy`, with the flags applied).
+    pub mesh: strait_api::mesh_config::MeshConfig,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -89,11 +92,18 @@ pub async fn run(opts: Options) -> Result<()> {
              will fail until the proxies can read it (--system-ca-bundle)"
         );
     }
+    let defaults = MeshConfig::default();
     let mesh_config = MeshConfig {
         outbound_policy: opts.outbound_policy,
         trust_domain: opts.identity.trust_domain.clone(),
         system_ca_bundle: bundle.display().to_string(),
-        ..MeshConfig::default()
+        root_namespace: opts
+            .mesh
+            .root_namespace
+            .clone()
+            .unwrap_or(defaults.root_namespace.clone()),
+        extension_providers: Arc::new(opts.mesh.extension_providers.clone()),
+        ..defaults
     };
     let identity = MeshIdentity::start(&opts.identity, dir)?;
     let mesh = Arc::new(Mesh::load(store.clone(), mesh_config, &opts.vip_range)?);

@@ -34,6 +34,8 @@ pub struct MeshConfig {
     /// The system's trust bundle, for TLS origination without `caCertificates`: a file the
     /// proxies read (the control plane's `--system-ca-bundle`; Istio's `file-root:system`).
     pub system_ca_bundle: String,
+    /// `extensionProviders` (the CUSTOM action's authorizers, later telemetry's).
+    pub extension_providers: Arc<Vec<strait_api::mesh_config::ExtensionProvider>>,
 }
 
 impl Default for MeshConfig {
@@ -44,6 +46,7 @@ impl Default for MeshConfig {
             trust_domain: "cluster.local".to_string(),
             domain_suffix: "cluster.local".to_string(),
             system_ca_bundle: crate::translate::SYSTEM_CA_BUNDLE.to_string(),
+            extension_providers: Arc::default(),
         }
     }
 }

@@ -715,3 +715,140 @@ fn the_same_policies_encode_to_the_same_bytes() {
         }
     }
 }
+
+/// Istio's authz-custom policy on details (its selector changed to `app: details`), with the
+/// task's mesh config: a shadow RBAC filter whose match triggers the provider's ext_authz.
+fn custom_setup(provider: &str) -> XdsResources {
+    let mesh = strait_api::mesh_config::load(
+        &testdata().join("istio-install/authz-custom/mesh-config-extension-providers.yaml"),
+    )
+    .unwrap();
+    let policy = std::fs::read_to_string(
+        testdata().join("istio-samples/tasks/authz-custom/authz-custom.yaml"),
+    )
+    .unwrap()
+    .replace("app: httpbin", "app: details")
+    .replace("name: sample-ext-authz-grpc", &format!("name: {provider}"));
+    let mut resources = policy_yaml(&policy);
+    for r in &mut resources {
+        r.metadata.namespace = Some("default".into());
+    }
+    let mut config = snapshot(resources);
+    config.mesh.extension_providers = std::sync::Arc::new(mesh.config.extension_providers);
+    let mut registry = bookinfo_registry();
+    registry.services.insert(
+        "ext-authz.foo.svc.cluster.local".into(),
+        k8s_service(
+            "ext-authz",
+            "foo",
+            "240.240.0.99",
+            vec![
+                http_port(8000),
+                strait_registry::Port {
+                    name: "grpc".into(),
+                    number: 9000,
+                    protocol: strait_registry::Protocol::Grpc,
+                },
+            ],
+        ),
+    );
+    translate(&config, &registry, &bookinfo("details"))
+}
+
+#[test]
+fn custom_triggers_the_providers_ext_authz_only_when_its_rule_matches() {
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let res = custom_setup("sample-ext-authz-grpc");
+    let (filters, names) = http_rbac(&res, 9080);
+    assert_eq!(
+        names,
+        [
+            "envoy.filters.http.rbac",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.router"
+        ]
+    );
+    // The shadow rules never refuse; a match leaves the metadata ext_authz asks for.
+    let conn = connection(Some(SLEEP_SA), 9080);
+    let headers = http::HeaderMap::new();
+    for (path, triggered) in [("/headers", true), ("/ip", false)] {
+        let req = HttpRequest {
+            method: "GET",
+            path,
+            authority: "details:9080",
+            scheme: "http",
+            headers: &headers,
+            remote_ip: conn.source.ip(),
+        };
+        let mut md = Metadata::new();
+        let d = filters[0].decide(&Input {
+            connection: &conn,
+            request: Some(&req),
+            metadata: &md,
+        });
+        assert!(d.allowed, "{path}: shadow rules never refuse");
+        filters[0].record(&d, &mut md, "envoy.filters.http.rbac");
+        let id = md
+            .get("envoy.filters.http.rbac")
+            .and_then(|m| m.get("istio_ext_authz_shadow_effective_policy_id"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        assert_eq!(
+            id.is_some_and(|id| id.starts_with("istio-ext-authz-sample-ext-authz-grpc-")),
+            triggered,
+            "{path}: {md:?}"
+        );
+    }
+    let hcm: HttpConnectionManager = filter_config(&mtls_chain(&res, 9080).filters[0]);
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[1].config_type else {
+        panic!("ext_authz without typed config")
+    };
+    let ea: ExtAuthz = prost::Message::decode(any.value.as_slice()).unwrap();
+    let Some(ext_authz::Services::GrpcService(g)) = &ea.services else {
+        panic!("{ea:?}")
+    };
+    let Some(envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier::EnvoyGrpc(e)) =
+        &g.target_specifier
+    else {
+        panic!("{g:?}")
+    };
+    assert_eq!(
+        e.cluster_name,
+        "outbound|9000||ext-authz.foo.svc.cluster.local"
+    );
+    assert_eq!(
+        e.authority,
+        "outbound_.9000_._.ext-authz.foo.svc.cluster.local"
+    );
+    assert!(!ea.failure_mode_allow, "fail closed unless failOpen");
+
+    // The HTTP provider: its header list.
+    let res = custom_setup("sample-ext-authz-http");
+    let hcm: HttpConnectionManager = filter_config(&mtls_chain(&res, 9080).filters[0]);
+    let Some(http_filter::ConfigType::TypedConfig(any)) = &hcm.http_filters[1].config_type else {
+        panic!("ext_authz without typed config")
+    };
+    let ea: ExtAuthz = prost::Message::decode(any.value.as_slice()).unwrap();
+    assert!(matches!(
+        ea.services,
+        Some(ext_authz::Services::HttpService(_))
+    ));
+    assert_eq!(ea.allowed_headers.unwrap().patterns.len(), 1);
+}
+
+#[test]
+fn custom_with_an_unknown_provider_denies_what_its_rules_match() {
+    let res = custom_setup("no-such-provider");
+    let (filters, names) = http_rbac(&res, 9080);
+    assert_eq!(
+        names,
+        ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    );
+    let err = http_decide(&filters, Some(SLEEP_SA), "GET", "/headers", &[]).unwrap_err();
+    assert!(err.contains("deny-due-to-bad-CUSTOM-action"), "{err}");
+    assert_eq!(
+        http_decide(&filters, Some(SLEEP_SA), "GET", "/ip", &[]),
+        Ok(())
+    );
+}

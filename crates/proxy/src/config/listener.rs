@@ -254,6 +254,10 @@ pub struct HttpListener {
     /// filters, once the route is chosen (a route's own config replaces this one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_ratelimit: Option<Arc<super::ratelimit::LocalRateLimit>>,
+    /// `envoy.filters.http.ext_authz`, after this many of the RBAC filters (Istio: after the
+    /// CUSTOM action's shadow RBAC filter, before DENY and ALLOW).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<(usize, Arc<super::ext_authz::ExtAuthz>)>,
 }
 
 /// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
@@ -688,7 +692,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
         _ => return Err(Refusal::unsupported_value("codec_type", "HTTP3")),
     };
     let routes = route_source(hcm)?;
-    let (jwt_authn, rbac) = http_filters(&hcm.http_filters).under("http_filters")?;
+    let (jwt_authn, rbac, ext_authz) = http_filters(&hcm.http_filters).under("http_filters")?;
     let local_ratelimit = super::ratelimit::hcm_filter(&hcm.http_filters).under("http_filters")?;
     let upgrades = upgrades(&hcm.upgrade_configs).under("upgrade_configs")?;
     let server_header = match ServerHeaderTransformation::try_from(hcm.server_header_transformation)
@@ -735,6 +739,7 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
         rbac,
         jwt_authn,
         local_ratelimit,
+        ext_authz,
         forward_client_cert,
         client_cert_details,
         routes,
@@ -782,6 +787,7 @@ fn route_source(hcm: &HttpConnectionManager) -> Result<RouteSource, Refusal> {
 type AuthFilters = (
     Option<Arc<strait_authz::JwtAuthn>>,
     Vec<Arc<strait_authz::RbacFilter>>,
+    Option<(usize, Arc<super::ext_authz::ExtAuthz>)>,
 );
 
 fn http_filters(
@@ -790,6 +796,7 @@ fn http_filters(
     let mut router = false;
     let mut rbac = Vec::new();
     let mut jwt_authn = None;
+    let mut ext_authz = None;
     for (i, f) in filters.iter().enumerate() {
         let at = |r: Refusal| r.at(Segment::Index(i));
         if router {
@@ -824,8 +831,20 @@ fn http_filters(
                     ))
                 })?,
             )),
+            super::ext_authz::EXT_AUTHZ_TYPE => {
+                if ext_authz.is_some() {
+                    return Err(at(Refusal::rule(
+                        "",
+                        "a second ext_authz: strait-proxy runs one (Istio: one CUSTOM provider \
+                         per workload)",
+                    )));
+                }
+                let f =
+                    super::ext_authz::ext_authz(any).map_err(|r| at(r.under("typed_config")))?;
+                ext_authz = Some((rbac.len(), Arc::new(f)));
+            }
             JWT_AUTHN_TYPE => {
-                if jwt_authn.is_some() || !rbac.is_empty() {
+                if jwt_authn.is_some() || !rbac.is_empty() || ext_authz.is_some() {
                     return Err(at(Refusal::rule(
                         "",
                         "a second jwt_authn, or one after an RBAC filter: strait-proxy runs one \
@@ -853,7 +872,7 @@ fn http_filters(
     if !router {
         return Err(Refusal::missing("envoy.filters.http.router"));
     }
-    Ok((jwt_authn, rbac))
+    Ok((jwt_authn, rbac, ext_authz))
 }
 
 fn upgrades(

@@ -13,6 +13,7 @@
 
 pub mod cluster;
 pub mod cors;
+pub mod ext_authz;
 pub mod invalid;
 pub mod listener;
 mod proto;

@@ -10,6 +10,7 @@
 
 pub(crate) mod conn_io;
 mod cors;
+mod ext_authz;
 mod forward;
 pub mod h1_check;
 mod ratelimit;
@@ -175,7 +176,8 @@ pub(crate) async fn serve_connection(
             tls: accepted.tls.is_some(),
         },
         local: Some(accepted.local),
-        authz: (!hcm.rbac.is_empty()).then(|| accepted.authz_connection()),
+        authz: (!hcm.rbac.is_empty() || hcm.ext_authz.is_some())
+            .then(|| accepted.authz_connection()),
         hcm,
         tls: accepted.tls,
         state: state.clone(),
@@ -319,14 +321,18 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         .map(|_| request_entry(conn, &req));
     let upgrade = upgrade_request(&req);
     let grpc = is_grpc(req.headers());
+    let mut on_success = HeaderMap::new();
     let denied = match jwt_authn(conn, &mut req) {
-        Ok(metadata) => rbac_denial(conn, &req, &metadata),
+        Ok(metadata) => authorize(conn, &mut req, metadata, &mut on_success).await,
         Err(refused) => Some(*refused),
     };
     let mut resp = match denied {
         Some(denied) => denied,
         None => handle(&conn.shared, &conn.hcm, conn.down, req, started).await,
     };
+    for (name, value) in &on_success {
+        resp.headers_mut().append(name, value.clone());
+    }
     if grpc {
         grpc_local_reply(&mut resp);
     }
@@ -645,27 +651,58 @@ fn jwt_authn(
     Ok(metadata)
 }
 
-/// The connection manager's RBAC filters, in order: the first that denies answers 403 with
-/// Envoy's body; the log line names the policy and what did not match.
+/// The RBAC filters and the ext_authz filter among them (after the CUSTOM action's shadow RBAC
+/// filter): the first refusal answers; headers an allowing authorizer gives the client go in
+/// `on_success`.
+async fn authorize(
+    conn: &Conn,
+    req: &mut Request<Incoming>,
+    mut metadata: strait_authz::Metadata,
+    on_success: &mut HeaderMap,
+) -> Option<Response<Body>> {
+    let rbac = &conn.hcm.rbac;
+    let Some((before, filter)) = &conn.hcm.ext_authz else {
+        return rbac_denial(conn, req, &mut metadata, rbac);
+    };
+    let (first, rest) = rbac.split_at((*before).min(rbac.len()));
+    if let Some(denied) = rbac_denial(conn, req, &mut metadata, first) {
+        return Some(denied);
+    }
+    match ext_authz::check(conn, filter, req, &metadata).await {
+        ext_authz::Outcome::Denied(resp) => return Some(resp),
+        ext_authz::Outcome::Allowed(headers) => *on_success = headers,
+        ext_authz::Outcome::Skipped => {}
+    }
+    rbac_denial(conn, req, &mut metadata, rest)
+}
+
+/// RBAC filters, in order: the first that denies answers 403 with Envoy's body; the log line
+/// names the policy and what did not match. Each leaves its shadow result in `metadata`.
 fn rbac_denial(
     conn: &Conn,
     req: &Request<Incoming>,
-    metadata: &strait_authz::Metadata,
+    metadata: &mut strait_authz::Metadata,
+    filters: &[Arc<strait_authz::RbacFilter>],
 ) -> Option<Response<Body>> {
     let connection = conn.authz.as_ref()?;
     let request = authz_request(conn, req);
     let (authority, path) = (request.authority, request.path);
-    let input = strait_authz::Input {
-        connection,
-        request: Some(&request),
-        metadata,
-    };
-    for filter in &conn.hcm.rbac {
+    for filter in filters {
+        let input = strait_authz::Input {
+            connection,
+            request: Some(&request),
+            metadata: &*metadata,
+        };
         let decision = filter.decide(&input);
         if let Some((Some(policy), allowed)) = &decision.shadow {
             tracing::info!(peer = %conn.down.peer, method = %req.method(), %authority, %path, %policy, would_allow = allowed, "RBAC shadow rule (dry run) matched");
         }
         if decision.allowed {
+            filter.record(
+                &decision,
+                metadata,
+                strait_authz::filter::HTTP_RBAC_NAMESPACE,
+            );
             continue;
         }
         conn.shared.stats.flag("RBAC");

@@ -4,9 +4,9 @@
 //! - Which policies: those in the root namespace and in the workload's namespace whose
 //!   `selector` is empty or matches the workload's labels (a root-namespace policy with a
 //!   selector applies in every namespace). Policies with `targetRef(s)` attach to gateways and
-//!   waypoints through Kubernetes Gateway API objects and never to sidecars. CUSTOM is not yet
-//!   translated (see [`Policies::custom`]).
-//! - One RBAC filter per action, in Istio's order: AUDIT (action LOG), DENY, ALLOW. Policies
+//!   waypoints through Kubernetes Gateway API objects and never to sidecars.
+//! - CUSTOM first (a shadow RBAC filter and the provider's ext_authz, see [`super::ext_authz`]),
+//!   then one RBAC filter per action, in Istio's order: AUDIT (action LOG), DENY, ALLOW. Policies
 //!   annotated `istio.io/dry-run: "true"` go into the filter's shadow rules. An ALLOW filter
 //!   whose policies match nothing denies everything; a policy without rules gets a policy that
 //!   never matches (`allow-nothing`).
@@ -70,8 +70,9 @@ pub struct Policies<'a> {
     pub audit: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
     pub deny: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
     pub allow: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
-    /// CUSTOM policies: not translated yet (they need MeshConfig's extension providers).
+    /// CUSTOM policies, and their filters ([`super::ext_authz`]).
     pub custom: Vec<(&'a ObjectMeta, &'a AuthorizationPolicy)>,
+    pub custom_filters: super::ext_authz::Custom,
     /// The RequestAuthentications' `envoy.filters.http.jwt_authn`, which goes ahead of the
     /// HTTP RBAC filters (see [`super::authn`]).
     pub jwt_authn: Option<HttpFilter>,
@@ -79,13 +80,17 @@ pub struct Policies<'a> {
 
 impl Policies<'_> {
     pub fn is_empty(&self) -> bool {
-        self.audit.is_empty() && self.deny.is_empty() && self.allow.is_empty()
+        self.audit.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.custom.is_empty()
     }
 }
 
 /// The policies that apply to a workload in `namespace` with `labels`.
 pub fn policies_for<'a>(
     config: &'a ConfigSnapshot,
+    registry: &strait_registry::Registry,
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Policies<'a> {
@@ -123,13 +128,14 @@ pub fn policies_for<'a>(
         };
         list.push((&r.metadata, p));
     }
+    out.custom_filters = super::ext_authz::build(config, registry, &out.custom);
     out
 }
 
 /// Enforced and dry-run rules of one action.
-struct Built {
-    rules: Option<rbac::Rbac>,
-    shadow: Option<rbac::Rbac>,
+pub(super) struct Built {
+    pub rules: Option<rbac::Rbac>,
+    pub shadow: Option<rbac::Rbac>,
 }
 
 fn shadow_prefix(shadow: &Option<rbac::Rbac>) -> String {
@@ -149,36 +155,68 @@ fn build_all(policies: &Policies<'_>, tcp: bool) -> Vec<Built> {
     ]
     .into_iter()
     .filter(|(list, _)| !list.is_empty())
-    .map(|(list, action)| build(list, action, tcp))
+    .map(|(list, action)| build_named(list, action, tcp, ""))
     .collect()
 }
 
+/// An `envoy.filters.http.rbac` filter of `b` (shadow metadata keys prefixed `shadow_prefix`).
+pub(super) fn http_filter(b: &Built, shadow_prefix: &str) -> HttpFilter {
+    let head = HttpRbac {
+        shadow_rules_stat_prefix: shadow_prefix.to_string(),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: HTTP_RBAC.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(stable_any(
+            HTTP_RBAC_TYPE,
+            &head,
+            b,
+        ))),
+        ..Default::default()
+    }
+}
+
+/// An `envoy.filters.network.rbac` filter enforcing `b`'s rules (none when it has none).
+pub(super) fn network_filter(b: &Built) -> Option<Filter> {
+    b.rules.as_ref()?;
+    let head = NetworkRbac {
+        stat_prefix: TCP_STAT_PREFIX.to_string(),
+        ..Default::default()
+    };
+    Some(Filter {
+        name: NETWORK_RBAC.to_string(),
+        config_type: Some(filter::ConfigType::TypedConfig(stable_any(
+            NETWORK_RBAC_TYPE,
+            &head,
+            &Built {
+                rules: b.rules.clone(),
+                shadow: None,
+            },
+        ))),
+    })
+}
+
 /// `envoy.filters.http.rbac` filters for an HTTP port of the workload (none without policies),
-/// after the RequestAuthentications' `envoy.filters.http.jwt_authn` if any.
+/// after the RequestAuthentications' `envoy.filters.http.jwt_authn` if any and the CUSTOM
+/// policies' shadow RBAC and ext_authz filters.
 pub fn http_filters(policies: &Policies<'_>) -> Vec<HttpFilter> {
-    let rbac = build_all(policies, false).into_iter().map(|b| {
-        let head = HttpRbac {
-            shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
-            ..Default::default()
-        };
-        HttpFilter {
-            name: HTTP_RBAC.to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(stable_any(
-                HTTP_RBAC_TYPE,
-                &head,
-                &b,
-            ))),
-            ..Default::default()
-        }
-    });
-    policies.jwt_authn.clone().into_iter().chain(rbac).collect()
+    let rbac = build_all(policies, false)
+        .into_iter()
+        .map(|b| http_filter(&b, &shadow_prefix(&b.shadow)));
+    policies
+        .jwt_authn
+        .clone()
+        .into_iter()
+        .chain(policies.custom_filters.http.iter().cloned())
+        .chain(rbac)
+        .collect()
 }
 
 /// `envoy.filters.network.rbac` filters for a TCP port of the workload.
 pub fn network_filters(policies: &Policies<'_>) -> Vec<Filter> {
-    build_all(policies, true)
-        .into_iter()
-        .map(|b| {
+    let custom = policies.custom_filters.tcp.iter().cloned();
+    custom
+        .chain(build_all(policies, true).into_iter().map(|b| {
             let head = NetworkRbac {
                 stat_prefix: TCP_STAT_PREFIX.to_string(),
                 shadow_rules_stat_prefix: shadow_prefix(&b.shadow),
@@ -192,7 +230,7 @@ pub fn network_filters(policies: &Policies<'_>) -> Vec<Filter> {
                     &b,
                 ))),
             }
-        })
+        }))
         .collect()
 }
 
@@ -259,10 +297,13 @@ fn dry_run(meta: &ObjectMeta) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-fn build(
+/// The rule sets of `list`; each policy's name starts with `prefix` (`istio-ext-authz-P-` for
+/// CUSTOM, else nothing).
+pub(super) fn build_named(
     list: &[(&ObjectMeta, &AuthorizationPolicy)],
     action: rbac::rbac::Action,
     tcp: bool,
+    prefix: &str,
 ) -> Built {
     let empty = || rbac::Rbac {
         action: action as i32,
@@ -278,9 +319,10 @@ fn build(
         };
         let ns = namespace_of(meta);
         if p.rules.is_empty() {
-            target
-                .policies
-                .insert(policy_name(ns, &meta.name, 0), match_never());
+            target.policies.insert(
+                format!("{prefix}{}", policy_name(ns, &meta.name, 0)),
+                match_never(),
+            );
             continue;
         }
         for (i, rule) in p.rules.iter().enumerate() {
@@ -291,9 +333,10 @@ fn build(
             };
             match generator.policy(rule) {
                 Ok(policy) => {
-                    target
-                        .policies
-                        .insert(policy_name(ns, &meta.name, i), policy);
+                    target.policies.insert(
+                        format!("{prefix}{}", policy_name(ns, &meta.name, i)),
+                        policy,
+                    );
                 }
                 Err(why) => {
                     tracing::debug!(

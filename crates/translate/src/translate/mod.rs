@@ -17,6 +17,7 @@
 pub mod authn;
 pub mod authz;
 mod clusters;
+pub mod ext_authz;
 mod listeners;
 pub mod mtls;
 mod origination;

@@ -228,7 +228,12 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
     let ip = ctx.proxy.ip.to_string();
     // Gateways enforce the AuthorizationPolicies that select them.
-    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
+    let policies = authz::policies_for(
+        ctx.config,
+        ctx.registry,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    );
     for (port, servers) in by_port {
         if servers[0].kind.class() != Class::Http {
             let l = l4_listener(ctx, &ip, port, &servers, out);
@@ -332,6 +337,7 @@ fn l4_listener(
     }
     let rbac = authz::network_filters(&authz::policies_for(
         ctx.config,
+        ctx.registry,
         &ctx.proxy.namespace,
         &ctx.proxy.labels,
     ));
@@ -413,6 +419,7 @@ fn terminated_chain(
                     port,
                     authz::http_filters(&authz::policies_for(
                         ctx.config,
+                        ctx.registry,
                         &ctx.proxy.namespace,
                         &ctx.proxy.labels,
                     )),
@@ -424,6 +431,7 @@ fn terminated_chain(
             .unwrap_or_else(|| TcpTarget::Cluster(BLACKHOLE_CLUSTER.to_string()));
         let mut filters = authz::network_filters(&authz::policies_for(
             ctx.config,
+            ctx.registry,
             &ctx.proxy.namespace,
             &ctx.proxy.labels,
         ));

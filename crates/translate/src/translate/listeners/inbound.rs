@@ -31,13 +31,12 @@ use strait_xds_core::{CaptureMode, XdsResources};
 
 pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     let ports = ctx.inbound_ports();
-    let policies = authz::policies_for(ctx.config, &ctx.proxy.namespace, &ctx.proxy.labels);
-    if !policies.custom.is_empty() {
-        tracing::warn!(
-            proxy = %ctx.proxy.id,
-            "CUSTOM AuthorizationPolicies are not enforced yet; the other actions are"
-        );
-    }
+    let policies = authz::policies_for(
+        ctx.config,
+        ctx.registry,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    );
     match ctx.proxy.capture {
         CaptureMode::Iptables => {
             let any = "0.0.0.0";
