@@ -379,16 +379,16 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
     assert!(hcm.generate_request_id);
     assert!(!hcm.use_remote_address);
 
-    let ext_authz = http_filter(
-        "envoy.filters.http.ext_authz",
-        &envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::ExtAuthz::default(),
+    let buffer = http_filter(
+        "envoy.filters.http.buffer",
+        &envoy_types::pb::envoy::extensions::filters::http::buffer::v3::Buffer::default(),
     );
-    let err = Listener::try_from(&hcm_listener(vec![ext_authz, router.clone()]))
+    let err = Listener::try_from(&hcm_listener(vec![buffer, router.clone()]))
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with(
-            "listener \"127.0.0.2_15080\": filter_chains[0].filters[0].typed_config.http_filters[0] \"envoy.filters.http.ext_authz\""
+            "listener \"127.0.0.2_15080\": filter_chains[0].filters[0].typed_config.http_filters[0] \"envoy.filters.http.buffer\""
         ) && err.ends_with("is not supported by strait-proxy"),
         "{err}"
     );
