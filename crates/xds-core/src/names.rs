@@ -9,6 +9,8 @@ pub const VIRTUAL_INBOUND_PORT: u16 = 15006;
 pub const HTTP_PROXY_PORT: u16 = 15080;
 /// The proxy's admin interface.
 pub const ADMIN_PORT: u16 = 15000;
+/// Where a sidecar serves `/stats/prometheus` on the pod's address (Istio's).
+pub const PROMETHEUS_PORT: u16 = 15090;
 
 /// Where traffic for hosts the registry does not know goes (ALLOW_ANY).
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";

@@ -378,8 +378,16 @@ fn load_assignment(ctx: &Ctx<'_>, cluster: &str, endpoints: &[Endpoint]) -> Clus
 
 fn lb_endpoint(ctx: &Ctx<'_>, e: &Endpoint) -> LbEndpoint {
     let mut istio = vec![("namespace", string(&e.namespace))];
+    // Istio's telemetry encoding, `NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`:
+    // the client's metrics name the destination workload with it.
     if let Some(w) = &e.workload {
-        istio.push(("workload", string(w)));
+        let workload = strait_telemetry::Workload::from_labels(
+            w,
+            &e.namespace,
+            &e.labels,
+            strait_xds_core::proxy::DEFAULT_CLUSTER_ID,
+        );
+        istio.push(("workload", string(&workload.endpoint_encoding())));
     }
     if !e.service_account.is_empty() {
         istio.push(("service_account", string(&e.service_account)));
