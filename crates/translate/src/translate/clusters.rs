@@ -444,6 +444,18 @@ fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
             }),
             ..Default::default()
         };
+        // The service the port serves (the first by host name, when several do), for
+        // telemetry (`destination_service`), as Istio's inbound clusters carry it.
+        let service = ctx
+            .registry
+            .endpoints
+            .iter()
+            .find(|(_, eps)| eps.iter().any(|e| e.port == port && ctx.is_own(e)))
+            .and_then(|((host, _), _)| ctx.registry.services.get(host));
+        let c = Cluster {
+            metadata: service.map(|s| cluster_metadata(s, None)),
+            ..c
+        };
         let mut b = ClusterBuild::new(c);
         if protocol.is_http2() {
             b.set_h2();
