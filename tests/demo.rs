@@ -738,6 +738,9 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     // The demo's own routes: everything to v1.
     anonymous.always(Stars::None, 10);
     jason.always(Stars::None, 5);
+    if mesh_kind.0 == "strait" {
+        istio_metrics(proxy, &anonymous, gateway);
+    }
 
     // Request routing: all to v1, then jason to reviews v2 (black stars), others v1.
     apply(&home, "virtual-service-all-v1.yaml");
@@ -1139,6 +1142,115 @@ fn reviews_pod_dies_mid_load(proxy: &str, home: &str, listen: &str, gateway: Soc
         "{proxy}: {} of {total} page loads failed across the kill: {failures:?}",
         failures.len()
     );
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`, in a
+/// Prometheus text exposition.
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Istio's standard metrics, on productpage's sidecar at POD_IP:15090 (and its admin port):
+/// page loads through the gateway count as requests from the gateway (reporter destination),
+/// and productpage's calls to reviews as its own (reporter source), one each per page, with
+/// the latency histogram; the peer metadata headers do not reach the browser.
+fn istio_metrics(proxy: &str, browser: &Browser, gateway: SocketAddr) {
+    let ip = pod_record("productpage-v1.default")["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics: SocketAddr = format!("{ip}:15090").parse().unwrap();
+    let scrape = || {
+        let (code, _, body) = request(metrics, "GET", "/stats/prometheus", &[], "");
+        assert_eq!(code, 200, "{proxy}: {metrics}/stats/prometheus: {body}");
+        body
+    };
+    let inbound: &[(&str, &str)] = &[
+        ("reporter", "destination"),
+        ("destination_workload", "productpage-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_app", "productpage"),
+        (
+            "destination_service",
+            "productpage.default.svc.cluster.local",
+        ),
+        ("source_workload", "istio-ingressgateway"),
+        ("source_workload_namespace", "istio-system"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+    ];
+    let outbound: &[(&str, &str)] = &[
+        ("reporter", "source"),
+        ("source_workload", "productpage-v1"),
+        ("source_app", "productpage"),
+        ("destination_workload", "reviews-v1"),
+        ("destination_version", "v1"),
+        ("destination_canonical_service", "reviews"),
+        ("destination_service", "reviews.default.svc.cluster.local"),
+        ("destination_service_name", "reviews"),
+        ("destination_service_namespace", "default"),
+        ("response_code", "200"),
+    ];
+    let before = scrape();
+    let pages = 7;
+    for _ in 0..pages {
+        browser.page();
+    }
+    let after = scrape();
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric_sum(&after, name, labels) - metric_sum(&before, name, labels)
+    };
+    assert_eq!(
+        delta("istio_requests_total", inbound),
+        pages,
+        "{proxy}: productpage's sidecar counts each page load from the gateway once:\n{after}"
+    );
+    assert_eq!(
+        delta("istio_request_duration_milliseconds_count", inbound),
+        pages,
+        "{proxy}: the latency histogram counts each page load:\n{after}"
+    );
+    assert!(
+        after.contains("# TYPE istio_request_duration_milliseconds histogram")
+            && metric_sum(
+                &after,
+                "istio_request_duration_milliseconds_bucket",
+                &[inbound, &[("le", "+Inf")]].concat()
+            ) >= pages,
+        "{proxy}: the latency histogram's buckets:\n{after}"
+    );
+    assert_eq!(
+        delta("istio_requests_total", outbound),
+        pages,
+        "{proxy}: productpage's sidecar counts its calls to reviews v1 once per page:\n{after}"
+    );
+    // The admin port serves the same series.
+    let (code, _, admin) = request(
+        format!("{ip}:15000").parse().unwrap(),
+        "GET",
+        "/stats/prometheus",
+        &[],
+        "",
+    );
+    assert_eq!(code, 200);
+    assert!(metric_sum(&admin, "istio_requests_total", inbound) >= pages);
+    // The exchanged metadata stays in the mesh.
+    let (_, headers, _) = request(gateway, "GET", "/productpage", &[], "");
+    assert!(
+        !headers.contains_key("x-envoy-peer-metadata")
+            && !headers.contains_key("x-envoy-peer-metadata-id"),
+        "{proxy}: the peer metadata left the mesh: {headers:?}"
+    );
+    eprintln!("{proxy}: Istio's metrics checked");
 }
 
 #[test]

@@ -39,6 +39,10 @@ struct Args {
     /// close (Envoy's flag name).
     #[arg(long = "drain-time-s", value_name = "SECS", default_value_t = 5.0)]
     drain_time: f64,
+    /// Also serve `/stats/prometheus` (the proxy's stats and Istio's standard metrics) here,
+    /// as Istio's sidecars do on POD_IP:15090 (`strait run` sets it); always on the admin port.
+    #[arg(long, value_name = "ADDR")]
+    prometheus: Option<std::net::SocketAddr>,
 }
 
 /// Seconds from a flag as a timeout: 0 is none.
@@ -130,6 +134,7 @@ fn main() -> Result<()> {
         node,
         xds: args.proxy.xds_or_default(),
         admin: args.proxy.admin,
+        prometheus: args.prometheus,
         api: args.proxy.api,
         limits,
         access_log: args.access_log.clone(),

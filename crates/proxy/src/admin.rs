@@ -3,7 +3,9 @@
 //! - `/config_dump`: the proxy's typed config as compact JSON (durations as Envoy writes them,
 //!   `"0.500s"`). These are strait-proxy's own types, not
 //!   Envoy's config dump shape;
-//! - `/stats/prometheus`: per-cluster request counters and the proxy's own responses by flag;
+//! - `/stats/prometheus`: per-cluster request counters and the proxy's own responses by flag,
+//!   then Istio's standard metrics (`istio_requests_total`, ...; also served alone on
+//!   `--prometheus`, Istio's `POD_IP:15090`);
 //! - `/clusters`: Envoy's text format, per cluster its circuit breaker thresholds and per
 //!   endpoint `rq_active` and `health_flags` (`healthy`, or `/failed_outlier_check` while outlier
 //!   detection has it ejected);
@@ -41,6 +43,41 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpListener) {
                 .await;
         });
     }
+}
+
+/// Serves `/stats/prometheus` alone (Istio's port 15090) until aborted.
+pub(crate) async fn serve_prometheus(shared: Arc<Shared>, tcp: TcpListener) {
+    loop {
+        let Ok((stream, _)) = tcp.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/stats/prometheus" => prometheus(&shared),
+                        other => reply(
+                            StatusCode::NOT_FOUND,
+                            "text/plain",
+                            format!("no path {other} here: this port serves /stats/prometheus\n"),
+                        ),
+                    })
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The proxy's own (Envoy-named) stats, then Istio's standard metrics.
+fn prometheus(shared: &Shared) -> Response<Body> {
+    let mut text = shared.stats.prometheus();
+    shared.telemetry.metrics.prometheus(&mut text);
+    reply(StatusCode::OK, "text/plain; version=0.0.4", text)
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
@@ -91,11 +128,7 @@ fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             "application/json",
             certs_json(shared.tls.workload().as_deref()).to_string(),
         ),
-        "/stats/prometheus" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.stats.prometheus(),
-        ),
+        "/stats/prometheus" => prometheus(shared),
         "/clusters" => {
             let config = shared.config.load_full();
             reply(

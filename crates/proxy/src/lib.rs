@@ -19,6 +19,7 @@ pub mod fuzzing;
 mod http;
 mod io;
 mod listeners;
+mod metrics;
 mod original_dst;
 pub mod routing;
 mod stats;
@@ -65,6 +66,9 @@ pub struct Options {
     pub xds: SocketAddr,
     /// The admin interface's address.
     pub admin: SocketAddr,
+    /// Where `/stats/prometheus` is served besides the admin interface (Istio's
+    /// `POD_IP:15090`; `None`: only on the admin interface).
+    pub prometheus: Option<SocketAddr>,
     /// Delta ADS (falling back to state of the world) or state of the world only.
     pub api: XdsApi,
     /// Limits and timeouts of downstream HTTP connections.
@@ -84,6 +88,13 @@ pub struct Options {
 pub enum Error {
     #[error("cannot listen on the admin address {addr}: {source} (pick another with --admin)")]
     AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on the Prometheus address {addr}: {source} (pick another with --prometheus)"
+    )]
+    PrometheusBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -110,6 +121,8 @@ pub struct Shared {
     /// Set once the first complete config is in.
     ready: AtomicBool,
     stats: stats::Stats,
+    /// Istio's standard metrics.
+    telemetry: metrics::Telemetry,
     upstreams: upstream::Upstreams,
     quit: Notify,
     /// Set by `/drain_listeners`: every listening socket closes, and open HTTP connections close
@@ -136,12 +149,21 @@ impl Drop for OpenConnection {
 
 impl Shared {
     fn new(limits: HttpLimits, access_log: Option<AccessLog>) -> Arc<Shared> {
+        Shared::with_telemetry(limits, access_log, metrics::Telemetry::unknown())
+    }
+
+    fn with_telemetry(
+        limits: HttpLimits,
+        access_log: Option<AccessLog>,
+        telemetry: metrics::Telemetry,
+    ) -> Arc<Shared> {
         let tls = Arc::new(tls::Secrets::default());
         Arc::new(Shared {
             config: ArcSwap::from_pointee(Config::default()),
             generation: watch::channel(0).0,
             ready: AtomicBool::new(false),
             stats: stats::Stats::default(),
+            telemetry,
             upstreams: upstream::Upstreams::new(tls.clone()),
             quit: Notify::new(),
             drain: watch::channel(false).0,
@@ -197,20 +219,43 @@ pub async fn run_until(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let shared = Shared::new(opts.limits, open_access_log(opts.access_log.as_ref())?);
+    let telemetry = metrics::Telemetry::new(
+        &opts.node,
+        opts.identity.as_ref().map(|i| i.identity.to_string()),
+    );
+    let shared = Shared::with_telemetry(
+        opts.limits,
+        open_access_log(opts.access_log.as_ref())?,
+        telemetry,
+    );
     let admin = std::net::TcpListener::bind(opts.admin)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| Error::AdminBind {
             addr: opts.admin,
             source,
         })?;
+    let prometheus = opts
+        .prometheus
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| Error::PrometheusBind { addr, source })
+        })
+        .transpose()?;
     tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
     // The workload certificate first: xDS goes over mutual TLS with it.
     let _identity = match opts.identity {
         Some(identity) => Some(obtain_identity(&shared, identity).await?),
         None => None,
     };
-    let control = Control::start(shared.clone(), admin, opts.node.clone(), opts.xds, opts.api)?;
+    let control = Control::start(
+        shared.clone(),
+        admin,
+        prometheus,
+        opts.node.clone(),
+        opts.xds,
+        opts.api,
+    )?;
     let listeners = tokio::spawn(listeners::run(shared.clone()));
     tokio::select! {
         () = shared.quit.notified() => tracing::info!("quitquitquit: stopping"),
@@ -286,6 +331,7 @@ impl Control {
     fn start(
         shared: Arc<Shared>,
         admin: std::net::TcpListener,
+        prometheus: Option<std::net::TcpListener>,
         node: Node,
         xds: SocketAddr,
         api: XdsApi,
@@ -306,6 +352,15 @@ impl Control {
                             return;
                         }
                     };
+                    let prometheus = prometheus
+                        .and_then(|l| match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                tracing::error!(error = %e, "the Prometheus listener cannot be served");
+                                None
+                            }
+                        })
+                        .map(|l| tokio::spawn(admin::serve_prometheus(shared.clone(), l)));
                     let xds = tokio::spawn(xds::run(shared.clone(), node, xds, api));
                     let sweep = tokio::spawn(sweep(shared.clone()));
                     let admin = tokio::spawn(admin::serve(shared, admin));
@@ -313,6 +368,9 @@ impl Control {
                     xds.abort();
                     admin.abort();
                     sweep.abort();
+                    if let Some(p) = prometheus {
+                        p.abort();
+                    }
                 });
             })
             .map_err(Error::ControlRuntime)?;

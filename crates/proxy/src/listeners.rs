@@ -241,6 +241,7 @@ async fn connection(
                             restored,
                             destination,
                             tls: Some(Arc::new(session)),
+                            inbound: target.inbound,
                         },
                         drain,
                     )
@@ -264,6 +265,7 @@ async fn connection(
             restored,
             destination,
             tls: None,
+            inbound: target.inbound,
         },
         drain,
     )
@@ -280,6 +282,8 @@ pub(crate) struct Accepted {
     pub(crate) destination: SocketAddr,
     /// What the TLS handshake established, when the filter chain terminated TLS.
     pub(crate) tls: Option<Arc<DownstreamSession>>,
+    /// The listener is inbound (`traffic_direction: INBOUND`).
+    pub(crate) inbound: bool,
 }
 
 impl Accepted {
@@ -438,6 +442,7 @@ mod tests {
             tls_inspector: false,
             listener_filters_timeout: None,
             continue_on_listener_filters_timeout: false,
+            inbound: false,
             filter_chains: chains,
             default_filter_chain: None,
         }

@@ -2,7 +2,8 @@
 //!
 //! Node ids follow Istio's form, `sidecar~IP~POD.NS~NS.svc.cluster.local` (`router~...` for
 //! gateways), and the node metadata carries Istio's keys: `NAMESPACE`, `NAME`, `LABELS`,
-//! `INTERCEPTION_MODE` (`REDIRECT` or `NONE`), `SERVICE_ACCOUNT`, `INSTANCE_IPS`, and one of
+//! `INTERCEPTION_MODE` (`REDIRECT` or `NONE`), `SERVICE_ACCOUNT`, `INSTANCE_IPS`,
+//! `WORKLOAD_NAME` and `CLUSTER_ID` (for telemetry), and one of
 //! Strait's own: `STRAIT_APP_ADDRESS`, where the proxy's inbound traffic goes (its app's
 //! address when that is not 127.0.0.1: without capture, each app on a machine has its own).
 
@@ -78,6 +79,10 @@ pub struct Proxy {
     /// metadata `STRAIT_MTLS: "1"`.
     pub mtls: bool,
 }
+
+/// The cluster id in node metadata (`CLUSTER_ID`, Istio's default): Istio's metrics label
+/// `source_cluster` and `destination_cluster` with it.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 
 /// The node metadata key that says a proxy can do mutual TLS.
 pub const MTLS_METADATA: &str = "STRAIT_MTLS";
@@ -185,6 +190,10 @@ impl Proxy {
         let mut fields = BTreeMap::new();
         fields.insert("NAMESPACE".to_string(), s(&self.namespace));
         fields.insert("NAME".to_string(), s(&self.workload));
+        // Istio's telemetry keys: the workload (on the local platform, the pod's name) and
+        // the cluster id (Istio's default).
+        fields.insert("WORKLOAD_NAME".to_string(), s(&self.workload));
+        fields.insert("CLUSTER_ID".to_string(), s(DEFAULT_CLUSTER_ID));
         fields.insert("SERVICE_ACCOUNT".to_string(), s(&self.service_account));
         fields.insert("INSTANCE_IPS".to_string(), s(&self.ip.to_string()));
         fields.insert(

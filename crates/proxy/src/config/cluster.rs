@@ -60,6 +60,9 @@ pub struct Cluster {
     /// `original_dst_lb_config` (`use_http_header`, `http_header_name`); `None`: where the
     /// connection was going before iptables redirected it.
     pub original_dst_header: Option<String>,
+    /// The service the cluster is for (`filter_metadata.istio.services[0]`), for telemetry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<Arc<strait_telemetry::Service>>,
     /// The balancer strait-proxy builds for the cluster when it publishes the config (its
     /// endpoints' addresses parsed, the policy's state); not config: ignored by `==` and the
     /// config dump.
@@ -171,6 +174,11 @@ pub struct Endpoint {
     /// a sidecar), which picks the cluster's transport socket for it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub socket_match: BTreeMap<String, String>,
+    /// Its workload, for telemetry: `filter_metadata.istio.workload` in Istio's encoding
+    /// (`NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`). Its presence also says
+    /// the endpoint is a workload of the mesh, which gets the peer metadata headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<strait_telemetry::Workload>>,
 }
 
 impl Endpoint {
@@ -179,6 +187,7 @@ impl Endpoint {
             host: host.into(),
             port,
             socket_match: BTreeMap::new(),
+            workload: None,
         }
     }
 }
@@ -290,6 +299,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
             .as_ref()
             .and_then(|l| l.healthy_panic_threshold.as_ref())
             .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value.clamp(0.0, 100.0)),
+        service: cluster_service(c),
         balancer: Default::default(),
     })
 }
@@ -659,6 +669,7 @@ pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<End
             };
             let endpoint = Endpoint {
                 socket_match: socket_match(lb).map_err(at)?,
+                workload: endpoint_workload(lb),
                 ..endpoint
             };
             if healthy {
@@ -667,6 +678,49 @@ pub fn load_assignment(cla: &ClusterLoadAssignment, dns: bool) -> Result<Vec<End
         }
     }
     Ok(out)
+}
+
+/// An endpoint's workload from `filter_metadata.istio.workload` (Istio's encoding; anything
+/// else is no workload: telemetry labels it `unknown`).
+fn endpoint_workload(
+    lb: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Option<Arc<strait_telemetry::Workload>> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let istio = lb.metadata.as_ref()?.filter_metadata.get("istio")?;
+    match istio.fields.get("workload")?.kind.as_ref()? {
+        Kind::StringValue(s) => strait_telemetry::Workload::from_endpoint_encoding(s).map(Arc::new),
+        _ => None,
+    }
+}
+
+/// The service a cluster is for, from `filter_metadata.istio.services[0]` (`host`, `name`,
+/// `namespace`), as Istio's telemetry reads it.
+fn cluster_service(c: &pb::Cluster) -> Option<Arc<strait_telemetry::Service>> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let istio = c.metadata.as_ref()?.filter_metadata.get("istio")?;
+    let Kind::ListValue(list) = istio.fields.get("services")?.kind.as_ref()? else {
+        return None;
+    };
+    let Kind::StructValue(first) = list.values.first()?.kind.as_ref()? else {
+        return None;
+    };
+    let text = |k: &str| match first.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let host = text("host");
+    if host.is_empty() {
+        return None;
+    }
+    let name = match text("name") {
+        n if n.is_empty() => host.split('.').next().unwrap_or_default().to_string(),
+        n => n,
+    };
+    Some(Arc::new(strait_telemetry::Service {
+        host,
+        name,
+        namespace: text("namespace"),
+    }))
 }
 
 /// An endpoint's `envoy.transport_socket_match` metadata.

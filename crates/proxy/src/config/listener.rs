@@ -68,6 +68,10 @@ pub struct Listener {
     #[serde(serialize_with = "super::secs::option")]
     pub listener_filters_timeout: Option<Duration>,
     pub continue_on_listener_filters_timeout: bool,
+    /// `traffic_direction: INBOUND`: the proxy is the server's sidecar for its connections
+    /// (Istio's metrics: `reporter="destination"`); else the client's, or a gateway
+    /// (`reporter="source"`).
+    pub inbound: bool,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
 }
@@ -459,6 +463,8 @@ fn listener(l: &pb::Listener) -> Result<Listener, Refusal> {
             Some(d) => Some(duration(d)).filter(|d| !d.is_zero()),
         },
         continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
+        inbound: l.traffic_direction
+            == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
         filter_chains,
         default_filter_chain,
     })

@@ -23,6 +23,7 @@ use crate::config::{
     Cluster, Config, Forward, Mirror, PathMatch, RetryPolicy, Route, Target, UpstreamProtocol,
     VirtualHost,
 };
+use crate::metrics::{PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER};
 use crate::routing;
 use crate::upstream::{self, Balancer, Host, SendError};
 
@@ -179,6 +180,7 @@ pub(super) async fn forward(
     resp.extensions_mut().insert(UpstreamInfo {
         cluster: Some(cluster.name.clone()),
         received,
+        service: cluster.service.clone(),
         ..info
     });
     match upgrade {
@@ -437,6 +439,15 @@ impl Upstream<'_> {
                 Ok(uri) => *req.uri_mut() = uri,
                 Err(_) => return local(400, "DPE", "the request path is not valid"),
             }
+            // Istio's peer metadata exchange, towards workloads of the mesh only.
+            if picked.host().workload.is_some()
+                && let Some((metadata, id)) = &self.shared.telemetry.peer_header
+            {
+                req.headers_mut()
+                    .insert(PEER_METADATA_HEADER, metadata.clone());
+                req.headers_mut()
+                    .insert(PEER_METADATA_ID_HEADER, id.clone());
+            }
             let sent_at = std::time::Instant::now();
             let sent = self.lb.send(&picked, req);
             let result = match policy.and_then(|p| p.per_try_timeout) {
@@ -486,6 +497,9 @@ impl Upstream<'_> {
                 let service_time =
                     matches!(outcome, Outcome::Response(_)).then(|| sent_at.elapsed());
                 let mut resp = self.respond(outcome, attempt > 0);
+                // The upstream sidecar's metadata, which goes no further.
+                let peer_header = resp.headers_mut().remove(PEER_METADATA_HEADER);
+                resp.headers_mut().remove(PEER_METADATA_ID_HEADER);
                 if let Some(t) = service_time {
                     // As Envoy's router: the upstream's time to its response headers, in ms.
                     resp.headers_mut().insert(
@@ -496,6 +510,9 @@ impl Upstream<'_> {
                 resp.extensions_mut().insert(UpstreamInfo {
                     host: Some(picked.authority().to_string()),
                     service_time,
+                    endpoint: picked.host().workload.clone(),
+                    peer_header,
+                    upstream_mtls: picked.host().is_tls(),
                     ..UpstreamInfo::default()
                 });
                 // The endpoint and the circuit's place stay taken until the body is sent.

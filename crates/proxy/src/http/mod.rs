@@ -41,6 +41,7 @@ use crate::config::listener::{Codec, HttpListener, ServerHeader};
 use crate::config::{Action, Redirect, RequireTls, Route};
 use crate::io::Io;
 use crate::listeners::Accepted;
+use crate::metrics::{HostRef, PEER_METADATA_HEADER, PEER_METADATA_ID_HEADER, PeerKey};
 use crate::routing::{self, RequestView};
 use crate::tls::DownstreamSession;
 use conn_io::{ConnState, Ended, GuardedIo, InFlight};
@@ -119,6 +120,14 @@ pub(crate) struct UpstreamInfo {
     pub(crate) service_time: Option<Duration>,
     /// Request body bytes read from the client: counted as the body streams.
     pub(crate) received: Option<Arc<AtomicU64>>,
+    /// The cluster's service, for Istio's metrics.
+    pub(crate) service: Option<Arc<strait_telemetry::Service>>,
+    /// The endpoint's workload (from EDS), for Istio's metrics.
+    pub(crate) endpoint: Option<Arc<strait_telemetry::Workload>>,
+    /// The upstream's `x-envoy-peer-metadata` (removed from the response).
+    pub(crate) peer_header: Option<HeaderValue>,
+    /// The upstream connection is mutual TLS.
+    pub(crate) upstream_mtls: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +157,13 @@ struct Conn {
     /// The connection as the RBAC filters read it (when the HCM has any).
     authz: Option<strait_authz::Connection>,
     state: Arc<ConnState>,
+    /// An inbound listener's connection: the proxy is the server's sidecar
+    /// (`reporter="destination"`).
+    inbound: bool,
+    /// The client's SPIFFE id, from its certificate (mutual TLS).
+    peer_principal: Option<Arc<str>>,
+    /// The label set of the connection's last request, for Istio's metrics.
+    edges: crate::metrics::EdgeCache,
 }
 
 /// True once `drain` says so; false if its sender is gone without saying so.
@@ -179,6 +195,14 @@ pub(crate) async fn serve_connection(
         authz: (!hcm.rbac.is_empty() || hcm.ext_authz.is_some())
             .then(|| accepted.authz_connection()),
         hcm,
+        inbound: accepted.inbound,
+        peer_principal: accepted
+            .tls
+            .as_ref()
+            .and_then(|t| t.peer.as_ref())
+            .and_then(|p| p.principal())
+            .map(Arc::from),
+        edges: Default::default(),
         tls: accepted.tls,
         state: state.clone(),
     });
@@ -304,8 +328,14 @@ impl Conn {
 
 /// One request: the connection manager's headers, the route's answer, and the access log line
 /// when the response ends.
-async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+async fn serve_request(conn: &Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    // Istio's peer metadata exchange: the client sidecar's metadata is read on inbound
+    // listeners, and never passed on (an app or a client outside the mesh cannot send it on).
+    let peer_header = req.headers_mut().remove(PEER_METADATA_HEADER);
+    req.headers_mut().remove(PEER_METADATA_ID_HEADER);
+    let peer_header = peer_header.filter(|_| conn.inbound);
+    let host = HostRef::of(&req);
     let in_flight = InFlight::new(&conn.state);
     forwarding_headers(
         &conn.hcm,
@@ -343,17 +373,31 @@ async fn serve_request(conn: &Conn, mut req: Request<Incoming>) -> Response<Body
         resp.headers_mut()
             .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     }
+    // The server sidecar answers a mesh client with its own metadata; nothing else passes on.
+    resp.headers_mut().remove(PEER_METADATA_HEADER);
+    resp.headers_mut().remove(PEER_METADATA_ID_HEADER);
+    if conn.inbound
+        && peer_header.is_some()
+        && let Some((metadata, id)) = &conn.shared.telemetry.peer_header
+    {
+        resp.headers_mut()
+            .insert(PEER_METADATA_HEADER, metadata.clone());
+        resp.headers_mut()
+            .insert(PEER_METADATA_ID_HEADER, id.clone());
+    }
     let entry = entry.map(|e| response_entry(e, &resp));
     let received = resp
         .extensions()
         .get::<UpstreamInfo>()
         .and_then(|u| u.received.clone());
+    let recorder = recorder(conn, &mut resp, peer_header, host, grpc);
     let (parts, body) = resp.into_parts();
     let body = Logged {
         inner: body,
         sent: 0,
         finish: Some(Finish {
             entry,
+            recorder,
             received,
             started,
             shared: conn.shared.clone(),
@@ -430,6 +474,8 @@ struct Logged {
 
 struct Finish {
     entry: Option<Entry>,
+    /// What Istio's metrics count the request under, once it ends.
+    recorder: Option<Recorder>,
     received: Option<Arc<AtomicU64>>,
     started: Instant,
     shared: Arc<Shared>,
@@ -441,9 +487,15 @@ impl Logged {
         let Some(f) = self.finish.take() else {
             return;
         };
+        let received = f.received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
+        if let Some(r) = f.recorder {
+            let edge = r.conn.edges.edge(&f.shared.telemetry, r.key);
+            edge.series(r.response)
+                .request(f.started.elapsed(), received, self.sent);
+        }
         if let (Some(mut e), Some(log)) = (f.entry, &f.shared.access_log) {
             e.bytes_sent = self.sent;
-            e.bytes_received = f.received.map_or(0, |r| r.load(Ordering::Relaxed));
+            e.bytes_received = received;
             e.duration = millis(f.started.elapsed());
             log.write(&e);
         }
@@ -464,6 +516,14 @@ impl http_body::Body for Logged {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.sent += d.len() as u64;
+                }
+                // A gRPC status in the trailers (Istio's `grpc_response_status`).
+                if let Some(t) = frame.trailers_ref()
+                    && let Some(r) = this.finish.as_mut().and_then(|f| f.recorder.as_mut())
+                    && r.key.protocol == strait_telemetry::Protocol::Grpc
+                    && let Some(status) = grpc_status(t)
+                {
+                    r.response.grpc_status = Some(status);
                 }
                 if this.inner.is_end_stream() {
                     this.finish();
@@ -488,6 +548,82 @@ impl Drop for Logged {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// A request's place in Istio's metrics, recorded when its response ends.
+struct Recorder {
+    conn: Arc<Conn>,
+    key: PeerKey,
+    response: strait_telemetry::ResponseKey,
+}
+
+/// What Istio's metrics need of a response: its code, flags and gRPC status, and the peer (the
+/// upstream's metadata header is taken out of the response's upstream info).
+fn recorder(
+    conn: &Arc<Conn>,
+    resp: &mut Response<Body>,
+    peer_header: Option<HeaderValue>,
+    host: Option<HostRef>,
+    grpc: bool,
+) -> Option<Recorder> {
+    let ext = resp.extensions();
+    let local = ext.get::<LocalReply>().map_or("-", |l| l.flags);
+    let flags = if ext.get::<DelayInjected>().is_some() {
+        crate::metrics::with_delay(local)
+    } else {
+        local
+    };
+    let code = resp.status().as_u16();
+    let grpc_status = if grpc {
+        grpc_status(resp.headers())
+    } else {
+        None
+    };
+    let (service, endpoint, upstream_peer, upstream_mtls) =
+        match resp.extensions_mut().get_mut::<UpstreamInfo>() {
+            Some(u) => (
+                u.service.clone(),
+                u.endpoint.clone(),
+                u.peer_header.take(),
+                u.upstream_mtls,
+            ),
+            None => (None, None, None, false),
+        };
+    let key = PeerKey {
+        inbound: conn.inbound,
+        protocol: if grpc {
+            strait_telemetry::Protocol::Grpc
+        } else {
+            strait_telemetry::Protocol::Http
+        },
+        peer_header: if conn.inbound {
+            peer_header
+        } else {
+            upstream_peer
+        },
+        endpoint: endpoint.filter(|_| !conn.inbound),
+        peer_principal: conn.peer_principal.clone().filter(|_| conn.inbound),
+        upstream_mtls: upstream_mtls && !conn.inbound,
+        service,
+        host,
+    };
+    Some(Recorder {
+        conn: conn.clone(),
+        key,
+        response: strait_telemetry::ResponseKey {
+            code,
+            grpc_status,
+            flags,
+        },
+    })
+}
+
+/// The `grpc-status` of a response's headers or trailers.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A response the proxy makes itself, with its flag and reason.

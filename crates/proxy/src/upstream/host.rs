@@ -77,6 +77,9 @@ pub(crate) struct Host {
     pool: Mutex<Pool>,
     /// Set when the endpoint left its cluster: no connection is kept any more.
     draining: AtomicBool,
+    /// The endpoint's workload from EDS (a workload of the mesh), for telemetry and the peer
+    /// metadata exchange.
+    pub(crate) workload: Option<Arc<strait_telemetry::Workload>>,
 }
 
 #[derive(Default)]
@@ -109,7 +112,19 @@ impl Host {
             outlier: HostOutlier::default(),
             pool: Mutex::new(Pool::default()),
             draining: AtomicBool::new(false),
+            workload: None,
         }
+    }
+
+    /// The endpoint's workload (see [`Host::workload`]).
+    pub(crate) fn with_workload(mut self, w: Option<Arc<strait_telemetry::Workload>>) -> Host {
+        self.workload = w;
+        self
+    }
+
+    /// Connections to the endpoint are TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Whether connections to the endpoint use this TLS context (both plain text, or the same

@@ -178,7 +178,7 @@ impl Upstreams {
                         let (authority, ip) = authority(e);
                         let tls = cluster.tls.for_endpoint(e);
                         match known.get(authority.as_str()) {
-                            Some(h) if h.uses(tls, auto) => h.clone(),
+                            Some(h) if h.uses(tls, auto) && h.workload == e.workload => h.clone(),
                             _ => {
                                 // New, or its TLS changed: new connections from now on.
                                 let host_tls = tls.map(|context| HostTls {
@@ -186,7 +186,10 @@ impl Upstreams {
                                     secrets: self.secrets.clone(),
                                     auto,
                                 });
-                                let h = Arc::new(Host::new(authority.clone(), ip, host_tls));
+                                let h = Arc::new(
+                                    Host::new(authority.clone(), ip, host_tls)
+                                        .with_workload(e.workload.clone()),
+                                );
                                 if let Some(old) =
                                     known.insert(authority.into_boxed_str(), h.clone())
                                 {

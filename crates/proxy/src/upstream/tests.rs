@@ -33,6 +33,7 @@ fn endpoints_cluster(lb: LbPolicy, endpoints: impl Iterator<Item = (String, u16)
         outlier_detection: None,
         healthy_panic_threshold: 50.0,
         original_dst_header: None,
+        service: None,
         balancer: Default::default(),
     }
 }

@@ -378,8 +378,16 @@ fn load_assignment(ctx: &Ctx<'_>, cluster: &str, endpoints: &[Endpoint]) -> Clus
 
 fn lb_endpoint(ctx: &Ctx<'_>, e: &Endpoint) -> LbEndpoint {
     let mut istio = vec![("namespace", string(&e.namespace))];
+    // Istio's telemetry encoding, `NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`:
+    // the client's metrics name the destination workload with it.
     if let Some(w) = &e.workload {
-        istio.push(("workload", string(w)));
+        let workload = strait_telemetry::Workload::from_labels(
+            w,
+            &e.namespace,
+            &e.labels,
+            strait_xds_core::proxy::DEFAULT_CLUSTER_ID,
+        );
+        istio.push(("workload", string(&workload.endpoint_encoding())));
     }
     if !e.service_account.is_empty() {
         istio.push(("service_account", string(&e.service_account)));
@@ -435,6 +443,18 @@ fn inbound(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 ..Default::default()
             }),
             ..Default::default()
+        };
+        // The service the port serves (the first by host name, when several do), for
+        // telemetry (`destination_service`), as Istio's inbound clusters carry it.
+        let service = ctx
+            .registry
+            .endpoints
+            .iter()
+            .find(|(_, eps)| eps.iter().any(|e| e.port == port && ctx.is_own(e)))
+            .and_then(|((host, _), _)| ctx.registry.services.get(host));
+        let c = Cluster {
+            metadata: service.map(|s| cluster_metadata(s, None)),
+            ..c
         };
         let mut b = ClusterBuild::new(c);
         if protocol.is_http2() {
