@@ -2,7 +2,7 @@
 //! service discovery (`/debug/prometheus_sd`): every connected proxy on Istio's stats port
 //! (`IP:15090/stats/prometheus`), labelled with its namespace and pod, and the control plane's
 //! own `/metrics`. The prometheus.yml is the one docs/observability.md gives, with this test's
-//! addresses.
+//! addresses. Both data planes: two Envoy sidecars and a strait-proxy sidecar.
 
 use strait_e2e as support;
 
@@ -15,6 +15,7 @@ use serde_json::Value;
 use strait_testsupport::{Envoy, free_port, http_get};
 use support::ControlPlane;
 use support::mesh::next_ip;
+use support::strait_proxy::StraitProxy;
 
 /// Prometheus, or a failure that says how to install it.
 fn prometheus_bin() -> &'static str {
@@ -162,12 +163,47 @@ async fn envoy_sidecar(cp: &ControlPlane, workload: &str, app: &str) -> (Envoy, 
     (envoy, ip)
 }
 
+/// A strait-proxy sidecar (no capture) on a loopback address of its own, serving its stats on
+/// `IP:15090` too.
+async fn strait_sidecar(cp: &ControlPlane, workload: &str, app: &str) -> (StraitProxy, IpAddr) {
+    let ip = next_ip();
+    let admin: SocketAddr = (IpAddr::from([127, 0, 0, 1]), free_port()).into();
+    let stats: SocketAddr = (ip, 15090).into();
+    let labels = format!("app={app},version=v1");
+    let xds = std::fs::read_to_string(cp.data_dir().join("xds"))
+        .expect("the control plane records its xDS address in DATA_DIR/xds");
+    let mut proxy = StraitProxy::start(
+        workload,
+        &[
+            "--workload",
+            workload,
+            "--namespace",
+            "default",
+            "--address",
+            &ip.to_string(),
+            "--labels",
+            &labels,
+            "--capture",
+            "none",
+            "--xds",
+            xds.trim(),
+            "--prometheus",
+            &stats.to_string(),
+        ],
+        admin,
+    );
+    proxy.wait_ready(Duration::from_secs(20)).await;
+    proxy.wait_listener(stats).await;
+    (proxy, ip)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_every_proxy_through_the_control_planes_discovery() {
     prometheus_bin();
     let cp = ControlPlane::start();
     let (_web, web_ip) = envoy_sidecar(&cp, "web-v1", "web").await;
     let (_api, api_ip) = envoy_sidecar(&cp, "api-v1", "api").await;
+    let (_db, db_ip) = strait_sidecar(&cp, "db-v1", "db").await;
 
     // The stats listener serves the stats, and only them: the rest of the admin interface
     // stays on the admin port.
@@ -217,16 +253,17 @@ async fn prometheus_scrapes_every_proxy_through_the_control_planes_discovery() {
     let mut want = vec![
         (format!("{web_ip}:15090"), "web-v1".to_string()),
         (format!("{api_ip}:15090"), "api-v1".to_string()),
+        (format!("{db_ip}:15090"), "db-v1".to_string()),
     ];
     want.sort();
     assert_eq!(targets, want, "{}", sd.body);
 
-    // Prometheus finds both proxies and the control plane, and scrapes them.
+    // Prometheus finds the three proxies and the control plane, and scrapes them.
     let token_file = cp.data_dir().join("token");
     let prometheus = Prometheus::start(&prometheus_yml(&addr, &token_file));
     let up = prometheus
         .until("up", |r| {
-            r.len() == 3 && r.iter().all(|s| s["value"][1] == "1")
+            r.len() == 4 && r.iter().all(|s| s["value"][1] == "1")
         })
         .await;
     let mut pods: Vec<String> = up
@@ -238,17 +275,21 @@ async fn prometheus_scrapes_every_proxy_through_the_control_planes_discovery() {
         })
         .collect();
     pods.sort();
-    assert_eq!(pods, ["api-v1", "web-v1"], "{up:#?}");
+    assert_eq!(pods, ["api-v1", "db-v1", "web-v1"], "{up:#?}");
     assert!(
         up.iter()
             .any(|s| s["metric"]["job"] == "strait-control-plane"),
         "{up:#?}"
     );
-    // A proxy series by pod, as a dashboard asks for it.
-    let live = prometheus
-        .until("sum(envoy_server_live) by (pod)", |r| r.len() == 2)
+    // Every proxy's series, by pod, as a dashboard asks for them (the two planes report
+    // different series until there is traffic).
+    let listeners = prometheus
+        .until("count({job=\"strait-proxies\"}) by (pod)", |r| r.len() == 3)
         .await;
-    for s in &live {
-        assert_eq!(s["value"][1], "1", "{live:#?}");
-    }
+    let mut pods: Vec<&str> = listeners
+        .iter()
+        .map(|s| s["metric"]["pod"].as_str().unwrap())
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["api-v1", "db-v1", "web-v1"], "{listeners:#?}");
 }

@@ -14,7 +14,7 @@ use strait_netns::{PROXY_GID, PROXY_UID, ProcId};
 use strait_translate::bootstrap::{BootstrapIdentity, BootstrapOptions, envoy_bootstrap};
 
 use crate::pod_identity::PodIdentity;
-use strait_xds_core::{Proxy, ProxyFlags, ProxyRole, XdsApi};
+use strait_xds_core::{Proxy, ProxyFlags, XdsApi};
 use tokio::process::{Child, Command};
 
 /// Which data plane runs.
@@ -322,17 +322,13 @@ impl RunningProxy {
                 let mut args = flags.to_args();
                 // `stop` drains through the admin API first; the SIGTERM that follows ends it.
                 args.extend(["--drain-time-s".to_string(), "0".to_string()]);
-                // A sidecar serves its metrics on Istio's port 15090 of the pod's address too.
-                if l.proxy.role == ProxyRole::Sidecar {
-                    args.extend([
-                        "--prometheus".to_string(),
-                        std::net::SocketAddr::new(
-                            l.admin.ip(),
-                            strait_xds_core::names::PROMETHEUS_PORT,
-                        )
+                // Its metrics on Istio's port 15090 of the pod's address too (the admin's
+                // address: a gateway's is its listen address), as Envoy's bootstrap above.
+                args.extend([
+                    "--prometheus".to_string(),
+                    SocketAddr::new(l.admin.ip(), strait_xds_core::names::PROMETHEUS_PORT)
                         .to_string(),
-                    ]);
-                }
+                ]);
                 (strait_proxy_bin()?, args)
             }
         };
