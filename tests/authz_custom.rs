@@ -207,8 +207,11 @@ impl Pods {
                     .join("\n")
             );
         }
-        // Let the log of the waiting probes arrive, then count only what follows.
-        std::thread::sleep(Duration::from_millis(300));
+        // The listener was updated in place: connections the client's sidecar opened before
+        // (pooled, on the old filter chain, without the policy) last until the server's drain
+        // time (2 s, `strait run`'s sidecars) has passed. Then count only what follows, once
+        // the waiting probes' log lines have arrived.
+        std::thread::sleep(Duration::from_secs(3));
         self.authorizer_log();
 
         let (code, body) = self.curl("/headers", Some("deny"));
