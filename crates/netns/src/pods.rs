@@ -278,14 +278,35 @@ impl Pods {
     }
 
     fn ensure_bridge(&self) -> Result<(), Error> {
+        // A bridge without an address of its own takes the lowest of its ports' and changes it
+        // as pods come and go; every pod's neighbour entry for the gateway would then point at
+        // a MAC nobody answers to until it expires (tens of seconds without the host).
+        let mac = mac_of(self.range.gateway());
         if run_tool("ip", &["link", "show", "dev", &self.bridge]).is_ok() {
+            // One made by an earlier version: give it its address now (3: NET_ADDR_SET).
+            let assigned = format!("/sys/class/net/{}/addr_assign_type", self.bridge);
+            if fs::read_to_string(&assigned).is_ok_and(|t| t.trim() != "3") {
+                run_tool("ip", &["link", "set", &self.bridge, "address", &mac])?;
+                tracing::info!(bridge = %self.bridge, %mac, "bridge address set");
+            }
             return Ok(());
         }
         let gw = format!("{}/{}", self.range.gateway(), self.range.prefix_len());
-        run_tool("ip", &["link", "add", &self.bridge, "type", "bridge"])?;
+        run_tool(
+            "ip",
+            &[
+                "link",
+                "add",
+                &self.bridge,
+                "address",
+                &mac,
+                "type",
+                "bridge",
+            ],
+        )?;
         run_tool("ip", &["addr", "add", &gw, "dev", &self.bridge])?;
         run_tool("ip", &["link", "set", &self.bridge, "up"])?;
-        tracing::info!(bridge = %self.bridge, %gw, "bridge created");
+        tracing::info!(bridge = %self.bridge, %gw, %mac, "bridge created");
         Ok(())
     }
 
@@ -304,6 +325,11 @@ impl Pods {
             ],
         )?;
         run_tool("ip", &["link", "set", veth, "master", &self.bridge, "up"])?;
+        // The pod's MAC follows from its address, so a pod started again at the same address
+        // (after a crash) answers to the MAC its peers have cached: with a random one, their
+        // connections to it go nowhere until their neighbour entries expire.
+        let mac = mac_of(rec.ip);
+        run_tool("ip", &["-n", ns, "link", "set", "eth0", "address", &mac])?;
         run_tool("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
         run_tool("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         run_tool("ip", &["-n", ns, "link", "set", "lo", "up"])?;
@@ -424,9 +450,22 @@ impl Pods {
     }
 }
 
+/// The MAC of an address in the pod range (the pods' and the bridge's): `0a:58` (locally
+/// administered, unicast) and the address's four bytes, as OVN-Kubernetes does.
+fn mac_of(ip: Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_mac_follows_from_its_address() {
+        assert_eq!(mac_of(Ipv4Addr::new(10, 44, 0, 1)), "0a:58:0a:2c:00:01");
+        assert_eq!(mac_of(Ipv4Addr::new(10, 44, 1, 254)), "0a:58:0a:2c:01:fe");
+    }
 
     fn pods(dir: &Path) -> Pods {
         Pods::new(dir, "strait-test0", "10.250.0.0/29".parse().unwrap())
