@@ -56,16 +56,10 @@ echo "== cargo test"
 # `strait demo`) take the machine's pods one test at a time (tests/support/platform.rs holds a
 # file lock), so they run in their own lane; every other test runs in the second lane. Any
 # test not listed here runs in the second lane, and a pod test there still waits for the lock.
-pod_tests=(run egress_tls authn authz authn_jwt secure_ingress authz_custom)
-# The soak's smoke mode (tests/soak.rs, what bench/soak.sh runs for longer) is not in the
-# suite yet: it finds a strait-proxy bug that is still open (issue 13's note: calls to a pod
-# killed and restarted at the same address fail for up to 25 s), so it fails on strait-proxy
-# in most runs. It joins pod_tests when that is fixed.
-not_yet=(soak)
-echo "not run by this suite: ${not_yet[*]} (see the comment in scripts/test.sh)"
+pod_tests=(run egress_tls authn authz authn_jwt secure_ingress authz_custom soak)
 other_e2e=()
 for t in $(sed -n '/^\[\[test\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' tests/Cargo.toml); do
-  [[ " demo ${pod_tests[*]} ${not_yet[*]} " == *" $t "* ]] || other_e2e+=("$t")
+  [[ " demo ${pod_tests[*]} " == *" $t "* ]] || other_e2e+=("$t")
 done
 pods_log=$(mktemp)
 # The demo test last: by then the other lane has usually finished, and its timed checks (fault

@@ -134,7 +134,8 @@ impl Schedule {
             config_every: Duration::from_secs(2),
             kill_first: Duration::from_secs(2),
             kill_every: Duration::from_secs(9),
-            restart_first: Duration::from_secs(7),
+            // With the second kill (the whole run of details-v1), as in the long mode at 150 s.
+            restart_first: Duration::from_secs(11),
             restart_every: Duration::from_secs(600),
             sample_every: Duration::from_secs(2),
             rate: 5.0,
