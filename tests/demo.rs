@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::metric_sum;
 use support::process::Spawned;
 
 const REVIEWS_UNAVAILABLE: &str = "Sorry, product reviews are currently unavailable for this book.";
@@ -1142,20 +1143,6 @@ fn reviews_pod_dies_mid_load(proxy: &str, home: &str, listen: &str, gateway: Soc
         "{proxy}: {} of {total} page loads failed across the kill: {failures:?}",
         failures.len()
     );
-}
-
-/// The sum of the samples of `name` whose labels include every one of `labels`, in a
-/// Prometheus text exposition.
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 /// Istio's standard metrics, on productpage's sidecar at POD_IP:15090 (and its admin port):

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strait_testsupport::{Backend, Envoy, HttpReply, free_port, via_proxy};
+use strait_testsupport::{Backend, Envoy, HttpReply, free_port, http_get, via_proxy};
 
 use super::strait_proxy::StraitProxy;
 use super::{ControlPlane, testdata};
@@ -290,6 +290,18 @@ impl Proxy {
             Running::Envoy(e) => e.config_dump().await.to_string(),
             Running::Strait(p) => p.config_dump().await,
         }
+    }
+
+    /// The admin `/stats/prometheus`, whole.
+    pub async fn prometheus(&self) -> String {
+        let admin = match &self.running {
+            Running::Envoy(e) => e.admin_addr(),
+            Running::Strait(p) => p.admin,
+        };
+        http_get(&format!("http://{admin}/stats/prometheus"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{admin}/stats/prometheus: {e}"))
+            .body
     }
 
     /// The proxy's log, for failure messages.

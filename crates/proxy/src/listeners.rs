@@ -336,7 +336,7 @@ async fn serve(
         NetworkFilter::Http(hcm) => {
             crate::http::serve_connection(shared.clone(), hcm.clone(), io, down, drain).await
         }
-        NetworkFilter::Tcp(tcp) => crate::tcp::proxy(shared, tcp, io, down.destination).await,
+        NetworkFilter::Tcp(tcp) => crate::tcp::proxy(shared, tcp, io, &down).await,
     }
 }
 

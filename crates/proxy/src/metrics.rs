@@ -73,7 +73,7 @@ impl Telemetry {
     }
 
     /// The interned edge of `key` (a lock and allocations: once per connection and peer).
-    fn edge(&self, key: &PeerKey) -> Arc<Edge> {
+    pub(crate) fn edge(&self, key: &PeerKey) -> Arc<Edge> {
         let exchanged =
             key.peer_header
                 .as_ref()

@@ -4,8 +4,13 @@
 //! a reset or error on either side closes both; no bytes either way for the idle timeout
 //! closes both. A connection that cannot be routed (no cluster, no healthy endpoint — as with
 //! `BlackHoleCluster` — or a failed connect) is closed, as Envoy does.
+//!
+//! Istio's TCP metrics count each connection made to an upstream (or refused by it: `UF`) and
+//! its bytes as they move: `istio_tcp_connections_opened_total`/`_closed_total`,
+//! `istio_tcp_received_bytes_total` (from the downstream) and `istio_tcp_sent_bytes_total` (to
+//! it), with `reporter="destination"` on inbound listeners and `"source"` elsewhere.
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -17,19 +22,18 @@ use crate::balance::outlier::Observed;
 use crate::config::listener::TcpProxyConfig;
 use crate::config::route::Target;
 use crate::io::Io;
+use crate::listeners::Accepted;
+use crate::metrics::PeerKey;
 use crate::routing;
+use crate::upstream::Picked;
 
 /// Bytes read at once, per direction.
 const BUFFER: usize = 8 * 1024;
 
-/// Proxies one downstream connection whose destination is `destination` (its original one,
-/// for ORIGINAL_DST clusters such as `PassthroughCluster`).
-pub(crate) async fn proxy(
-    shared: &Shared,
-    tcp: &TcpProxyConfig,
-    downstream: Io,
-    destination: SocketAddr,
-) {
+/// Proxies one downstream connection to its destination (its original one, for ORIGINAL_DST
+/// clusters such as `PassthroughCluster`).
+pub(crate) async fn proxy(shared: &Shared, tcp: &TcpProxyConfig, downstream: Io, down: &Accepted) {
+    let destination = down.destination;
     // Until an upstream connection is made, leaving resets the downstream connection, as
     // Envoy's tcp_proxy does (it has read nothing from it yet).
     let mut unrouted = Unrouted(Some(downstream));
@@ -73,6 +77,9 @@ pub(crate) async fn proxy(
         Err(e) => {
             lb.report(&picked, Observed::LocalFailure);
             shared.stats.flag("UF");
+            let series = series(shared, down, &cluster, &picked, "UF");
+            series.tcp_opened.fetch_add(1, Ordering::Relaxed);
+            series.tcp_closed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority(), error = ?e, "tcp_proxy: connect failed");
             return;
         }
@@ -84,11 +91,57 @@ pub(crate) async fn proxy(
         .0
         .take()
         .expect("the downstream connection is held until here");
-    match pipe(downstream, upstream, tcp.idle_timeout).await {
+    let series = series(shared, down, &cluster, &picked, "-");
+    series.tcp_opened.fetch_add(1, Ordering::Relaxed);
+    let bytes = Bytes {
+        received: &series.tcp_received,
+        sent: &series.tcp_sent,
+    };
+    match pipe(downstream, upstream, tcp.idle_timeout, Some(bytes)).await {
         Ok(Ended::Closed) => tracing::debug!("tcp_proxy: both sides closed"),
         Ok(Ended::Idle) => tracing::debug!("tcp_proxy: idle timeout: closed"),
         Err(e) => tracing::debug!(error = %e, "tcp_proxy: connection error: closed"),
     }
+    series.tcp_closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The Istio series of a connection to `picked` (a registry lookup: once per connection).
+fn series(
+    shared: &Shared,
+    down: &Accepted,
+    cluster: &crate::config::Cluster,
+    picked: &Picked,
+    flags: &'static str,
+) -> Arc<strait_telemetry::Series> {
+    let key = PeerKey {
+        inbound: down.inbound,
+        protocol: strait_telemetry::Protocol::Tcp,
+        peer_header: None,
+        endpoint: picked.host().workload.clone().filter(|_| !down.inbound),
+        peer_principal: down
+            .tls
+            .as_ref()
+            .and_then(|t| t.peer.as_ref())
+            .and_then(|p| p.principal())
+            .map(Arc::from)
+            .filter(|_| down.inbound),
+        upstream_mtls: picked.host().is_tls() && !down.inbound,
+        service: cluster.service.clone(),
+        host: None,
+    };
+    shared
+        .telemetry
+        .edge(&key)
+        .series(strait_telemetry::ResponseKey::tcp(flags))
+}
+
+/// Where a piped connection counts its bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct Bytes<'a> {
+    /// From the downstream (the first side).
+    pub(crate) received: &'a AtomicU64,
+    /// To the downstream.
+    pub(crate) sent: &'a AtomicU64,
 }
 
 /// A downstream connection not yet routed: reset if dropped.
@@ -128,8 +181,14 @@ impl Activity {
     }
 }
 
-/// Copies one direction until end of stream, then half-closes the writer.
-async fn half<R, W>(mut from: R, mut to: W, activity: &Activity) -> std::io::Result<()>
+/// Copies one direction until end of stream, then half-closes the writer; counts the bytes
+/// copied in `count`.
+async fn half<R, W>(
+    mut from: R,
+    mut to: W,
+    activity: &Activity,
+    count: Option<&AtomicU64>,
+) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -142,12 +201,21 @@ where
             return Ok(());
         }
         activity.touch();
+        if let Some(c) = count {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
         to.write_all(&buf[..n]).await?;
     }
 }
 
-/// Copies both ways until both ends have closed, either errs, or nothing moves for `idle`.
-pub(crate) async fn pipe<A, B>(a: A, b: B, idle: Option<Duration>) -> std::io::Result<Ended>
+/// Copies both ways until both ends have closed, either errs, or nothing moves for `idle`;
+/// counts the bytes each way in `bytes` (`a` is the downstream).
+pub(crate) async fn pipe<A, B>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    bytes: Option<Bytes<'_>>,
+) -> std::io::Result<Ended>
 where
     A: AsyncRead + AsyncWrite,
     B: AsyncRead + AsyncWrite,
@@ -159,7 +227,11 @@ where
         last_ms: AtomicU64::new(0),
     };
     let both = async {
-        tokio::try_join!(half(ar, bw, &activity), half(br, aw, &activity)).map(|_| Ended::Closed)
+        tokio::try_join!(
+            half(ar, bw, &activity, bytes.map(|b| b.received)),
+            half(br, aw, &activity, bytes.map(|b| b.sent))
+        )
+        .map(|_| Ended::Closed)
     };
     let Some(idle) = idle else {
         return both.await;
@@ -188,7 +260,7 @@ mod tests {
     async fn each_side_half_closes_and_the_other_direction_keeps_flowing() {
         let (client, proxy_down) = duplex(1024);
         let (proxy_up, server) = duplex(1024);
-        let piping = tokio::spawn(pipe(proxy_down, proxy_up, None));
+        let piping = tokio::spawn(pipe(proxy_down, proxy_up, None, None));
         let (mut cr, mut cw) = tokio::io::split(client);
         let (mut sr, mut sw) = tokio::io::split(server);
         // The client sends a request and closes its sending side.
@@ -211,7 +283,12 @@ mod tests {
         let (client, proxy_down) = duplex(1024);
         let (proxy_up, server) = duplex(1024);
         let start = Instant::now();
-        let piping = tokio::spawn(pipe(proxy_down, proxy_up, Some(Duration::from_secs(10))));
+        let piping = tokio::spawn(pipe(
+            proxy_down,
+            proxy_up,
+            Some(Duration::from_secs(10)),
+            None,
+        ));
         let (mut cr, mut cw) = tokio::io::split(client);
         let (mut sr, _sw) = tokio::io::split(server);
         tokio::time::sleep(Duration::from_secs(6)).await;
