@@ -43,51 +43,6 @@ const RATINGS_UNAVAILABLE: &str = "Ratings service is currently unavailable";
 const RED_STARS: &str = "<font color=\"red\">";
 const ACCESS_DENIED: &str = "RBAC: access denied";
 
-fn require_platform(proxy: &str) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0");
-    assert!(
-        root,
-        "strait demo makes network namespaces and iptables rules: run these tests as root"
-    );
-    for (tool, arg, install) in [
-        ("ip", "-V", "apt-get install -y iproute2"),
-        (
-            "iptables-restore",
-            "--version",
-            "apt-get install -y iptables",
-        ),
-        ("setpriv", "--version", "apt-get install -y util-linux"),
-        ("curl", "--version", "apt-get install -y curl"),
-    ] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "`{tool}` is missing: install it with `{install}`");
-    }
-    let dir = Path::new(support::strait()).parent().unwrap();
-    for (bin, package) in [
-        ("bookinfo", "strait-bookinfo"),
-        ("strait-proxy", "strait-proxy-bin"),
-    ] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: build it first with `cargo build -p {package} --bins`",
-            dir.join(bin).display()
-        );
-    }
-    if proxy == "envoy" {
-        strait_testsupport::envoy_bin();
-    }
-}
-
 /// A running `strait demo` and its data directory (`STRAIT_HOME`).
 struct Demo {
     spawned: Spawned,
@@ -277,14 +232,14 @@ fn task_doc(file: &str, name: &str) -> String {
 #[test]
 fn istios_authz_http_task_with_envoy() {
     let _one = support::platform::require_platform();
-    require_platform("envoy");
+    support::platform::bookinfo_built();
     authz_http_task("envoy", "127.0.212.1");
 }
 
 #[test]
 fn istios_authz_http_task_with_strait_proxy() {
     let _one = support::platform::require_platform();
-    require_platform("strait");
+    support::platform::bookinfo_built();
     authz_http_task("strait", "127.0.212.2");
 }
 

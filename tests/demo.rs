@@ -31,50 +31,6 @@ const PODS: [&str; 7] = [
     "istio-ingressgateway.istio-system",
 ];
 
-fn require_platform(proxy: &str) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0");
-    assert!(
-        root,
-        "strait demo makes network namespaces and iptables rules: run these tests as root"
-    );
-    for (tool, arg, install) in [
-        ("ip", "-V", "apt-get install -y iproute2"),
-        (
-            "iptables-restore",
-            "--version",
-            "apt-get install -y iptables",
-        ),
-        ("setpriv", "--version", "apt-get install -y util-linux"),
-    ] {
-        let ok = Command::new(tool)
-            .arg(arg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "`{tool}` is missing: install it with `{install}`");
-    }
-    let dir = Path::new(support::strait()).parent().unwrap();
-    for (bin, package) in [
-        ("bookinfo", "strait-bookinfo"),
-        ("strait-proxy", "strait-proxy-bin"),
-    ] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{} is missing: build it first with `cargo build -p {package} --bins`",
-            dir.join(bin).display()
-        );
-    }
-    if proxy == "envoy" {
-        strait_testsupport::envoy_bin();
-    }
-}
-
 fn networking(file: &str) -> String {
     let path = support::testdata()
         .join("istio-samples/bookinfo/networking")
@@ -695,9 +651,9 @@ fn egress(mesh: &PodMesh, proxy: &str) {
 /// The whole demo with one data plane: up, Istio's tasks through the gateway, down with nothing
 /// left.
 fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &str) {
-    require_platform(proxy);
     // The demos use the same pod names, bridge and run folder as every pod test: one at a time.
-    let _one = support::platform::one_at_a_time();
+    let _one = support::platform::require_platform();
+    support::platform::bookinfo_built();
     let started = Instant::now();
     let mut demo = start_demo(proxy, capture, listen);
     let mesh_kind = (proxy, capture);

@@ -64,6 +64,7 @@ pub fn require_platform() -> PodsLock {
         ("iptables-save", "--version", "apt-get install -y iptables"),
         ("setpriv", "--version", "apt-get install -y util-linux"),
         ("python3", "--version", "apt-get install -y python3"),
+        ("curl", "--version", "apt-get install -y curl"),
     ] {
         let ok = Command::new(tool)
             .arg(arg)
@@ -75,6 +76,22 @@ pub fn require_platform() -> PodsLock {
     }
     strait_testsupport::envoy_bin();
     one_at_a_time()
+}
+
+/// Fails, naming the command that builds them, unless Bookinfo's apps and strait-proxy are
+/// built beside `strait`.
+pub fn bookinfo_built() {
+    let dir = Path::new(crate::strait()).parent().unwrap();
+    for (bin, package) in [
+        ("bookinfo", "strait-bookinfo"),
+        ("strait-proxy", "strait-proxy-bin"),
+    ] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{} is missing: build it first with `cargo build -p {package} --bins`",
+            dir.join(bin).display()
+        );
+    }
 }
 
 pub fn strait_proxy_built() {
