@@ -41,59 +41,19 @@ pub fn config_parse(data: &[u8]) {
 
 #[cfg(test)]
 mod corpus {
-    use std::path::PathBuf;
+    use strait_testsupport::corpus::{corpus, mutations};
 
     use super::config_parse;
 
-    /// `fuzz/corpus/config_parse`: seeds and every input fuzzing kept (crashers included).
-    fn corpus() -> Vec<Vec<u8>> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_parse");
-        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
-            .map(|e| std::fs::read(e.expect("a corpus entry").path()).expect("a corpus file"))
-            .collect();
-        inputs.sort();
-        assert!(!inputs.is_empty(), "{} is empty", dir.display());
-        inputs
-    }
-
-    /// Deterministic byte-level mutations (flips, truncations, splices) of the seeds.
-    fn mutations(seeds: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
-        let mut x: u64 = 0x5354_5241_4954;
-        let mut next = move |bound: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % bound.max(1) as u64) as usize
-        };
-        (0..n)
-            .map(|_| {
-                let mut m = seeds[next(seeds.len())].clone();
-                for _ in 0..1 + next(3) {
-                    if m.is_empty() {
-                        break;
-                    }
-                    let at = next(m.len());
-                    match next(4) {
-                        0 => m[at] = next(256) as u8,
-                        1 => m.truncate(at),
-                        2 => m.insert(at, b"{}[]:- \n\"'#&*!|>"[next(16)]),
-                        _ => {
-                            let other = &seeds[next(seeds.len())];
-                            let from = next(other.len());
-                            m.splice(at..at, other[from..].iter().copied().take(40));
-                        }
-                    }
-                }
-                m
-            })
-            .collect()
-    }
-
     #[test]
     fn config_parse_survives_its_corpus_and_mutations() {
-        let seeds = corpus();
-        for input in seeds.iter().chain(&mutations(&seeds, 3000)) {
+        let seeds = corpus("config_parse");
+        for input in seeds.iter().chain(&mutations(
+            &seeds,
+            3000,
+            0x5354_5241_4954,
+            b"{}[]:- \n\"\'#&*!|>",
+        )) {
             config_parse(input);
         }
     }

@@ -160,59 +160,19 @@ fn self_path(target: &str, object: &Value) -> String {
 
 #[cfg(test)]
 mod corpus {
-    use std::path::PathBuf;
+    use strait_testsupport::corpus::{corpus, mutations};
 
     use super::api_request;
 
-    /// `fuzz/corpus/api_request`: seeds and every input fuzzing kept (crashers included).
-    fn corpus() -> Vec<Vec<u8>> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/api_request");
-        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
-            .map(|e| std::fs::read(e.expect("a corpus entry").path()).expect("a corpus file"))
-            .collect();
-        inputs.sort();
-        assert!(!inputs.is_empty(), "{} is empty", dir.display());
-        inputs
-    }
-
-    /// Deterministic byte-level mutations (flips, truncations, splices) of the seeds.
-    fn mutations(seeds: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {
-        let mut x: u64 = 0x4150_4953_4552;
-        let mut next = move |bound: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % bound.max(1) as u64) as usize
-        };
-        (0..n)
-            .map(|_| {
-                let mut m = seeds[next(seeds.len())].clone();
-                for _ in 0..1 + next(3) {
-                    if m.is_empty() {
-                        break;
-                    }
-                    let at = next(m.len());
-                    match next(4) {
-                        0 => m[at] = next(256) as u8,
-                        1 => m.truncate(at),
-                        2 => m.insert(at, b"{}[]:,\"/?&=%0\n"[next(14)]),
-                        _ => {
-                            let other = &seeds[next(seeds.len())];
-                            let from = next(other.len());
-                            m.splice(at..at, other[from..].iter().copied().take(40));
-                        }
-                    }
-                }
-                m
-            })
-            .collect()
-    }
-
     #[test]
     fn api_request_survives_its_corpus_and_mutations() {
-        let seeds = corpus();
-        for input in seeds.iter().chain(&mutations(&seeds, 1500)) {
+        let seeds = corpus("api_request");
+        for input in seeds.iter().chain(&mutations(
+            &seeds,
+            1500,
+            0x4150_4953_4552,
+            b"{}[]:,\"/?&=%0\n",
+        )) {
             api_request(input);
         }
     }

@@ -179,7 +179,6 @@ pub fn h1_head(data: &[u8]) {
 /// regression run that keeps the targets building.
 #[cfg(test)]
 mod corpus {
-    use std::path::PathBuf;
 
     use super::{h1_head, proto_config};
     use envoy_types::pb::envoy::config::cluster::v3 as cl;
@@ -195,19 +194,7 @@ mod corpus {
     };
     use envoy_types::pb::google::protobuf::Any;
     use prost::{Message, Name};
-
-    fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
-            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-            .collect();
-        inputs.sort();
-        assert!(!inputs.is_empty(), "{} is empty", dir.display());
-        inputs
-    }
+    use strait_testsupport::corpus::corpus;
 
     /// Deterministic mutations: byte flips, truncations, duplications and splices.
     fn mutations(seeds: &[Vec<u8>], n: usize) -> Vec<Vec<u8>> {

@@ -15,6 +15,7 @@
 
 mod backend;
 mod client;
+pub mod corpus;
 mod envoy;
 mod net;
 
