@@ -309,6 +309,40 @@ fn authz_custom_task(proxy: &str) {
 
     pods.apply(&policy);
     pods.custom_step("CUSTOM with sample-ext-authz-grpc", "gRPCv3");
+    // `strait authz check` says so without sending anything: /headers goes to the authorizer
+    // (exit 4), /ip matches no CUSTOM rule and is allowed (exit 0).
+    let check = |path: &str| {
+        let out = pods.cp.cli(&[
+            "authz",
+            "check",
+            "--from",
+            "sleep.foo",
+            "--to",
+            "httpbin.foo",
+            "--path",
+            path,
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = check("/headers");
+    assert!(
+        code == Some(4)
+            && text.starts_with("CUSTOM GET /headers")
+            && text.contains("CUSTOM rule matched: foo/ext-authz rule 0")
+            && text
+                .contains("http ext_authz outbound|9000||ext-authz.foo.svc.cluster.local: called")
+            && text
+                .contains("external authorizer at outbound|9000||ext-authz.foo.svc.cluster.local"),
+        "{proxy}: authz check /headers exited {code:?}:\n{text}"
+    );
+    let (code, text) = check("/ip");
+    assert!(
+        code == Some(0) && text.starts_with("ALLOW GET /ip") && text.contains("not called"),
+        "{proxy}: authz check /ip exited {code:?}:\n{text}"
+    );
 
     // The task's comment: "You can also replace this with sample-ext-authz-http".
     pods.apply(&policy.replace("name: sample-ext-authz-grpc", "name: sample-ext-authz-http"));

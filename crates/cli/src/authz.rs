@@ -13,7 +13,8 @@ use crate::client::Connection;
 #[derive(clap::Subcommand)]
 pub enum AuthzCommand {
     /// Decide one request without sending it: `strait authz check --from sleep.foo --to
-    /// httpbin.foo --path /ip`. Exit code 0 when allowed, 3 when denied.
+    /// httpbin.foo --path /ip`. Exit code 0 when allowed, 3 when denied, 4 when a CUSTOM
+    /// policy sends it to an external authorizer (whose answer decides).
     Check(CheckArgs),
 }
 
@@ -105,18 +106,19 @@ pub fn run(conn: &Connection, cmd: AuthzCommand) -> Result<ExitCode> {
         crate::ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         crate::ReportFormat::Text => print!("{}", text(&args, &v)),
     }
-    Ok(if v["allowed"].as_bool() == Some(true) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
+    Ok(match v["allowed"].as_bool() {
+        Some(true) => ExitCode::SUCCESS,
+        Some(false) => ExitCode::from(3),
+        // A CUSTOM policy: the external authorizer decides.
+        None => ExitCode::from(4),
     })
 }
 
 fn text(args: &CheckArgs, v: &Value) -> String {
-    let verdict = if v["allowed"].as_bool() == Some(true) {
-        "ALLOW"
-    } else {
-        "DENY"
+    let verdict = match v["allowed"].as_bool() {
+        Some(true) => "ALLOW",
+        Some(false) => "DENY",
+        None => "CUSTOM",
     };
     let from = args.from.as_deref().unwrap_or("a client outside the mesh");
     let dest = &v["destination"];
@@ -148,6 +150,17 @@ fn text(args: &CheckArgs, v: &Value) -> String {
             ));
             continue;
         }
+        if f["filter"].as_str() == Some("ext_authz") {
+            out.push_str(&format!(
+                "  http ext_authz {}: {}\n",
+                f["cluster"].as_str().unwrap_or("?"),
+                match f["policy"].as_str() {
+                    Some(p) => format!("called (CUSTOM {p})"),
+                    None => "not called (no CUSTOM rule matched)".to_string(),
+                }
+            ));
+            continue;
+        }
         let policy = f["policy"].as_str().unwrap_or("no policy matched");
         out.push_str(&format!(
             "  {} RBAC {}: {}{}\n",
@@ -165,6 +178,13 @@ fn text(args: &CheckArgs, v: &Value) -> String {
             }
         ));
         if let Some(shadow) = f["shadow"].as_object() {
+            if shadow["custom"].as_bool() == Some(true) {
+                out.push_str(&format!(
+                    "    CUSTOM rule matched: {}\n",
+                    shadow["policy"].as_str().unwrap_or("?")
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "    dry run: {} would {}\n",
                 shadow["policy"].as_str().unwrap_or("no policy"),

@@ -26,6 +26,9 @@ const HCM: &str = "envoy.filters.network.http_connection_manager";
 const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
 const HTTP_RBAC: &str = "envoy.filters.http.rbac";
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+const HTTP_EXT_AUTHZ: &str = "envoy.filters.http.ext_authz";
+/// The prefix of a CUSTOM policy's shadow rules (the translator's `istio-ext-authz-...`).
+const CUSTOM_RULE_PREFIX: &str = "istio-ext-authz";
 const TLS: &str = "tls";
 
 /// What to check (`POST /debug/authz/check`).
@@ -241,14 +244,59 @@ pub fn check(
         request: Some(&request),
         metadata: &metadata,
     };
-    if let Some(reason) = first_denial("http", &http, &input, &mut steps) {
-        return Ok(place.answer(
-            steps,
-            Some(("HTTP RBAC", reason)),
-            "403 RBAC: access denied",
-        ));
+    // In the connection manager's order: a CUSTOM policy's shadow rules, its provider's
+    // ext_authz (called only when those rules matched), then the DENY and ALLOW policies.
+    // The CUSTOM policy whose shadow rules matched, until its ext_authz; then the reason.
+    let (mut custom, mut external) = (None, None);
+    for f in &http {
+        match f {
+            HttpFilter::Rbac(f) => {
+                let d = f.decide(&input);
+                steps.push(step("http", f, &d, &input));
+                if !d.allowed {
+                    return Ok(place.answer(
+                        steps,
+                        Some(("HTTP RBAC", f.explain_denial(&d, &input))),
+                        "403 RBAC: access denied",
+                    ));
+                }
+                if let Some((Some(policy), false)) = &d.shadow
+                    && policy.starts_with(CUSTOM_RULE_PREFIX)
+                {
+                    custom = Some(strait_authz::display_policy_name(policy));
+                }
+            }
+            HttpFilter::ExtAuthz { cluster } => {
+                let called = custom.take();
+                steps.push(json!({
+                    "layer": "http",
+                    "filter": "ext_authz",
+                    "cluster": cluster,
+                    "called": called.is_some(),
+                    "policy": called,
+                }));
+                if let Some(policy) = called {
+                    external = Some(format!(
+                        "the CUSTOM policy {policy} sends the request to the external authorizer at {cluster}: its answer decides"
+                    ));
+                }
+            }
+        }
     }
-    Ok(place.answer(steps, None, "the request is routed"))
+    match external {
+        Some(reason) => {
+            let mut answer = place.answer(
+                steps,
+                None,
+                "the external authorizer's answer: its denial, or the request routed",
+            );
+            answer["allowed"] = Value::Null;
+            answer["decided_by"] = json!("CUSTOM (ext_authz)");
+            answer["reason"] = json!(reason);
+            Ok(answer)
+        }
+        None => Ok(place.answer(steps, None, "the request is routed")),
+    }
 }
 
 /// Runs `filters` in order as the proxy does, recording each decision in `steps`; the first
@@ -278,6 +326,9 @@ fn step(layer: &str, f: &RbacFilter, d: &strait_authz::Decision, input: &Input<'
         "shadow": d.shadow.as_ref().map(|(p, allowed)| json!({
             "policy": p.as_deref().map(strait_authz::display_policy_name),
             "would_allow": allowed,
+            // A CUSTOM policy's rules (they pick the requests its ext_authz checks), not a
+            // dry run.
+            "custom": p.as_deref().is_some_and(|p| p.starts_with(CUSTOM_RULE_PREFIX)),
         })),
         "explanation": if d.allowed { Value::Null } else { Value::String(f.explain_denial(d, input)) },
     })
@@ -493,8 +544,41 @@ fn hcm(chain: &FilterChain) -> Result<Option<HttpConnectionManager>, CheckError>
         .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
 }
 
-/// The HTTP RBAC filters of the chain's connection manager; `None` for a TCP chain.
-fn http_filters(chain: &FilterChain) -> Result<Option<Vec<RbacFilter>>, CheckError> {
+/// An HTTP filter `strait authz check` evaluates.
+enum HttpFilter {
+    Rbac(RbacFilter),
+    /// A CUSTOM provider's ext_authz: the authorizer's cluster.
+    ExtAuthz {
+        cluster: String,
+    },
+}
+
+/// The cluster an ext_authz filter calls (gRPC or HTTP service).
+fn ext_authz_cluster(any: &envoy_types::pb::google::protobuf::Any) -> Result<String, String> {
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3::{ExtAuthz, ext_authz};
+    let config = ExtAuthz::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
+    match config.services {
+        Some(ext_authz::Services::GrpcService(g)) => match g.target_specifier {
+            Some(TargetSpecifier::EnvoyGrpc(e)) => Ok(e.cluster_name),
+            _ => Err("a gRPC service without envoy_grpc".to_string()),
+        },
+        Some(ext_authz::Services::HttpService(h)) => h
+            .server_uri
+            .and_then(|u| u.http_upstream_type)
+            .map(|t| match t {
+                envoy_types::pb::envoy::config::core::v3::http_uri::HttpUpstreamType::Cluster(
+                    c,
+                ) => c,
+            })
+            .ok_or_else(|| "an HTTP service without server_uri.cluster".to_string()),
+        None => Err("no service".to_string()),
+    }
+}
+
+/// The HTTP RBAC and ext_authz filters of the chain's connection manager, in order; `None`
+/// for a TCP chain.
+fn http_filters(chain: &FilterChain) -> Result<Option<Vec<HttpFilter>>, CheckError> {
     let Some(f) = chain.filters.iter().find(|f| f.name == HCM) else {
         return Ok(None);
     };
@@ -505,12 +589,18 @@ fn http_filters(chain: &FilterChain) -> Result<Option<Vec<RbacFilter>>, CheckErr
         .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))?;
     hcm.http_filters
         .iter()
-        .filter(|f| f.name == HTTP_RBAC)
+        .filter(|f| f.name == HTTP_RBAC || f.name == HTTP_EXT_AUTHZ)
         .map(|f| {
             let Some(http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
                 return Err(CheckError::Bad(format!("{} has no typed config", f.name)));
             };
+            if f.name == HTTP_EXT_AUTHZ {
+                return ext_authz_cluster(any)
+                    .map(|cluster| HttpFilter::ExtAuthz { cluster })
+                    .map_err(|e| CheckError::Bad(format!("chain {}: ext_authz: {e}", chain.name)));
+            }
             convert::http_rbac_filter(any)
+                .map(HttpFilter::Rbac)
                 .map_err(|e| CheckError::Bad(format!("chain {}: {e}", chain.name)))
         })
         .collect::<Result<Vec<_>, _>>()
