@@ -39,6 +39,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use strait_api::networking::gateway::{Protocol, Server, TlsMode};
 
+use crate::translate::tracer::{self, hcm_tracing};
 use super::config::{self, BoundVs};
 use super::filters::{
     Hcm, HttpFilters, ISTIO_SERVER_NAME, Routes, TcpTarget, bool_value, filter_chain, hcm_filter,
@@ -260,6 +261,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 allow_absolute_url: false,
                 forward_client_cert: false,
                 authz: with_rate_limit(ctx, port, authz::http_filters(&policies)),
+                tracing: hcm_tracing(ctx, tracer::Class::Gateway),
             })],
         )];
         out.listeners.insert(l.name.clone(), l);
@@ -424,6 +426,7 @@ fn terminated_chain(
                         &ctx.proxy.labels,
                     )),
                 ),
+                tracing: hcm_tracing(ctx, tracer::Class::Gateway),
             })],
         )
     } else {

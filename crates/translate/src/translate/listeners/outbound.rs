@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use strait_api::networking::virtual_service::MESH_GATEWAY;
 use strait_registry::{Protocol, Service};
 
+use crate::translate::tracer::{Class, hcm_tracing};
 use super::config::{self, BoundVs};
 use super::filters::{
     ENVOY_SERVER_NAME, Hcm, HttpFilters, Routes, TcpTarget, bool_value, filter_chain, hcm_filter,
@@ -76,6 +77,7 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
             allow_absolute_url: true,
             forward_client_cert: false,
             authz: Vec::new(),
+            tracing: hcm_tracing(ctx, Class::Outbound),
         })],
     )];
     insert(out, l);
@@ -183,6 +185,7 @@ fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
                 allow_absolute_url: false,
                 forward_client_cert: false,
                 authz: Vec::new(),
+                tracing: hcm_tracing(ctx, Class::Outbound),
             })],
         )];
         insert(out, l);
