@@ -362,9 +362,8 @@ pub fn parse(file: &str, text: &str) -> Result<MeshConfigFile, MeshConfigError> 
                     } else if k == "defaultConfig" {
                         for t in fv.as_object().into_iter().flatten().map(|(t, _)| t) {
                             if t != "sampling" {
-                                warnings.push(format!(
-                                    "{k}.{f}.{t}: not honoured by Strait, ignored"
-                                ));
+                                warnings
+                                    .push(format!("{k}.{f}.{t}: not honoured by Strait, ignored"));
                             }
                         }
                     }
@@ -749,7 +748,8 @@ data:
 
     /// Each document of a file on its own (Istio's install inputs are alternatives).
     fn documents(path: &str) -> Vec<MeshConfigFile> {
-        let dir = std::env::var("STRAIT_TESTDATA").unwrap_or_else(|_| "/work/shared/testdata".into());
+        let dir =
+            std::env::var("STRAIT_TESTDATA").unwrap_or_else(|_| "/work/shared/testdata".into());
         let file = format!("{dir}/istio-install/telemetry/{path}");
         let text = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{file}: {e} (set STRAIT_TESTDATA to the test data)"));
@@ -769,13 +769,20 @@ data:
         let grpc = otel(&docs[0]);
         assert_eq!(
             (grpc.service.as_str(), grpc.port, grpc.http.is_none()),
-            ("opentelemetry-collector.observability.svc.cluster.local", 4317, true)
+            (
+                "opentelemetry-collector.observability.svc.cluster.local",
+                4317,
+                true
+            )
         );
         assert!(grpc.resource_detectors.is_some());
         let http = otel(&docs[1]);
         let h = http.http.expect("the http exporter");
         assert_eq!((http.port, h.path.as_str()), (4318, "/v1/traces"));
-        assert_eq!(h.timeout.map(|t| t.to_std()), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            h.timeout.map(|t| t.to_std()),
+            Some(std::time::Duration::from_secs(5))
+        );
         assert_eq!(h.headers[0].name, "custom-header");
         assert_eq!(h.headers[0].resolved(), "custom value");
         for d in &docs {

@@ -140,30 +140,28 @@ fn specs(ctx: &Ctx<'_>) -> Option<(Spec, Spec)> {
 
 /// The connection manager's `tracing` for `class`, or `None` when its requests are not traced.
 pub(crate) fn hcm_tracing(ctx: &Ctx<'_>, class: Class) -> Option<Tracing> {
-    ctx.tracing
-        .get_or_init(|| {
-            let build = |client: bool| {
-                let (c, s) = match specs(ctx) {
-                    Some(specs) => specs,
-                    // No Telemetry: MeshConfig's default providers, if any.
-                    None if !ctx.config.mesh.tracing.default_providers.is_empty() => {
-                        (Spec::default(), Spec::default())
-                    }
-                    None => return None,
-                };
-                let spec = if client { c } else { s };
-                build(ctx, &spec)
+    ctx.tracing.get_or_init(|| {
+        let build = |client: bool| {
+            let (c, s) = match specs(ctx) {
+                Some(specs) => specs,
+                // No Telemetry: MeshConfig's default providers, if any.
+                None if !ctx.config.mesh.tracing.default_providers.is_empty() => {
+                    (Spec::default(), Spec::default())
+                }
+                None => return None,
             };
-            [build(true), build(false)]
-        })
-        [usize::from(class == Class::Inbound)]
-        .clone()
-        .map(|mut t| {
-            if class == Class::Gateway {
-                t.spawn_upstream_span = Some(BoolValue { value: true });
-            }
-            t
-        })
+            let spec = if client { c } else { s };
+            build(ctx, &spec)
+        };
+        [build(true), build(false)]
+    })[usize::from(class == Class::Inbound)]
+    .clone()
+    .map(|mut t| {
+        if class == Class::Gateway {
+            t.spawn_upstream_span = Some(BoolValue { value: true });
+        }
+        t
+    })
 }
 
 fn build(ctx: &Ctx<'_>, spec: &Spec) -> Option<Tracing> {
@@ -286,8 +284,14 @@ fn build(ctx: &Ctx<'_>, spec: &Spec) -> Option<Tracing> {
                 value: value.to_string(),
             })),
         };
-        tags.push(literal("istio.canonical_revision", &workload.canonical_revision));
-        tags.push(literal("istio.canonical_service", &workload.canonical_service));
+        tags.push(literal(
+            "istio.canonical_revision",
+            &workload.canonical_revision,
+        ));
+        tags.push(literal(
+            "istio.canonical_service",
+            &workload.canonical_service,
+        ));
         tags.push(literal("istio.mesh_id", "unknown"));
         tags.push(literal("istio.namespace", &workload.namespace));
         tags.push(literal("istio.cluster_id", &workload.cluster));
@@ -372,10 +376,7 @@ fn collector_cluster(ctx: &Ctx<'_>, otel: &Opentelemetry) -> Result<(String, Str
              Sidecar's egress hosts)"
         ));
     }
-    Ok((
-        host.to_string(),
-        outbound_cluster_name(otel.port, "", host),
-    ))
+    Ok((host.to_string(), outbound_cluster_name(otel.port, "", host)))
 }
 
 #[cfg(test)]
@@ -402,8 +403,8 @@ mod tests {
             })
             .collect();
         let registry = Registry::build(&resources, &mut VipTable::default(), "cluster.local");
-        let file = strait_api::mesh_config::parse("mesh.yaml", &format!("{MESH}{mesh_extra}"))
-            .unwrap();
+        let file =
+            strait_api::mesh_config::parse("mesh.yaml", &format!("{MESH}{mesh_extra}")).unwrap();
         let mesh = MeshConfig {
             extension_providers: Arc::new(file.config.extension_providers),
             tracing: file.config.tracing,
@@ -452,7 +453,8 @@ mod tests {
 
     #[test]
     fn the_default_provider_and_meshconfig_sampling() {
-        let extra = "defaultProviders: {tracing: [otel]}\ndefaultConfig: {tracing: {sampling: 10}}\n";
+        let extra =
+            "defaultProviders: {tracing: [otel]}\ndefaultConfig: {tracing: {sampling: 10}}\n";
         ctx_with("", extra, |ctx| {
             let t = hcm_tracing(ctx, Class::Outbound).unwrap();
             assert_eq!(t.random_sampling.unwrap().value, 10.0);
@@ -496,8 +498,14 @@ mod tests {
             assert!(!tags(&server).contains(&"foo"));
             let http = otel_config(&server).http_service.unwrap();
             let uri = http.http_uri.unwrap();
-            assert_eq!(uri.uri, "http://otel.observability.svc.cluster.local/v1/traces");
-            assert_eq!(http.request_headers_to_add[0].header.as_ref().unwrap().key, "x-k");
+            assert_eq!(
+                uri.uri,
+                "http://otel.observability.svc.cluster.local/v1/traces"
+            );
+            assert_eq!(
+                http.request_headers_to_add[0].header.as_ref().unwrap().key,
+                "x-k"
+            );
             let client = hcm_tracing(ctx, Class::Outbound).unwrap();
             assert_eq!(client.random_sampling.unwrap().value, 0.0);
         });
@@ -512,8 +520,12 @@ mod tests {
     #[test]
     fn a_provider_strait_does_not_translate_or_cannot_reach_traces_nothing() {
         let zipkin = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing:\n  - providers: [{name: zipkin}]\n";
-        ctx_with(zipkin, "", |ctx| assert!(hcm_tracing(ctx, Class::Inbound).is_none()));
+        ctx_with(zipkin, "", |ctx| {
+            assert!(hcm_tracing(ctx, Class::Inbound).is_none())
+        });
         let missing = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: mesh-default, namespace: istio-system}\nspec:\n  tracing:\n  - providers: [{name: nope}]\n";
-        ctx_with(missing, "", |ctx| assert!(hcm_tracing(ctx, Class::Inbound).is_none()));
+        ctx_with(missing, "", |ctx| {
+            assert!(hcm_tracing(ctx, Class::Inbound).is_none())
+        });
     }
 }

@@ -39,7 +39,6 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use strait_api::networking::gateway::{Protocol, Server, TlsMode};
 
-use crate::translate::tracer::{self, hcm_tracing};
 use super::config::{self, BoundVs};
 use super::filters::{
     Hcm, HttpFilters, ISTIO_SERVER_NAME, Routes, TcpTarget, bool_value, filter_chain, hcm_filter,
@@ -50,6 +49,7 @@ use super::http_route::{
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use crate::snapshot::namespace_of;
+use crate::translate::tracer::{self, hcm_tracing};
 use crate::translate::{BLACKHOLE_CLUSTER, Ctx, host_matches};
 use crate::translate::{authz, ratelimit};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;

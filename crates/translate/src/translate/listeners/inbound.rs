@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, VirtualHost, route, route_action,
 };
 
-use crate::translate::tracer::{Class, hcm_tracing};
 use super::filters::{
     Hcm, HttpFilters, ISTIO_SERVER_NAME, Routes, TcpTarget, bool_value, duration, filter_chain,
     hcm_filter, listener, original_dst_listener_filter, tcp_proxy_filter,
@@ -21,6 +20,7 @@ use super::filters::{
 };
 use super::http_route::{prefix_match, route_match_for};
 use crate::translate::mtls::{self, ChainKind, Mode};
+use crate::translate::tracer::{Class, hcm_tracing};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
     inbound_cluster_name,

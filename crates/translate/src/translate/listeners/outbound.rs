@@ -21,7 +21,6 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use strait_api::networking::virtual_service::MESH_GATEWAY;
 use strait_registry::{Protocol, Service};
 
-use crate::translate::tracer::{Class, hcm_tracing};
 use super::config::{self, BoundVs};
 use super::filters::{
     ENVOY_SERVER_NAME, Hcm, HttpFilters, Routes, TcpTarget, bool_value, filter_chain, hcm_filter,
@@ -31,6 +30,7 @@ use super::filters::{
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use super::route_config;
 use crate::snapshot::OutboundPolicy;
+use crate::translate::tracer::{Class, hcm_tracing};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND_PORT,
     outbound_cluster_name,
