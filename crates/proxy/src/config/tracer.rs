@@ -212,3 +212,90 @@ fn opentelemetry(provider: &trace::Http) -> Result<Exporter, Refusal> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{GrpcService, HttpService, HttpUri};
+    use envoy_types::pb::envoy::r#type::tracing::v3::CustomTag;
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    use envoy_types::pb::google::protobuf::BoolValue;
+    use envoy_types::util::pack_any;
+
+    use super::*;
+
+    fn pb(config: OpenTelemetryConfig) -> TracingPb {
+        TracingPb {
+            random_sampling: Some(Percent { value: 10.0 }),
+            client_sampling: Some(Percent { value: 100.0 }),
+            spawn_upstream_span: Some(BoolValue { value: true }),
+            custom_tags: vec![CustomTag {
+                tag: "t".into(),
+                r#type: Some(custom_tag::Type::Literal(custom_tag::Literal {
+                    value: "v".into(),
+                })),
+            }],
+            provider: Some(trace::Http {
+                name: OPENTELEMETRY.into(),
+                config_type: Some(trace::http::ConfigType::TypedConfig(pack_any(config))),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn opentelemetry_over_grpc_and_http() {
+        let grpc = OpenTelemetryConfig {
+            service_name: "reviews.default".into(),
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: "outbound|4317||otel".into(),
+                        authority: "otel".into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = tracing(&pb(grpc)).unwrap();
+        assert_eq!(t.random_sampling, 10.0);
+        assert!(t.spawn_upstream_span);
+        assert_eq!(t.tags, [("t".to_string(), Tag::Value("v".into()))]);
+        assert_eq!(t.exporter.transport, Transport::Grpc);
+        assert_eq!(t.exporter.cluster, "outbound|4317||otel");
+        let http = OpenTelemetryConfig {
+            http_service: Some(HttpService {
+                http_uri: Some(HttpUri {
+                    uri: "http://otel.observability/v1/traces".into(),
+                    http_upstream_type: Some(http_uri::HttpUpstreamType::Cluster("c".into())),
+                    timeout: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = tracing(&pb(http)).unwrap();
+        assert_eq!(t.exporter.authority, "otel.observability");
+        assert_eq!(
+            t.exporter.transport,
+            Transport::Http {
+                path: "/v1/traces".into()
+            }
+        );
+        assert_eq!(t.exporter.service_name, "unknown_service:strait-proxy");
+    }
+
+    #[test]
+    fn what_strait_proxy_cannot_honour_is_refused() {
+        let mut zipkin = pb(OpenTelemetryConfig::default());
+        zipkin.provider.as_mut().unwrap().name = "envoy.tracers.zipkin".into();
+        let e = tracing(&zipkin).unwrap_err();
+        assert_eq!(e.path().to_string(), "provider.name", "{e:?}");
+        let mut client = pb(OpenTelemetryConfig::default());
+        client.client_sampling = Some(Percent { value: 5.0 });
+        assert!(tracing(&client).is_err());
+        let neither = pb(OpenTelemetryConfig::default());
+        assert!(tracing(&neither).is_err());
+    }
+}

@@ -97,11 +97,11 @@ fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
 
 /// Begins a request's trace: reads and rewrites its trace headers, and returns its span when
 /// the request is sampled.
-pub(super) fn begin(
+pub(super) fn begin<B>(
     config: &Arc<Tracing>,
     inbound: bool,
     peer: SocketAddr,
-    req: &mut Request<hyper::body::Incoming>,
+    req: &mut Request<B>,
 ) -> Option<Box<Active>> {
     let start = now_nanos();
     let came = incoming(req.headers());
@@ -147,7 +147,12 @@ pub(super) fn begin(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let host = super::authority(req).unwrap_or_default();
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| header("host"))
+        .unwrap_or_default();
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let mut url = format!("http://{host}{path}");
     if url.len() > config.max_path_tag_length {
@@ -306,6 +311,122 @@ impl Active {
                 attributes,
                 status: span_status,
             },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tracer::{Exporter, Transport};
+
+    fn config(random_sampling: f64, spawn_upstream_span: bool) -> Arc<Tracing> {
+        Arc::new(Tracing {
+            random_sampling,
+            spawn_upstream_span,
+            max_path_tag_length: 256,
+            tags: vec![(
+                "user".into(),
+                Tag::Header {
+                    name: "x-user".into(),
+                    default: "unknown".into(),
+                },
+            )],
+            exporter: Arc::new(Exporter {
+                service_name: "a.default".into(),
+                cluster: "c".into(),
+                authority: "c".into(),
+                transport: Transport::Grpc,
+                headers: Vec::new(),
+                timeout: std::time::Duration::from_secs(1),
+            }),
+        })
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/p").header("host", "reviews:9080");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_caller_s_context_is_continued_and_its_decision_honoured() {
+        // Sampled by the caller, though this proxy samples nothing itself.
+        let mut req = request(&[("traceparent", PARENT), ("tracestate", "k=v")]);
+        let span = begin(&config(0.0, false), false, PEER, &mut req).expect("sampled");
+        let sent = req.headers()["traceparent"].to_str().unwrap();
+        assert!(
+            sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{sent}"
+        );
+        assert!(sent.ends_with("-01"));
+        assert_eq!(&sent[36..52], trace_context::hex(&span.span_id));
+        assert_eq!(
+            span.parent.map(|p| trace_context::hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(
+            (span.kind, span.name.as_str()),
+            (SpanKind::Client, "egress reviews:9080")
+        );
+        assert_eq!(span.trace_state, "k=v");
+        assert_eq!(otlp::string_value(&span.custom[0]), Some("unknown"));
+        // Not sampled by the caller, though this proxy samples everything: passed on, no span.
+        let mut req = request(&[("traceparent", &PARENT.replace("-01", "-00"))]);
+        assert!(begin(&config(100.0, false), true, PEER, &mut req).is_none());
+        assert!(
+            req.headers()["traceparent"]
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
+        );
+    }
+
+    #[test]
+    fn b3_headers_are_read_and_rewritten_in_the_form_they_came() {
+        let mut req = request(&[
+            ("x-b3-traceid", "463ac35c9f6413ad"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+        ]);
+        let span = begin(&config(0.0, true), true, PEER, &mut req).expect("sampled");
+        let h = |n: &str| req.headers()[n].to_str().unwrap().to_string();
+        assert_eq!(h("x-b3-traceid"), "0000000000000000463ac35c9f6413ad");
+        assert_eq!(h("x-b3-parentspanid"), "a2fb4a1d1a96d312");
+        // With spawn_upstream_span the next hop's parent is the upstream span.
+        let up = trace_context::hex(&span.upstream_span.unwrap());
+        assert_eq!(h("x-b3-spanid"), up);
+        assert!(h("traceparent").contains(&up));
+        assert_eq!(span.kind, SpanKind::Server);
+        assert!(!req.headers().contains_key("b3"));
+        let mut req = request(&[("b3", "0")]);
+        assert!(begin(&config(100.0, false), true, PEER, &mut req).is_none());
+        assert!(req.headers()["b3"].to_str().unwrap().ends_with("-0"));
+    }
+
+    #[test]
+    fn random_sampling_decides_without_a_caller_s_decision() {
+        let mut req = request(&[]);
+        assert!(begin(&config(100.0, false), true, PEER, &mut req).is_some());
+        assert!(
+            req.headers()["traceparent"]
+                .to_str()
+                .unwrap()
+                .ends_with("-01")
+        );
+        let mut req = request(&[]);
+        assert!(begin(&config(0.0, false), true, PEER, &mut req).is_none());
+        assert!(
+            req.headers()["traceparent"]
+                .to_str()
+                .unwrap()
+                .ends_with("-00")
         );
     }
 }
