@@ -200,11 +200,14 @@ async fn export(
     let answer = tokio::time::timeout(exporter.timeout, async {
         let resp = lb.send(&picked, req).await.map_err(|e| format!("{e:?}"))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let collected = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, collected.trailers().cloned()))
+        // A trailers-only gRPC answer has its status in the headers.
+        let trailers = collected.trailers().cloned().or(Some(headers));
+        Ok::<_, String>((status, trailers))
     })
     .await
     .map_err(|_| format!("no answer within {:?}", exporter.timeout))??;
