@@ -419,6 +419,13 @@ fn assert_one_chain(spans: &[Received], plane: DataPlane, grpc: bool, tag: Optio
         );
         assert_eq!(r.span.attribute("istio.namespace"), Some("default"));
     }
+    // A header tag: the client's header up to productpage's app, which does not pass it on.
+    if tag.is_some() {
+        let users: Vec<_> = chain.iter().map(|r| r.span.attribute("user")).collect();
+        let mut expected = vec![Some("alice"); 3];
+        expected.extend([Some("unknown"); 4]);
+        assert_eq!(users, expected, "{plane:?}: {}", describe());
+    }
     assert_eq!(
         chain[3].span.attribute("upstream_cluster"),
         Some("outbound|9080||reviews.default.svc.cluster.local"),
@@ -479,7 +486,7 @@ async fn scenario(plane: DataPlane) {
     let proxies = [&gw, &productpage, &reviews, &ratings];
     let get = |path: String| {
         let url = format!("http://{}:8080{path}", gw.ip);
-        async move { http_get(&url, &[]).await }
+        async move { http_get(&url, &[("x-user", "alice")]).await }
     };
 
     // 1. MeshConfig: the default provider (gRPC), 100%: one trace of every hop.
@@ -517,7 +524,7 @@ async fn scenario(plane: DataPlane) {
     //    OpenTelemetry task).
     mesh.apply_yaml(
         "telemetry.yaml",
-        &telemetry("providers: [{name: otel-http}]\n    randomSamplingPercentage: 100\n    customTags: {my-attribute: {literal: {value: default-value}}}"),
+        &telemetry("providers: [{name: otel-http}]\n    randomSamplingPercentage: 100\n    customTags: {my-attribute: {literal: {value: default-value}}, user: {header: {name: x-user, defaultValue: unknown}}}"),
     );
     wait_config(&proxies, "default-value", plane).await;
     let r = get("/http/1".into()).await.unwrap();
