@@ -41,6 +41,8 @@ pub struct Mesh {
     pub files: tempfile::TempDir,
     /// Flags added to every strait-proxy this mesh starts from now on (e.g. shorter timeouts).
     pub strait_proxy_flags: Vec<String>,
+    /// Arguments added to every Envoy this mesh starts from now on (e.g. `--drain-time-s 1`).
+    pub envoy_args: Vec<String>,
 }
 
 impl Default for Mesh {
@@ -56,6 +58,7 @@ impl Mesh {
             backends: Vec::new(),
             files: tempfile::tempdir().unwrap(),
             strait_proxy_flags: Vec::new(),
+            envoy_args: Vec::new(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Mesh {
             backends: Vec::new(),
             files: tempfile::tempdir().unwrap(),
             strait_proxy_flags: Vec::new(),
+            envoy_args: Vec::new(),
         }
     }
 
@@ -187,7 +191,8 @@ impl Mesh {
                 args.extend(identity);
                 args.extend(["--admin", &admin_text]);
                 let bootstrap = self.cp.ok(&args);
-                let envoy = Envoy::start(&bootstrap, workload);
+                let extra: Vec<&str> = self.envoy_args.iter().map(String::as_str).collect();
+                let envoy = Envoy::start_with_args(&bootstrap, workload, &extra);
                 envoy.wait_ready(Duration::from_secs(20)).await;
                 for l in &listen {
                     envoy.wait_listener(*l).await;

@@ -48,6 +48,39 @@ pub struct MeshConfig {
     pub outbound_traffic_policy: Option<OutboundMode>,
     pub enable_auto_mtls: Option<bool>,
     pub extension_providers: Vec<ExtensionProvider>,
+    /// `enableTracing`, `defaultProviders.tracing` and `defaultConfig.tracing.sampling`.
+    pub tracing: TracingDefaults,
+}
+
+/// The MeshConfig's tracing settings: what a proxy gets when no Telemetry resource says more.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TracingDefaults {
+    /// `enableTracing` (Istio's default: true). Without a Telemetry resource and without
+    /// `defaultProviders.tracing`, Istio falls back to the proxy's own tracer; Strait has none,
+    /// so nothing is traced then.
+    pub enable: Option<bool>,
+    /// `defaultProviders.tracing`: the providers used when a Telemetry resource names none.
+    pub default_providers: Vec<String>,
+    /// `defaultConfig.tracing.sampling`: the random sampling percentage when no Telemetry
+    /// resource sets one (Istio: 0 or unset means 1%; above 100 means 1%).
+    pub sampling: Option<Percent>,
+}
+
+/// A percentage in [0, 100] (never NaN, so it is `Eq`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(f64);
+
+impl Eq for Percent {}
+
+impl Percent {
+    /// `value` when it is a number in [0, 100].
+    pub fn new(value: f64) -> Option<Percent> {
+        (0.0..=100.0).contains(&value).then_some(Percent(value))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +100,9 @@ pub struct ExtensionProvider {
 pub enum Provider {
     EnvoyExtAuthzHttp(ExtAuthzHttp),
     EnvoyExtAuthzGrpc(ExtAuthzGrpc),
-    /// Any other provider (`opentelemetry`, `prometheus`, `envoyFileAccessLog`, `zipkin`, ...):
+    /// `opentelemetry`: an OTLP trace exporter (gRPC, or HTTP when `http` is given).
+    Opentelemetry(Opentelemetry),
+    /// Any other provider (`prometheus`, `envoyFileAccessLog`, `zipkin`, ...):
     /// its key and its settings as written, kept for the telemetry work.
     Other {
         kind: String,
@@ -130,6 +165,80 @@ pub struct ExtAuthzHttp {
     pub headers_to_downstream_on_allow: Vec<String>,
 }
 
+/// `opentelemetry`: Istio's OpenTelemetry tracing provider. Istio reads its MeshConfig as
+/// protobuf JSON, so each field is accepted in camelCase and with its proto name
+/// (`maxTagLength`, `max_tag_length`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Opentelemetry {
+    /// The collector's host (`opentelemetry-collector.observability.svc.cluster.local`, or
+    /// `NAMESPACE/HOST`).
+    pub service: String,
+    #[serde(deserialize_with = "port")]
+    pub port: u16,
+    /// The longest `http.url` tag (Envoy's default 256).
+    #[serde(default, alias = "max_tag_length")]
+    pub max_tag_length: u32,
+    /// OTLP over HTTP (protobuf) instead of gRPC.
+    #[serde(default)]
+    pub http: Option<OtlpHttp>,
+    /// OTLP over gRPC's settings (the default transport).
+    #[serde(default)]
+    pub grpc: Option<OtlpGrpc>,
+    /// Resource detectors (`environment`, `dynatrace`): accepted, not honoured.
+    #[serde(default, alias = "resource_detectors")]
+    pub resource_detectors: Option<Value>,
+    /// A custom sampler (Dynatrace's): accepted, not honoured (Istio then samples 100% and
+    /// lets the sampler decide; Strait samples at the configured percentage).
+    #[serde(default, alias = "dynatrace_sampler")]
+    pub dynatrace_sampler: Option<Value>,
+}
+
+/// `opentelemetry.http`: OTLP/HTTP's path, timeout and extra headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtlpHttp {
+    /// The request path (`/v1/traces`, OTLP/HTTP's usual one, when empty).
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub headers: Vec<ProviderHeader>,
+}
+
+/// `opentelemetry.grpc`: the export's timeout and extra metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtlpGrpc {
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+    #[serde(default, alias = "initial_metadata")]
+    pub initial_metadata: Vec<ProviderHeader>,
+}
+
+/// A header a provider sends: a value, or the control plane's environment variable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderHeader {
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default, alias = "env_name")]
+    pub env_name: Option<String>,
+}
+
+impl ProviderHeader {
+    /// The value sent: `value`, else the environment variable's (empty when unset), as Istio.
+    pub fn resolved(&self) -> String {
+        match (&self.value, &self.env_name) {
+            (Some(v), _) => v.clone(),
+            (None, Some(env)) => std::env::var(env).unwrap_or_default(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestBody {
@@ -164,6 +273,7 @@ const HONOURED: &[&str] = &[
     "outboundTrafficPolicy",
     "enableAutoMtls",
     "extensionProviders",
+    "enableTracing",
 ];
 
 /// Reads a mesh config file (see the module's documentation for the shapes it takes).
@@ -233,13 +343,35 @@ pub fn parse(file: &str, text: &str) -> Result<MeshConfigFile, MeshConfigError> 
         }
     }
     let config = typed(&raw).map_err(|(field, reason)| err(&field, reason))?;
-    let warnings = raw
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !HONOURED.contains(&k.as_str()))
-        .map(|(k, _)| format!("{k}: not honoured by Strait, ignored"))
-        .collect();
+    let mut warnings = Vec::new();
+    for (k, v) in raw.as_object().into_iter().flatten() {
+        if HONOURED.contains(&k.as_str()) {
+            continue;
+        }
+        // Objects Strait honours a part of: a warning per other field.
+        let honoured_part = match k.as_str() {
+            "defaultProviders" => Some(&["tracing"][..]),
+            "defaultConfig" => Some(&["tracing"][..]),
+            _ => None,
+        };
+        match (honoured_part, v) {
+            (Some(part), Value::Object(fields)) => {
+                for (f, fv) in fields {
+                    if !part.contains(&f.as_str()) {
+                        warnings.push(format!("{k}.{f}: not honoured by Strait, ignored"));
+                    } else if k == "defaultConfig" {
+                        for t in fv.as_object().into_iter().flatten().map(|(t, _)| t) {
+                            if t != "sampling" {
+                                warnings
+                                    .push(format!("{k}.{f}.{t}: not honoured by Strait, ignored"));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => warnings.push(format!("{k}: not honoured by Strait, ignored")),
+        }
+    }
     Ok(MeshConfigFile {
         raw,
         config,
@@ -315,6 +447,7 @@ fn typed(raw: &Value) -> Result<MeshConfig, (String, String)> {
             ));
         }
     };
+    let tracing = tracing_defaults(raw)?;
     let mut providers = Vec::new();
     if let Some(Value::Array(list)) = raw.get("extensionProviders") {
         for (i, p) in list.iter().enumerate() {
@@ -328,6 +461,71 @@ fn typed(raw: &Value) -> Result<MeshConfig, (String, String)> {
         outbound_traffic_policy: outbound,
         enable_auto_mtls: auto_mtls,
         extension_providers: providers,
+        tracing,
+    })
+}
+
+/// `enableTracing`, `defaultProviders.tracing`, `defaultConfig.tracing.sampling`.
+fn tracing_defaults(raw: &Value) -> Result<TracingDefaults, (String, String)> {
+    let enable = match raw.get("enableTracing") {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(other) => {
+            return Err((
+                "enableTracing".into(),
+                format!("must be true or false, found {other}"),
+            ));
+        }
+    };
+    let default_providers = match raw.get("defaultProviders").and_then(|d| d.get("tracing")) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|p| match p {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                other => Err((
+                    "defaultProviders.tracing".into(),
+                    format!("must be a list of provider names, found {other}"),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err((
+                "defaultProviders.tracing".into(),
+                format!("must be a list of provider names, found {other}"),
+            ));
+        }
+    };
+    let sampling = match raw
+        .get("defaultConfig")
+        .and_then(|d| d.get("tracing"))
+        .and_then(|t| t.get("sampling"))
+    {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let n = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            let Some(n) = n.filter(|n| n.is_finite() && *n >= 0.0) else {
+                return Err((
+                    "defaultConfig.tracing.sampling".into(),
+                    format!("must be a percentage (a number from 0.0 to 100.0), found {v}"),
+                ));
+            };
+            // Istio: 0 means unset (its default, 1%), and above 100 means 1%.
+            if n == 0.0 {
+                None
+            } else {
+                Percent::new(n).or(Percent::new(1.0))
+            }
+        }
+    };
+    Ok(TracingDefaults {
+        enable,
+        default_providers,
+        sampling,
     })
 }
 
@@ -371,6 +569,7 @@ fn provider(p: &Value) -> Result<ExtensionProvider, (String, String)> {
     let provider = match kind.as_str() {
         "envoyExtAuthzHttp" => Provider::EnvoyExtAuthzHttp(de(kind, config)?),
         "envoyExtAuthzGrpc" => Provider::EnvoyExtAuthzGrpc(de(kind, config)?),
+        "opentelemetry" => Provider::Opentelemetry(de(kind, config)?),
         _ => Provider::Other {
             kind: kind.to_string(),
             config: (*config).clone(),
@@ -388,6 +587,18 @@ fn provider(p: &Value) -> Result<ExtensionProvider, (String, String)> {
         }
         Provider::EnvoyExtAuthzGrpc(g) => {
             check_common(kind, &g.service, g.status_on_error.as_deref())?
+        }
+        Provider::Opentelemetry(o) => {
+            check_common(kind, &o.service, None)?;
+            if let Some(h) = &o.http
+                && !h.path.is_empty()
+                && !h.path.starts_with('/')
+            {
+                return Err((
+                    format!(".{kind}.http.path"),
+                    format!("must begin with `/`, found {:?}", h.path),
+                ));
+            }
         }
         Provider::Other { .. } => {}
     }
@@ -498,13 +709,11 @@ data:
             m.config.outbound_traffic_policy,
             Some(OutboundMode::RegistryOnly)
         );
-        assert_eq!(
-            m.warnings,
-            ["enableTracing: not honoured by Strait, ignored"]
-        );
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        assert_eq!(m.config.tracing.enable, Some(true));
         assert!(matches!(
             &m.config.extension_providers[0].provider,
-            Provider::Other { kind, .. } if kind == "opentelemetry"
+            Provider::Opentelemetry(o) if o.port == 4317 && o.http.is_none()
         ));
         let helm = parse("values.yaml", "meshConfig:\n  enableAutoMtls: false\n").unwrap();
         assert_eq!(helm.config.enable_auto_mtls, Some(false));
@@ -535,5 +744,99 @@ data:
         )
         .unwrap_err();
         assert!(e.reason.contains("given twice"), "{e}");
+    }
+
+    /// Each document of a file on its own (Istio's install inputs are alternatives).
+    fn documents(path: &str) -> Vec<MeshConfigFile> {
+        let dir =
+            std::env::var("STRAIT_TESTDATA").unwrap_or_else(|_| "/work/shared/testdata".into());
+        let file = format!("{dir}/istio-install/telemetry/{path}");
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{file}: {e} (set STRAIT_TESTDATA to the test data)"));
+        text.split("\n---\n")
+            .map(|doc| parse(&file, doc).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    #[test]
+    fn istios_opentelemetry_task_inputs() {
+        let docs = documents("tracing-opentelemetry.yaml");
+        assert_eq!(docs.len(), 2);
+        let otel = |m: &MeshConfigFile| match &m.config.extension_providers[0].provider {
+            Provider::Opentelemetry(o) => o.clone(),
+            other => panic!("{other:?}"),
+        };
+        let grpc = otel(&docs[0]);
+        assert_eq!(
+            (grpc.service.as_str(), grpc.port, grpc.http.is_none()),
+            (
+                "opentelemetry-collector.observability.svc.cluster.local",
+                4317,
+                true
+            )
+        );
+        assert!(grpc.resource_detectors.is_some());
+        let http = otel(&docs[1]);
+        let h = http.http.expect("the http exporter");
+        assert_eq!((http.port, h.path.as_str()), (4318, "/v1/traces"));
+        assert_eq!(
+            h.timeout.map(|t| t.to_std()),
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(h.headers[0].name, "custom-header");
+        assert_eq!(h.headers[0].resolved(), "custom value");
+        for d in &docs {
+            assert_eq!(d.config.tracing.enable, Some(true));
+            assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        }
+    }
+
+    #[test]
+    fn istios_sampling_task_inputs() {
+        let docs = documents("tracing-sampling.yaml");
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[0].config.tracing.sampling, Percent::new(10.0));
+        assert_eq!(docs[1].config.tracing.sampling, None);
+        let Provider::Opentelemetry(dt) = &docs[2].config.extension_providers[0].provider else {
+            panic!()
+        };
+        assert!(dt.dynatrace_sampler.is_some());
+        assert_eq!(dt.port, 443);
+        let api = documents("tracing-telemetry-api.yaml");
+        assert_eq!(api[0].config.tracing.sampling, None);
+        assert!(matches!(
+            &api[0].config.extension_providers[0].provider,
+            Provider::Other { kind, .. } if kind == "zipkin"
+        ));
+        let examples = documents("telemetry-api-examples-mesh-config.yaml");
+        assert_eq!(examples[0].config.extension_providers.len(), 2);
+    }
+
+    #[test]
+    fn tracing_defaults_as_istio_reads_them() {
+        let m = parse(
+            "m.yaml",
+            "defaultProviders: {tracing: [otel], metrics: [prometheus]}\ndefaultConfig:\n  tracing: {sampling: 250, zipkin: {address: z:9411}}\n  holdApplicationUntilProxyStarts: true\n",
+        )
+        .unwrap();
+        assert_eq!(m.config.tracing.default_providers, ["otel"]);
+        // Above 100 is Istio's 1%.
+        assert_eq!(m.config.tracing.sampling, Percent::new(1.0));
+        assert_eq!(
+            m.warnings,
+            [
+                "defaultConfig.holdApplicationUntilProxyStarts: not honoured by Strait, ignored",
+                "defaultConfig.tracing.zipkin: not honoured by Strait, ignored",
+                "defaultProviders.metrics: not honoured by Strait, ignored",
+            ]
+        );
+        let e = parse("m.yaml", "defaultConfig: {tracing: {sampling: lots}}\n").unwrap_err();
+        assert_eq!(e.field, "defaultConfig.tracing.sampling");
+        let e = parse(
+            "m.yaml",
+            "extensionProviders:\n- {name: o, opentelemetry: {service: s, port: 4318, http: {path: v1/traces}}}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "extensionProviders[0].opentelemetry.http.path");
     }
 }

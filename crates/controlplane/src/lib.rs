@@ -103,6 +103,7 @@ pub async fn run(opts: Options) -> Result<()> {
             .clone()
             .unwrap_or(defaults.root_namespace.clone()),
         extension_providers: Arc::new(opts.mesh.extension_providers.clone()),
+        tracing: opts.mesh.tracing.clone(),
         ..defaults
     };
     let identity = MeshIdentity::start(&opts.identity, dir)?;

@@ -456,10 +456,18 @@ impl Inputs for MeshState {
 
     /// What the translation reads of a proxy: role, address, namespace, labels, capture mode
     /// and app address, and its workload name only when the registry has endpoints of that workload at its
-    /// address (then its inbound ports are its own).
+    /// address (then its inbound ports are its own) or when its labels name no canonical service
+    /// (then the spans' service name is the workload's).
     fn shape(&self, proxy: &Proxy) -> String {
         let owners = self.owners.get_or_init(|| Arc::new(owners(&self.registry)));
-        let owner = owners.contains(&(proxy.ip, proxy.workload.clone()));
+        let unnamed = ![
+            "service.istio.io/canonical-name",
+            "app.kubernetes.io/name",
+            "app",
+        ]
+        .iter()
+        .any(|l| proxy.labels.get(*l).is_some_and(|v| !v.is_empty()));
+        let owner = unnamed || owners.contains(&(proxy.ip, proxy.workload.clone()));
         format!(
             "{:?}|{}|{}|{:?}|{:?}|{}|{:?}|{}",
             proxy.role,

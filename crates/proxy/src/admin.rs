@@ -76,6 +76,7 @@ pub(crate) async fn serve_prometheus(shared: Arc<Shared>, tcp: TcpListener) {
 /// The proxy's own (Envoy-named) stats, then Istio's standard metrics.
 fn prometheus(shared: &Shared) -> Response<Body> {
     let mut text = shared.stats.prometheus();
+    shared.spans.prometheus(&mut text);
     shared.telemetry.metrics.prometheus(&mut text);
     reply(StatusCode::OK, "text/plain; version=0.0.4", text)
 }

@@ -21,6 +21,7 @@ mod io;
 mod listeners;
 mod metrics;
 mod original_dst;
+mod otlp_export;
 pub mod routing;
 mod stats;
 mod tcp;
@@ -136,6 +137,8 @@ pub struct Shared {
     tls: Arc<tls::Secrets>,
     /// When the proxy started (`/server_info`'s uptime).
     started: std::time::Instant,
+    /// Finished spans on their way to the collector.
+    spans: otlp_export::Spans,
 }
 
 /// Counts a downstream connection as open until dropped.
@@ -172,6 +175,7 @@ impl Shared {
             open: AtomicUsize::new(0),
             tls,
             started: std::time::Instant::now(),
+            spans: otlp_export::Spans::default(),
         })
     }
 
@@ -257,6 +261,7 @@ pub async fn run_until(
         opts.api,
     )?;
     let listeners = tokio::spawn(listeners::run(shared.clone()));
+    let spans = tokio::spawn(otlp_export::run(shared.clone()));
     tokio::select! {
         () = shared.quit.notified() => tracing::info!("quitquitquit: stopping"),
         () = shutdown => {
@@ -271,6 +276,7 @@ pub async fn run_until(
         }
     }
     listeners.abort();
+    spans.abort();
     drop(control);
     Ok(())
 }

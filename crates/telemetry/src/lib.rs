@@ -7,12 +7,16 @@
 //! - [`labels`]: Istio's label set and how the source and destination reporters fill it in.
 //! - [`registry`]: interned label sets with atomic counters and histograms (Envoy's default
 //!   buckets), a bound on the number of series, and the Prometheus text format.
+//! - [`trace_context`]: W3C `traceparent` and B3 trace context headers, read and written.
+//! - [`otlp`]: the OTLP trace export messages.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod labels;
+pub mod otlp;
 pub mod registry;
+pub mod trace_context;
 pub mod workload;
 
 pub use labels::{EdgeLabels, Observed, Protocol, Reporter, Service};

@@ -9,6 +9,7 @@ use strait_api::networking::gateway::Gateway;
 use strait_api::networking::service_entry::ServiceEntry;
 use strait_api::networking::sidecar::Sidecar;
 use strait_api::networking::virtual_service::VirtualService;
+use strait_api::telemetry::Telemetry;
 use strait_api::{Kind, ObjectMeta, Resource, Spec};
 
 /// What happens to outbound traffic for hosts the registry does not know (Istio's
@@ -36,6 +37,8 @@ pub struct MeshConfig {
     pub system_ca_bundle: String,
     /// `extensionProviders` (the CUSTOM action's authorizers, later telemetry's).
     pub extension_providers: Arc<Vec<strait_api::mesh_config::ExtensionProvider>>,
+    /// `enableTracing`, `defaultProviders.tracing`, `defaultConfig.tracing.sampling`.
+    pub tracing: strait_api::mesh_config::TracingDefaults,
 }
 
 impl Default for MeshConfig {
@@ -47,6 +50,7 @@ impl Default for MeshConfig {
             domain_suffix: "cluster.local".to_string(),
             system_ca_bundle: crate::translate::SYSTEM_CA_BUNDLE.to_string(),
             extension_providers: Arc::default(),
+            tracing: Default::default(),
         }
     }
 }
@@ -164,5 +168,9 @@ impl ConfigSnapshot {
     typed_iter!(
         /// Sidecars with their metadata.
         sidecars, Sidecar, Sidecar
+    );
+    typed_iter!(
+        /// Telemetries with their metadata.
+        telemetries, Telemetry, Telemetry
     );
 }

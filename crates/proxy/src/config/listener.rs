@@ -262,6 +262,10 @@ pub struct HttpListener {
     /// CUSTOM action's shadow RBAC filter, before DENY and ALLOW).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ext_authz: Option<(usize, Arc<super::ext_authz::ExtAuthz>)>,
+    /// `tracing`: a span per request, exported over OTLP (`None`: trace headers pass through
+    /// untouched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Arc<super::tracer::Tracing>>,
 }
 
 /// Envoy's `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
@@ -741,7 +745,14 @@ fn http_connection_manager(hcm: &HttpConnectionManager) -> Result<HttpListener, 
             }
         }
     };
+    let tracing = hcm
+        .tracing
+        .as_ref()
+        .map(|t| super::tracer::tracing(t).under("tracing"))
+        .transpose()?
+        .map(Arc::new);
     Ok(HttpListener {
+        tracing,
         rbac,
         jwt_authn,
         local_ratelimit,

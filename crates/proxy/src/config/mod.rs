@@ -20,6 +20,7 @@ mod proto;
 pub mod ratelimit;
 pub mod route;
 pub mod tls;
+pub mod tracer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

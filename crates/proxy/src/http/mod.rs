@@ -14,6 +14,7 @@ mod ext_authz;
 mod forward;
 pub mod h1_check;
 mod ratelimit;
+mod trace;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -344,6 +345,11 @@ async fn serve_request(conn: &Arc<Conn>, mut req: Request<Incoming>) -> Response
         req.headers_mut(),
     );
     client_cert_header(&conn.hcm, conn.tls.as_deref(), req.headers_mut());
+    let mut span = conn
+        .hcm
+        .tracing
+        .as_ref()
+        .and_then(|t| trace::begin(t, conn.inbound, conn.down.peer, &mut req));
     let entry = conn
         .shared
         .access_log
@@ -386,6 +392,9 @@ async fn serve_request(conn: &Arc<Conn>, mut req: Request<Incoming>) -> Response
             .insert(PEER_METADATA_ID_HEADER, id.clone());
     }
     let entry = entry.map(|e| response_entry(e, &resp));
+    if let Some(span) = span.as_mut() {
+        span.response(&resp);
+    }
     let received = resp
         .extensions()
         .get::<UpstreamInfo>()
@@ -397,6 +406,7 @@ async fn serve_request(conn: &Arc<Conn>, mut req: Request<Incoming>) -> Response
         sent: 0,
         finish: Some(Finish {
             entry,
+            span,
             recorder,
             received,
             started,
@@ -474,6 +484,8 @@ struct Logged {
 
 struct Finish {
     entry: Option<Entry>,
+    /// The request's span, when it is traced and sampled.
+    span: Option<Box<trace::Active>>,
     /// What Istio's metrics count the request under, once it ends.
     recorder: Option<Recorder>,
     received: Option<Arc<AtomicU64>>,
@@ -492,6 +504,9 @@ impl Logged {
             let edge = r.conn.edges.edge(&f.shared.telemetry, r.key);
             edge.series(r.response)
                 .request(f.started.elapsed(), received, self.sent);
+        }
+        if let Some(span) = f.span {
+            span.end(&f.shared, received, self.sent);
         }
         if let (Some(mut e), Some(log)) = (f.entry, &f.shared.access_log) {
             e.bytes_sent = self.sent;

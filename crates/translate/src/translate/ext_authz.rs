@@ -174,6 +174,9 @@ fn resolve(config: &ConfigSnapshot, registry: &Registry, name: &str) -> Result<E
         Provider::Other { kind, .. } => Err(format!(
             "the extension provider {name:?} is {kind}, not envoyExtAuthzGrpc or envoyExtAuthzHttp"
         )),
+        Provider::Opentelemetry(_) => Err(format!(
+            "the extension provider {name:?} is opentelemetry, not envoyExtAuthzGrpc or envoyExtAuthzHttp"
+        )),
     }
 }
 

@@ -24,6 +24,7 @@ mod origination;
 pub mod ratelimit;
 mod secrets;
 pub mod tls;
+pub(crate) mod tracer;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,6 +70,8 @@ pub struct Ctx<'a> {
     /// The SDS names of the Secrets the translation named so far (`kubernetes://NAME`,
     /// `kubernetes://NAME-cacert`): the proxy gets those, and no others.
     credentials: RefCell<BTreeSet<String>>,
+    /// The connection managers' tracing, client (0) and server (1), made once.
+    tracing: std::cell::OnceCell<[Option<tracer::TracingConfig>; 2]>,
 }
 
 impl<'a> Ctx<'a> {
@@ -80,6 +83,7 @@ impl<'a> Ctx<'a> {
             proxy,
             sidecar,
             credentials: RefCell::default(),
+            tracing: std::cell::OnceCell::new(),
         }
     }
 

@@ -106,6 +106,8 @@ pub(super) struct Hcm {
     pub forward_client_cert: bool,
     /// Authorization filters (RBAC), first in the chain as Istio puts them.
     pub authz: Vec<HttpFilter>,
+    /// Tracing (`None`: requests are not traced).
+    pub tracing: Option<http_connection_manager::Tracing>,
 }
 
 /// The `server_name` Istio gives inbound and gateway connection managers.
@@ -158,6 +160,7 @@ pub(super) fn hcm_filter(hcm: Hcm) -> Filter {
             }
         }),
         normalize_path: Some(bool_value(true)),
+        tracing: hcm.tracing,
         upgrade_configs: vec![http_connection_manager::UpgradeConfig {
             upgrade_type: "websocket".to_string(),
             ..Default::default()
@@ -291,6 +294,7 @@ mod tests {
             allow_absolute_url: false,
             forward_client_cert: false,
             authz: Vec::new(),
+            tracing: None,
         });
         let Some(filter::ConfigType::TypedConfig(any)) = f.config_type else {
             panic!("no typed config")

@@ -49,6 +49,7 @@ use super::http_route::{
 };
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use crate::snapshot::namespace_of;
+use crate::translate::tracer::{self, hcm_tracing};
 use crate::translate::{BLACKHOLE_CLUSTER, Ctx, host_matches};
 use crate::translate::{authz, ratelimit};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
@@ -260,6 +261,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 allow_absolute_url: false,
                 forward_client_cert: false,
                 authz: with_rate_limit(ctx, port, authz::http_filters(&policies)),
+                tracing: hcm_tracing(ctx, tracer::Class::Gateway),
             })],
         )];
         out.listeners.insert(l.name.clone(), l);
@@ -424,6 +426,7 @@ fn terminated_chain(
                         &ctx.proxy.labels,
                     )),
                 ),
+                tracing: hcm_tracing(ctx, tracer::Class::Gateway),
             })],
         )
     } else {

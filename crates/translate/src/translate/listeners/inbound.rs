@@ -20,6 +20,7 @@ use super::filters::{
 };
 use super::http_route::{prefix_match, route_match_for};
 use crate::translate::mtls::{self, ChainKind, Mode};
+use crate::translate::tracer::{Class, hcm_tracing};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
     inbound_cluster_name,
@@ -76,6 +77,7 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                             ctx.proxy.mtls,
                             &policies,
                             rate_limit(ctx, port),
+                            hcm_tracing(ctx, Class::Inbound),
                         )
                     },
                     p.protocol.is_http(),
@@ -144,6 +146,7 @@ fn bound_listeners<'p>(
                     ctx.proxy.mtls,
                     policies,
                     rate_limit(ctx, port),
+                    hcm_tracing(ctx, Class::Inbound),
                 )
             },
             p.protocol.is_http(),
@@ -216,6 +219,7 @@ fn inbound_filters(
     mtls: bool,
     policies: &authz::Policies<'_>,
     rate_limit: Option<&LocalRateLimit>,
+    tracing: Option<envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing>,
 ) -> Vec<Filter> {
     let cluster = inbound_cluster_name(port);
     if !http {
@@ -288,6 +292,7 @@ fn inbound_filters(
             .into_iter()
             .chain(rate_limit.map(ratelimit::http_filter))
             .collect(),
+        tracing,
     })]
 }
 

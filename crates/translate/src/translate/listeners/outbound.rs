@@ -30,6 +30,7 @@ use super::filters::{
 use super::l4::{self, L4Match, cidrs, stat_name, tcp_target};
 use super::route_config;
 use crate::snapshot::OutboundPolicy;
+use crate::translate::tracer::{Class, hcm_tracing};
 use crate::translate::{
     BLACKHOLE_CLUSTER, Ctx, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_OUTBOUND_PORT,
     outbound_cluster_name,
@@ -76,6 +77,7 @@ fn build_http_proxy(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) 
             allow_absolute_url: true,
             forward_client_cert: false,
             authz: Vec::new(),
+            tracing: hcm_tracing(ctx, Class::Outbound),
         })],
     )];
     insert(out, l);
@@ -183,6 +185,7 @@ fn build_captured(ctx: &Ctx<'_>, vss: &[BoundVs<'_>], out: &mut XdsResources) {
                 allow_absolute_url: false,
                 forward_client_cert: false,
                 authz: Vec::new(),
+                tracing: hcm_tracing(ctx, Class::Outbound),
             })],
         )];
         insert(out, l);
