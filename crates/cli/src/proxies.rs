@@ -58,12 +58,16 @@ impl ConfigKind {
     }
 }
 
-/// The xDS address for a proxy: its flag, else the local control plane's, else
+/// The xDS addresses for a proxy: its flag's, else the local control plane's, else
 /// 127.0.0.1:15010.
-pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<SocketAddr> {
-    if let Some(a) = flags.xds {
-        return Ok(a);
+pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<Vec<SocketAddr>> {
+    if !flags.xds.is_empty() {
+        return Ok(flags.xds.clone());
     }
+    xds_recorded(conn).map(|a| vec![a])
+}
+
+fn xds_recorded(conn: &Connection) -> Result<SocketAddr> {
     let file = control_plane::data_dir(conn.data_dir.as_deref()).join(control_plane::XDS_FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) => text
@@ -96,9 +100,11 @@ pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode>
                      xDS connection goes with its certificate"
                 ),
             };
+            let xds = xds_addr(&args, conn)?;
             let opts = BootstrapOptions {
                 proxy: args.proxy(),
-                xds_addr: xds_addr(&args, conn)?,
+                xds_addr: xds[0],
+                more_xds: xds[1..].to_vec(),
                 admin_addr: args.admin,
                 delta: args.api == XdsApi::Delta,
                 concurrency: None,
