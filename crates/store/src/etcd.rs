@@ -259,14 +259,21 @@ impl EtcdStore {
                 }
             })
             .collect();
-        let client = runtime
-            .block_on(async {
+        // Not `block_on`: the caller may be async code on another runtime.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let connected = async {
                 let mut client = Client::connect(&urls, Some(connect)).await?;
                 let got = client
                     .get("/", Some(GetOptions::new().with_count_only()))
                     .await?;
                 Ok::<_, etcd_client::Error>((client, header_revision(got.header())))
-            })
+            };
+            let _ = tx.send(connected.await);
+        });
+        let client = rx
+            .recv()
+            .map_err(|_| fail("connecting", "the I/O thread stopped".into()))?
             .map_err(|e| fail("connecting", e.to_string()))?;
         let (client, revision) = client;
         let prefix = opts.prefix.trim_end_matches('/').to_string();
