@@ -216,6 +216,26 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         eprintln!("{name}: a write through B served via A after {took:?}");
     }
 
+    // Both replicas give the services the same virtual IPs (the leader's table).
+    let services =
+        |cp: &ControlPlane| http(&cp.server(), "GET", "/debug/services", Some(token), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (on_a, on_b) = (services(&mesh.cp), services(&b));
+        assert_eq!((on_a.0, on_b.0), (200, 200), "{on_a:?} {on_b:?}");
+        assert!(on_a.1.contains("240.240."), "{}", on_a.1);
+        if on_a.1 == on_b.1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas' services differ:\nA: {}\nB: {}",
+            on_a.1,
+            on_b.1
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // 2. A dies; the proxies fail over to B and get B's next change within 5 s.
     mesh.cp.kill9();
     through_b("v3");

@@ -396,11 +396,11 @@ fn check_all(writes: &[Write], current: &mut BTreeMap<Key, Option<u64>>) -> Resu
     Ok(())
 }
 
+/// Each key's mod revision (None: absent), and the value and mod revision of those present.
+type ReadBack = (BTreeMap<Key, Option<u64>>, BTreeMap<Key, (i64, Vec<u8>)>);
+
 /// The current mod revision of each key, from a transaction's range responses.
-fn revisions_from(
-    inner: &Inner,
-    responses: Vec<TxnOpResponse>,
-) -> (BTreeMap<Key, Option<u64>>, BTreeMap<Key, (i64, Vec<u8>)>) {
+fn revisions_from(inner: &Inner, responses: Vec<TxnOpResponse>) -> ReadBack {
     let mut revs = BTreeMap::new();
     let mut values = BTreeMap::new();
     for r in responses {
@@ -808,13 +808,11 @@ async fn run_watch(
                         let at = GetOptions::new()
                             .with_count_only()
                             .with_revision(i64::try_from(last + 1).unwrap_or(i64::MAX));
-                        if let Err(e) = inner.client.kv_client().get(range.as_str(), Some(at)).await
-                        {
-                            if e.to_string().contains("compacted") {
-                                // The cancel that follows carries the compaction revision.
-                                ready = Some(r);
-                                continue;
-                            }
+                        let read = inner.client.kv_client().get(range.as_str(), Some(at)).await;
+                        if read.is_err_and(|e| e.to_string().contains("compacted")) {
+                            // The cancel that follows carries the compaction revision.
+                            ready = Some(r);
+                            continue;
                         }
                     }
                     let _ = r.send(Ok(()));
