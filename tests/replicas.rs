@@ -237,6 +237,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
     }
 
     // 2. A dies; the proxies fail over to B and get B's next change within 5 s.
+    let a_server = mesh.cp.server();
     mesh.cp.kill9();
     through_b("v3");
     for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
@@ -251,6 +252,18 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         "strait-proxy's log says it connected to B:\n{}",
         sp.log()
     );
+
+    // The CLI given both replicas' API addresses goes on to B when A does not answer.
+    let listed = b.ok(&[
+        "--server",
+        &format!("{a_server},{}", b.server()),
+        "get",
+        "vs",
+        "web",
+        "-o",
+        "json",
+    ]);
+    assert!(listed.contains("\"subset\": \"v3\""), "{listed}");
 
     // 3. etcd down for 30 s: writes are refused with a 503 naming etcd; the proxies serve on.
     etcd.stop();
