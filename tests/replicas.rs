@@ -264,6 +264,27 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         "json",
     ]);
     assert!(listed.contains("\"subset\": \"v3\""), "{listed}");
+    // proxy-status asks every replica and says which one each proxy is connected to.
+    let status = b.cli(&[
+        "--server",
+        &format!("{a_server},{}", b.server()),
+        "proxy-status",
+    ]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let b_api = b.server().trim_start_matches("http://").to_string();
+    for name in ["client-sp.default", "client-envoy.default"] {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(name) && l.trim_end().ends_with(&b_api)),
+            "{name} on B ({b_api}):\n{table}"
+        );
+    }
 
     // 3. etcd down for 30 s: writes are refused with a 503 naming etcd; the proxies serve on.
     etcd.stop();

@@ -123,6 +123,31 @@ impl Client {
         )
     }
 
+    /// The API addresses (`HOST:PORT`) this client was given: several for replicas.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.bases
+            .iter()
+            .map(|b| b.split("://").nth(1).unwrap_or(b))
+            .collect()
+    }
+
+    /// Sends a GET to every address given (each replica answers for itself); an address that
+    /// cannot be reached gets its error.
+    pub fn get_each(&self, path: &str) -> Vec<(String, Result<Answer>)> {
+        self.bases
+            .iter()
+            .map(|base| {
+                let addr = base.split("://").nth(1).unwrap_or(base).to_string();
+                let answer = match self.request_at(base, "GET", path, None) {
+                    Ok(Ok(a)) => Ok(a),
+                    Ok(Err(e)) => Err(anyhow!("no control plane at {addr} ({e})")),
+                    Err(e) => Err(e),
+                };
+                (addr, answer)
+            })
+            .collect()
+    }
+
     /// Sends the request to the current API address; when it cannot be reached, to the next
     /// (a replica), in turn.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
