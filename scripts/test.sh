@@ -31,6 +31,10 @@ command -v tshark >/dev/null || need_apt+=(tshark)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # Prometheus scrapes the mesh through the control plane's service discovery (tests/prometheus.rs).
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# The etcd store backend: etcd-client's build compiles .proto files (protoc), and the store's
+# and the replicas' tests start a real etcd (crates/store/tests/etcd.rs, tests/replicas.rs).
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+command -v etcd >/dev/null || need_apt+=(etcd-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -87,7 +87,11 @@ impl ControlPlane {
 
     /// Starts `WRAPPER... strait control-plane FLAGS...`: under `prlimit`, for example.
     pub fn start_under(wrapper: &[&str], flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), wrapper, flags)
+    }
+
+    /// Starts on `dir` (prepared by the caller: a replica given another's API token file).
+    pub fn start_in(dir: tempfile::TempDir, wrapper: &[&str], flags: &[&str]) -> Self {
         let mut cp = ControlPlane {
             dir,
             child: None,

@@ -101,6 +101,7 @@ impl ApiError {
             StoreError::AlreadyExists { .. } => StatusCode::CONFLICT,
             StoreError::Conflict { .. } => StatusCode::CONFLICT,
             StoreError::Compacted { .. } => StatusCode::GONE,
+            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let reason = match code {
@@ -110,6 +111,7 @@ impl ApiError {
             }
             StatusCode::CONFLICT => "Conflict",
             StatusCode::GONE => "Expired",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
             _ => "InternalError",
         };
         Self::new(code, reason, e.to_string())

@@ -20,7 +20,10 @@ pub struct Connection {
 /// A connected API client.
 pub struct Client {
     agent: ureq::Agent,
-    base: String,
+    /// The control plane's API, or several replicas' (`--server A,B`): tried in turn, starting
+    /// with the one that answered last.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     token: String,
 }
 
@@ -55,11 +58,24 @@ impl Connection {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| DEFAULT_SERVER.to_string()),
         };
-        let base = if base.contains("://") {
-            base
-        } else {
-            format!("http://{base}")
-        };
+        let bases: Vec<String> = base
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let b = if b.contains("://") {
+                    b.to_string()
+                } else {
+                    format!("http://{b}")
+                };
+                b.trim_end_matches('/').to_string()
+            })
+            .collect();
+        if bases.is_empty() {
+            bail!(
+                "--server {base:?}: give the control plane's API address (or several, comma-separated)"
+            );
+        }
         let token = match &self.token {
             Some(t) => t.clone(),
             None => {
@@ -82,7 +98,8 @@ impl Connection {
             .into();
         Ok(Client {
             agent,
-            base: base.trim_end_matches('/').to_string(),
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
             token,
         })
     }
@@ -90,18 +107,73 @@ impl Connection {
 
 impl Client {
     fn address(&self) -> &str {
-        self.base.split("://").nth(1).unwrap_or(&self.base)
+        let base = &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed)];
+        base.split("://").nth(1).unwrap_or(base)
     }
 
     fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        let all: Vec<&str> = self
+            .bases
+            .iter()
+            .map(|b| b.split("://").nth(1).unwrap_or(b))
+            .collect();
         anyhow!(
             "no control plane at {}: start one with `strait control-plane` (or point --server / STRAIT_SERVER at it) ({e})",
-            self.address()
+            all.join(", ")
         )
     }
 
+    /// The API addresses (`HOST:PORT`) this client was given: several for replicas.
+    pub fn addresses(&self) -> Vec<&str> {
+        self.bases
+            .iter()
+            .map(|b| b.split("://").nth(1).unwrap_or(b))
+            .collect()
+    }
+
+    /// Sends a GET to every address given (each replica answers for itself); an address that
+    /// cannot be reached gets its error.
+    pub fn get_each(&self, path: &str) -> Vec<(String, Result<Answer>)> {
+        self.bases
+            .iter()
+            .map(|base| {
+                let addr = base.split("://").nth(1).unwrap_or(base).to_string();
+                let answer = match self.request_at(base, "GET", path, None) {
+                    Ok(Ok(a)) => Ok(a),
+                    Ok(Err(e)) => Err(anyhow!("no control plane at {addr} ({e})")),
+                    Err(e) => Err(e),
+                };
+                (addr, answer)
+            })
+            .collect()
+    }
+
+    /// Sends the request to the current API address; when it cannot be reached, to the next
+    /// (a replica), in turn.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
-        let url = format!("{}{path}", self.base);
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.bases.len() {
+            let at = (start + i) % self.bases.len();
+            self.current.store(at, std::sync::atomic::Ordering::Relaxed);
+            match self.request_at(&self.bases[at], method, path, body)? {
+                Ok(answer) => return Ok(answer),
+                Err(e) => last = Some(e),
+            }
+        }
+        self.current
+            .store(start, std::sync::atomic::Ordering::Relaxed);
+        Err(self.unreachable(last.expect("at least one address")))
+    }
+
+    fn request_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<std::result::Result<Answer, ureq::Error>> {
+        let url = format!("{base}{path}");
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
@@ -122,7 +194,10 @@ impl Client {
                 .send_json(b),
             _ => bail!("unsupported request {method} {path}"),
         };
-        let mut response = result.map_err(|e| self.unreachable(e))?;
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
         let code = response.status().as_u16();
         let text = response
             .body_mut()
@@ -138,6 +213,6 @@ impl Client {
                 body["message"].as_str().unwrap_or("unauthorized")
             );
         }
-        Ok(Answer { code, body })
+        Ok(Ok(Answer { code, body }))
     }
 }

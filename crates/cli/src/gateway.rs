@@ -105,7 +105,11 @@ async fn run_async(conn: &Connection, args: GatewayArgs) -> Result<ExitCode> {
         let gw = RunningProxy::start(Launch {
             proxy,
             kind: args.proxy,
-            xds: if identity.is_some() { tls.expect("checked") } else { xds },
+            xds: if identity.is_some() {
+                vec![tls.expect("checked")]
+            } else {
+                xds.clone()
+            },
             admin,
             netns: None,
             dir: &dir,

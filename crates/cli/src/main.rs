@@ -35,10 +35,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 )]
 struct Cli {
     /// The control plane's API address (default: the one the local control plane recorded in
-    /// its data directory, else http://127.0.0.1:15014).
+    /// its data directory, else http://127.0.0.1:15014); several, comma-separated, for replicas
+    /// on one store: tried in turn when one cannot be reached.
     #[arg(long, global = true, env = "STRAIT_SERVER")]
     server: Option<String>,
-    /// The API token (default: the `token` file in the data directory).
+    /// The API token (default: the `token` file in the data directory); for `strait
+    /// control-plane`, the token it accepts instead of that file's (replicas share one).
     #[arg(long, global = true, env = "STRAIT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The control plane's data directory (default: $STRAIT_HOME, else ~/.strait).
@@ -105,6 +107,23 @@ enum Command {
         /// How often fetched key sets are fetched again (failed fetches: every 30s).
         #[arg(long, default_value = "20m", value_parser = strait_xds_core::flags::parse_duration)]
         jwks_refresh: std::time::Duration,
+        /// Where the config lives: `file` (the embedded store in the data directory) or
+        /// `etcd://HOST:PORT[,HOST:PORT...]`, shared by several control planes (each given the
+        /// same --token and --ca-dir).
+        #[arg(long, default_value = "file", value_name = "file|etcd://HOST:PORT,...")]
+        store: String,
+        /// The key prefix in etcd (several meshes may share one etcd under different prefixes).
+        #[arg(long, default_value = "/strait", value_name = "PREFIX")]
+        etcd_prefix: String,
+        /// The CA certificate (PEM) that signed etcd's server certificate: TLS to etcd.
+        #[arg(long, value_name = "FILE")]
+        etcd_ca: Option<PathBuf>,
+        /// A client certificate (PEM) for etcd, with --etcd-key.
+        #[arg(long, value_name = "FILE", requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
     },
     /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
     Bootstrap {
@@ -245,40 +264,50 @@ fn main() -> ExitCode {
             jwks_resolve,
             jwks_ca,
             jwks_refresh,
-        } => control_plane::run(
-            strait_controlplane::Options {
-                jwks: strait_controlplane::jwks::JwksOptions {
-                    resolve: jwks_resolve.into_iter().collect(),
-                    extra_roots: jwks_ca,
-                    system_roots: Some(system_ca_bundle.clone()),
-                    refresh: jwks_refresh,
+            store,
+            etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+        } => match store_choice(&store, etcd_prefix, etcd_ca, etcd_cert, etcd_key) {
+            Err(e) => Err(e),
+            Ok(store) => control_plane::run(
+                strait_controlplane::Options {
+                    jwks: strait_controlplane::jwks::JwksOptions {
+                        resolve: jwks_resolve.into_iter().collect(),
+                        extra_roots: jwks_ca,
+                        system_roots: Some(system_ca_bundle.clone()),
+                        refresh: jwks_refresh,
+                    },
+                    data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
+                    api_addr,
+                    xds_addr,
+                    tls_addr,
+                    identity: strait_controlplane::IdentityOptions {
+                        trust_domain: String::new(),
+                        ca_dir,
+                        workload_cert_ttl,
+                    },
+                    debounce: std::time::Duration::from_millis(debounce_ms),
+                    outbound_policy: strait_translate::OutboundPolicy::AllowAny,
+                    mesh: Default::default(),
+                    vip_range,
+                    system_ca_bundle,
+                    store,
+                    token: connection.token.clone(),
                 },
-                data_dir: control_plane::data_dir(cli.data_dir.as_deref()),
-                api_addr,
-                xds_addr,
-                tls_addr,
-                identity: strait_controlplane::IdentityOptions {
-                    trust_domain: String::new(),
-                    ca_dir,
-                    workload_cert_ttl,
+                control_plane::MeshFlags {
+                    file: mesh_config,
+                    trust_domain,
+                    outbound_policy: outbound_traffic_policy.map(|p| match p {
+                        OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,
+                        OutboundPolicyArg::RegistryOnly => {
+                            strait_translate::OutboundPolicy::RegistryOnly
+                        }
+                    }),
                 },
-                debounce: std::time::Duration::from_millis(debounce_ms),
-                outbound_policy: strait_translate::OutboundPolicy::AllowAny,
-                mesh: Default::default(),
-                vip_range,
-                system_ca_bundle,
-            },
-            control_plane::MeshFlags {
-                file: mesh_config,
-                trust_domain,
-                outbound_policy: outbound_traffic_policy.map(|p| match p {
-                    OutboundPolicyArg::AllowAny => strait_translate::OutboundPolicy::AllowAny,
-                    OutboundPolicyArg::RegistryOnly => {
-                        strait_translate::OutboundPolicy::RegistryOnly
-                    }
-                }),
-            },
-        ),
+            ),
+        },
         Command::Run(args) => run::run(&connection, args),
         Command::Gateway(args) => gateway::run(&connection, args),
         Command::Agent(args) => agent::run(args),
@@ -340,4 +369,31 @@ fn main() -> ExitCode {
 
 fn parse_jwks_resolve(s: &str) -> Result<(String, std::net::SocketAddr), String> {
     strait_controlplane::jwks::parse_resolve(s).map_err(|e| format!("{e:#}"))
+}
+
+/// `--store` and the etcd flags.
+fn store_choice(
+    store: &str,
+    prefix: String,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<strait_controlplane::StoreChoice> {
+    if store == "file" {
+        anyhow::ensure!(
+            ca.is_none() && cert.is_none() && key.is_none(),
+            "--etcd-ca/--etcd-cert/--etcd-key need --store etcd://HOST:PORT"
+        );
+        return Ok(strait_controlplane::StoreChoice::File);
+    }
+    let mut opts = strait_controlplane::EtcdOptions::from_url(store).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        prefix.starts_with('/'),
+        "--etcd-prefix {prefix:?}: start it with `/` (like /strait)"
+    );
+    opts.prefix = prefix;
+    opts.ca = ca;
+    opts.cert = cert;
+    opts.key = key;
+    Ok(strait_controlplane::StoreChoice::Etcd(opts))
 }

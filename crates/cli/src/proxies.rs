@@ -58,12 +58,16 @@ impl ConfigKind {
     }
 }
 
-/// The xDS address for a proxy: its flag, else the local control plane's, else
+/// The xDS addresses for a proxy: its flag's, else the local control plane's, else
 /// 127.0.0.1:15010.
-pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<SocketAddr> {
-    if let Some(a) = flags.xds {
-        return Ok(a);
+pub fn xds_addr(flags: &ProxyFlags, conn: &Connection) -> Result<Vec<SocketAddr>> {
+    if !flags.xds.is_empty() {
+        return Ok(flags.xds.clone());
     }
+    xds_recorded(conn).map(|a| vec![a])
+}
+
+fn xds_recorded(conn: &Connection) -> Result<SocketAddr> {
     let file = control_plane::data_dir(conn.data_dir.as_deref()).join(control_plane::XDS_FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) => text
@@ -96,9 +100,11 @@ pub fn bootstrap(conn: &Connection, target: BootstrapTarget) -> Result<ExitCode>
                      xDS connection goes with its certificate"
                 ),
             };
+            let xds = xds_addr(&args, conn)?;
             let opts = BootstrapOptions {
                 proxy: args.proxy(),
-                xds_addr: xds_addr(&args, conn)?,
+                xds_addr: xds[0],
+                more_xds: xds[1..].to_vec(),
                 admin_addr: args.admin,
                 delta: args.api == XdsApi::Delta,
                 concurrency: None,
@@ -142,8 +148,33 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 pub fn status(conn: &Connection) -> Result<ExitCode> {
-    let proxies = get_json(conn, "/debug/proxies")?;
-    let list = proxies.as_array().cloned().unwrap_or_default();
+    let client = conn.connect()?;
+    // With several replicas (`--server A,B`), each is asked for the proxies connected to it,
+    // and a REPLICA column says which.
+    let replicas = client.addresses().len() > 1;
+    let mut list = Vec::new();
+    if replicas {
+        let mut reached = 0;
+        for (addr, answer) in client.get_each("/debug/proxies") {
+            match answer {
+                Ok(a) if a.is_success() => {
+                    reached += 1;
+                    for mut p in a.body.as_array().cloned().unwrap_or_default() {
+                        p["replica"] = Value::String(addr.clone());
+                        list.push(p);
+                    }
+                }
+                Ok(a) => eprintln!("{addr}: {}", a.message()),
+                Err(e) => eprintln!("{addr}: {e:#}"),
+            }
+        }
+        if reached == 0 {
+            bail!("no replica answered: {}", client.addresses().join(", "));
+        }
+    } else {
+        let proxies = get_json(conn, "/debug/proxies")?;
+        list = proxies.as_array().cloned().unwrap_or_default();
+    }
     if list.is_empty() {
         eprintln!("No proxies are connected.");
         return Ok(ExitCode::SUCCESS);
@@ -169,12 +200,16 @@ pub fn status(conn: &Connection) -> Result<ExitCode> {
             }
         }
         row.push(p["version"].as_str().unwrap_or_default().to_string());
+        if replicas {
+            row.push(p["replica"].as_str().unwrap_or_default().to_string());
+        }
         rows.push(row);
     }
-    print_table(
-        &["NAME", "STREAM", "CDS", "LDS", "EDS", "RDS", "VERSION"],
-        &rows,
-    );
+    let mut header = vec!["NAME", "STREAM", "CDS", "LDS", "EDS", "RDS", "VERSION"];
+    if replicas {
+        header.push("REPLICA");
+    }
+    print_table(&header, &rows);
     for r in reasons {
         println!("{r}");
     }

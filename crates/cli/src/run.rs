@@ -43,9 +43,10 @@ pub struct PlatformArgs {
     #[arg(long, default_value = "strait0")]
     pub bridge: String,
     /// The control plane's xDS address as the proxy dials it (default: the one the local
-    /// control plane recorded; an unspecified IP there means the bridge's address for pods).
-    #[arg(long)]
-    pub xds_addr: Option<SocketAddr>,
+    /// control plane recorded; an unspecified IP there means the bridge's address for pods);
+    /// several, comma-separated, for control-plane replicas: the proxy fails over among them.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
+    pub xds_addr: Vec<SocketAddr>,
     /// The control plane's TLS port (CA and xDS over mutual TLS) as the proxy dials it
     /// (default: the one the local control plane recorded). Without one, the workload has no
     /// identity and its traffic is plaintext.
@@ -168,19 +169,23 @@ impl PlatformArgs {
 
     /// The xDS address a proxy dials: from a pod's namespace an unspecified or loopback address
     /// cannot be reached, so an unspecified one becomes the bridge's.
-    pub fn xds_for(&self, conn: &Connection, in_pod: bool, range: PodRange) -> Result<SocketAddr> {
-        let recorded = match self.xds_addr {
-            Some(a) => a,
-            None => recorded_addr(conn, crate::control_plane::XDS_FILE)
-                .unwrap_or_else(|| "127.0.0.1:15010".parse().expect("an address")),
+    pub fn xds_for(
+        &self,
+        conn: &Connection,
+        in_pod: bool,
+        range: PodRange,
+    ) -> Result<Vec<SocketAddr>> {
+        let recorded = match self.xds_addr.as_slice() {
+            [] => vec![
+                recorded_addr(conn, crate::control_plane::XDS_FILE)
+                    .unwrap_or_else(|| "127.0.0.1:15010".parse().expect("an address")),
+            ],
+            list => list.to_vec(),
         };
-        reachable(
-            recorded,
-            in_pod,
-            range,
-            "--xds-addr 0.0.0.0:15010",
-            "--xds-addr",
-        )
+        recorded
+            .into_iter()
+            .map(|a| reachable(a, in_pod, range, "--xds-addr 0.0.0.0:15010", "--xds-addr"))
+            .collect()
     }
 
     /// The control plane's TLS port as a proxy dials it, if it has one.
@@ -531,9 +536,9 @@ async fn run_async(conn: &Connection, args: RunArgs) -> Result<ExitCode> {
                 proxy,
                 kind: args.proxy,
                 xds: if identity.is_some() {
-                    tls.expect("checked")
+                    vec![tls.expect("checked")]
                 } else {
-                    xds
+                    xds.clone()
                 },
                 admin,
                 netns: rec.netns.as_deref(),

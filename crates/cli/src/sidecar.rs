@@ -30,7 +30,7 @@ pub enum ProxyKind {
 pub struct Launch<'a> {
     pub proxy: Proxy,
     pub kind: ProxyKind,
-    pub xds: SocketAddr,
+    pub xds: Vec<SocketAddr>,
     pub admin: SocketAddr,
     /// Run inside this network namespace, as the proxy's uid (1337).
     pub netns: Option<&'a str>,
@@ -288,7 +288,8 @@ impl RunningProxy {
                         mtls: identity.is_some(),
                         ..l.proxy.clone()
                     },
-                    xds_addr: l.xds,
+                    xds_addr: l.xds[0],
+                    more_xds: l.xds[1..].to_vec(),
                     admin_addr: l.admin,
                     delta: true,
                     concurrency: Some(2),
@@ -315,7 +316,8 @@ impl RunningProxy {
             }
             ProxyKind::Strait => {
                 // strait-proxy is its own node agent: it obtains its certificate itself.
-                let mut flags = ProxyFlags::from_proxy(&l.proxy, l.xds, l.admin, XdsApi::Delta);
+                let mut flags =
+                    ProxyFlags::from_proxy(&l.proxy, l.xds.clone(), l.admin, XdsApi::Delta);
                 if let Some(id) = l.identity {
                     flags.identity = id.flags.clone();
                 }

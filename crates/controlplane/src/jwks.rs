@@ -217,7 +217,9 @@ async fn run(
             .iter()
             .filter_map(|(u, e)| Some((u.clone(), e.keys.clone()?)))
             .collect();
-        if current != written {
+        // Of several control planes on one store, only the leader saves what it fetched (the
+        // others serve what it saved).
+        if current != written && store.is_leader() {
             let value = json!({"metadata": {"name": "jwks"}, "keys": current});
             match store.put(&jwks_key(), value, Precondition::None) {
                 Ok(_) => written = current,

@@ -21,11 +21,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use strait_ads::{AdsOptions, AdsServer};
 use strait_apiserver::{ApiState, Server, load_or_create_token, router};
-use strait_store::{FileStore, Store};
+use strait_store::{EtcdStore, FileStore, Store};
 use strait_translate::{MeshConfig, OutboundPolicy};
 
 pub use identity::{IdentityOptions, MeshIdentity, ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 pub use mesh::{Mesh, VIP_KEY_KIND, follow};
+pub use strait_store::EtcdOptions;
 
 /// The file in the data directory where the running control plane records its API address, so
 /// that a plain `strait apply` finds it.
@@ -56,6 +57,22 @@ pub struct Options {
     /// Istio's MeshConfig, as read from `--mesh-config` (its trust domain and outbound policy
     /// are already in `identity` and `outbound_policy`, with the flags applied).
     pub mesh: strait_api::mesh_config::MeshConfig,
+    /// Where the config lives: the embedded file store in the data directory, or etcd (shared
+    /// by several control planes).
+    pub store: StoreChoice,
+    /// The API token; None: the `token` file in the data directory (made on first start).
+    /// Replicas on one etcd are given the same one.
+    pub token: Option<String>,
+}
+
+/// The store behind the control plane.
+#[derive(Debug, Clone, Default)]
+pub enum StoreChoice {
+    /// The embedded file store in the data directory (the default).
+    #[default]
+    File,
+    /// etcd, shared by any number of control planes.
+    Etcd(EtcdOptions),
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -73,11 +90,27 @@ pub async fn run(opts: Options) -> Result<()> {
         .with_context(|| format!("creating the data directory {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting the mode of {}", dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        FileStore::open(dir).with_context(|| format!("opening the store in {}", dir.display()))?,
-    );
-    let token = load_or_create_token(dir)
-        .with_context(|| format!("reading or creating the API token in {}", dir.display()))?;
+    let store: Arc<dyn Store> = match &opts.store {
+        StoreChoice::File => Arc::new(
+            FileStore::open(dir)
+                .with_context(|| format!("opening the store in {}", dir.display()))?,
+        ),
+        StoreChoice::Etcd(etcd) => {
+            let store = EtcdStore::connect(etcd).with_context(|| {
+                format!(
+                    "connecting to etcd at {} (--store); is etcd running?",
+                    etcd.endpoints.join(",")
+                )
+            })?;
+            tracing::info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, "store: etcd");
+            Arc::new(store)
+        }
+    };
+    let token = match &opts.token {
+        Some(t) => t.clone(),
+        None => load_or_create_token(dir)
+            .with_context(|| format!("reading or creating the API token in {}", dir.display()))?,
+    };
 
     let bundle = &opts.system_ca_bundle;
     anyhow::ensure!(

@@ -427,13 +427,46 @@ impl Mesh {
         endpoints_only
     }
 
-    /// Writes the current virtual IP table to the store.
+    /// Writes the current virtual IP table to the store: only the leader of the control planes
+    /// sharing the store does (the others adopt what it writes: [`Mesh::adopt_vips`]).
     fn save_vips(&self) {
+        if !self.store.is_leader() {
+            return;
+        }
         let _saving = self.vips_saving.lock().expect("vip save lock poisoned");
         let table = self.vips.lock().expect("vip lock poisoned").to_json();
         let value = json!({"metadata": {"name": "vips"}, "table": table});
         if let Err(e) = self.store.put(&vip_key(), value, Precondition::None) {
             tracing::error!(error = %e, "could not save the virtual IP table; VIPs may change at restart");
+        }
+    }
+}
+
+impl Mesh {
+    /// Takes the virtual IP table another control plane (the leader) saved, if it differs from
+    /// this one's. Returns whether it did; the caller then rebuilds.
+    pub fn adopt_vips(&self, value: &serde_json::Value) -> bool {
+        if self.store.is_leader() {
+            return false;
+        }
+        let text = value["table"].as_str().unwrap_or_default();
+        let mut vips = self.vips.lock().expect("vip lock poisoned");
+        if vips.to_json() == text {
+            return false;
+        }
+        match VipTable::from_json(text) {
+            Ok(table) if table.range() == vips.range() => {
+                *vips = table;
+                true
+            }
+            Ok(_) => {
+                tracing::warn!("the leader's virtual IP table has another --vip-range; ignored");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the leader's virtual IP table cannot be read; ignored");
+                false
+            }
         }
     }
 }
@@ -560,10 +593,15 @@ impl Worker {
 pub async fn follow(mesh: Arc<Mesh>, store: Arc<dyn Store>, ads: AdsServer) {
     let worker = Worker::start();
     let mut after = mesh.current().snapshot.revision;
-    loop {
+    'watch: loop {
         let mut watch = match store.watch(None, None, after) {
             Ok(w) => w,
-            Err(StoreError::Compacted { .. }) => {
+            Err(StoreError::Compacted { oldest }) => {
+                tracing::warn!(
+                    revision = after,
+                    oldest,
+                    "the store's history after this revision was compacted: listing everything again"
+                );
                 after = rebuild(&worker, &mesh, &ads).await.unwrap_or(after);
                 continue;
             }
@@ -579,7 +617,24 @@ pub async fn follow(mesh: Arc<Mesh>, store: Arc<dyn Store>, ads: AdsServer) {
             while let Some(more) = watch.try_next() {
                 events.push(more);
             }
-            if events.iter().all(|e| e.object.key.kind == VIP_KEY_KIND) {
+            // The virtual IP table: written by this control plane, or by the leader of those
+            // sharing the store (adopted here: its services' addresses then agree).
+            let vip_table = events
+                .iter()
+                .rev()
+                .find(|e| e.object.key.kind == VIP_KEY_KIND && e.event_type != EventType::Deleted)
+                .map(|e| e.object.value.clone());
+            events.retain(|e| e.object.key.kind != VIP_KEY_KIND);
+            if let Some(table) = vip_table {
+                let m = mesh.clone();
+                if worker.run(move || m.adopt_vips(&table)).await == Some(true) {
+                    // A rebuild reads everything (these events too): watch again from it.
+                    tracing::info!("adopted the leader's virtual IP table");
+                    after = rebuild(&worker, &mesh, &ads).await.unwrap_or(after);
+                    continue 'watch;
+                }
+            }
+            if events.is_empty() {
                 continue;
             }
             let last = events.last().map_or(after, |e| e.object.revision);
@@ -600,7 +655,14 @@ pub async fn follow(mesh: Arc<Mesh>, store: Arc<dyn Store>, ads: AdsServer) {
         // The watch ended: the store is closing, or this watcher fell behind and must relist.
         match watch.ended() {
             Some(strait_store::WatchEnd::StoreClosed) | None => return,
-            Some(_) => after = rebuild(&worker, &mesh, &ads).await.unwrap_or(after),
+            Some(end) => {
+                tracing::warn!(
+                    ?end,
+                    revision = after,
+                    "the store watch fell behind (compacted) or failed: listing everything again"
+                );
+                after = rebuild(&worker, &mesh, &ads).await.unwrap_or(after);
+            }
         }
     }
 }

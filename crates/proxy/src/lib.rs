@@ -63,8 +63,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 pub struct Options {
     /// The node it presents to the control plane (id and metadata as Istio has them).
     pub node: Node,
-    /// The control plane's xDS (ADS) address.
-    pub xds: SocketAddr,
+    /// The control plane's xDS (ADS) addresses: one, or the replicas of a control plane on a
+    /// shared store, tried in turn when the connected one fails (at least one).
+    pub xds: Vec<SocketAddr>,
     /// The admin interface's address.
     pub admin: SocketAddr,
     /// Where `/stats/prometheus` is served besides the admin interface (Istio's
@@ -246,7 +247,7 @@ pub async fn run_until(
                 .map_err(|source| Error::PrometheusBind { addr, source })
         })
         .transpose()?;
-    tracing::info!(admin = %opts.admin, xds = %opts.xds, node = %opts.node.id, "strait-proxy starting");
+    tracing::info!(admin = %opts.admin, xds = ?opts.xds, node = %opts.node.id, "strait-proxy starting");
     // The workload certificate first: xDS goes over mutual TLS with it.
     let _identity = match opts.identity {
         Some(identity) => Some(obtain_identity(&shared, identity).await?),
@@ -339,7 +340,7 @@ impl Control {
         admin: std::net::TcpListener,
         prometheus: Option<std::net::TcpListener>,
         node: Node,
-        xds: SocketAddr,
+        xds: Vec<SocketAddr>,
         api: XdsApi,
     ) -> Result<Control, Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()

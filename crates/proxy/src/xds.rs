@@ -120,11 +120,19 @@ pub(crate) struct State {
 pub use strait_xds_core::XdsApi as Api;
 
 /// Runs the client forever.
-pub(crate) async fn run(shared: Arc<Shared>, node: Node, addr: SocketAddr, api: Api) {
+///
+/// With several addresses (control-plane replicas on one store), it stays on the one it
+/// reached; when that stream fails it tries the next, in turn, with the same backoff.
+pub(crate) async fn run(shared: Arc<Shared>, node: Node, addrs: Vec<SocketAddr>, api: Api) {
     let mut state = State::default();
     let mut failures: u32 = 0;
     let mut api = api;
+    let mut next = 0;
     loop {
+        let Some(&addr) = addrs.get(next % addrs.len().max(1)) else {
+            tracing::error!("no xDS address to connect to");
+            return;
+        };
         let mut got_response = false;
         let result = match api {
             Api::Delta => stream(&shared, &node, addr, &mut state, &mut got_response).await,
@@ -144,7 +152,8 @@ pub(crate) async fn run(shared: Arc<Shared>, node: Node, addr: SocketAddr, api: 
         let err = result.err().unwrap_or(StreamError::Closed);
         failures = failures.saturating_add(1);
         let delay = backoff(failures);
-        tracing::warn!(error = %err, retry_in = ?delay, "xDS stream down; serving the last good config");
+        next = (next + 1) % addrs.len();
+        tracing::warn!(error = %err, %addr, next = %addrs[next], retry_in = ?delay, "xDS stream down; serving the last good config");
         tokio::time::sleep(delay).await;
     }
 }
@@ -946,7 +955,7 @@ mod tests {
                 id: "sidecar~127.0.0.1~test.default~default.svc.cluster.local".into(),
                 ..Default::default()
             };
-            let client = tokio::spawn(run(shared.clone(), node, addr, Api::Delta));
+            let client = tokio::spawn(run(shared.clone(), node, vec![addr], Api::Delta));
 
             // Wait for the NACK of CDS v3: the end of the script.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -74,6 +74,18 @@ pub enum StoreError {
         source: Box<redb::Error>,
     },
 
+    /// etcd could not be reached or did not answer in time: the request may have been applied
+    /// or not (a write's client should read back and retry).
+    #[error(
+        "etcd ({endpoints}) is unavailable while {action}: {detail}; check that etcd is running \
+         and reachable from this control plane (its --store), then retry"
+    )]
+    Unavailable {
+        endpoints: String,
+        action: &'static str,
+        detail: String,
+    },
+
     #[error(
         "the store at {} is corrupt: {detail}; restore it from a backup, or remove it to start \
          empty",

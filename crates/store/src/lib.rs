@@ -6,17 +6,24 @@
 //! - **Objects.** Each object is a JSON value (a Kubernetes-shaped resource) stored under a
 //!   [`Key`]: kind, namespace (`""` for cluster-scoped kinds) and name.
 //! - **Revisions.** The store has one revision counter, starting at 0 for an empty store. Every
-//!   successful [`Store::put`] or [`Store::delete`] increments it by exactly one, so revisions
-//!   number the writes without gaps. An object's revision is the revision of its last write, and
-//!   the stored value carries it as `metadata.resourceVersion` (a decimal string, as in
-//!   Kubernetes). [`Precondition::Revision`] gives optimistic concurrency on it.
-//! - **Events.** Every write also appends one [`Event`] (Added, Modified or Deleted) to an event
-//!   log under the write's revision. [`Store::watch`] replays the log after a given revision and
-//!   then follows live writes, in revision order, with no gap and no duplicate. A watcher that
+//!   successful write ([`Store::put`], [`Store::delete`], [`Store::write_batch`]) commits at a
+//!   revision greater than every earlier one; revisions strictly increase but **may have gaps**
+//!   ([`EtcdStore`]'s revision is etcd's, which also counts writes to other keys), and the
+//!   writes of one batch may **share one revision** (etcd: one transaction). [`FileStore`] and
+//!   [`MemoryStore`] number writes one by one without gaps, which satisfies this weaker
+//!   contract; callers must rely only on the weaker one. An object's revision is the revision
+//!   of its last write (etcd's mod revision), and the stored value carries it as
+//!   `metadata.resourceVersion` (a decimal string, as in Kubernetes).
+//!   [`Precondition::Revision`] gives optimistic concurrency on it.
+//! - **Events.** Every write also yields one [`Event`] (Added, Modified or Deleted) under the
+//!   write's revision. [`Store::watch`] replays the events after a given revision and then
+//!   follows live writes, in revision order, with no gap and no duplicate. A watcher that
 //!   falls behind the live stream catches up from the log by itself.
 //! - **Batches.** [`Store::write_batch`] applies several puts and deletes in one transaction:
-//!   every precondition holds and all are written (each with its own revision and event, in
-//!   order), or none is, also across a crash.
+//!   every precondition holds and all are written, or none is, also across a crash. The file
+//!   and memory stores give each write its own revision and event; etcd gives the batch one
+//!   revision and one event per key it changed (a key written twice in a batch: one event, its
+//!   final state).
 //! - **Compaction.** The log keeps only the most recent events: at most 10 000 and at most
 //!   64 MiB of them by default (the newest is always kept). Older events are removed as new ones
 //!   are written; a watch that would need them fails with [`StoreError::Compacted`], and the
@@ -27,24 +34,30 @@
 //!   new revision and any compaction) is a single transaction committed to disk (fsync) before
 //!   the call returns, so a write that returned success survives `kill -9` and power loss, and a
 //!   reopened store continues the revision sequence and replays the retained history.
-//!   [`MemoryStore`] has the same semantics without the disk, for tests.
+//!   [`MemoryStore`] has the same semantics without the disk, for tests. [`EtcdStore`] keeps
+//!   objects in etcd, shared by several control planes: a write returns once etcd committed
+//!   it; compaction is etcd's (a watch from a compacted revision fails with
+//!   [`StoreError::Compacted`]); while etcd cannot be reached, every call fails with
+//!   [`StoreError::Unavailable`] (HTTP 503 at the API) and open watches reconnect by themselves.
 //!
 //! # Blocking
 //!
-//! The [`Store`] methods are synchronous and may block briefly (a read transaction, or one
-//! fsync'd write). They are meant to be called directly from async code: each call is short and
+//! The [`Store`] methods are synchronous and may block briefly (a read transaction, one
+//! fsync'd write, or one etcd round trip, bounded by a 3 s timeout). They are meant to be called directly from async code: each call is short and
 //! bounded. Only [`Watch::next`] is async.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 mod error;
+mod etcd;
 mod file;
 mod memory;
 mod object;
 mod watch;
 
 pub use error::StoreError;
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, FileStoreOptions};
 pub use memory::MemoryStore;
 pub use watch::{Watch, WatchEnd};
@@ -188,9 +201,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies `writes` in order as one transaction: each is checked against the state the
     /// writes before it left (so a batch may create an object and then replace it), and either
-    /// all are committed or none is. Each write gets the next revision and its own event, as if
-    /// written one by one; watchers see the events together. Returns the written objects (for a
-    /// delete, the deleted object with the delete's revision), in order.
+    /// all are committed or none is. Each write gets a new revision (possibly one shared by the
+    /// whole batch: see the crate docs); watchers see the events together. Returns the written
+    /// objects (for a delete, the deleted object with the delete's revision), in order.
     ///
     /// The first write that fails fails the batch with [`StoreError::InBatch`], naming it.
     fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Object>, StoreError>;
@@ -210,4 +223,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The current revision (0 for an empty store).
     fn revision(&self) -> u64;
+
+    /// Whether this process should make the writes a control plane makes on its own (the
+    /// virtual IP table, fetched key sets): always for a store only this process uses; for a
+    /// shared store ([`EtcdStore`]), whether this process holds the store's leader lease, so
+    /// that of several control planes on one store exactly one makes them.
+    fn is_leader(&self) -> bool {
+        true
+    }
 }

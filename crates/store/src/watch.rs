@@ -245,6 +245,18 @@ pub enum WatchEnd {
 /// watcher fell further behind than the retained history (it is otherwise caught up from the
 /// event log, losing nothing). [`Watch::ended`] tells which.
 pub struct Watch {
+    inner: Inner,
+}
+
+enum Inner {
+    /// Fed from a backend's own event log and fan-out (file, memory).
+    Log(LogWatch),
+    /// Fed by a task following an external store's watch (etcd).
+    Feed(FeedWatch),
+}
+
+/// A watch on a backend's event log and live fan-out.
+struct LogWatch {
     source: Weak<dyn History>,
     queue: Arc<Queue>,
     /// History events read but not yet returned.
@@ -272,8 +284,64 @@ impl Watch {
         filter: Filter,
         after: u64,
     ) -> Result<Watch, StoreError> {
+        Ok(Watch {
+            inner: Inner::Log(LogWatch::start(source, fanout, filter, after)?),
+        })
+    }
+
+    pub(crate) fn from_feed(feed: FeedWatch) -> Watch {
+        Watch {
+            inner: Inner::Feed(feed),
+        }
+    }
+
+    /// The next event, waiting for one if needed. None when the watch has ended (see
+    /// [`Watch::ended`]); every later call returns None too.
+    ///
+    /// Cancel-safe: if the future is dropped before it completes, no event is lost.
+    pub async fn next(&mut self) -> Option<Event> {
+        match &mut self.inner {
+            Inner::Log(w) => w.next().await,
+            Inner::Feed(w) => w.next().await,
+        }
+    }
+
+    /// The next event if one is available now, without waiting. None if there is none yet or the
+    /// watch has ended (see [`Watch::ended`]).
+    pub fn try_next(&mut self) -> Option<Event> {
+        match &mut self.inner {
+            Inner::Log(w) => w.try_next(),
+            Inner::Feed(w) => w.try_next(),
+        }
+    }
+
+    /// Why the watch ended, once `next` has returned None.
+    pub fn ended(&self) -> Option<&WatchEnd> {
+        match &self.inner {
+            Inner::Log(w) => w.ended.as_ref(),
+            Inner::Feed(w) => w.ended.as_ref(),
+        }
+    }
+
+    /// The revision the watch has seen up to: every event at or below it has been returned or
+    /// did not match the filter. A client may resume with `watch(.., after = revision())`.
+    pub fn revision(&self) -> u64 {
+        match &self.inner {
+            Inner::Log(w) => w.revision(),
+            Inner::Feed(w) => w.revision(),
+        }
+    }
+}
+
+impl LogWatch {
+    fn start(
+        source: Weak<dyn History>,
+        fanout: &Fanout,
+        filter: Filter,
+        after: u64,
+    ) -> Result<LogWatch, StoreError> {
         let queue = fanout.register(filter);
-        let mut watch = Watch {
+        let mut watch = LogWatch {
             source,
             queue,
             pending: VecDeque::new(),
@@ -288,11 +356,7 @@ impl Watch {
         Ok(watch)
     }
 
-    /// The next event, waiting for one if needed. None when the watch has ended (see
-    /// [`Watch::ended`]); every later call returns None too.
-    ///
-    /// Cancel-safe: if the future is dropped before it completes, no event is lost.
-    pub async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Event> {
         loop {
             match self.step() {
                 Step::Ready(event) => return Some(event),
@@ -310,9 +374,7 @@ impl Watch {
         }
     }
 
-    /// The next event if one is available now, without waiting. None if there is none yet or the
-    /// watch has ended (see [`Watch::ended`]).
-    pub fn try_next(&mut self) -> Option<Event> {
+    fn try_next(&mut self) -> Option<Event> {
         loop {
             match self.step() {
                 Step::Ready(event) => return Some(event),
@@ -329,14 +391,7 @@ impl Watch {
         }
     }
 
-    /// Why the watch ended, once `next` has returned None.
-    pub fn ended(&self) -> Option<&WatchEnd> {
-        self.ended.as_ref()
-    }
-
-    /// The revision the watch has seen up to: every event at or below it has been returned or
-    /// did not match the filter. A client may resume with `watch(.., after = revision())`.
-    pub fn revision(&self) -> u64 {
+    fn revision(&self) -> u64 {
         match self.pending.front() {
             Some(event) => event.object.revision - 1,
             None => self.last,
@@ -405,10 +460,107 @@ impl Watch {
 
 impl std::fmt::Debug for Watch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("filter", &self.queue.filter)
-            .field("revision", &self.revision())
-            .field("ended", &self.ended)
+        let mut d = f.debug_struct("Watch");
+        if let Inner::Log(w) = &self.inner {
+            d.field("filter", &w.queue.filter);
+        }
+        d.field("revision", &self.revision())
+            .field("ended", &self.ended())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a feeding task sends a [`FeedWatch`].
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// Events that matched, in revision order, and the revision the feed has seen up to.
+    Events(Vec<Event>, u64),
+    /// Nothing matched up to this revision.
+    Progress(u64),
+    /// The watch ended.
+    End(WatchEnd),
+}
+
+/// A watch fed through a bounded channel (the feeding task waits when it is full, so memory
+/// stays bounded while the watcher does not read).
+pub(crate) struct FeedWatch {
+    rx: tokio::sync::mpsc::Receiver<Feed>,
+    pending: VecDeque<Event>,
+    /// Every event at or below it has been returned or did not match.
+    last: u64,
+    /// What the feed has seen up to once `pending` is returned.
+    fed: u64,
+    ended: Option<WatchEnd>,
+}
+
+impl FeedWatch {
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Feed>, after: u64) -> FeedWatch {
+        FeedWatch {
+            rx,
+            pending: VecDeque::new(),
+            last: after,
+            fed: after,
+            ended: None,
+        }
+    }
+
+    fn take(&mut self, feed: Option<Feed>) {
+        match feed {
+            Some(Feed::Events(events, to)) => {
+                self.pending.extend(events);
+                self.fed = self.fed.max(to);
+            }
+            Some(Feed::Progress(to)) => self.fed = self.fed.max(to),
+            Some(Feed::End(end)) => self.ended = Some(end),
+            None => self.ended = Some(WatchEnd::StoreClosed),
+        }
+    }
+
+    fn pop(&mut self) -> Option<Event> {
+        let event = self.pending.pop_front()?;
+        if self.pending.is_empty() {
+            self.last = self.fed;
+        }
+        Some(event)
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pop() {
+                return Some(event);
+            }
+            self.last = self.last.max(self.fed);
+            if self.ended.is_some() {
+                return None;
+            }
+            let feed = self.rx.recv().await;
+            self.take(feed);
+        }
+    }
+
+    fn try_next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pop() {
+                return Some(event);
+            }
+            self.last = self.last.max(self.fed);
+            if self.ended.is_some() {
+                return None;
+            }
+            match self.rx.try_recv() {
+                Ok(feed) => self.take(Some(feed)),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => return None,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.take(None),
+            }
+        }
+    }
+
+    /// Events of one revision (one etcd transaction) are returned together by `pending`; a
+    /// watcher that resumes from here sees any it had not returned again.
+    fn revision(&self) -> u64 {
+        match self.pending.front() {
+            Some(event) => event.object.revision.saturating_sub(1).max(self.last),
+            None => self.last.max(self.fed),
+        }
     }
 }

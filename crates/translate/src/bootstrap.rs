@@ -32,6 +32,9 @@ pub struct BootstrapOptions {
     pub proxy: Proxy,
     /// The control plane's ADS (gRPC) address.
     pub xds_addr: SocketAddr,
+    /// More control-plane replicas (on one shared store) besides `xds_addr`: endpoints of the
+    /// same xDS cluster, so that Envoy's ADS stream reconnects to another when one dies.
+    pub more_xds: Vec<SocketAddr>,
     /// Where Envoy's admin interface listens.
     pub admin_addr: SocketAddr,
     /// Delta xDS (`DELTA_GRPC`) rather than state-of-the-world (`GRPC`).
@@ -113,9 +116,10 @@ pub fn envoy_bootstrap(opts: &BootstrapOptions) -> String {
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
             "endpoints": [{
-                "lb_endpoints": [{
-                    "endpoint": { "address": socket_address(opts.xds_addr) },
-                }],
+                "lb_endpoints": std::iter::once(opts.xds_addr)
+                    .chain(opts.more_xds.iter().copied())
+                    .map(|a| json!({"endpoint": { "address": socket_address(a) }}))
+                    .collect::<Vec<_>>(),
             }],
         },
     });
@@ -357,6 +361,7 @@ mod tests {
         BootstrapOptions {
             proxy,
             xds_addr: "127.0.0.1:15010".parse().unwrap(),
+            more_xds: Vec::new(),
             admin_addr: "127.0.10.7:15000".parse().unwrap(),
             delta,
             concurrency: None,
@@ -498,6 +503,7 @@ mod tests {
     fn ipv6_addresses_are_plain_ips() {
         let opts = BootstrapOptions {
             xds_addr: "[::1]:15010".parse().unwrap(),
+            more_xds: Vec::new(),
             ..options(proxy(ProxyRole::Sidecar, CaptureMode::None), false)
         };
         let b = parse(&envoy_bootstrap(&opts));
@@ -601,6 +607,7 @@ mod tests {
             let original = proxy(ProxyRole::Sidecar, CaptureMode::None);
             let opts = BootstrapOptions {
                 xds_addr,
+                more_xds: Vec::new(),
                 admin_addr: "127.0.0.1:0".parse().unwrap(),
                 ..options(original.clone(), delta)
             };

@@ -58,9 +58,11 @@ pub struct ProxyFlags {
     #[arg(long)]
     pub app_address: Option<IpAddr>,
     /// The control plane's xDS address (default: the one a local control plane recorded in its
-    /// data directory, else 127.0.0.1:15010).
-    #[arg(long)]
-    pub xds: Option<SocketAddr>,
+    /// data directory, else 127.0.0.1:15010); several, comma-separated, for control-plane
+    /// replicas on one store: the proxy connects to the first that answers and fails over to
+    /// the next.
+    #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
+    pub xds: Vec<SocketAddr>,
     /// The proxy's admin address.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -163,7 +165,7 @@ pub fn parse_label(item: &str) -> Result<(String, String), String> {
 
 impl ProxyFlags {
     /// The flags of a proxy the launcher knows.
-    pub fn from_proxy(proxy: &Proxy, xds: SocketAddr, admin: SocketAddr, api: XdsApi) -> Self {
+    pub fn from_proxy(proxy: &Proxy, xds: Vec<SocketAddr>, admin: SocketAddr, api: XdsApi) -> Self {
         ProxyFlags {
             workload: proxy.workload.clone(),
             namespace: proxy.namespace.clone(),
@@ -177,7 +179,7 @@ impl ProxyFlags {
             capture: proxy.capture,
             service_account: proxy.service_account.clone(),
             app_address: proxy.app_address,
-            xds: Some(xds),
+            xds,
             admin,
             api,
             identity: IdentityFlags::default(),
@@ -200,9 +202,13 @@ impl ProxyFlags {
         }
     }
 
-    /// The control plane's xDS address: the flag, else [`DEFAULT_XDS`].
-    pub fn xds_or_default(&self) -> SocketAddr {
-        self.xds.unwrap_or(DEFAULT_XDS)
+    /// The control plane's xDS addresses: the flag's, else [`DEFAULT_XDS`].
+    pub fn xds_or_default(&self) -> Vec<SocketAddr> {
+        if self.xds.is_empty() {
+            vec![DEFAULT_XDS]
+        } else {
+            self.xds.clone()
+        }
     }
 
     /// The same flags as command-line arguments (what `strait run` passes to strait-proxy).
@@ -238,9 +244,10 @@ impl ProxyFlags {
             args.push("--app-address".to_string());
             args.push(app.to_string());
         }
-        if let Some(xds) = self.xds {
+        if !self.xds.is_empty() {
             args.push("--xds".to_string());
-            args.push(xds.to_string());
+            let list: Vec<String> = self.xds.iter().map(|a| a.to_string()).collect();
+            args.push(list.join(","));
         }
         args.extend(self.identity.to_args());
         args
@@ -282,7 +289,10 @@ mod tests {
         };
         let flags = ProxyFlags::from_proxy(
             &proxy,
-            "10.44.0.1:15010".parse().unwrap(),
+            vec![
+                "10.44.0.1:15010".parse().unwrap(),
+                "10.44.0.2:15010".parse().unwrap(),
+            ],
             "10.44.0.7:15000".parse().unwrap(),
             XdsApi::Sotw,
         );
@@ -334,7 +344,7 @@ mod tests {
         assert_eq!(flags.role, ProxyRole::Sidecar);
         assert_eq!(flags.capture, CaptureMode::Iptables);
         assert_eq!(flags.api, XdsApi::Delta);
-        assert_eq!(flags.xds_or_default(), DEFAULT_XDS);
+        assert_eq!(flags.xds_or_default(), [DEFAULT_XDS]);
         assert!(flags.labels.is_empty());
         let err = parse(&[
             "--workload".into(),
