@@ -145,6 +145,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         backends: Vec::new(),
         files: tempfile::tempdir().unwrap(),
         strait_proxy_flags: Vec::new(),
+        envoy_args: Vec::new(),
     };
     mesh.http_service("web", 8080, &["v1", "v2", "v3"]);
     mesh.apply_yaml(
