@@ -319,13 +319,17 @@ fn authz_custom_task(proxy: &str) {
             "sleep.foo",
             "--to",
             "httpbin.foo",
+            "--port",
+            "8080",
             "--path",
             path,
         ]);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
     };
     let (code, text) = check("/headers");
     assert!(
