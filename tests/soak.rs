@@ -286,7 +286,9 @@ fn proxy_under(table: &BTreeMap<u32, (u32, String)>, root: u32) -> Option<u32> {
     while let Some(p) = parents.pop() {
         for (pid, (ppid, comm)) in table {
             if *ppid == p {
-                if comm == "strait-proxy" || comm == "envoy" {
+                // A pod's proxy may run from a copy uid 1337 can read (`strait-proxy-SIZE-MTIME`,
+                // when the build's folder is closed to it), its name cut to 15 characters.
+                if comm.starts_with("strait-proxy") || comm.starts_with("envoy") {
                     return Some(*pid);
                 }
                 parents.push(*pid);
