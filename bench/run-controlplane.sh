@@ -5,6 +5,11 @@
 #   bench/run-controlplane.sh --quick    # 100 Services, 1,000 endpoints, 20 clients, 10 changes
 #   bench/run-controlplane.sh --no-build # use the release binaries already built
 #   bench/run-controlplane.sh --changes 10  # fewer single changes (each is timed one at a time)
+#   bench/run-controlplane.sh --store etcd  # the control plane on etcd (Debian etcd-server), not
+#                                           # its embedded file store
+#   bench/run-controlplane.sh --store etcd --replicas 2  # two control planes on that etcd; the
+#                                           # clients split between them, changes are written
+#                                           # through the first, the restart restarts the first
 #
 # Builds release, starts `strait control-plane` on a fresh data directory and free loopback
 # ports, writes the config through the REST API, connects simulated Delta-ADS sidecars
@@ -19,17 +24,22 @@ command -v jq >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteracti
 STRAIT=$TARGET/release/strait
 LOAD=$TARGET/release/strait-xds-load
 
-# The control plane of a work directory: started in its own session, known by its PID file.
+# Control plane N (1, 2, ...) of a work directory: started in its own session, known by its PID
+# file; replica 1 keeps its data directory and ports across the restart ($API_ADDR, $XDS_ADDR).
 start_cp() {
-    setsid "$STRAIT" control-plane --data-dir "$WORK/data" \
-        --api-addr "$API_ADDR" --xds-addr "$XDS_ADDR" --tls-addr 127.0.0.1:0 \
-        >>"$WORK/control-plane.log" 2>&1 </dev/null &
-    echo $! >"$WORK/cp.pid"
+    local n=${1:-1} api=127.0.0.1:0 xds=127.0.0.1:0
+    [[ $n == 1 ]] && api=$API_ADDR xds=$XDS_ADDR
+    local store=()
+    [[ -n ${ETCD:-} ]] && store=(--store "etcd://$ETCD")
+    setsid "$STRAIT" control-plane --data-dir "$WORK/data$n" "${store[@]}" \
+        --api-addr "$api" --xds-addr "$xds" --tls-addr 127.0.0.1:0 \
+        >>"$WORK/control-plane$n.log" 2>&1 </dev/null &
+    echo $! >"$WORK/cp$n.pid"
 }
 
 stop_cp() {
     local pid
-    pid=$(cat "$WORK/cp.pid" 2>/dev/null) || return 0
+    pid=$(cat "$WORK/cp${1:-1}.pid" 2>/dev/null) || return 0
     kill -TERM "$pid" 2>/dev/null || return 0
     for _ in $(seq 200); do
         [[ -e /proc/$pid ]] || return 0
@@ -49,17 +59,30 @@ if [[ ${1:-} == __restart ]]; then
     exit 0
 fi
 
-SERVICES=1000 PER_SERVICE=10 CLIENTS=200 CHANGES=50 SUFFIX="" BUILD=1
+SERVICES=1000 PER_SERVICE=10 CLIENTS=200 CHANGES=50 SUFFIX="" BUILD=1 STORE=file REPLICAS=1
 ARGS=("$@")
 while (($#)); do
     case $1 in
     --quick) SERVICES=100 PER_SERVICE=10 CLIENTS=20 CHANGES=10 SUFFIX="-quick" ;;
     --no-build) BUILD=0 ;;
     --changes) CHANGES=${2:?--changes needs a number}; shift ;;
-    *) echo "usage: $0 [--quick] [--no-build] [--changes N]" >&2; exit 2 ;;
+    --store) STORE=${2:?--store needs file or etcd}; shift ;;
+    --replicas) REPLICAS=${2:?--replicas needs a number}; shift ;;
+    *) echo "usage: $0 [--quick] [--no-build] [--changes N] [--store file|etcd] [--replicas N]" >&2; exit 2 ;;
     esac
     shift
 done
+case $STORE in
+file) ((REPLICAS == 1)) || { echo "--replicas needs --store etcd (replicas share one etcd)" >&2; exit 2; } ;;
+etcd)
+    SUFFIX="$SUFFIX-etcd"
+    ((REPLICAS > 1)) && SUFFIX="$SUFFIX-${REPLICAS}replicas"
+    command -v etcd >/dev/null || [[ -x /usr/bin/etcd ]] || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server
+    }
+    ;;
+*) echo "--store: expected file or etcd, got '$STORE'" >&2; exit 2 ;;
+esac
 
 if [[ $BUILD == 1 ]]; then
     cargo build --release --bin strait --bin strait-xds-load
@@ -67,34 +90,69 @@ fi
 
 WORK=$(mktemp -d /tmp/strait-bench-cp.XXXXXX)
 cleanup() {
-    stop_cp
-    rm -rf "$WORK/data"
-    echo "control plane log: $WORK/control-plane.log" >&2
+    for n in $(seq "$REPLICAS"); do stop_cp "$n"; done
+    [[ -s $WORK/etcd.pid ]] && kill -TERM "$(cat "$WORK/etcd.pid")" 2>/dev/null
+    rm -rf "$WORK"/data* "$WORK/etcd"
+    echo "control plane logs: $WORK/control-plane*.log" >&2
 }
 trap cleanup EXIT
 
+# A free loopback port (the kernel's pick, released at once).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+ETCD=""
+if [[ $STORE == etcd ]]; then
+    ETCD_BIN=$(command -v etcd || echo /usr/bin/etcd)
+    ETCD=127.0.0.1:$(free_port)
+    peer=http://127.0.0.1:$(free_port)
+    setsid "$ETCD_BIN" --name=bench --data-dir="$WORK/etcd" --log-level=warn \
+        --listen-client-urls="http://$ETCD" --advertise-client-urls="http://$ETCD" \
+        --listen-peer-urls="$peer" --initial-advertise-peer-urls="$peer" \
+        --initial-cluster="bench=$peer" >"$WORK/etcd.log" 2>&1 </dev/null &
+    echo $! >"$WORK/etcd.pid"
+    for _ in $(seq 200); do
+        curl -fsS "http://$ETCD/health" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    curl -fsS "http://$ETCD/health" >/dev/null || { echo "etcd did not start; see $WORK/etcd.log" >&2; exit 1; }
+    echo "etcd: pid $(cat "$WORK/etcd.pid"), $ETCD, $(etcd --version | head -1)" >&2
+fi
+
+# Every replica shares one API token (given before the first start).
+mkdir -p "$WORK/data1"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/data1/token"
+chmod 600 "$WORK/data1/token"
+
 # First start on ports the kernel picks; the restart reuses them.
 API_ADDR=127.0.0.1:0 XDS_ADDR=127.0.0.1:0
-start_cp
-for _ in $(seq 200); do
-    [[ -s $WORK/data/server && -s $WORK/data/xds ]] && break
-    sleep 0.05
+XDS_LIST=""
+for n in $(seq "$REPLICAS"); do
+    if ((n > 1)); then
+        mkdir -p "$WORK/data$n"
+        cp "$WORK/data1/token" "$WORK/data$n/token"
+    fi
+    start_cp "$n"
+    for _ in $(seq 400); do
+        [[ -s $WORK/data$n/server && -s $WORK/data$n/xds ]] && break
+        sleep 0.05
+    done
+    [[ -s $WORK/data$n/xds ]] || { echo "control plane $n did not start; see $WORK/control-plane$n.log" >&2; exit 1; }
+    echo "control plane $n: pid $(cat "$WORK/cp$n.pid"), API $(cat "$WORK/data$n/server"), xDS $(cat "$WORK/data$n/xds"), data $WORK/data$n" >&2
+    XDS_LIST="$XDS_LIST${XDS_LIST:+,}$(cat "$WORK/data$n/xds")"
 done
-[[ -s $WORK/data/xds ]] || { echo "the control plane did not start; see $WORK/control-plane.log" >&2; exit 1; }
-API=$(cat "$WORK/data/server")
+API=$(cat "$WORK/data1/server")
 API_ADDR=${API#http://}
-XDS_ADDR=$(cat "$WORK/data/xds")
-printf 'STRAIT=%q\nAPI_ADDR=%q\nXDS_ADDR=%q\n' "$STRAIT" "$API_ADDR" "$XDS_ADDR" >"$WORK/env"
-echo "control plane: pid $(cat "$WORK/cp.pid"), API $API, xDS $XDS_ADDR, data $WORK/data" >&2
+XDS_ADDR=$(cat "$WORK/data1/xds")
+printf 'STRAIT=%q\nAPI_ADDR=%q\nXDS_ADDR=%q\nETCD=%q\n' "$STRAIT" "$API_ADDR" "$XDS_ADDR" "$ETCD" >"$WORK/env"
 
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
-SEED=$("$LOAD" seed --api "$API" --token-file "$WORK/data/token" \
+SEED=$("$LOAD" seed --api "$API" --token-file "$WORK/data1/token" \
     --services "$SERVICES" --endpoints-per-service "$PER_SERVICE")
 
-"$LOAD" --xds "$XDS_ADDR" --clients "$CLIENTS" \
-    --api "$API" --token-file "$WORK/data/token" \
+"$LOAD" --xds "$XDS_LIST" --clients "$CLIENTS" \
+    --api "$API" --token-file "$WORK/data1/token" \
     --services "$SERVICES" --changes "$CHANGES" \
-    --pid-file "$WORK/cp.pid" \
+    --pid-file "$WORK/cp1.pid" \
     --restart-cmd "$(printf '%q __restart %q' "$PWD/bench/run-controlplane.sh" "$WORK")" \
     >"$WORK/run.json"
 
@@ -107,8 +165,10 @@ jq -n --argjson seed "$SEED" --slurpfile run "$WORK/run.json" \
     --arg os "$(. /etc/os-release && echo "$PRETTY_NAME")" --arg kernel "$(uname -r)" \
     --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
     --argjson cores "$(nproc)" --arg load_start "$LOADAVG_START" \
+    --arg store "$STORE" --argjson replicas "$REPLICAS" \
     --arg load_end "$(cut -d' ' -f1-3 /proc/loadavg)" \
     '{date: $date, command: $command, commit: $commit,
+      store: $store, replicas: $replicas,
       machine: {os: $os, kernel: $kernel, cpu: $cpu, cores: $cores,
                 loadavg_at_start: $load_start, loadavg_at_end: $load_end},
       seed: $seed, run: $run[0]}' >"$RESULT"

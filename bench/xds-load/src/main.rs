@@ -66,7 +66,8 @@ impl ApiArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The control plane's xDS address, HOST:PORT.
+    /// The control plane's xDS address, HOST:PORT, or several replicas' as HOST:PORT,HOST:PORT
+    /// (client i connects to the i mod n-th; the restart command restarts the first).
     #[arg(long, default_value = "127.0.0.1:15010")]
     xds: String,
     /// Simulated sidecars.

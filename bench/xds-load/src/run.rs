@@ -17,7 +17,8 @@ const PUSH_LATENCY: &str = "strait_xds_push_latency_seconds";
 
 /// What to run.
 pub struct Options {
-    /// The ADS address, `HOST:PORT`.
+    /// The ADS addresses, `HOST:PORT[,HOST:PORT...]`: client `i` connects to the `i mod n`th
+    /// (several control-plane replicas on one store); the restart restarts the first.
     pub xds: String,
     pub clients: usize,
     /// The API, for changes and `/metrics`; without it only the full push is measured.
@@ -32,6 +33,23 @@ pub struct Options {
     pub pid_file: Option<PathBuf>,
     /// How long any one wait may take.
     pub timeout: Duration,
+}
+
+impl Options {
+    /// The ADS addresses, at least one.
+    pub fn addrs(&self) -> Vec<&str> {
+        let addrs: Vec<&str> = self
+            .xds
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            vec![self.xds.as_str()]
+        } else {
+            addrs
+        }
+    }
 }
 
 /// Runs the benchmark; returns the JSON summary.
@@ -53,9 +71,10 @@ pub async fn run(opts: Options) -> Result<Value> {
 
     // The full push to every client at once.
     eprintln!("connecting {} clients to {}", opts.clients, opts.xds);
+    let addrs = opts.addrs();
     let start = Instant::now();
     let clients: Vec<Client> = (0..opts.clients)
-        .map(|i| Client::start(i, opts.xds.clone()))
+        .map(|i| Client::start(i, addrs[i % addrs.len()].to_string()))
         .collect();
     let synced = wait_synced(&clients, &vec![1; clients.len()], opts.timeout, "initial").await?;
     let times: Vec<f64> = synced.iter().map(|t| secs(*t - start)).collect();
@@ -158,9 +177,13 @@ pub async fn run(opts: Options) -> Result<Value> {
     // The full push after a restart.
     if let Some(cmd) = &opts.restart_cmd {
         let old = sample();
+        // Only the first replica restarts: its clients reconnect, the others' stay as they are.
+        let replicas = opts.addrs().len();
+        let restarted = |i: usize| i.is_multiple_of(replicas);
         let next_stream: Vec<u64> = clients
             .iter()
-            .map(|c| c.observed.lock().expect("client lock").streams + 1)
+            .enumerate()
+            .map(|(i, c)| c.observed.lock().expect("client lock").streams + u64::from(restarted(i)))
             .collect();
         eprintln!("restarting the control plane");
         let began = Instant::now();
@@ -178,12 +201,14 @@ pub async fn run(opts: Options) -> Result<Value> {
             bail!("the restart command {cmd:?} failed: {status}");
         }
         let launched = Instant::now();
-        let ready = wait_listening(&opts.xds, opts.timeout).await?;
+        let ready = wait_listening(opts.addrs()[0], opts.timeout).await?;
         let synced = wait_synced(&clients, &next_stream, opts.timeout, "after restart").await?;
         let last = synced.iter().max().copied().unwrap_or(ready);
         let first_reconnect = clients
             .iter()
-            .filter_map(|c| c.observed.lock().expect("client lock").stream_opened_at)
+            .enumerate()
+            .filter(|(i, _)| restarted(*i))
+            .filter_map(|(_, c)| c.observed.lock().expect("client lock").stream_opened_at)
             .min()
             .unwrap_or(ready);
         summary["restart"] = json!({
@@ -210,11 +235,19 @@ pub async fn run(opts: Options) -> Result<Value> {
 /// Waits until one probe client has an EDS cluster per seeded service and then nothing new
 /// arrives for 3 s: the control plane has caught up with the seeded config.
 async fn settle(opts: &Options) -> Result<()> {
+    for (i, addr) in opts.addrs().into_iter().enumerate() {
+        settle_one(opts, addr, opts.clients + 1_000_000 + i).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the control plane at `addr` serves every seeded service (see [`settle`]).
+async fn settle_one(opts: &Options, addr: &str, index: usize) -> Result<()> {
     eprintln!(
-        "settle: waiting for the control plane to serve {} services",
+        "settle: waiting for the control plane at {addr} to serve {} services",
         opts.services
     );
-    let probe = Client::start(opts.clients + 1_000_000, opts.xds.clone());
+    let probe = Client::start(index, addr.to_string());
     let deadline = Instant::now() + opts.timeout;
     let mut seen = (0, Instant::now());
     loop {
@@ -234,7 +267,7 @@ async fn settle(opts: &Options) -> Result<()> {
         if Instant::now() > deadline {
             let o = probe.observed.lock().expect("client lock");
             bail!(
-                "the control plane did not settle within {:?}: the probe holds {} endpoint resources of {} services (last error: {:?})",
+                "the control plane at {addr} did not settle within {:?}: the probe holds {} endpoint resources of {} services (last error: {:?})",
                 opts.timeout,
                 o.counts[1],
                 opts.services,
