@@ -726,6 +726,7 @@ async fn istio_tcp_metrics_on_both_sidecars_strait() {
     let up: u64 = lines.iter().map(|l| l.len() as u64 + 1).sum();
     let down = up + 4 * lines.len() as u64;
     let n = lines.len() as u64;
+    let mut counted = Vec::new();
     for ((reporter, p), before) in proxies.into_iter().zip(before) {
         let (after, text) = settled(p, reporter, before[1] + n).await;
         let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
@@ -734,6 +735,58 @@ async fn istio_tcp_metrics_on_both_sidecars_strait() {
             [n, n, up, down],
             "reporter {reporter}: {NAMES:?} went from {before:?} to {after:?}:\n{text}"
         );
+        counted.push(after);
+    }
+
+    // The Telemetry API task's `remove-all-metrics` (metrics.yaml, unchanged): both sidecars
+    // stop showing Istio's series and stop counting; deleting it shows them again, as they
+    // were before.
+    let task = std::fs::read_to_string(sample("tasks/telemetry/metrics.yaml")).unwrap();
+    let off = task
+        .split("\n---\n")
+        .find(|d| d.contains("name: remove-all-metrics"))
+        .expect("metrics.yaml has remove-all-metrics");
+    mesh.apply_yaml("remove-all-metrics.yaml", off);
+    for (reporter, p) in proxies {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = p.prometheus().await;
+            if !text.lines().any(|l| l.starts_with("istio_")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reporter {reporter}: Istio's series still shown 10 s after remove-all-metrics:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for line in &lines {
+        assert_eq!(tcp_line(addr, line).await.unwrap(), format!("one {line}"));
+    }
+    mesh.cp.ok(&[
+        "delete",
+        "telemetry",
+        "remove-all-metrics",
+        "-n",
+        "istio-system",
+    ]);
+    for ((reporter, p), counted) in proxies.into_iter().zip(counted) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (now, text) = settled(p, reporter, 0).await;
+            if now == counted {
+                break;
+            }
+            // Still hidden (all 0) until the listeners without the metadata arrive.
+            let hidden = now.iter().all(|v| *v == 0);
+            assert!(
+                hidden && Instant::now() < deadline,
+                "reporter {reporter}: {NAMES:?} are {now:?} after the Telemetry's deletion, \
+                 {counted:?} before it was applied (nothing is counted while it is):\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

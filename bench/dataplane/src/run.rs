@@ -27,7 +27,30 @@ pub enum Config {
     Strait,
     /// Envoy as both sidecars (2 worker threads), fed by the same control plane.
     Envoy,
+    /// strait-proxy as both sidecars with Istio's standard metrics switched off (the Telemetry
+    /// API's mesh-wide `remove-all-metrics`, applied for this configuration's rounds only): what
+    /// the metrics cost, beside `strait`.
+    #[value(name = "strait-nometrics")]
+    #[serde(rename = "strait-nometrics")]
+    StraitNoMetrics,
 }
+
+/// Istio's `remove-all-metrics` (the "Customizing Istio Metrics with Telemetry API" task).
+const NO_METRICS_YAML: &str = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: remove-all-metrics
+  namespace: istio-system
+spec:
+  metrics:
+    - providers:
+        - name: prometheus
+      overrides:
+        - disabled: true
+          match:
+            mode: CLIENT_AND_SERVER
+            metric: ALL_METRICS
+";
 
 impl Config {
     pub fn name(self) -> &'static str {
@@ -35,6 +58,7 @@ impl Config {
             Config::Direct => "direct",
             Config::Strait => "strait",
             Config::Envoy => "envoy",
+            Config::StraitNoMetrics => "strait-nometrics",
         }
     }
 }
@@ -168,6 +192,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         order.rotate_left(round as usize % n);
         for config in order {
             eprintln!("round {}/{}: {}", round + 1, settings.rounds, config.name());
+            let no_metrics = work.path().join("no-metrics.yaml");
+            if config == Config::StraitNoMetrics {
+                std::fs::write(&no_metrics, NO_METRICS_YAML)?;
+                cp.strait(&["apply", "-f", &no_metrics.display().to_string()])?;
+            }
             let sidecars = match config {
                 Config::Direct => None,
                 _ => Some(Sidecars::start(
@@ -202,6 +231,11 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                 if args.mtls {
                     s.refuses_plaintext(&server_ip, ports.http)?;
                 }
+                match config {
+                    Config::Strait => s.metrics_shown(true)?,
+                    Config::StraitNoMetrics => s.metrics_shown(false)?,
+                    _ => {}
+                }
             }
             let result = measure(
                 config,
@@ -216,6 +250,15 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
                 ticks,
             )?;
             rounds.push(result);
+            if config == Config::StraitNoMetrics {
+                cp.strait(&[
+                    "delete",
+                    "telemetry",
+                    "remove-all-metrics",
+                    "-n",
+                    "istio-system",
+                ])?;
+            }
         }
     }
     drop(cp);
@@ -578,6 +621,26 @@ impl Sidecars {
         }
     }
 
+    /// The server sidecar's `/stats/prometheus` shows Istio's request metrics (`on`), or no
+    /// `istio_*` series at all: proof that the configuration measures what it says.
+    fn metrics_shown(&self, on: bool) -> anyhow::Result<()> {
+        let request = "GET /stats/prometheus HTTP/1.1\r\nHost: x\r\n";
+        let text = http_text(self.server.admin, request)?;
+        let shown = text.lines().any(|l| l.starts_with("istio_requests_total{"));
+        let any = text.lines().any(|l| l.starts_with("istio_"));
+        match (on, shown, any) {
+            (true, true, _) | (false, _, false) => Ok(()),
+            (true, false, _) => bail!(
+                "the server sidecar shows no istio_requests_total after the probe: the metrics \
+                 are not on, so this would not measure them"
+            ),
+            (false, _, true) => bail!(
+                "the server sidecar still shows istio_* series with remove-all-metrics applied: \
+                 the metrics are not off, so this would not measure them"
+            ),
+        }
+    }
+
     /// Waits until a request through both sidecars gets the upstream's 200 (config has arrived).
     fn probe(&self, host: &str) -> anyhow::Result<()> {
         let proxy: SocketAddr = format!("{}:15080", self.client_ip).parse()?;
@@ -604,6 +667,8 @@ impl Sidecars {
 /// order: the proxy stops before its agent.
 pub(crate) struct Sidecar {
     pub(crate) process: Process,
+    /// The proxy's admin address.
+    pub(crate) admin: SocketAddr,
     /// `strait agent`, which serves Envoy its certificate over SDS.
     pub(crate) agent: Option<Process>,
 }
@@ -667,7 +732,7 @@ pub(crate) fn start_proxy(
     let log = work.join(format!("{}-{workload}.log", config.name()));
     let mut agent = None;
     let mut process = match config {
-        Config::Strait => {
+        Config::Strait | Config::StraitNoMetrics => {
             let mut a = identity.clone();
             a.extend(id_flags);
             a.extend(["--concurrency".into(), PROXY_THREADS.to_string()]);
@@ -721,7 +786,11 @@ pub(crate) fn start_proxy(
         "GET /ready HTTP/1.1\r\nHost: x\r\n",
         30,
     )?;
-    Ok(Sidecar { process, agent })
+    Ok(Sidecar {
+        process,
+        admin,
+        agent,
+    })
 }
 
 /// `strait agent` for Envoy: obtains the workload's certificate and serves it over SDS on
@@ -777,6 +846,17 @@ pub(crate) fn status_of(addr: SocketAddr, head: &str) -> anyhow::Result<u16> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("not an HTTP response: {line:?}"))
+}
+
+/// Sends one HTTP/1.1 request (head without the final blank line) and returns the whole
+/// answer (head and body) as text.
+fn http_text(addr: SocketAddr, head: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Waits until `addr` answers `head` with 200, failing early when `p` exits.

@@ -77,8 +77,26 @@ pub(crate) async fn serve_prometheus(shared: Arc<Shared>, tcp: TcpListener) {
 fn prometheus(shared: &Shared) -> Response<Body> {
     let mut text = shared.stats.prometheus();
     shared.spans.prometheus(&mut text);
-    shared.telemetry.metrics.prometheus(&mut text);
+    shared
+        .telemetry
+        .metrics
+        .prometheus_except(&mut text, disabled_metrics(&shared.config.load()));
     reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+}
+
+/// What each side of the proxy does not report: the inbound listeners' disabled metrics are the
+/// server side's, the others' the client side's.
+fn disabled_metrics(config: &crate::config::Config) -> strait_telemetry::Disabled {
+    let mut d = strait_telemetry::Disabled::default();
+    for l in config.listeners.values() {
+        let side = if l.inbound {
+            &mut d.destination
+        } else {
+            &mut d.source
+        };
+        *side = side.union(l.disabled_metrics);
+    }
+    d
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

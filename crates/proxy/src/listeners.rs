@@ -242,6 +242,7 @@ async fn connection(
                             destination,
                             tls: Some(Arc::new(session)),
                             inbound: target.inbound,
+                            disabled_metrics: target.disabled_metrics,
                         },
                         drain,
                     )
@@ -266,6 +267,7 @@ async fn connection(
             destination,
             tls: None,
             inbound: target.inbound,
+            disabled_metrics: target.disabled_metrics,
         },
         drain,
     )
@@ -284,6 +286,8 @@ pub(crate) struct Accepted {
     pub(crate) tls: Option<Arc<DownstreamSession>>,
     /// The listener is inbound (`traffic_direction: INBOUND`).
     pub(crate) inbound: bool,
+    /// Istio's metrics the listener does not report.
+    pub(crate) disabled_metrics: strait_telemetry::MetricSet,
 }
 
 impl Accepted {
@@ -443,6 +447,7 @@ mod tests {
             listener_filters_timeout: None,
             continue_on_listener_filters_timeout: false,
             inbound: false,
+            disabled_metrics: Default::default(),
             filter_chains: chains,
             default_filter_chain: None,
         }

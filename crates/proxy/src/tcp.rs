@@ -77,9 +77,10 @@ pub(crate) async fn proxy(shared: &Shared, tcp: &TcpProxyConfig, downstream: Io,
         Err(e) => {
             lb.report(&picked, Observed::LocalFailure);
             shared.stats.flag("UF");
-            let series = series(shared, down, &cluster, &picked, "UF");
-            series.tcp_opened.fetch_add(1, Ordering::Relaxed);
-            series.tcp_closed.fetch_add(1, Ordering::Relaxed);
+            if let Some(series) = series(shared, down, &cluster, &picked, "UF") {
+                series.tcp_opened.fetch_add(1, Ordering::Relaxed);
+                series.tcp_closed.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(cluster = %cluster.name, upstream = %picked.authority(), error = ?e, "tcp_proxy: connect failed");
             return;
         }
@@ -92,27 +93,39 @@ pub(crate) async fn proxy(shared: &Shared, tcp: &TcpProxyConfig, downstream: Io,
         .take()
         .expect("the downstream connection is held until here");
     let series = series(shared, down, &cluster, &picked, "-");
-    series.tcp_opened.fetch_add(1, Ordering::Relaxed);
-    let bytes = Bytes {
+    if let Some(series) = &series {
+        series.tcp_opened.fetch_add(1, Ordering::Relaxed);
+    }
+    let bytes = series.as_ref().map(|series| Bytes {
         received: &series.tcp_received,
         sent: &series.tcp_sent,
-    };
-    match pipe(downstream, upstream, tcp.idle_timeout, Some(bytes)).await {
+    });
+    match pipe(downstream, upstream, tcp.idle_timeout, bytes).await {
         Ok(Ended::Closed) => tracing::debug!("tcp_proxy: both sides closed"),
         Ok(Ended::Idle) => tracing::debug!("tcp_proxy: idle timeout: closed"),
         Err(e) => tracing::debug!(error = %e, "tcp_proxy: connection error: closed"),
     }
-    series.tcp_closed.fetch_add(1, Ordering::Relaxed);
+    if let Some(series) = series {
+        series.tcp_closed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
-/// The Istio series of a connection to `picked` (a registry lookup: once per connection).
+/// The Istio series of a connection to `picked` (a registry lookup: once per connection);
+/// `None` when the listener reports none of the TCP metrics. (Metrics disabled one by one are
+/// counted and left out of `/stats/prometheus`.)
 fn series(
     shared: &Shared,
     down: &Accepted,
     cluster: &crate::config::Cluster,
     picked: &Picked,
     flags: &'static str,
-) -> Arc<strait_telemetry::Series> {
+) -> Option<Arc<strait_telemetry::Series>> {
+    if down
+        .disabled_metrics
+        .covers(strait_telemetry::MetricSet::TCP)
+    {
+        return None;
+    }
     let key = PeerKey {
         inbound: down.inbound,
         protocol: strait_telemetry::Protocol::Tcp,
@@ -129,10 +142,12 @@ fn series(
         service: cluster.service.clone(),
         host: None,
     };
-    shared
-        .telemetry
-        .edge(&key)
-        .series(strait_telemetry::ResponseKey::tcp(flags))
+    Some(
+        shared
+            .telemetry
+            .edge(&key)
+            .series(strait_telemetry::ResponseKey::tcp(flags)),
+    )
 }
 
 /// Where a piped connection counts its bytes.

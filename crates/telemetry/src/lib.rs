@@ -7,6 +7,7 @@
 //! - [`labels`]: Istio's label set and how the source and destination reporters fill it in.
 //! - [`registry`]: interned label sets with atomic counters and histograms (Envoy's default
 //!   buckets), a bound on the number of series, and the Prometheus text format.
+//! - [`switches`]: which metrics the Telemetry API's overrides leave on, per side.
 //! - [`trace_context`]: W3C `traceparent` and B3 trace context headers, read and written.
 //! - [`otlp`]: the OTLP trace export messages.
 
@@ -16,9 +17,11 @@
 pub mod labels;
 pub mod otlp;
 pub mod registry;
+pub mod switches;
 pub mod trace_context;
 pub mod workload;
 
 pub use labels::{EdgeLabels, Observed, Protocol, Reporter, Service};
 pub use registry::{Edge, Metrics, ResponseKey, Series};
+pub use switches::{Disabled, Metric, MetricSet};
 pub use workload::Workload;

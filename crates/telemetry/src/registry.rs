@@ -18,6 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::labels::{EdgeLabels, Protocol, Reporter, label};
+use crate::switches::{Disabled, Metric, MetricSet};
 
 /// The label value of the overflow series.
 pub const OVERFLOW: &str = "overflow";
@@ -101,13 +102,35 @@ pub struct Series {
 }
 
 impl Series {
-    /// One HTTP or gRPC request: its duration and body sizes.
-    pub fn request(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.duration_ms
-            .record(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
-        self.request_bytes.record(request_bytes);
-        self.response_bytes.record(response_bytes);
+    /// One HTTP or gRPC request: its duration and body sizes, but the metrics in `off`.
+    pub fn request(
+        &self,
+        duration: Duration,
+        request_bytes: u64,
+        response_bytes: u64,
+        off: MetricSet,
+    ) {
+        if off.is_empty() {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.duration_ms
+                .record(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+            self.request_bytes.record(request_bytes);
+            self.response_bytes.record(response_bytes);
+            return;
+        }
+        if !off.contains(Metric::RequestCount) {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if !off.contains(Metric::RequestDuration) {
+            self.duration_ms
+                .record(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX));
+        }
+        if !off.contains(Metric::RequestSize) {
+            self.request_bytes.record(request_bytes);
+        }
+        if !off.contains(Metric::ResponseSize) {
+            self.response_bytes.record(response_bytes);
+        }
     }
 }
 
@@ -268,6 +291,12 @@ impl Metrics {
 
     /// Istio's metrics in the Prometheus text format (version 0.0.4), appended to `out`.
     pub fn prometheus(&self, out: &mut String) {
+        self.prometheus_except(out, Disabled::default());
+    }
+
+    /// As [`Metrics::prometheus`], without the series of the metrics each side has disabled
+    /// (what was counted before they were disabled included).
+    pub fn prometheus_except(&self, out: &mut String, disabled: Disabled) {
         let mut edges: Vec<Arc<Edge>> = self
             .edges
             .lock()
@@ -291,19 +320,29 @@ impl Metrics {
                 (e, s)
             })
             .collect();
-        let http = |p: Protocol| p != Protocol::Tcp;
-        let tcp = |p: Protocol| p == Protocol::Tcp;
+        // A family's series: those of its protocol whose side has not disabled it.
+        let http = |metric: Metric| {
+            move |l: &EdgeLabels| {
+                l.request_protocol != Protocol::Tcp && !disabled.of(l.reporter).contains(metric)
+            }
+        };
+        let tcp = |metric: Metric| {
+            move |l: &EdgeLabels| {
+                l.request_protocol == Protocol::Tcp && !disabled.of(l.reporter).contains(metric)
+            }
+        };
         counter(
             out,
             &all,
+            http(Metric::RequestCount),
             "istio_requests_total",
             "Requests, by source, destination and response.",
-            http,
             |s| s.requests.load(Ordering::Relaxed),
         );
         histogram(
             out,
             &all,
+            http(Metric::RequestDuration),
             "istio_request_duration_milliseconds",
             "Request durations in milliseconds, from the request's first byte to the response's last.",
             |s| &s.duration_ms,
@@ -311,6 +350,7 @@ impl Metrics {
         histogram(
             out,
             &all,
+            http(Metric::RequestSize),
             "istio_request_bytes",
             "Request body sizes in bytes.",
             |s| &s.request_bytes,
@@ -318,6 +358,7 @@ impl Metrics {
         histogram(
             out,
             &all,
+            http(Metric::ResponseSize),
             "istio_response_bytes",
             "Response body sizes in bytes.",
             |s| &s.response_bytes,
@@ -325,33 +366,33 @@ impl Metrics {
         counter(
             out,
             &all,
+            tcp(Metric::TcpOpenedConnections),
             "istio_tcp_connections_opened_total",
             "TCP connections opened.",
-            tcp,
             |s| s.tcp_opened.load(Ordering::Relaxed),
         );
         counter(
             out,
             &all,
+            tcp(Metric::TcpClosedConnections),
             "istio_tcp_connections_closed_total",
             "TCP connections closed.",
-            tcp,
             |s| s.tcp_closed.load(Ordering::Relaxed),
         );
         counter(
             out,
             &all,
+            tcp(Metric::TcpSentBytes),
             "istio_tcp_sent_bytes_total",
             "Bytes sent to the downstream over TCP connections.",
-            tcp,
             |s| s.tcp_sent.load(Ordering::Relaxed),
         );
         counter(
             out,
             &all,
+            tcp(Metric::TcpReceivedBytes),
             "istio_tcp_received_bytes_total",
             "Bytes received from the downstream over TCP connections.",
-            tcp,
             |s| s.tcp_received.load(Ordering::Relaxed),
         );
     }
@@ -382,18 +423,19 @@ fn series_labels(out: &mut String, edge: &Edge, key: &ResponseKey) {
     label(out, "response_flags", key.flags);
 }
 
+/// One counter family: the series of the edges `shown` keeps.
 fn counter(
     out: &mut String,
     rows: &Rows,
+    shown: impl Fn(&EdgeLabels) -> bool,
     name: &str,
     help: &str,
-    protocol: impl Fn(Protocol) -> bool,
     value: impl Fn(&Series) -> u64,
 ) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     for (edge, series) in rows {
-        if !protocol(edge.labels.request_protocol) {
+        if !shown(&edge.labels) {
             continue;
         }
         for (key, s) in series.iter() {
@@ -405,9 +447,11 @@ fn counter(
     }
 }
 
+/// One histogram family: the series of the edges `shown` keeps.
 fn histogram(
     out: &mut String,
     rows: &Rows,
+    shown: impl Fn(&EdgeLabels) -> bool,
     name: &str,
     help: &str,
     pick: impl Fn(&Series) -> &Histogram,
@@ -415,7 +459,7 @@ fn histogram(
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (edge, series) in rows {
-        if edge.labels.request_protocol == Protocol::Tcp {
+        if !shown(&edge.labels) {
             continue;
         }
         for (key, s) in series.iter() {
@@ -488,24 +532,82 @@ mod tests {
     }
 
     #[test]
+    fn disabled_metrics_are_neither_counted_nor_shown_for_their_side() {
+        let m = Metrics::default();
+        let server = m.edge(edge_labels(Reporter::Destination, "gw", Protocol::Http));
+        let client = m.edge(edge_labels(Reporter::Source, "gw", Protocol::Http));
+        let count_only: MetricSet = [Metric::RequestCount].into_iter().collect();
+        server
+            .series(OK)
+            .request(Duration::from_millis(3), 1, 2, count_only);
+        client
+            .series(OK)
+            .request(Duration::from_millis(3), 1, 2, MetricSet::NONE);
+        assert_eq!(server.series(OK).requests.load(Ordering::Relaxed), 0);
+        assert_eq!(server.series(OK).duration_ms.count(), 1);
+        let disabled = Disabled {
+            source: MetricSet::NONE,
+            destination: count_only,
+        };
+        let mut text = String::new();
+        m.prometheus_except(&mut text, disabled);
+        let lines = |name: &str, reporter: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name) && l.contains(reporter))
+                .count()
+        };
+        assert_eq!(
+            lines("istio_requests_total{", "reporter=\"destination\""),
+            0,
+            "{text}"
+        );
+        assert_eq!(
+            lines("istio_requests_total{", "reporter=\"source\""),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            lines(
+                "istio_request_duration_milliseconds_count{",
+                "reporter=\"destination\""
+            ),
+            1,
+            "{text}"
+        );
+        // Everything off on both sides: only the families' headers are left.
+        let all: MetricSet = Metric::ALL.into_iter().collect();
+        let mut text = String::new();
+        m.prometheus_except(
+            &mut text,
+            Disabled {
+                source: all,
+                destination: all,
+            },
+        );
+        assert!(text.lines().all(|l| l.starts_with('#')), "{text}");
+    }
+
+    #[test]
     fn exposition_has_types_help_buckets_sum_and_count() {
         let m = Metrics::default();
         let e = m.edge(edge_labels(Reporter::Destination, "gw", Protocol::Http));
-        e.series(OK).request(Duration::from_millis(7), 10, 1000);
-        e.series(OK).request(Duration::from_millis(300), 0, 20);
+        e.series(OK)
+            .request(Duration::from_millis(7), 10, 1000, MetricSet::NONE);
+        e.series(OK)
+            .request(Duration::from_millis(300), 0, 20, MetricSet::NONE);
         e.series(ResponseKey {
             code: 503,
             grpc_status: None,
             flags: "UF",
         })
-        .request(Duration::ZERO, 0, 0);
+        .request(Duration::ZERO, 0, 0, MetricSet::NONE);
         let g = m.edge(edge_labels(Reporter::Source, "ratings", Protocol::Grpc));
         g.series(ResponseKey {
             code: 200,
             grpc_status: Some(14),
             flags: "-",
         })
-        .request(Duration::from_millis(1), 5, 5);
+        .request(Duration::from_millis(1), 5, 5, MetricSet::NONE);
         let t = m.edge(edge_labels(Reporter::Destination, "db", Protocol::Tcp));
         let ts = t.series(ResponseKey::tcp("-"));
         ts.tcp_opened.fetch_add(1, Ordering::Relaxed);
@@ -568,14 +670,14 @@ mod tests {
     fn past_the_limit_new_label_sets_count_in_the_overflow_series() {
         let m = Metrics::with_limit(2);
         let a = m.edge(edge_labels(Reporter::Destination, "a", Protocol::Http));
-        a.series(OK).request(Duration::ZERO, 0, 0);
+        a.series(OK).request(Duration::ZERO, 0, 0, MetricSet::NONE);
         a.series(ResponseKey { code: 404, ..OK })
-            .request(Duration::ZERO, 0, 0);
+            .request(Duration::ZERO, 0, 0, MetricSet::NONE);
         // Full: a new response of a known edge, and a new edge, go to the overflow series.
         a.series(ResponseKey { code: 500, ..OK })
-            .request(Duration::ZERO, 0, 0);
+            .request(Duration::ZERO, 0, 0, MetricSet::NONE);
         let b = m.edge(edge_labels(Reporter::Destination, "b", Protocol::Http));
-        b.series(OK).request(Duration::ZERO, 0, 0);
+        b.series(OK).request(Duration::ZERO, 0, 0, MetricSet::NONE);
         assert_eq!(m.len(), 2);
         let mut text = String::new();
         m.prometheus(&mut text);

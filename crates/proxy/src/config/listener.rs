@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use serde::Serialize;
+use strait_telemetry::MetricSet;
 
 use super::invalid::{At, Invalid, Kind, Refusal, Segment, refuse_if};
 use super::proto::{decode, duration, socket_addr};
@@ -72,6 +73,10 @@ pub struct Listener {
     /// (Istio's metrics: `reporter="destination"`); else the client's, or a gateway
     /// (`reporter="source"`).
     pub inbound: bool,
+    /// Istio's metrics this listener's side does not report (the Telemetry API's overrides,
+    /// from the listener's `istio.stats` metadata).
+    #[serde(skip_serializing_if = "no_metrics", serialize_with = "metric_names")]
+    pub disabled_metrics: MetricSet,
     pub filter_chains: Vec<FilterChain>,
     pub default_filter_chain: Option<FilterChain>,
 }
@@ -469,9 +474,54 @@ fn listener(l: &pb::Listener) -> Result<Listener, Refusal> {
         continue_on_listener_filters_timeout: l.continue_on_listener_filters_timeout,
         inbound: l.traffic_direction
             == envoy_types::pb::envoy::config::core::v3::TrafficDirection::Inbound as i32,
+        disabled_metrics: disabled_metrics(l)?,
         filter_chains,
         default_filter_chain,
     })
+}
+
+/// The metrics the listener's `istio.stats` metadata disables (`{"disabled": [NAME, ...]}`).
+fn disabled_metrics(l: &pb::Listener) -> Result<MetricSet, Refusal> {
+    use envoy_types::pb::google::protobuf::value::Kind as V;
+    let Some(stats) = l.metadata.as_ref().and_then(|m| {
+        m.filter_metadata
+            .get(strait_telemetry::switches::METADATA_KEY)
+    }) else {
+        return Ok(MetricSet::NONE);
+    };
+    const FIELD: &str = "metadata.filter_metadata";
+    const EXPECTED: &str = "istio.stats {\"disabled\": [the Telemetry API's metric names]}";
+    let Some(disabled) = stats.fields.get("disabled") else {
+        return Ok(MetricSet::NONE);
+    };
+    let Some(V::ListValue(list)) = &disabled.kind else {
+        return Err(Refusal::bad_value(
+            FIELD,
+            "istio.stats disabled: not a list",
+            EXPECTED,
+        ));
+    };
+    let names = list
+        .values
+        .iter()
+        .map(|v| match &v.kind {
+            Some(V::StringValue(s)) => Ok(s.as_str()),
+            _ => Err(Refusal::bad_value(
+                FIELD,
+                "istio.stats disabled: not a string",
+                EXPECTED,
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    MetricSet::from_names(names).map_err(|e| Refusal::bad_value(FIELD, e, EXPECTED))
+}
+
+fn no_metrics(set: &MetricSet) -> bool {
+    set.is_empty()
+}
+
+fn metric_names<S: serde::Serializer>(set: &MetricSet, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(set.names())
 }
 
 fn filter_chain(c: &pb::FilterChain) -> Result<FilterChain, Refusal> {

@@ -409,6 +409,61 @@ fn the_http_proxy_listener_converts_and_other_listeners_are_refused() {
     );
 }
 
+#[test]
+fn a_listeners_istio_stats_metadata_names_its_disabled_metrics() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    let with = |names: Vec<Kind>| {
+        let mut l = hcm_listener(vec![http_filter(
+            "envoy.filters.http.router",
+            &Router::default(),
+        )]);
+        let list = ListValue {
+            values: names.into_iter().map(|k| Value { kind: Some(k) }).collect(),
+        };
+        let stats = Struct {
+            fields: [(
+                "disabled".to_string(),
+                Value {
+                    kind: Some(Kind::ListValue(list)),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        l.metadata = Some(Metadata {
+            filter_metadata: [("istio.stats".to_string(), stats)].into_iter().collect(),
+            ..Default::default()
+        });
+        Listener::try_from(&l)
+    };
+    let plain = Listener::try_from(&hcm_listener(vec![http_filter(
+        "envoy.filters.http.router",
+        &Router::default(),
+    )]))
+    .unwrap();
+    assert!(plain.disabled_metrics.is_empty());
+    let l = with(vec![
+        Kind::StringValue("REQUEST_COUNT".into()),
+        Kind::StringValue("TCP_SENT_BYTES".into()),
+    ])
+    .unwrap();
+    assert_eq!(
+        l.disabled_metrics.names().collect::<Vec<_>>(),
+        ["REQUEST_COUNT", "TCP_SENT_BYTES"]
+    );
+    let err = with(vec![Kind::StringValue("REQUESTS".into())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metadata.filter_metadata") && err.contains("\"REQUESTS\""),
+        "{err}"
+    );
+    let err = with(vec![Kind::NumberValue(1.0)]).unwrap_err().to_string();
+    assert!(err.contains("not a string"), "{err}");
+}
+
 fn tcp_filter(tp: &TcpProxy) -> li::Filter {
     li::Filter {
         name: "envoy.filters.network.tcp_proxy".into(),

@@ -161,6 +161,8 @@ struct Conn {
     /// An inbound listener's connection: the proxy is the server's sidecar
     /// (`reporter="destination"`).
     inbound: bool,
+    /// Istio's metrics the listener does not report.
+    disabled_metrics: strait_telemetry::MetricSet,
     /// The client's SPIFFE id, from its certificate (mutual TLS).
     peer_principal: Option<Arc<str>>,
     /// The label set of the connection's last request, for Istio's metrics.
@@ -197,6 +199,7 @@ pub(crate) async fn serve_connection(
             .then(|| accepted.authz_connection()),
         hcm,
         inbound: accepted.inbound,
+        disabled_metrics: accepted.disabled_metrics,
         peer_principal: accepted
             .tls
             .as_ref()
@@ -502,8 +505,12 @@ impl Logged {
         let received = f.received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
         if let Some(r) = f.recorder {
             let edge = r.conn.edges.edge(&f.shared.telemetry, r.key);
-            edge.series(r.response)
-                .request(f.started.elapsed(), received, self.sent);
+            edge.series(r.response).request(
+                f.started.elapsed(),
+                received,
+                self.sent,
+                r.conn.disabled_metrics,
+            );
         }
         if let Some(span) = f.span {
             span.end(&f.shared, received, self.sent);
@@ -581,6 +588,12 @@ fn recorder(
     host: Option<HostRef>,
     grpc: bool,
 ) -> Option<Recorder> {
+    if conn
+        .disabled_metrics
+        .covers(strait_telemetry::MetricSet::HTTP)
+    {
+        return None;
+    }
     let ext = resp.extensions();
     let local = ext.get::<LocalReply>().map_or("-", |l| l.flags);
     let flags = if ext.get::<DelayInjected>().is_some() {

@@ -23,6 +23,7 @@ pub mod mtls;
 mod origination;
 pub mod ratelimit;
 mod secrets;
+mod stats;
 pub mod tls;
 pub(crate) mod tracer;
 
@@ -260,6 +261,7 @@ pub fn translate(config: &ConfigSnapshot, registry: &Registry, proxy: &Proxy) ->
     let mut out = XdsResources::default();
     clusters::build(&ctx, &mut out);
     listeners::build(&ctx, &mut out);
+    stats::annotate(&ctx, &mut out.listeners);
     secrets::build(&ctx, &mut out);
     out
 }

@@ -92,8 +92,11 @@ impl Spec {
     }
 }
 
-/// The client and server specs of a proxy; `None` when no Telemetry applies.
-fn specs(ctx: &Ctx<'_>) -> Option<(Spec, Spec)> {
+/// The Telemetry resources that apply to the proxy, in the order they merge: the root
+/// namespace's without a selector (the mesh default), the proxy's namespace's without one, then
+/// one in its namespace whose selector matches its labels. (Those with a `targetRef` are not
+/// translated.)
+pub(crate) fn applicable<'a>(ctx: &Ctx<'a>) -> Vec<&'a telemetry::Telemetry> {
     let proxy = ctx.proxy;
     let root = &ctx.config.mesh.root_namespace;
     let all: Vec<_> = ctx
@@ -115,12 +118,21 @@ fn specs(ctx: &Ctx<'_>) -> Option<(Spec, Spec)> {
                     .all(|(k, v)| proxy.labels.get(k) == Some(v))
             })
     });
-    let applicable: Vec<_> = [mesh, namespace, workload].into_iter().flatten().collect();
+    [mesh, namespace, workload]
+        .into_iter()
+        .flatten()
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+/// The client and server specs of a proxy; `None` when no Telemetry applies.
+fn specs(ctx: &Ctx<'_>) -> Option<(Spec, Spec)> {
+    let applicable = applicable(ctx);
     if applicable.is_empty() {
         return None;
     }
     let (mut client, mut server) = (Spec::default(), Spec::default());
-    for (_, t) in applicable {
+    for t in applicable {
         for tracing in &t.tracing {
             let mode = tracing
                 .match_
