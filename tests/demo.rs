@@ -697,6 +697,9 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     jason.always(Stars::None, 5);
     if mesh_kind.0 == "strait" {
         istio_metrics(proxy, &anonymous, gateway);
+        if mesh_kind.1 == "iptables" {
+            prometheus_rate(proxy, &home, &anonymous);
+        }
     }
 
     // Request routing: all to v1, then jason to reviews v2 (black stars), others v1.
@@ -1099,6 +1102,49 @@ fn reviews_pod_dies_mid_load(proxy: &str, home: &str, listen: &str, gateway: Soc
         "{proxy}: {} of {total} page loads failed across the kill: {failures:?}",
         failures.len()
     );
+}
+
+/// Debian's real Prometheus scrapes the running demo through the control plane's service
+/// discovery (docs/observability.md's config, a 1 s interval) and answers the per-workload rate
+/// query of Istio's dashboards for the workloads the page loads reach.
+fn prometheus_rate(proxy: &str, home: &str, browser: &Browser) {
+    use support::prometheus::{Prometheus, prometheus_yml};
+    let home = Path::new(home);
+    let server = std::fs::read_to_string(home.join("server")).unwrap();
+    let control_plane = server.trim().trim_start_matches("http://");
+    let prometheus = Prometheus::start(&prometheus_yml(control_plane, &home.join("token")));
+    let rates = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let promql = "sum(rate(istio_requests_total[1m])) by (destination_workload)";
+            let wanted = ["productpage-v1", "details-v1", "reviews-v1"];
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                // Page loads (all to v1 here) keep the rates up while Prometheus scrapes.
+                browser.always(Stars::None, 3);
+                let result = prometheus.query(promql).await;
+                let rate = |w: &str| {
+                    result
+                        .iter()
+                        .find(|r| r["metric"]["destination_workload"] == w)
+                        .and_then(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                if wanted.iter().all(|w| rate(w) > 0.0) {
+                    return result;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{proxy}: Prometheus did not answer `{promql}` with a rate for each of \
+                     {wanted:?} within 60 s; last result: {result:#?}\nits log:\n{}",
+                    prometheus.log()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    eprintln!("{proxy}: Prometheus's per-workload request rates: {rates:?}");
 }
 
 /// Istio's standard metrics, on productpage's sidecar at POD_IP:15090 (and its admin port):

@@ -10,6 +10,7 @@
 pub mod mesh;
 pub mod platform;
 pub mod process;
+pub mod prometheus;
 pub mod strait_proxy;
 pub mod tls;
 
