@@ -242,6 +242,95 @@ fn grpc_response(data: Option<Bytes>, code: u32, message: &str) -> Response<Body
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strait_telemetry::otlp::{Resource, ResourceSpans, ScopeSpans, Span};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn post(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+    ) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Spans posted over OTLP/HTTP land in the store and are listed; what is not an OTLP
+    /// protobuf export is refused with a reason.
+    #[tokio::test]
+    async fn spans_posted_over_otlp_http_are_listed() {
+        let store = Arc::new(TraceStore::new(super::super::traces::Limits::default()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, store.clone(), std::future::pending()));
+        let export = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![otlp::string("service.name", "ratings.default")],
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: None,
+                    spans: vec![Span {
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![1; 8],
+                        name: "ingress".into(),
+                        start_time_unix_nano: 1_000_000,
+                        end_time_unix_nano: 3_000_000,
+                        ..Default::default()
+                    }],
+                }],
+            }],
+        };
+        let answer = post(
+            addr,
+            "POST",
+            otlp::HTTP_PATH,
+            "application/x-protobuf",
+            &export.encode_to_vec(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let list = store.list(&super::super::traces::Query {
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].trace_id, "ab".repeat(16));
+        assert_eq!(list[0].root_service, "ratings.default");
+        assert_eq!(list[0].duration_ms, 2.0);
+
+        let answer = post(addr, "POST", otlp::HTTP_PATH, "application/json", b"{}").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 415") && answer.contains("protobuf"),
+            "{answer}"
+        );
+        let answer = post(
+            addr,
+            "POST",
+            otlp::HTTP_PATH,
+            "application/x-protobuf",
+            b"\xff\xff",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let answer = post(addr, "POST", "/v1/metrics", "application/x-protobuf", b"").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404") && answer.contains("/v1/traces"),
+            "{answer}"
+        );
+        let answer = post(addr, "GET", otlp::HTTP_PATH, "application/x-protobuf", b"").await;
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert_eq!(store.stats().1, 1);
+    }
 
     #[test]
     fn grpc_framing() {
