@@ -742,6 +742,9 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     jason.until(Stars::None, Duration::from_secs(10));
     apply(&home, "virtual-service-reviews-50-v3.yaml");
     anonymous.until(Stars::Red, Duration::from_secs(10));
+    // A page load to find in the dashboard's trace store later (its spans are exported
+    // meanwhile: Envoy flushes every 5 s).
+    let traced = traced_page_load(proxy, gateway);
     let mut counts: BTreeMap<Stars, u32> = BTreeMap::new();
     for _ in 0..1000 {
         *counts.entry(anonymous.stars()).or_default() += 1;
@@ -763,7 +766,7 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
         mesh_kind.0 == "strait",
         mesh_kind == ("strait", "iptables"),
         &dashboard,
-        gateway,
+        &traced,
     );
 
     reviews_pod_dies_mid_load(proxy, &home, listen, gateway);
@@ -1305,7 +1308,7 @@ fn dashboard_checks(
     strait_proxy: bool,
     browser: bool,
     dashboard: &str,
-    gateway: SocketAddr,
+    trace_id: &str,
 ) {
     let started = Instant::now();
     // The page is served (no token from loopback).
@@ -1313,7 +1316,6 @@ fn dashboard_checks(
     let (code, _) = dashboard_api(dashboard, "/dashboard/app.js");
     assert_eq!(code, 200, "{proxy}: {}", addr_path("/dashboard/app.js"));
 
-    let trace_id = traced_page_load(proxy, gateway);
     // The proxies export in batches (strait-proxy every second, Envoy every 5 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     let spans = loop {
@@ -1347,7 +1349,7 @@ fn dashboard_checks(
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["trace_id"] == trace_id.as_str())
+        .find(|t| t["trace_id"] == trace_id)
         .unwrap_or_else(|| panic!("{proxy}: {trace_id} is not in the trace list: {list}"));
     assert_eq!(
         listed["root_service"], "istio-ingressgateway.istio-system",

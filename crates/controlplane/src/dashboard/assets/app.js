@@ -272,9 +272,14 @@ async function refreshGraph() {
 
 // ---------- traces ----------
 let traceList = [];
+let lastList = null;
+// The trace the URL names (#trace=ID): listed first even when it is older than the newest.
+let pinned = null;
 
 function renderTraceList(data) {
+  lastList = data;
   traceList = data.traces;
+  if (pinned && !traceList.some((t) => t.trace_id === pinned.trace_id)) traceList = [pinned, ...traceList];
   const body = $("traces").tBodies[0];
   body.replaceChildren();
   const longest = Math.max(0.001, ...traceList.map((t) => t.duration_ms));
@@ -354,6 +359,10 @@ async function showTrace(id) {
     return;
   }
   box.dataset.trace = id;
+  if (!pinned || pinned.trace_id !== id) {
+    pinned = data.trace;
+    if (lastList) renderTraceList(lastList);
+  }
   const spans = data.spans;
   const colour = colours(spans.map((s) => s.service));
   const t0 = Math.min(...spans.map((s) => s.start_unix_nano));
