@@ -35,6 +35,9 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 # and the replicas' tests start a real etcd (crates/store/tests/etcd.rs, tests/replicas.rs).
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
+# The dashboard's browser test (tests/demo.rs) renders the control plane's web UI in Debian's
+# headless Chromium.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -745,6 +745,9 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     jason.until(Stars::None, Duration::from_secs(10));
     apply(&home, "virtual-service-reviews-50-v3.yaml");
     anonymous.until(Stars::Red, Duration::from_secs(10));
+    // A page load to find in the dashboard's trace store later (its spans are exported
+    // meanwhile: Envoy flushes every 5 s).
+    let traced = traced_page_load(proxy, gateway);
     let mut counts: BTreeMap<Stars, u32> = BTreeMap::new();
     for _ in 0..1000 {
         *counts.entry(anonymous.stars()).or_default() += 1;
@@ -759,6 +762,14 @@ fn demo_runs_istio_tasks(proxy: &'static str, capture: &'static str, listen: &st
     eprintln!(
         "{proxy}: traffic shifting done at {:?}: {counts:?}",
         started.elapsed()
+    );
+    let dashboard = dashboard_url(&text);
+    dashboard_checks(
+        proxy,
+        mesh_kind.0 == "strait",
+        mesh_kind == ("strait", "iptables"),
+        &dashboard,
+        &traced,
     );
 
     reviews_pod_dies_mid_load(proxy, &home, listen, gateway);
@@ -1260,4 +1271,250 @@ fn the_demo_without_capture_with_strait_proxy_runs_istios_bookinfo_tasks_and_lea
 #[test]
 fn the_demo_without_capture_with_envoy_runs_istios_bookinfo_tasks_and_leaves_nothing() {
     demo_runs_istio_tasks("envoy", "none", "127.0.211.4");
+}
+
+/// The services of Bookinfo's spans (Istio's `CANONICAL_SERVICE.NAMESPACE`), every hop of a
+/// page load whose reviews call ratings.
+const TRACED_SERVICES: [&str; 5] = [
+    "istio-ingressgateway.istio-system",
+    "productpage.default",
+    "details.default",
+    "reviews.default",
+    "ratings.default",
+];
+
+/// The edges that carry a page load's calls in the demo by now (reviews v1 and v3 under the
+/// 50/50 split, v2 for jason earlier, whose reviews call ratings).
+const GRAPH_EDGES: [(&str, &str); 6] = [
+    ("istio-ingressgateway", "productpage-v1"),
+    ("productpage-v1", "details-v1"),
+    ("productpage-v1", "reviews-v1"),
+    ("productpage-v1", "reviews-v3"),
+    ("reviews-v3", "ratings-v1"),
+    ("reviews-v2", "ratings-v1"),
+];
+
+/// The dashboard's URL, from the line `strait demo` prints.
+fn dashboard_url(printed: &str) -> String {
+    let url = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Dashboard: "))
+        .unwrap_or_else(|| panic!("no `Dashboard: URL` line in what the demo printed:\n{printed}"));
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/dashboard/"),
+        "the dashboard on the control plane's loopback API: {url}"
+    );
+    url.to_string()
+}
+
+/// A GET of the dashboard's JSON API from loopback (no token): the body as JSON.
+fn dashboard_api(dashboard: &str, path: &str) -> (u16, Value) {
+    let addr: SocketAddr = dashboard
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("the dashboard's URL {dashboard}: {e}"));
+    let (code, _, body) = request(addr, "GET", path, &[], "");
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+/// A page load with a trace context of our own whose page shows ratings (reviews v3, under
+/// the 50/50 split): its trace id.
+fn traced_page_load(proxy: &str, gateway: SocketAddr) -> String {
+    for i in 0..40u32 {
+        let trace_id = format!("5a1e{:08x}{:020x}", std::process::id(), i);
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        let (code, _, body) = request(
+            gateway,
+            "GET",
+            "/productpage",
+            &[("traceparent", &traceparent)],
+            "",
+        );
+        assert_eq!(code, 200, "{proxy}: GET /productpage: {body}");
+        if stars(&body) == Stars::Red {
+            return trace_id;
+        }
+    }
+    panic!("{proxy}: 40 page loads under the 50/50 split and none from reviews v3");
+}
+
+/// The dashboard on a running demo: `/api/graph` has the edges that carried Bookinfo's
+/// traffic (strait-proxy sidecars report Istio's metrics; Envoy's upstream build has none,
+/// docs/observability.md), and a page load's trace reaches the control plane's trace store
+/// with a span from every hop (both data planes). With `browser`, Debian's Chromium loads the
+/// dashboard and the page it renders shows those edges and that trace's waterfall.
+fn dashboard_checks(
+    proxy: &str,
+    strait_proxy: bool,
+    browser: bool,
+    dashboard: &str,
+    trace_id: &str,
+) {
+    let started = Instant::now();
+    // The page is served (no token from loopback).
+    let addr_path = |p: &str| format!("{}{p}", dashboard.trim_end_matches("/dashboard/"));
+    let (code, _) = dashboard_api(dashboard, "/dashboard/app.js");
+    assert_eq!(code, 200, "{proxy}: {}", addr_path("/dashboard/app.js"));
+
+    // The proxies export in batches (strait-proxy every second, Envoy every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let (code, t) = dashboard_api(dashboard, &format!("/api/traces/{trace_id}"));
+        let spans = if code == 200 {
+            t["spans"].as_array().cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let services: BTreeSet<&str> = spans.iter().filter_map(|s| s["service"].as_str()).collect();
+        if TRACED_SERVICES.iter().all(|s| services.contains(s)) {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{proxy}: the trace {trace_id} in the control plane's store lacks a hop: {services:?}, want {TRACED_SERVICES:?}: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // Every hop: the gateway's server and client spans, and a server span on each workload.
+    for service in TRACED_SERVICES {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["service"] == service && s["kind"] == "server"),
+            "{proxy}: no server span of {service} in {trace_id}: {spans:#?}"
+        );
+    }
+    let (_, list) = dashboard_api(dashboard, "/api/traces?service=ratings.default&limit=1000");
+    let listed = list["traces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["trace_id"] == trace_id)
+        .unwrap_or_else(|| panic!("{proxy}: {trace_id} is not in the trace list: {list}"));
+    assert_eq!(
+        listed["root_service"], "istio-ingressgateway.istio-system",
+        "{listed}"
+    );
+    assert!(
+        listed["span_count"].as_u64().unwrap() >= spans.len() as u64,
+        "{listed}"
+    );
+    assert!(listed["duration_ms"].as_f64().unwrap() > 0.0, "{listed}");
+
+    if strait_proxy {
+        let (code, graph) = dashboard_api(dashboard, "/api/graph");
+        assert_eq!(code, 200, "{proxy}: /api/graph: {graph}");
+        let edges = graph["edges"].as_array().unwrap();
+        for (source, destination) in GRAPH_EDGES {
+            let edge = edges
+                .iter()
+                .find(|e| e["source"] == source && e["destination"] == destination)
+                .unwrap_or_else(|| {
+                    panic!("{proxy}: /api/graph has no edge {source} -> {destination}: {graph:#}")
+                });
+            assert!(
+                edge["requests"].as_f64().unwrap() >= 1.0
+                    && edge["p50_ms"].as_f64().is_some()
+                    && edge["p99_ms"].as_f64().unwrap() >= edge["p50_ms"].as_f64().unwrap(),
+                "{proxy}: {edge}"
+            );
+        }
+        let ingress = edges
+            .iter()
+            .find(|e| e["source"] == "istio-ingressgateway" && e["destination"] == "productpage-v1")
+            .unwrap();
+        // The page loads of this test so far: well over the 1000 of the 50/50 split.
+        assert!(
+            ingress["requests"].as_f64().unwrap() >= 1000.0,
+            "{proxy}: {ingress}"
+        );
+        assert_eq!(ingress["reporter"], "destination", "{ingress}");
+        eprintln!(
+            "{proxy}: /api/graph: {} nodes, {} edges; ingress -> productpage {ingress}",
+            graph["nodes"].as_array().unwrap().len(),
+            edges.len()
+        );
+    }
+
+    if browser {
+        let dom = chromium_dom(&format!("{dashboard}#trace={trace_id}"));
+        for (source, destination) in GRAPH_EDGES {
+            assert!(
+                dom.contains("class=\"edge ")
+                    && dom.contains(&format!(
+                        "data-source=\"{source}\" data-destination=\"{destination}\""
+                    )),
+                "{proxy}: the dashboard in Chromium shows no edge {source} -> {destination}:\n{dom}"
+            );
+        }
+        for w in [
+            "istio-ingressgateway",
+            "productpage-v1",
+            "details-v1",
+            "reviews-v1",
+            "reviews-v2",
+            "reviews-v3",
+            "ratings-v1",
+        ] {
+            assert!(
+                dom.contains(&format!("data-workload=\"{w}\"")),
+                "{proxy}: no node {w} in Chromium's page:\n{dom}"
+            );
+        }
+        assert!(
+            dom.contains(&format!("data-trace-id=\"{trace_id}\"")),
+            "{proxy}: the trace list in Chromium lacks {trace_id}:\n{dom}"
+        );
+        for service in TRACED_SERVICES {
+            assert!(
+                dom.contains(&format!("class=\"span-row\" data-service=\"{service}\"")),
+                "{proxy}: the waterfall of {trace_id} in Chromium lacks {service}'s spans:\n{dom}"
+            );
+        }
+    }
+    eprintln!("{proxy}: the dashboard checked in {:?}", started.elapsed());
+}
+
+/// The DOM Debian's Chromium renders for `url` once its scripts have loaded their data.
+fn chromium_dom(url: &str) -> String {
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .unwrap_or_else(|| {
+            panic!("Chromium is missing (the dashboard's browser test drives it): install it with `apt-get install -y chromium` (scripts/test.sh does)")
+        });
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            "--window-size=1440,900",
+            "--virtual-time-budget=6000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", url])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium --dump-dom {url}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -63,6 +63,24 @@ pub struct ApiState {
     pub store: Arc<dyn Store>,
     token: Arc<str>,
     body_timeout: Duration,
+    open: Arc<OpenPaths>,
+}
+
+/// Paths the API serves without the token (besides `/healthz`, `/readyz` and `/metrics`): a
+/// path is one of them when it equals a prefix or continues it after a `/`.
+#[derive(Debug, Clone, Default)]
+pub struct OpenPaths {
+    /// To anyone (pages that hold no data).
+    pub public: Vec<&'static str>,
+    /// To GET and HEAD requests from loopback peers; others need the token.
+    pub loopback_read: Vec<&'static str>,
+}
+
+fn under(path: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 impl ApiState {
@@ -71,7 +89,14 @@ impl ApiState {
             store,
             token: token.into(),
             body_timeout: BODY_TIMEOUT,
+            open: Arc::default(),
         }
+    }
+
+    /// Paths served without the token: [`OpenPaths`].
+    pub fn with_open_paths(mut self, open: OpenPaths) -> Self {
+        self.open = Arc::new(open);
+        self
     }
 
     /// How long a request body may take to arrive before the request is answered 408 and its
@@ -110,7 +135,21 @@ pub fn router(state: ApiState, extra: Router) -> Router {
 
 async fn authenticate(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == "/healthz" || path == "/readyz" || path == "/metrics" {
+    if path == "/healthz"
+        || path == "/readyz"
+        || path == "/metrics"
+        || under(path, &state.open.public)
+    {
+        return next.run(req).await;
+    }
+    if under(path, &state.open.loopback_read)
+        && (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req
+            .extensions()
+            .get::<ConnHandle>()
+            .and_then(ConnHandle::peer)
+            .is_some_and(|p| p.ip().to_canonical().is_loopback())
+    {
         return next.run(req).await;
     }
     let presented = req

@@ -88,9 +88,15 @@ struct Conn {
 pub struct ConnHandle {
     conn: Arc<Conn>,
     pools: Arc<Pools>,
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl ConnHandle {
+    /// The client's address.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.peer
+    }
+
     /// Moves the connection to the authenticated pool (once).
     pub fn authenticated(&self) {
         if !self.conn.authenticated.load(Ordering::Relaxed) {
@@ -256,10 +262,10 @@ impl Server {
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of descriptors (EMFILE) or a connection reset before accept:
                         // wait a little rather than spin.
@@ -279,6 +285,7 @@ impl Server {
             let handle = ConnHandle {
                 conn: conn.clone(),
                 pools: self.pools.clone(),
+                peer: Some(peer),
             };
             let app = app.clone();
             let mut stop = stop_rx.clone();

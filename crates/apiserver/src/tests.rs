@@ -414,3 +414,22 @@ async fn a_secrets_data_is_shown_only_when_asked_for() {
     let (code, _) = call(&app, "POST", path, Some(bad), Some(TOKEN)).await;
     assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// A loopback-read path with no known peer (no connection, as here, or one the server could
+/// not place) needs the token: it fails closed.
+#[tokio::test]
+async fn a_loopback_read_path_needs_the_token_when_the_peer_is_unknown() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let state = ApiState::new(store, TOKEN).with_open_paths(OpenPaths {
+        public: vec![],
+        loopback_read: vec!["/api/graph"],
+    });
+    let app = router(
+        state,
+        Router::new().route("/api/graph", get(|| async { "{}" })),
+    );
+    let (code, body) = call(&app, "GET", "/api/graph", None, None).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    let (code, _) = call(&app, "GET", "/api/graph", None, Some(TOKEN)).await;
+    assert_eq!(code, StatusCode::OK);
+}

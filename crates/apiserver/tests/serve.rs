@@ -228,3 +228,83 @@ async fn idle_unauthenticated_connections_are_capped_and_lock_nobody_out() {
     }
     assert!(closed >= 70, "only {closed} of 80 idle connections closed");
 }
+
+/// One HTTP/1.1 request on a new connection: the status code.
+async fn status_of(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = read_to_close(&mut s, Duration::from_secs(5)).await;
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open paths: public ones to anyone; loopback-read ones to GETs from loopback without the
+/// token, while writes there and every other path still need it. (Peers beyond loopback are
+/// the unit tests': a request with no known peer is refused there.)
+#[tokio::test]
+async fn open_paths_need_no_token_from_loopback_reads_only() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let state = ApiState::new(store, TOKEN).with_open_paths(strait_apiserver::OpenPaths {
+        public: vec!["/page"],
+        loopback_read: vec!["/api/graph"],
+    });
+    let ok = || async { "ok" };
+    let extra = Router::new()
+        .route("/page/", axum::routing::get(ok))
+        .route("/api/graph", axum::routing::get(ok).post(ok))
+        .route("/api/graphs", axum::routing::get(ok))
+        .route("/debug/x", axum::routing::get(ok));
+    let app = router(state, extra);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(limits());
+    tokio::spawn(async move {
+        server
+            .serve(
+                listener,
+                app,
+                std::future::pending(),
+                Duration::from_secs(1),
+            )
+            .await;
+    });
+    assert_eq!(status_of(addr, "GET", "/page/", None).await, 200);
+    assert_eq!(status_of(addr, "GET", "/api/graph", None).await, 200);
+    assert_eq!(status_of(addr, "POST", "/api/graph", None).await, 401);
+    assert_eq!(
+        status_of(addr, "POST", "/api/graph", Some(TOKEN)).await,
+        200
+    );
+    // A prefix is a path segment, not a string prefix.
+    assert_eq!(status_of(addr, "GET", "/api/graphs", None).await, 401);
+    assert_eq!(status_of(addr, "GET", "/debug/x", None).await, 401);
+    assert_eq!(status_of(addr, "GET", "/debug/x", Some("wrong")).await, 401);
+    // The Kubernetes-shaped API beside /api/graph is unchanged.
+    assert_eq!(
+        status_of(addr, "GET", "/api/v1/namespaces/default/services", None).await,
+        401
+    );
+    assert_eq!(
+        status_of(
+            addr,
+            "GET",
+            "/api/v1/namespaces/default/services",
+            Some(TOKEN)
+        )
+        .await,
+        200
+    );
+}

@@ -123,6 +123,11 @@ impl Client {
         )
     }
 
+    /// The API token this client sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The API addresses (`HOST:PORT`) this client was given: several for replicas.
     pub fn addresses(&self) -> Vec<&str> {
         self.bases

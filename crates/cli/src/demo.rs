@@ -113,6 +113,51 @@ const WORKLOADS: [Workload; 6] = [
     },
 ];
 
+/// The control plane is the demo's trace collector (its OTLP receiver, `--otlp-addr`): Istio's
+/// MeshConfig names it as the default tracing provider at 100% (as Istio's demo profile
+/// samples), through a ServiceEntry for this host whose endpoint is the receiver's address.
+const TRACES_HOST: &str = "strait-traces.istio-system.svc.cluster.local";
+const TRACES_PORT: u16 = 4318;
+const TRACES_PROVIDER: &str = "strait-control-plane";
+
+/// The demo's MeshConfig: the control plane as the default tracing provider (OTLP/HTTP).
+fn mesh_config() -> String {
+    format!(
+        "# strait demo: the control plane keeps the traces (the dashboard shows them).\n\
+         apiVersion: install.istio.io/v1alpha1\n\
+         kind: IstioOperator\n\
+         spec:\n\
+         \x20 meshConfig:\n\
+         \x20   enableTracing: true\n\
+         \x20   defaultProviders: {{tracing: [{TRACES_PROVIDER}]}}\n\
+         \x20   defaultConfig:\n\
+         \x20     tracing: {{sampling: 100}}\n\
+         \x20   extensionProviders:\n\
+         \x20   - name: {TRACES_PROVIDER}\n\
+         \x20     opentelemetry:\n\
+         \x20       service: {TRACES_HOST}\n\
+         \x20       port: {TRACES_PORT}\n\
+         \x20       http: {{path: /v1/traces, timeout: 5s}}\n"
+    )
+}
+
+/// The service the tracing provider names: the control plane's OTLP receiver at `receiver`.
+fn traces_service_entry(receiver: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: ServiceEntry\n\
+         metadata: {{name: strait-traces, namespace: {GATEWAY_NAMESPACE}}}\n\
+         spec:\n\
+         \x20 hosts: [{TRACES_HOST}]\n\
+         \x20 location: MESH_INTERNAL\n\
+         \x20 resolution: STATIC\n\
+         \x20 ports: [{{number: {TRACES_PORT}, name: http-otlp, protocol: HTTP}}]\n\
+         \x20 endpoints: [{{address: {}, ports: {{http-otlp: {}}}}}]\n",
+        receiver.ip(),
+        receiver.port()
+    )
+}
+
 /// How long a child gets to stop after SIGTERM before SIGKILL.
 const CHILD_GRACE: Duration = Duration::from_secs(30);
 
@@ -450,8 +495,17 @@ impl Demo {
         // A record of a control plane that did not stop cleanly would point the CLI elsewhere.
         let _ = std::fs::remove_file(self.dir.join(crate::control_plane::SERVER_FILE));
         let _ = std::fs::remove_file(self.dir.join(crate::control_plane::XDS_FILE));
-        // xDS on every address, so pods reach it through the bridge (on its port, recorded in the
-        // data directory, which `strait run` reads); the API on loopback.
+        let _ = std::fs::remove_file(self.dir.join(strait_controlplane::OTLP_FILE));
+        let mesh = self.dir.join("mesh.yaml");
+        std::fs::write(&mesh, mesh_config())
+            .with_context(|| format!("writing {}", mesh.display()))?;
+        // xDS and the OTLP receiver on every address, so pods reach them through the bridge
+        // (on their ports, recorded in the data directory, which `strait run` reads); the API
+        // on loopback.
+        let otlp = match self.capture {
+            CaptureMode::Iptables => "0.0.0.0:0",
+            CaptureMode::None => "127.0.0.1:0",
+        };
         let cp = self.spawn(
             "control-plane",
             &strings(&[
@@ -462,6 +516,10 @@ impl Demo {
                 "0.0.0.0:0",
                 "--tls-addr",
                 "0.0.0.0:0",
+                "--otlp-addr",
+                otlp,
+                "--mesh-config",
+                &mesh.display().to_string(),
             ]),
         )?;
         self.control_plane = Some(cp);
@@ -500,6 +558,11 @@ impl Demo {
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             files.push(path.display().to_string());
         }
+        let receiver = self.traces_receiver()?;
+        let path = config.join("traces.yaml");
+        std::fs::write(&path, traces_service_entry(receiver))
+            .with_context(|| format!("writing {}", path.display()))?;
+        files.push(path.display().to_string());
         eprintln!("strait demo: applying Bookinfo's services, routes and gateway");
         crate::resources::apply(&self.connection(), &files, None)?;
 
@@ -659,13 +722,45 @@ impl Demo {
         }
     }
 
+    /// The control plane's OTLP receiver as the proxies reach it: through the bridge from
+    /// pods (the bridge's address is the host's), on loopback otherwise.
+    fn traces_receiver(&self) -> Result<SocketAddr> {
+        let file = self.dir.join(strait_controlplane::OTLP_FILE);
+        let recorded: SocketAddr = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "the control plane did not record its OTLP receiver in {}",
+                    file.display()
+                )
+            })?;
+        let ip = match self.capture {
+            CaptureMode::Iptables => {
+                std::net::IpAddr::V4(crate::run::PlatformArgs::default_pod_range()?.gateway())
+            }
+            CaptureMode::None => std::net::IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        Ok(SocketAddr::new(ip, recorded.port()))
+    }
+
+    /// The dashboard's URL: the control plane's API address and `/dashboard/`.
+    fn dashboard_url(&self) -> String {
+        let base = std::fs::read_to_string(self.dir.join(crate::control_plane::SERVER_FILE))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        crate::dashboard::url(&base, None)
+    }
+
     fn welcome(&self, url: &str, took: Duration) {
         let strait = self.bins.strait.display();
+        let dashboard = self.dashboard_url();
         let samples = istio_samples()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "ISTIO/samples/bookinfo/networking".to_string());
         println!(
             "\nBookinfo is up (in {:.1} s): {url}\n\
+             Dashboard: {dashboard}\n\
              \n\
              Open it in a browser (sign in as jason to be routed as him), or:\n\
              \x20 curl -s {url} | grep -o 'color=\"[a-z]*\"'\n\
@@ -772,6 +867,23 @@ mod tests {
             );
             assert!(services.contains(&format!("name: bookinfo-{}\n", w.service)));
         }
+    }
+
+    #[test]
+    fn the_demo_mesh_config_makes_the_control_plane_the_default_tracing_provider() {
+        let file = strait_api::mesh_config::parse("mesh.yaml", &mesh_config()).unwrap();
+        assert!(file.warnings.is_empty(), "{:?}", file.warnings);
+        let t = &file.config.tracing;
+        assert_eq!(t.default_providers, [TRACES_PROVIDER]);
+        assert_eq!(t.sampling.map(|p| p.get()), Some(100.0));
+        assert_eq!(file.config.extension_providers.len(), 1);
+        assert_eq!(file.config.extension_providers[0].name, TRACES_PROVIDER);
+        let se = traces_service_entry("10.44.0.1:41234".parse().unwrap());
+        assert!(
+            se.contains("endpoints: [{address: 10.44.0.1, ports: {http-otlp: 41234}}]"),
+            "{se}"
+        );
+        assert!(se.contains(&format!("hosts: [{TRACES_HOST}]")), "{se}");
     }
 
     #[test]

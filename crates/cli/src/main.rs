@@ -8,6 +8,7 @@ mod analyze;
 mod authz;
 mod client;
 mod control_plane;
+mod dashboard;
 mod demo;
 mod gateway;
 mod inject_webhook;
@@ -124,6 +125,11 @@ enum Command {
         /// The client certificate's key (PEM).
         #[arg(long, value_name = "FILE", requires = "etcd_cert")]
         etcd_key: Option<PathBuf>,
+        /// Receive traces here (OTLP/HTTP `POST /v1/traces` and OTLP/gRPC on one port, e.g.
+        /// 127.0.0.1:4318) and keep the most recent in memory for the dashboard
+        /// (`strait dashboard`); point a MeshConfig opentelemetry provider at it.
+        #[arg(long, value_name = "IP:PORT")]
+        otlp_addr: Option<String>,
     },
     /// Print a bootstrap for a data plane: `strait bootstrap envoy --workload reviews-v1 ...`.
     Bootstrap {
@@ -132,6 +138,9 @@ enum Command {
     },
     /// Connected proxies and, per xDS type, whether they are SYNCED, STALE or NACK.
     ProxyStatus,
+    /// The URL of the control plane's web UI: the live service graph, traces, proxy status
+    /// (like `istioctl dashboard kiali`).
+    Dashboard,
     /// What the control plane sends a proxy: listeners, routes, clusters or endpoints.
     ProxyConfig {
         #[arg(value_enum)]
@@ -269,6 +278,7 @@ fn main() -> ExitCode {
             etcd_ca,
             etcd_cert,
             etcd_key,
+            otlp_addr,
         } => match store_choice(&store, etcd_prefix, etcd_ca, etcd_cert, etcd_key) {
             Err(e) => Err(e),
             Ok(store) => control_plane::run(
@@ -295,6 +305,7 @@ fn main() -> ExitCode {
                     system_ca_bundle,
                     store,
                     token: connection.token.clone(),
+                    otlp_addr,
                 },
                 control_plane::MeshFlags {
                     file: mesh_config,
@@ -317,6 +328,7 @@ fn main() -> ExitCode {
         Command::IstioIptables(args) => istio_iptables::run(args),
         Command::Bootstrap { target } => proxies::bootstrap(&connection, target),
         Command::ProxyStatus => proxies::status(&connection),
+        Command::Dashboard => dashboard::run(&connection),
         Command::Authz { what } => authz::run(&connection, what),
         Command::ProxyConfig {
             what,

@@ -37,7 +37,7 @@ use crate::sidecar::{Launch, ProxyKind, RunningProxy};
 #[derive(clap::Args, Clone)]
 pub struct PlatformArgs {
     /// The pods' address range; the bridge takes its first address.
-    #[arg(long, default_value = "10.44.0.0/16")]
+    #[arg(long, default_value = DEFAULT_POD_RANGE)]
     pub pod_range: String,
     /// The bridge pods are attached to.
     #[arg(long, default_value = "strait0")]
@@ -161,7 +161,15 @@ pub fn logging() {
         .try_init();
 }
 
+/// The pods' address range when `--pod-range` is not given.
+pub const DEFAULT_POD_RANGE: &str = "10.44.0.0/16";
+
 impl PlatformArgs {
+    /// The pods' default address range (its first address is the bridge's).
+    pub fn default_pod_range() -> Result<PodRange> {
+        Ok(DEFAULT_POD_RANGE.parse()?)
+    }
+
     pub fn pods(&self) -> Result<Pods> {
         let range: PodRange = self.pod_range.parse()?;
         Ok(Pods::new(Pods::default_dir(), &self.bridge, range))

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod authz_check;
+pub mod dashboard;
 mod debug;
 mod identity;
 pub mod jwks;
@@ -35,6 +36,8 @@ pub const SERVER_FILE: &str = "server";
 pub const XDS_FILE: &str = "xds";
 /// The file where it records its TLS port's address (CA and mTLS xDS).
 pub const XDS_TLS_FILE: &str = "xds-tls";
+/// The file where it records its OTLP receiver's address, when it has one (`--otlp-addr`).
+pub const OTLP_FILE: &str = "otlp";
 
 /// How to run the control plane.
 #[derive(Debug, Clone)]
@@ -63,6 +66,9 @@ pub struct Options {
     /// The API token; None: the `token` file in the data directory (made on first start).
     /// Replicas on one etcd are given the same one.
     pub token: Option<String>,
+    /// Where the OTLP trace receiver listens (OTLP/HTTP and OTLP/gRPC on one port), feeding
+    /// the dashboard's trace store; None: no receiver.
+    pub otlp_addr: Option<String>,
 }
 
 /// The store behind the control plane.
@@ -176,13 +182,27 @@ pub async fn run(opts: Options) -> Result<()> {
                 opts.tls_addr
             )
         })?;
+    let otlp_listener = match &opts.otlp_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("binding the OTLP receiver's address {addr} (--otlp-addr; is another collector or control plane using it?)")
+        })?),
+        None => None,
+    };
     let api_local = api_listener.local_addr()?;
     let xds_local: SocketAddr = xds_listener.local_addr()?;
     let tls_local: SocketAddr = tls_listener.local_addr()?;
 
+    let traces = Arc::new(dashboard::TraceStore::new(
+        dashboard::traces::Limits::default(),
+    ));
     let api = router(
-        ApiState::new(store.clone(), token),
-        debug::routes(ads.clone(), mesh.clone()).merge(identity.routes()),
+        ApiState::new(store.clone(), token).with_open_paths(strait_apiserver::OpenPaths {
+            public: dashboard::PAGE_PATHS.to_vec(),
+            loopback_read: dashboard::API_PATHS.to_vec(),
+        }),
+        debug::routes(ads.clone(), mesh.clone())
+            .merge(identity.routes())
+            .merge(dashboard::routes(ads.clone(), mesh.clone(), traces.clone())),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut api_stop = stop_rx.clone();
@@ -224,6 +244,25 @@ pub async fn run(opts: Options) -> Result<()> {
             .await
     });
 
+    let otlp_file = dir.join(OTLP_FILE);
+    let _ = std::fs::remove_file(&otlp_file);
+    let otlp_task = match otlp_listener {
+        Some(listener) => {
+            let local = listener.local_addr()?;
+            std::fs::write(&otlp_file, format!("{local}\n"))
+                .with_context(|| format!("writing {}", otlp_file.display()))?;
+            tracing::info!(otlp = %local, "OTLP trace receiver ready (OTLP/HTTP {} and OTLP/gRPC)", strait_telemetry::otlp::HTTP_PATH);
+            let mut otlp_stop = stop_rx.clone();
+            Some(tokio::spawn(dashboard::otlp::serve(
+                listener,
+                traces,
+                async move {
+                    let _ = otlp_stop.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let server_file = dir.join(SERVER_FILE);
     let xds_file = dir.join(XDS_FILE);
     let tls_file = dir.join(XDS_TLS_FILE);
@@ -240,7 +279,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(&server_file);
     let _ = std::fs::remove_file(&xds_file);
     let _ = std::fs::remove_file(&tls_file);
+    let _ = std::fs::remove_file(&otlp_file);
     watcher.abort();
+    if let Some(t) = otlp_task {
+        t.abort();
+    }
     let _ = api_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), xds_task).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), tls_task).await;
