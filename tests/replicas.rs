@@ -3,8 +3,13 @@
 //! cluster gets both as endpoints), under steady traffic all along:
 //!
 //! 1. a route change written through B is served by the proxies connected to A within 1 s;
-//! 2. A is killed with `kill -9`: a change written through B reaches both proxies within 5 s;
-//! 3. etcd is stopped for 30 s: writes fail with a 503 that names etcd, the proxies keep
+//! 2. A is cut off from etcd (it reaches etcd through a relay the test closes) while B changes
+//!    the route and deletes a Service and etcd compacts that history away: A refuses writes
+//!    with a 503 that names etcd and its proxies keep serving the last config; reconnected, A's
+//!    watch finds its revision compacted, A lists everything again (its log says so) and the
+//!    proxies converge: B's route, and the deleted Service gone;
+//! 3. A is killed with `kill -9`: a change written through B reaches both proxies within 5 s;
+//! 4. etcd is stopped for 30 s: writes fail with a 503 that names etcd, the proxies keep
 //!    serving, and when etcd is back every acknowledged write is there and writes work again.
 //!
 //! Not one request of the steady traffic may fail.
@@ -16,19 +21,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use strait_testsupport::{Envoy, Etcd, free_port, via_proxy};
+use strait_testsupport::{Envoy, Etcd, Relay, free_port, via_proxy};
 use support::mesh::{Mesh, next_ip};
 use support::strait_proxy::StraitProxy;
 use support::{ControlPlane, http};
 
 const URL: &str = "http://web.default.svc.cluster.local:8080/";
+/// A second service, deleted while A is cut off from etcd.
+const OLD_URL: &str = "http://old.default.svc.cluster.local:8080/";
 
-fn replica(etcd: &Etcd, token: &str) -> ControlPlane {
+/// A control plane on the etcd at `endpoint` (etcd's own, or a relay to it).
+fn replica(endpoint: &str, token: &str) -> ControlPlane {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
     std::fs::write(&path, token).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let store = format!("etcd://{}", etcd.endpoint());
+    let store = format!("etcd://{endpoint}");
     ControlPlane::start_in(dir, &[], &["--store", &store, "--debounce-ms", "20"])
 }
 
@@ -109,6 +117,35 @@ impl Load {
     }
 }
 
+/// A VirtualService for another host, as a write to refuse or accept.
+fn other_vs(name: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"hosts": ["x.example.com"], "http": [{"route": [{"destination": {"host": "x.example.com"}}]}]},
+    })
+    .to_string()
+}
+
+const VS_PATH: &str = "/apis/networking.istio.io/v1/namespaces/default/virtualservices";
+
+/// Waits until the proxy at `http_proxy` no longer routes to the `old` service.
+async fn until_old_gone(name: &str, http_proxy: SocketAddr, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        match via_proxy(http_proxy, OLD_URL, &[]).await {
+            Ok(r) if r.status == 200 => {}
+            _ => return,
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{name} still routes to the deleted Service old after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until the proxy at `http_proxy` answers from `version`; returns how long it took.
 async fn until_version(
     name: &str,
@@ -136,9 +173,17 @@ async fn until_version(
 async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
     let mut etcd = Etcd::start();
     let token = "replica-test-token-0123456789abcdef";
-    let a = replica(&etcd, token);
-    let b = replica(&etcd, token);
+    // A reaches etcd through a relay the test can cut.
+    let relay = Relay::start(etcd.endpoint().parse().unwrap());
+    let a = replica(&relay.addr().to_string(), token);
+    let b = replica(&etcd.endpoint(), token);
     let both = format!("{},{}", xds(&a), xds(&b));
+    // Envoy balances its xDS cluster's endpoints (round robin from a random start): so that it
+    // starts on A, as strait-proxy does (the first of its list), it reaches B through a relay
+    // that is cut until Envoy is connected.
+    let b_for_envoy = Relay::start(xds(&b).parse().unwrap());
+    b_for_envoy.cut();
+    let both_for_envoy = format!("{},{}", xds(&a), b_for_envoy.addr());
 
     let mut mesh = Mesh {
         cp: a,
@@ -148,6 +193,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         envoy_args: Vec::new(),
     };
     mesh.http_service("web", 8080, &["v1", "v2", "v3"]);
+    mesh.http_service("old", 8080, &["v1"]);
     mesh.apply_yaml(
         "dr.yaml",
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec:\n  host: web.default.svc.cluster.local\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
@@ -161,7 +207,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
     };
 
     // The two data planes, each with both replicas (A first).
-    let node = |ip: IpAddr, name: &str| -> Vec<String> {
+    let node = |ip: IpAddr, name: &str, xds: &str| -> Vec<String> {
         [
             "--workload",
             name,
@@ -176,14 +222,14 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
             "--capture",
             "none",
             "--xds",
-            &both,
+            xds,
         ]
         .map(str::to_string)
         .to_vec()
     };
     let sp_ip = next_ip();
     let sp_admin: SocketAddr = ("127.0.0.1".parse::<IpAddr>().unwrap(), free_port()).into();
-    let sp_args = node(sp_ip, "client-sp");
+    let sp_args = node(sp_ip, "client-sp", &both);
     let sp_args: Vec<&str> = sp_args.iter().map(String::as_str).collect();
     let mut sp = StraitProxy::start("client-sp", &sp_args, sp_admin);
     sp.wait_ready(Duration::from_secs(20)).await;
@@ -192,21 +238,27 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
 
     let envoy_ip = next_ip();
     let mut bootstrap_args = vec!["bootstrap".to_string(), "envoy".to_string()];
-    bootstrap_args.extend(node(envoy_ip, "client-envoy"));
+    bootstrap_args.extend(node(envoy_ip, "client-envoy", &both_for_envoy));
     bootstrap_args.extend(["--admin".to_string(), format!("127.0.0.1:{}", free_port())]);
     let bootstrap_args: Vec<&str> = bootstrap_args.iter().map(String::as_str).collect();
     let bootstrap = mesh.cp.ok(&bootstrap_args);
     assert!(
-        bootstrap.contains(&xds(&b).rsplit(':').next().unwrap().to_string()),
+        bootstrap.contains(&b_for_envoy.addr().port().to_string()),
         "the bootstrap's xDS cluster has both replicas:\n{bootstrap}"
     );
     let envoy = Envoy::start(&bootstrap, "client-envoy");
     envoy.wait_ready(Duration::from_secs(20)).await;
     let envoy_http: SocketAddr = (envoy_ip, 15080).into();
     envoy.wait_listener(envoy_http).await;
+    b_for_envoy.restore();
 
     for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
         until_version(name, proxy, "v1", Duration::from_secs(10)).await;
+        let old = via_proxy(proxy, OLD_URL, &[]).await;
+        assert!(
+            matches!(&old, Ok(r) if r.status == 200),
+            "{name} routes to the Service old: {old:?}"
+        );
     }
     let loads = [Load::start(sp_http), Load::start(envoy_http)];
 
@@ -237,15 +289,86 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // 2. A dies; the proxies fail over to B and get B's next change within 5 s.
+    // 2. A is cut off from etcd while B writes and etcd compacts.
+    let up_on_b = format!("addr={}", xds(&b));
     let a_server = mesh.cp.server();
-    mesh.cp.kill9();
+    relay.cut();
+    let (code, answer) = http(
+        &a_server,
+        "POST",
+        VS_PATH,
+        Some(token),
+        Some(&other_vs("cut")),
+    );
+    assert_eq!(code, 503, "A cut off from etcd refuses writes: {answer}");
+    assert!(answer.contains("etcd"), "the 503 names etcd: {answer}");
     through_b("v3");
+    b.ok(&["delete", "svc", "old"]);
+    let compacted = etcd.compact();
+    // A write through B reaches A's proxies within 1 s (1.): these keep A's last config.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
-        let took = until_version(name, proxy, "v3", Duration::from_secs(5)).await;
+        let r = via_proxy(proxy, URL, &[]).await;
+        assert!(
+            matches!(&r, Ok(r) if r.status == 200 && r.json()["version"] == "v2"),
+            "{name} on A, cut off, serves A's last config (v2): {r:?}"
+        );
+    }
+    let restored = Instant::now();
+    relay.restore();
+    for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
+        until_version(name, proxy, "v3", Duration::from_secs(10)).await;
+        until_old_gone(name, proxy, Duration::from_secs(5)).await;
+        eprintln!(
+            "{name}: converged {:?} after A reconnected to etcd",
+            restored.elapsed()
+        );
+    }
+    let log = mesh.cp.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("FellBehind") && l.contains("listing everything again")),
+        "A's log says its watch fell behind the compaction (to {compacted}) and it listed again:\n{log}"
+    );
+    assert!(
+        !sp.log()
+            .lines()
+            .any(|l| l.contains("xDS stream up") && l.contains(&up_on_b)),
+        "strait-proxy stayed on A:\n{}",
+        sp.log()
+    );
+    let status = mesh.cp.ok(&[
+        "--server",
+        &format!("{a_server},{}", b.server()),
+        "proxy-status",
+    ]);
+    let a_api = a_server.trim_start_matches("http://");
+    for name in ["client-sp.default", "client-envoy.default"] {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(name) && l.trim_end().ends_with(a_api)),
+            "{name} stayed on A ({a_api}):\n{status}"
+        );
+    }
+    // A writes again; nothing acknowledged is lost.
+    let (code, answer) = http(
+        &a_server,
+        "POST",
+        VS_PATH,
+        Some(token),
+        Some(&other_vs("cut")),
+    );
+    assert_eq!(code, 201, "A writes again once reconnected: {answer}");
+    b.ok(&["get", "vs", "cut"]);
+
+    // 3. A dies; the proxies fail over to B and get B's next change within 5 s.
+    mesh.cp.kill9();
+    through_b("v1");
+    for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
+        let took = until_version(name, proxy, "v1", Duration::from_secs(5)).await;
         eprintln!("{name}: after A's kill -9, B's write served after {took:?}");
     }
-    let up_on_b = format!("addr={}", xds(&b));
     assert!(
         sp.log()
             .lines()
@@ -264,7 +387,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         "-o",
         "json",
     ]);
-    assert!(listed.contains("\"subset\": \"v3\""), "{listed}");
+    assert!(listed.contains("\"subset\": \"v1\""), "{listed}");
     // proxy-status asks every replica and says which one each proxy is connected to.
     let status = b.cli(&[
         "--server",
@@ -287,22 +410,15 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         );
     }
 
-    // 3. etcd down for 30 s: writes are refused with a 503 naming etcd; the proxies serve on.
+    // 4. etcd down for 30 s: writes are refused with a 503 naming etcd; the proxies serve on.
     etcd.stop();
     let down = Instant::now();
-    let body = serde_json::json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "during-outage", "namespace": "default"},
-        "spec": {"hosts": ["x.example.com"], "http": [{"route": [{"destination": {"host": "x.example.com"}}]}]},
-    })
-    .to_string();
     let (code, answer) = http(
         &b.server(),
         "POST",
-        "/apis/networking.istio.io/v1/namespaces/default/virtualservices",
+        VS_PATH,
         Some(token),
-        Some(&body),
+        Some(&other_vs("during-outage")),
     );
     assert_eq!(code, 503, "{answer}");
     assert!(answer.contains("etcd"), "the 503 names etcd: {answer}");
@@ -329,10 +445,10 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(vs.contains("\"subset\": \"v3\""), "{vs}");
-    through_b("v1");
+    assert!(vs.contains("\"subset\": \"v1\""), "{vs}");
+    through_b("v2");
     for (name, proxy) in [("strait-proxy", sp_http), ("Envoy", envoy_http)] {
-        until_version(name, proxy, "v1", Duration::from_secs(10)).await;
+        until_version(name, proxy, "v2", Duration::from_secs(10)).await;
     }
     let [sp_load, envoy_load] = loads;
     sp_load.finish("strait-proxy").await;

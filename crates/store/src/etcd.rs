@@ -20,7 +20,7 @@
 //! second): exactly one connected store holds it at a time, for the writes a control plane
 //! makes on its own (the virtual IP table, fetched key sets).
 
-use crate::object::{check_delete, check_key, check_put, stamp};
+use crate::object::{check_delete, check_key, check_put, stamp, stamped};
 use crate::watch::{Feed, FeedWatch, Filter};
 use crate::{
     Event, EventType, Key, Object, Precondition, Store, StoreError, Watch, WatchEnd, Write,
@@ -165,17 +165,11 @@ impl Inner {
 
 /// An object from a stored key-value, stamped with `revision`.
 fn object_of(key: Key, value: &[u8], revision: i64) -> Result<Object, StoreError> {
-    let mut value: Value = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+    let value: Value = serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
         path: PathBuf::from(format!("etcd key of {key}")),
         detail: format!("the stored value is not JSON: {e}"),
     })?;
-    let revision = u64::try_from(revision).unwrap_or(0);
-    stamp(&key, &mut value, revision)?;
-    Ok(Object {
-        key,
-        revision,
-        value,
-    })
+    stamped(key, value, u64::try_from(revision).unwrap_or(0))
 }
 
 /// The value as stored: without `metadata.resourceVersion`.
@@ -477,13 +471,8 @@ async fn commit_distinct(
     for ((w, s), r) in writes.into_iter().zip(stored).zip(responses) {
         match (w, r) {
             (Write::Put { key, .. }, _) => {
-                let (mut value, _) = s.unwrap_or_default();
-                stamp(&key, &mut value, revision as u64)?;
-                out.push(Object {
-                    key,
-                    revision: revision as u64,
-                    value,
-                });
+                let (value, _) = s.unwrap_or_default();
+                out.push(stamped(key, value, revision as u64)?);
             }
             (Write::Delete { key, .. }, TxnOpResponse::Delete(d)) => {
                 let prev = d.prev_kvs().first().map(KeyValue::value).unwrap_or(b"{}");

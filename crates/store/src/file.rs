@@ -13,7 +13,7 @@
 //! take no lock. Opening the store compacts the file (redb's compaction), so that space freed by
 //! removed events goes back to the file system.
 
-use crate::object::{check_delete, check_key, check_put, stamp};
+use crate::object::{check_delete, check_key, check_put, stamped};
 use crate::watch::{ChunkLimit, Fanout, Filter, History, HistoryChunk, Sent, event_bytes};
 use crate::{
     DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Event, EventType, Key, Object, Precondition, Store,
@@ -374,43 +374,29 @@ impl Inner {
         revision: u64,
     ) -> Result<Event, StoreError> {
         match write {
-            Write::Put {
-                key,
-                mut value,
-                pre,
-            } => {
+            Write::Put { key, value, pre } => {
                 let current = objects
                     .get(key_tuple(&key))
                     .map_err(self.backend("reading"))?
                     .map(|g| g.value().0);
                 check_put(&key, pre, current)?;
-                stamp(&key, &mut value, revision)?;
                 Ok(Event {
                     event_type: match current {
                         None => EventType::Added,
                         Some(_) => EventType::Modified,
                     },
-                    object: Object {
-                        key,
-                        revision,
-                        value,
-                    },
+                    object: stamped(key, value, revision)?,
                 })
             }
             Write::Delete { key, pre } => {
                 let current = self.get_current(objects, &key)?;
                 check_delete(&key, pre, current.as_ref().map(|(r, _)| *r))?;
-                let Some((_, mut value)) = current else {
+                let Some((_, value)) = current else {
                     return Err(StoreError::NotFound { key });
                 };
-                stamp(&key, &mut value, revision)?;
                 Ok(Event {
                     event_type: EventType::Deleted,
-                    object: Object {
-                        key,
-                        revision,
-                        value,
-                    },
+                    object: stamped(key, value, revision)?,
                 })
             }
         }

@@ -1,7 +1,7 @@
 //! The in-memory backend, for tests: the same semantics as [`crate::FileStore`], without the disk.
 
 use crate::file::{in_batch, single};
-use crate::object::{check_delete, check_key, check_put, stamp};
+use crate::object::{check_delete, check_key, check_put, stamped};
 use crate::watch::{ChunkLimit, Fanout, Filter, History, HistoryChunk, Sent, event_bytes};
 use crate::{
     DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, Event, EventType, Key, Object, Store, StoreError,
@@ -172,42 +172,30 @@ impl MemoryStore {
                 None => state.objects.get(&map_key).cloned(),
             };
             let event = match write {
-                Write::Put {
-                    key,
-                    mut value,
-                    pre,
-                } => {
+                Write::Put { key, value, pre } => {
                     check_key(&key).map_err(fail)?;
                     check_put(&key, pre, current.as_ref().map(|(r, _)| *r)).map_err(fail)?;
-                    stamp(&key, &mut value, revision).map_err(fail)?;
-                    staged.insert(map_key, Some((revision, value.clone())));
+                    let object = stamped(key, value, revision).map_err(fail)?;
+                    staged.insert(map_key, Some((revision, object.value.clone())));
                     Event {
                         event_type: match current {
                             None => EventType::Added,
                             Some(_) => EventType::Modified,
                         },
-                        object: Object {
-                            key,
-                            revision,
-                            value,
-                        },
+                        object,
                     }
                 }
                 Write::Delete { key, pre } => {
                     check_delete(&key, pre, current.as_ref().map(|(r, _)| *r)).map_err(fail)?;
-                    let Some((_, mut value)) = current else {
+                    let Some((_, value)) = current else {
                         return Err(fail(StoreError::NotFound { key }));
                     };
-                    // The value was stamped when it was stored: an object with metadata.
-                    let _ = stamp(&key, &mut value, revision);
+                    // Cannot fail: the value was stamped when it was stored.
+                    let object = stamped(key, value, revision).map_err(fail)?;
                     staged.insert(map_key, None);
                     Event {
                         event_type: EventType::Deleted,
-                        object: Object {
-                            key,
-                            revision,
-                            value,
-                        },
+                        object,
                     }
                 }
             };

@@ -1,6 +1,6 @@
 //! Rules shared by the backends: key and value checks, preconditions, resourceVersion stamping.
 
-use crate::{Key, Precondition, StoreError};
+use crate::{Key, Object, Precondition, StoreError};
 use serde_json::Value;
 
 pub(crate) fn check_key(key: &Key) -> Result<(), StoreError> {
@@ -72,6 +72,17 @@ pub(crate) fn stamp(key: &Key, value: &mut Value, revision: u64) -> Result<(), S
     Ok(())
 }
 
+/// The object `key` = `value` at `revision`, its `metadata.resourceVersion` stamped to match:
+/// what every backend returns for a write and (the etcd backend) a read.
+pub(crate) fn stamped(key: Key, mut value: Value, revision: u64) -> Result<Object, StoreError> {
+    stamp(&key, &mut value, revision)?;
+    Ok(Object {
+        key,
+        revision,
+        value,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +135,10 @@ mod tests {
         );
         assert!(stamp(&key(), &mut json!([1]), 1).is_err());
         assert!(stamp(&key(), &mut json!({"metadata": 1}), 1).is_err());
+        let o = stamped(key(), json!({"spec": {}}), 7).unwrap();
+        assert_eq!((&o.key, o.revision), (&key(), 7));
+        assert_eq!(o.value["metadata"]["resourceVersion"], "7");
+        assert!(stamped(key(), json!("x"), 7).is_err());
     }
 
     #[test]

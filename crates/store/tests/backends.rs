@@ -1,6 +1,9 @@
 //! The store's contract, run against both backends.
 
-use serde_json::{Value, json};
+mod common;
+
+use common::{obj, runtime, svc};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_store::{
@@ -66,22 +69,6 @@ suite!(
 );
 
 const DEFAULT: usize = strait_store::DEFAULT_HISTORY;
-
-fn svc(ns: &str, name: &str) -> Key {
-    Key::new("Service", ns, name)
-}
-
-fn obj(name: &str, n: u64) -> Value {
-    json!({"metadata": {"name": name}, "spec": {"n": n}})
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// All events available now.
 fn drain(watch: &mut strait_store::Watch) -> Vec<Event> {

@@ -1,36 +1,27 @@
 //! The etcd backend against a real etcd (Debian `etcd-server`) on loopback: the store contract
 //! as it holds for a shared store (revisions increase with gaps; a batch is one revision),
-//! compaction, an etcd outage, and the leader lease.
+//! compaction, an etcd outage, a store cut off from etcd across a compaction, and the leader
+//! lease.
 
-use serde_json::{Value, json};
+mod common;
+
+use common::{obj, runtime, svc};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_store::{
     EtcdOptions, EtcdStore, Event, EventType, Key, Precondition, Store, StoreError, Watch,
     WatchEnd, Write,
 };
-use strait_testsupport::Etcd;
+use strait_testsupport::{Etcd, Relay};
 
 fn connect(etcd: &Etcd, prefix: &str) -> Arc<dyn Store> {
-    let mut opts = EtcdOptions::from_url(&format!("etcd://{}", etcd.endpoint())).unwrap();
+    connect_to(&etcd.endpoint(), prefix)
+}
+
+fn connect_to(endpoint: &str, prefix: &str) -> Arc<dyn Store> {
+    let mut opts = EtcdOptions::from_url(&format!("etcd://{endpoint}")).unwrap();
     opts.prefix = prefix.into();
     Arc::new(EtcdStore::connect(&opts).unwrap())
-}
-
-fn svc(ns: &str, name: &str) -> Key {
-    Key::new("Service", ns, name)
-}
-
-fn obj(name: &str, n: u64) -> Value {
-    json!({"metadata": {"name": name}, "spec": {"n": n}})
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Events until `n` have arrived (or 5 s pass).
@@ -348,4 +339,58 @@ fn compaction_outage_and_leader() {
         assert!(live.next().await.is_none());
         assert!(matches!(live.ended(), Some(WatchEnd::StoreClosed)));
     });
+}
+
+/// A store cut off from etcd (its connections closed, new ones refused) while another writes
+/// and etcd compacts: its writes fail clearly meanwhile, and its open watch, which reconnects
+/// from its last revision when the connection is back, finds that revision compacted and ends
+/// with `FellBehind` (its client lists again) rather than skipping the compacted events.
+#[test]
+fn a_watch_cut_off_across_a_compaction_falls_behind() {
+    let etcd = Etcd::start();
+    let rt = runtime();
+    let relay = Relay::start(etcd.endpoint().parse().unwrap());
+    let cut_off = connect_to(&relay.addr().to_string(), "/t4");
+    let other = connect(&etcd, "/t4");
+    let key = svc("ns", "o");
+    let first = other.put(&key, obj("o", 0), Precondition::None).unwrap();
+    let mut watch = cut_off.watch(None, None, first.revision).unwrap();
+    let second = other.put(&key, obj("o", 1), Precondition::None).unwrap();
+    assert_eq!(take(&rt, &mut watch, 1)[0].object, second);
+
+    relay.cut();
+    let t = Instant::now();
+    let err = cut_off
+        .put(&svc("ns", "cut"), obj("cut", 0), Precondition::None)
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+    assert!(err.to_string().contains("etcd"), "{err}");
+    // Two writes the cut-off watch misses, then their history is compacted away.
+    other.put(&key, obj("o", 2), Precondition::None).unwrap();
+    other.delete(&key, Precondition::None).unwrap();
+    let compacted = etcd.compact();
+    relay.restore();
+
+    let next =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(15), watch.next()).await });
+    match next {
+        Ok(None) => {}
+        Ok(Some(e)) => panic!("the watch skipped the compacted events to {e:?}"),
+        Err(_) => panic!("the watch did not end within 15 s of reconnecting"),
+    }
+    match watch.ended() {
+        Some(WatchEnd::FellBehind { oldest }) => assert_eq!(*oldest, compacted - 1),
+        other => panic!("expected FellBehind, got {other:?}"),
+    }
+    assert!(
+        relay.refused() > 0,
+        "the store tried to reconnect meanwhile"
+    );
+    // Listing again gives the current state: the deleted object is gone; writes work again.
+    assert_eq!(cut_off.list("Service", None).unwrap().0, vec![]);
+    assert_eq!(cut_off.get(&svc("ns", "cut")).unwrap(), None);
+    cut_off
+        .put(&svc("ns", "back"), obj("back", 0), Precondition::None)
+        .unwrap();
 }

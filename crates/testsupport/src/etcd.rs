@@ -122,6 +122,53 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Compacts etcd's history up to its current revision (physically: a watch from before it
+    /// is refused), through etcd's JSON gateway; returns that revision.
+    pub fn compact(&self) -> u64 {
+        // Any range answers with the current revision in its header.
+        let range = post(
+            self.client_port,
+            "/v3/kv/range",
+            r#"{"key": "Lw==", "count_only": true}"#,
+        );
+        let revision: u64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("etcd's range answer has no revision: {range}"));
+        let compacted = post(
+            self.client_port,
+            "/v3/kv/compaction",
+            &format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+        );
+        assert!(
+            compacted.get("header").is_some(),
+            "etcd did not compact to {revision}: {compacted}"
+        );
+        revision
+    }
+}
+
+/// A POST of JSON to etcd's gateway; its JSON answer.
+fn post(port: u16, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot reach etcd at 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let json = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(json)
+        .unwrap_or_else(|e| panic!("etcd answered {path} with no JSON ({e}): {reply}"))
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();

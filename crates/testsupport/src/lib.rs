@@ -7,6 +7,7 @@
 //! - [`http_get`], [`http2_get`], [`via_proxy`]: a small HTTP client with a timeout.
 //! - [`Etcd`]: a real etcd server on loopback with its own data directory, stopped on drop.
 //! - [`free_port`], [`free_loopback_addr`]: addresses for listeners.
+//! - [`Relay`]: a TCP relay a test can cut and restore (a network fault between two processes).
 //!
 //! Pods in tests get loopback addresses like `127.0.10.N`: all of 127.0.0.0/8 is loopback on
 //! Linux, without setup.
@@ -20,6 +21,7 @@ pub mod corpus;
 mod envoy;
 mod etcd;
 mod net;
+mod relay;
 
 pub use backend::{Backend, RecordedRequest};
 pub use client::{
@@ -28,3 +30,4 @@ pub use client::{
 pub use envoy::{Envoy, envoy_bin, repo_root};
 pub use etcd::{Etcd, etcd_bin};
 pub use net::{free_loopback_addr, free_port};
+pub use relay::Relay;
