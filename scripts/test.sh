@@ -63,7 +63,7 @@ echo "== cargo test"
 # `strait demo`) take the machine's pods one test at a time (tests/support/platform.rs holds a
 # file lock), so they run in their own lane; every other test runs in the second lane. Any
 # test not listed here runs in the second lane, and a pod test there still waits for the lock.
-pod_tests=(run egress_tls authn authz authn_jwt secure_ingress authz_custom soak)
+pod_tests=(run egress_tls authn authz authz_tcp authn_jwt secure_ingress authz_custom soak)
 other_e2e=()
 for t in $(sed -n '/^\[\[test\]\]/,/^name/ s/^name = "\(.*\)"/\1/p' tests/Cargo.toml); do
   [[ " demo ${pod_tests[*]} " == *" $t "* ]] || other_e2e+=("$t")

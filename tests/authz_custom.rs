@@ -319,8 +319,6 @@ fn authz_custom_task(proxy: &str) {
             "sleep.foo",
             "--to",
             "httpbin.foo",
-            "--port",
-            "8080",
             "--path",
             path,
         ]);

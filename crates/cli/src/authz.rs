@@ -28,7 +28,8 @@ pub struct CheckArgs {
     /// outside the mesh.
     #[arg(long, value_name = "WORKLOAD")]
     from: Option<String>,
-    /// The destination's port (default: its only inbound port).
+    /// The destination's port (default: its only inbound port); a port no Service of the
+    /// workload declares takes the passthrough chain, as the proxy does.
     #[arg(long)]
     port: Option<u16>,
     #[arg(long, default_value = "GET")]

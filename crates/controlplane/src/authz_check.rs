@@ -44,7 +44,7 @@ pub struct CheckRequest {
     #[serde(default = "default_namespace")]
     pub from_namespace: String,
     /// The destination's port (the workload's own, as its inbound listener has it); default:
-    /// its only inbound port.
+    /// its only inbound port. A port it does not declare takes the passthrough chain.
     #[serde(default)]
     pub port: Option<u16>,
     #[serde(default = "default_method")]
@@ -377,8 +377,8 @@ fn source_json(source: Option<&Proxy>, principal: Option<&str>) -> Value {
 }
 
 /// The listener and filter chain a connection to `port` would take: a sidecar's
-/// `virtualInbound` chain for the port (mutual TLS or plaintext), else its passthrough chain; a
-/// gateway's listener on the port.
+/// `virtualInbound` chain for the port (mutual TLS or plaintext), else its passthrough chain
+/// (the listener's default chain); a gateway's listener on the port.
 fn pick_chain<'a>(
     port: Option<u16>,
     dest: &Proxy,
@@ -424,11 +424,26 @@ fn pick_chain<'a>(
     let port = match port {
         Some(p) => p,
         None => {
-            let mut ports: Vec<u16> = inbound.filter_chains.iter().filter_map(port_of).collect();
+            // The workload's ports: not the listener's own (15006), whose chain only closes
+            // connections addressed to the capture port itself.
+            let own = listener_port(inbound);
+            let mut ports: Vec<u16> = inbound
+                .filter_chains
+                .iter()
+                .filter_map(port_of)
+                .filter(|p| Some(*p) != own)
+                .collect();
             ports.sort_unstable();
             ports.dedup();
             match ports.as_slice() {
                 [p] => *p,
+                [] => {
+                    return Err(CheckError::Bad(format!(
+                        "{}.{} declares no inbound port (a connection to any port takes the \
+                         passthrough chain): say which with --port",
+                        dest.workload, dest.namespace
+                    )));
+                }
                 _ => {
                     return Err(CheckError::Bad(format!(
                         "{}.{} has inbound ports {ports:?}: say which with --port",
@@ -464,6 +479,9 @@ fn pick_chain<'a>(
         .iter()
         .find(|c| (transport(c) == TLS) == mtls)
         .or_else(|| for_port.first())
+        .copied()
+        // A port the workload does not declare: the passthrough chain.
+        .or(inbound.default_filter_chain.as_ref())
         .ok_or_else(|| {
             CheckError::NotFound(format!(
                 "{}.{}'s inbound listener has no filter chain for port {port}",
@@ -605,4 +623,115 @@ fn http_filters(chain: &FilterChain) -> Result<Option<Vec<HttpFilter>>, CheckErr
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        Address, SocketAddress, address, socket_address,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::FilterChainMatch;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use strait_xds_core::CaptureMode;
+
+    fn sidecar() -> Proxy {
+        Proxy {
+            id: "sidecar~10.44.0.5~httpbin.foo~foo.svc.cluster.local".into(),
+            role: ProxyRole::Sidecar,
+            ip: "10.44.0.5".parse().unwrap(),
+            workload: "httpbin".into(),
+            namespace: "foo".into(),
+            labels: Default::default(),
+            capture: CaptureMode::Iptables,
+            service_account: "httpbin".into(),
+            app_address: None,
+            mtls: true,
+        }
+    }
+
+    fn chain(name: &str, port: u16, transport: &str) -> FilterChain {
+        FilterChain {
+            name: name.into(),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: Some(UInt32Value { value: port.into() }),
+                transport_protocol: transport.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A sidecar's `virtualInbound` on 15006, as the translator makes it: the blackhole chain
+    /// for 15006 itself, the workload's ports (mutual TLS and plaintext chains each), the
+    /// passthrough chain for the others.
+    fn inbound(ports: &[u16]) -> XdsResources {
+        let mut chains = vec![chain("virtualInbound-blackhole", 15006, "")];
+        for p in ports {
+            chains.push(chain(&format!("0.0.0.0_{p}-mtls"), *p, TLS));
+            chains.push(chain(&format!("0.0.0.0_{p}"), *p, "raw_buffer"));
+        }
+        let mut resources = XdsResources::default();
+        resources.listeners.insert(
+            "virtualInbound".into(),
+            Listener {
+                name: "virtualInbound".into(),
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: "0.0.0.0".into(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(15006)),
+                        ..Default::default()
+                    })),
+                }),
+                filter_chains: chains,
+                default_filter_chain: Some(FilterChain {
+                    name: "InboundPassthroughFilterChain".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        resources
+    }
+
+    fn text(e: CheckError) -> String {
+        match e {
+            CheckError::NotFound(s) | CheckError::Bad(s) => s,
+        }
+    }
+
+    #[test]
+    fn the_capture_port_is_not_one_of_the_workloads_ports() {
+        let dest = sidecar();
+        let resources = inbound(&[8080]);
+        let (_, chain, port) = pick_chain(None, &dest, &resources, true).unwrap();
+        assert_eq!((port, chain.name.as_str()), (8080, "0.0.0.0_8080-mtls"));
+
+        let resources = inbound(&[9000, 8080]);
+        let err = text(pick_chain(None, &dest, &resources, true).unwrap_err());
+        assert_eq!(
+            err,
+            "httpbin.foo has inbound ports [8080, 9000]: say which with --port"
+        );
+
+        let resources = inbound(&[]);
+        let err = text(pick_chain(None, &dest, &resources, false).unwrap_err());
+        assert!(err.contains("declares no inbound port"), "{err}");
+        // Asked for, the port's plaintext chain for a client without a certificate.
+        let resources = inbound(&[8080]);
+        let (_, chain, port) = pick_chain(Some(8080), &dest, &resources, false).unwrap();
+        assert_eq!((port, chain.name.as_str()), (8080, "0.0.0.0_8080"));
+    }
+
+    /// A port the workload does not declare (tcp-echo's 9002 in Istio's authz-tcp task) takes
+    /// the passthrough chain, as the proxy does.
+    #[test]
+    fn an_undeclared_port_takes_the_passthrough_chain() {
+        let resources = inbound(&[9000]);
+        let (_, chain, port) = pick_chain(Some(9002), &sidecar(), &resources, true).unwrap();
+        assert_eq!(
+            (port, chain.name.as_str()),
+            (9002, "InboundPassthroughFilterChain")
+        );
+    }
 }

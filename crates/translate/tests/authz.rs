@@ -426,6 +426,31 @@ fn authz_tcp_http_only_fields_on_tcp_ports() {
     );
     assert_eq!(outcome(vec![all[3].clone()]), [false, true, true], "step 4");
 
+    // The passthrough chain sends to its own cluster, which connects from 127.0.0.6 (the
+    // capture rules let that through; from the pod's address the connection would be
+    // captured again, a loop).
+    let res = translate(&snapshot(Vec::new()), &registry, &echo);
+    let passthrough = virtual_inbound(&res).default_filter_chain.clone().unwrap();
+    let tcp = passthrough.filters.last().unwrap();
+    let tcp = <envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as prost::Message>::decode(
+        typed(tcp).value.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(
+        tcp.cluster_specifier,
+        Some(
+            envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(
+                "InboundPassthroughCluster".into()
+            )
+        )
+    );
+    let bind = res.clusters["InboundPassthroughCluster"]
+        .upstream_bind_config
+        .as_ref()
+        .and_then(|b| b.source_address.as_ref())
+        .map(|a| a.address.as_str());
+    assert_eq!(bind, Some("127.0.0.6"));
+
     // The ALLOW rule with `methods` is not translated for TCP at all: no policy matches.
     let res = translate(&snapshot(vec![all[1].clone()]), &registry, &echo);
     let chain = mtls_chain(&res, 9000);

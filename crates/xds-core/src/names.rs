@@ -14,6 +14,15 @@ pub const PROMETHEUS_PORT: u16 = 15090;
 
 /// Where traffic for hosts the registry does not know goes (ALLOW_ANY).
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Where a sidecar's inbound passthrough chain sends connections to ports its workload does
+/// not declare: their original destination, from the source address
+/// [`INBOUND_PASSTHROUGH_BIND_V4`] (or `_V6`), which the capture rules let through (without it
+/// the connection, addressed to the pod, would be captured again, a loop).
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+/// The inbound passthrough cluster's source address (Istio's), IPv4 pods.
+pub const INBOUND_PASSTHROUGH_BIND_V4: &str = "127.0.0.6";
+/// The inbound passthrough cluster's source address (Istio's), IPv6 pods.
+pub const INBOUND_PASSTHROUGH_BIND_V6: &str = "::6";
 /// Where traffic that must not leave goes (REGISTRY_ONLY).
 pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 

@@ -60,6 +60,11 @@ pub struct Cluster {
     /// `original_dst_lb_config` (`use_http_header`, `http_header_name`); `None`: where the
     /// connection was going before iptables redirected it.
     pub original_dst_header: Option<String>,
+    /// `upstream_bind_config.source_address`: the local address connections to the endpoints
+    /// are made from (the inbound passthrough cluster's 127.0.0.6, which the capture rules
+    /// let through).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<std::net::SocketAddr>,
     /// The service the cluster is for (`filter_metadata.istio.services[0]`), for telemetry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<Arc<strait_telemetry::Service>>,
@@ -269,6 +274,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
     let protocol = upstream_protocol(c)?;
     let endpoints = static_endpoints(c, &discovery)?;
     let original_dst_header = original_dst_header(c, &discovery)?;
+    let source_address = source_address(c)?;
     let tls = cluster_tls(c)?;
     let (auto_sni, auto_san_validation) = auto_sni(c)?;
     if discovery == Discovery::OriginalDst && !tls.is_none() {
@@ -285,6 +291,7 @@ fn cluster(c: &pb::Cluster) -> Result<Cluster, Refusal> {
         discovery,
         lb,
         original_dst_header,
+        source_address,
         connect_timeout: c
             .connect_timeout
             .as_ref()
@@ -313,6 +320,40 @@ fn refuse_unsupported(c: &pb::Cluster) -> Result<(), Refusal> {
     refuse_if(c.load_balancing_policy.is_some(), "load_balancing_policy")?;
     refuse_if(!c.filters.is_empty(), "filters")?;
     refuse_if(c.upstream_config.is_some(), "upstream_config")
+}
+
+/// `upstream_bind_config`: its `source_address` (an IP address; port 0 for any); the other
+/// ways of choosing or setting up the local socket are refused.
+#[allow(deprecated)] // additional_source_addresses: refused all the same.
+fn source_address(c: &pb::Cluster) -> Result<Option<std::net::SocketAddr>, Refusal> {
+    let Some(b) = &c.upstream_bind_config else {
+        return Ok(None);
+    };
+    let at = |r: Refusal| r.under("upstream_bind_config");
+    refuse_if(b.freebind.is_some(), "freebind").map_err(at)?;
+    refuse_if(!b.socket_options.is_empty(), "socket_options").map_err(at)?;
+    refuse_if(
+        !b.extra_source_addresses.is_empty(),
+        "extra_source_addresses",
+    )
+    .map_err(at)?;
+    refuse_if(
+        !b.additional_source_addresses.is_empty(),
+        "additional_source_addresses",
+    )
+    .map_err(at)?;
+    refuse_if(b.local_address_selector.is_some(), "local_address_selector").map_err(at)?;
+    let Some(sa) = &b.source_address else {
+        return Ok(None);
+    };
+    let address = envoy_types::pb::envoy::config::core::v3::Address {
+        address: Some(
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa.clone()),
+        ),
+    };
+    socket_addr(Some(&address), "source_address")
+        .map(Some)
+        .map_err(at)
 }
 
 /// `transport_socket` and `transport_socket_matches`.

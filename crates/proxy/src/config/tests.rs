@@ -801,6 +801,38 @@ fn clusters_convert_and_unsupported_policies_are_refused() {
     ));
     let err = Cluster::try_from(&by_metadata).unwrap_err().to_string();
     assert!(err.contains("original_dst_lb_config.metadata_key"), "{err}");
+    // upstream_bind_config: the inbound passthrough cluster's source address.
+    let bind = |b: envoy_types::pb::envoy::config::core::v3::BindConfig| {
+        let mut bound = original.clone();
+        bound.upstream_bind_config = Some(b);
+        Cluster::try_from(&bound).map(|c| c.source_address)
+    };
+    let source = envoy_types::pb::envoy::config::core::v3::SocketAddress {
+        address: "127.0.0.6".into(),
+        port_specifier: Some(
+            envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(0),
+        ),
+        ..Default::default()
+    };
+    assert_eq!(
+        bind(envoy_types::pb::envoy::config::core::v3::BindConfig {
+            source_address: Some(source.clone()),
+            ..Default::default()
+        })
+        .unwrap(),
+        Some("127.0.0.6:0".parse().unwrap())
+    );
+    let err = bind(envoy_types::pb::envoy::config::core::v3::BindConfig {
+        source_address: Some(source),
+        freebind: Some(Default::default()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("upstream_bind_config.freebind is not supported by strait-proxy"),
+        "{err}"
+    );
     let mut tls = eds_cluster(name);
     tls.transport_socket = Some(Default::default());
     let err = Cluster::try_from(&tls).unwrap_err().to_string();

@@ -56,6 +56,8 @@ pub(crate) struct Balancer {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     original_dst: bool,
+    /// The cluster's `upstream_bind_config.source_address`.
+    source: Option<SocketAddr>,
     /// The endpoints outlier detection left in, while it has any out.
     healthy: ArcSwapOption<Healthy>,
 }
@@ -165,6 +167,7 @@ impl Balancer {
             protocol: cluster.protocol,
             connect_timeout: cluster.connect_timeout,
             original_dst: cluster.discovery == Discovery::OriginalDst,
+            source: cluster.source_address,
             healthy: ArcSwapOption::empty(),
         }
     }
@@ -199,7 +202,7 @@ impl Balancer {
     ) -> Option<Picked> {
         if self.original_dst {
             let addr: SocketAddr = original.parse().ok()?;
-            return Some(Picked::new(self.state.destination(addr)));
+            return Some(Picked::new(self.state.destination(addr, self.source)));
         }
         let healthy = self.healthy();
         let view = match healthy.as_deref() {

@@ -67,6 +67,8 @@ pub(crate) struct Host {
     pub(crate) authority: Box<str>,
     /// The address, unless the endpoint is a name (resolved at each connect).
     ip: Option<SocketAddr>,
+    /// The local address connections are made from (the cluster's `upstream_bind_config`).
+    source: Option<SocketAddr>,
     /// TLS to the endpoint, or plain text.
     tls: Option<HostTls>,
     /// With `auto_sni`: the endpoint's connections per server name, each its own host.
@@ -106,6 +108,7 @@ impl Host {
         Host {
             authority: authority.into_boxed_str(),
             ip,
+            source: None,
             tls,
             by_sni: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
@@ -120,6 +123,17 @@ impl Host {
     pub(crate) fn with_workload(mut self, w: Option<Arc<strait_telemetry::Workload>>) -> Host {
         self.workload = w;
         self
+    }
+
+    /// Connections are made from `source` (the cluster's `upstream_bind_config`).
+    pub(crate) fn with_source(mut self, source: Option<SocketAddr>) -> Host {
+        self.source = source;
+        self
+    }
+
+    /// The local address connections are made from, when the cluster sets one.
+    pub(crate) fn source(&self) -> Option<SocketAddr> {
+        self.source
     }
 
     /// Connections to the endpoint are TLS.
@@ -161,15 +175,18 @@ impl Host {
                 ignore_case: true,
             }];
         }
-        let child = Arc::new(Host::new(
-            self.authority.to_string(),
-            self.ip,
-            Some(HostTls {
-                context: Arc::new(context),
-                secrets: tls.secrets.clone(),
-                auto: None,
-            }),
-        ));
+        let child = Arc::new(
+            Host::new(
+                self.authority.to_string(),
+                self.ip,
+                Some(HostTls {
+                    context: Arc::new(context),
+                    secrets: tls.secrets.clone(),
+                    auto: None,
+                }),
+            )
+            .with_source(self.source),
+        );
         if self.is_draining() {
             child.drain();
         }
@@ -278,9 +295,25 @@ impl Host {
     /// A TCP connection to the endpoint within `timeout`, Nagle off.
     async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, SendError> {
         let connecting = async {
-            match self.ip {
-                Some(addr) => TcpStream::connect(addr).await,
-                None => TcpStream::connect(&*self.authority).await,
+            match (self.ip, self.source) {
+                (Some(addr), None) => TcpStream::connect(addr).await,
+                (None, None) => TcpStream::connect(&*self.authority).await,
+                (Some(addr), Some(source)) => connect_from(source, addr).await,
+                (None, Some(source)) => {
+                    let mut last = None;
+                    for addr in tokio::net::lookup_host(&*self.authority).await? {
+                        match connect_from(source, addr).await {
+                            Ok(s) => return Ok(s),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.unwrap_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{} resolves to no address", self.authority),
+                        )
+                    }))
+                }
             }
         };
         let stream = tokio::time::timeout(timeout, connecting)
@@ -479,6 +512,17 @@ fn server_name<B>(req: &Request<B>) -> Option<String> {
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     (!name.is_empty() && name.parse::<std::net::IpAddr>().is_err()).then_some(name)
+}
+
+/// A TCP connection to `addr` from the local address `source` (`upstream_bind_config`).
+async fn connect_from(source: SocketAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(source)?;
+    socket.connect(addr).await
 }
 
 #[cfg(test)]

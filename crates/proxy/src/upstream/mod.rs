@@ -98,13 +98,17 @@ impl ClusterState {
         c.clone()
     }
 
-    /// The state of ORIGINAL_DST destination `addr`, made on its first request.
-    fn destination(&self, addr: SocketAddr) -> Arc<Host> {
+    /// The state of ORIGINAL_DST destination `addr`, made on its first request, connected to
+    /// from `source` (the cluster's `upstream_bind_config`; a change makes a new host).
+    fn destination(&self, addr: SocketAddr, source: Option<SocketAddr>) -> Arc<Host> {
         let now = Instant::now();
         let mut d = locked(&self.destinations);
-        let (host, used) = d
-            .entry(addr)
-            .or_insert_with(|| (Arc::new(Host::new(addr.to_string(), Some(addr), None)), now));
+        let new = || Arc::new(Host::new(addr.to_string(), Some(addr), None).with_source(source));
+        let (host, used) = d.entry(addr).or_insert_with(|| (new(), now));
+        if host.source() != source {
+            host.drain();
+            *host = new();
+        }
         *used = now;
         host.clone()
     }
@@ -178,7 +182,13 @@ impl Upstreams {
                         let (authority, ip) = authority(e);
                         let tls = cluster.tls.for_endpoint(e);
                         match known.get(authority.as_str()) {
-                            Some(h) if h.uses(tls, auto) && h.workload == e.workload => h.clone(),
+                            Some(h)
+                                if h.uses(tls, auto)
+                                    && h.workload == e.workload
+                                    && h.source() == cluster.source_address =>
+                            {
+                                h.clone()
+                            }
                             _ => {
                                 // New, or its TLS changed: new connections from now on.
                                 let host_tls = tls.map(|context| HostTls {
@@ -188,7 +198,8 @@ impl Upstreams {
                                 });
                                 let h = Arc::new(
                                     Host::new(authority.clone(), ip, host_tls)
-                                        .with_workload(e.workload.clone()),
+                                        .with_workload(e.workload.clone())
+                                        .with_source(cluster.source_address),
                                 );
                                 if let Some(old) =
                                     known.insert(authority.into_boxed_str(), h.clone())

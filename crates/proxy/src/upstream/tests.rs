@@ -33,6 +33,7 @@ fn endpoints_cluster(lb: LbPolicy, endpoints: impl Iterator<Item = (String, u16)
         outlier_detection: None,
         healthy_panic_threshold: 50.0,
         original_dst_header: None,
+        source_address: None,
         service: None,
         balancer: Default::default(),
     }
@@ -517,4 +518,18 @@ async fn connections_to_an_endpoint_that_leaves_close_after_their_request() {
         .await;
         assert_eq!(stays.open.load(Ordering::SeqCst), 1, "{protocol:?}");
     }
+}
+
+/// `upstream_bind_config`: connections come from the cluster's source address (the inbound
+/// passthrough cluster's 127.0.0.6, which the capture rules let through unredirected).
+#[tokio::test]
+async fn connections_come_from_the_source_address() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = Host::new(addr.to_string(), Some(addr), None)
+        .with_source(Some("127.0.0.6:0".parse().unwrap()));
+    let (up, accepted) = tokio::join!(host.connect(Duration::from_secs(2)), listener.accept());
+    assert!(up.is_ok(), "connect from 127.0.0.6");
+    let (_, peer) = accepted.unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::from([127, 0, 0, 6]));
 }

@@ -244,6 +244,7 @@ fn cluster_names_and_types() {
         names,
         [
             "BlackHoleCluster",
+            "InboundPassthroughCluster",
             "PassthroughCluster",
             "outbound|443||*.wikipedia.org",
             "outbound|5432||db.example.com",

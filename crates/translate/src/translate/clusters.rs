@@ -28,7 +28,7 @@ use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Http1ProtocolOptions,
+    Address, AggregatedConfigSource, ApiVersion, BindConfig, ConfigSource, Http1ProtocolOptions,
     Http2ProtocolOptions, Locality, Metadata, Pipe, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
@@ -47,11 +47,12 @@ use strait_registry::{Endpoint, Port, Resolution, Service, fqdn, visibility};
 use self::policy::{ClusterBuild, Policy};
 use super::mtls::{self, UpstreamTls};
 use super::{
-    BLACKHOLE_CLUSTER, Ctx, PASSTHROUGH_CLUSTER, host_matches, inbound_cluster_name,
-    outbound_cluster_name,
+    BLACKHOLE_CLUSTER, Ctx, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER, host_matches,
+    inbound_cluster_name, outbound_cluster_name,
 };
 use crate::snapshot::namespace_of;
-use strait_xds_core::{CaptureMode, XdsResources};
+use strait_xds_core::names::{INBOUND_PASSTHROUGH_BIND_V4, INBOUND_PASSTHROUGH_BIND_V6};
+use strait_xds_core::{CaptureMode, ProxyRole, XdsResources};
 
 /// Outbound clusters per visible service port and subset, inbound clusters, and the special
 /// clusters, with their endpoints.
@@ -61,6 +62,10 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
     }
     inbound(ctx, out);
     for c in [passthrough_cluster(ctx), blackhole_cluster()] {
+        out.clusters.insert(c.name.clone(), c);
+    }
+    if ctx.proxy.role == ProxyRole::Sidecar && ctx.proxy.capture == CaptureMode::Iptables {
+        let c = inbound_passthrough_cluster(ctx);
         out.clusters.insert(c.name.clone(), c);
     }
 }
@@ -491,6 +496,36 @@ fn passthrough_cluster(ctx: &Ctx<'_>) -> Cluster {
             ..Default::default()
         }),
     );
+    b.finish()
+}
+
+/// `InboundPassthroughCluster`: a captured sidecar's inbound connections to ports its workload
+/// does not declare, to their original destination (the pod's own address), as Istio does it:
+/// from the source address 127.0.0.6 (`::6` for an IPv6 pod), which the capture rules return
+/// unredirected (`-s 127.0.0.6/32 -o lo -j RETURN`). From the pod's address, as the proxy's
+/// user, the connection would be redirected to 15006 again, and again: a loop that ends when the
+/// proxy runs out of file descriptors.
+fn inbound_passthrough_cluster(ctx: &Ctx<'_>) -> Cluster {
+    let bind = if ctx.proxy.ip.is_ipv6() {
+        INBOUND_PASSTHROUGH_BIND_V6
+    } else {
+        INBOUND_PASSTHROUGH_BIND_V4
+    };
+    let mut b = ClusterBuild::new(Cluster {
+        name: INBOUND_PASSTHROUGH_CLUSTER.to_string(),
+        cluster_discovery_type: discovery(DiscoveryType::OriginalDst),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(SocketAddress {
+                address: bind.to_string(),
+                port_specifier: Some(PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    policy::apply_connection_pool(&mut b, None);
     b.finish()
 }
 

@@ -42,8 +42,8 @@ use crate::ConfigSnapshot;
 
 pub use origination::SYSTEM_CA_BUNDLE;
 pub use strait_xds_core::names::{
-    BLACKHOLE_CLUSTER, HTTP_PROXY_PORT, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
-    VIRTUAL_OUTBOUND_PORT, inbound_cluster_name, outbound_cluster_name,
+    BLACKHOLE_CLUSTER, HTTP_PROXY_PORT, INBOUND_PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER,
+    VIRTUAL_INBOUND_PORT, VIRTUAL_OUTBOUND_PORT, inbound_cluster_name, outbound_cluster_name,
 };
 
 /// A port the proxy's own workload serves, and where its traffic goes.

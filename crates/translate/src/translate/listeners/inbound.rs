@@ -22,7 +22,7 @@ use super::http_route::{prefix_match, route_match_for};
 use crate::translate::mtls::{self, ChainKind, Mode};
 use crate::translate::tracer::{Class, hcm_tracing};
 use crate::translate::{
-    BLACKHOLE_CLUSTER, Ctx, InboundPort, PASSTHROUGH_CLUSTER, VIRTUAL_INBOUND_PORT,
+    BLACKHOLE_CLUSTER, Ctx, INBOUND_PASSTHROUGH_CLUSTER, InboundPort, VIRTUAL_INBOUND_PORT,
     inbound_cluster_name,
 };
 use crate::translate::{authz, ratelimit};
@@ -101,8 +101,8 @@ pub(super) fn build(ctx: &Ctx<'_>, out: &mut XdsResources) {
                 // Authorization applies to passthrough connections too (as TCP).
                 let mut filters = authz::network_filters(&policies);
                 filters.push(tcp_proxy_filter(
-                    "InboundPassthroughCluster",
-                    TcpTarget::Cluster(PASSTHROUGH_CLUSTER.to_string()),
+                    INBOUND_PASSTHROUGH_CLUSTER,
+                    TcpTarget::Cluster(INBOUND_PASSTHROUGH_CLUSTER.to_string()),
                 ));
                 filter_chain("InboundPassthroughFilterChain", None, filters)
             });
