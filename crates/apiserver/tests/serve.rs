@@ -307,4 +307,14 @@ async fn open_paths_need_no_token_from_loopback_reads_only() {
         .await,
         200
     );
+    // Deeper paths under an open prefix skip the token but reach no resource: the
+    // Kubernetes-shaped route takes `graph` as the API version and serves none by that name,
+    // dot segments included (nothing normalises them into /api/v1).
+    for path in [
+        "/api/graph/namespaces/default/services",
+        "/api/graph/../v1/namespaces/default/services",
+        "/api/graph/%2e%2e/v1/namespaces/default/services",
+    ] {
+        assert_eq!(status_of(addr, "GET", path, None).await, 404, "{path}");
+    }
 }
