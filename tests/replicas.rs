@@ -293,13 +293,16 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
     let up_on_b = format!("addr={}", xds(&b));
     let a_server = mesh.cp.server();
     relay.cut();
-    let (code, answer) = http(
-        &a_server,
-        "POST",
-        VS_PATH,
-        Some(token),
-        Some(&other_vs("cut")),
-    );
+    let post_through_a = || {
+        http(
+            &a_server,
+            "POST",
+            VS_PATH,
+            Some(token),
+            Some(&other_vs("cut")),
+        )
+    };
+    let (code, answer) = post_through_a();
     assert_eq!(code, 503, "A cut off from etcd refuses writes: {answer}");
     assert!(answer.contains("etcd"), "the 503 names etcd: {answer}");
     through_b("v3");
@@ -352,13 +355,7 @@ async fn replicas_on_etcd_fail_over_and_survive_an_etcd_outage() {
         );
     }
     // A writes again; nothing acknowledged is lost.
-    let (code, answer) = http(
-        &a_server,
-        "POST",
-        VS_PATH,
-        Some(token),
-        Some(&other_vs("cut")),
-    );
+    let (code, answer) = post_through_a();
     assert_eq!(code, 201, "A writes again once reconnected: {answer}");
     b.ok(&["get", "vs", "cut"]);
 

@@ -524,14 +524,20 @@ impl FeedWatch {
         Some(event)
     }
 
+    /// What is ready without reading the feed: `Some(Some(event))` a pending event,
+    /// `Some(None)` the end, `None` nothing yet.
+    fn ready(&mut self) -> Option<Option<Event>> {
+        if let Some(event) = self.pop() {
+            return Some(Some(event));
+        }
+        self.last = self.last.max(self.fed);
+        self.ended.is_some().then_some(None)
+    }
+
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.pop() {
-                return Some(event);
-            }
-            self.last = self.last.max(self.fed);
-            if self.ended.is_some() {
-                return None;
+            if let Some(ready) = self.ready() {
+                return ready;
             }
             let feed = self.rx.recv().await;
             self.take(feed);
@@ -540,12 +546,8 @@ impl FeedWatch {
 
     fn try_next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.pop() {
-                return Some(event);
-            }
-            self.last = self.last.max(self.fed);
-            if self.ended.is_some() {
-                return None;
+            if let Some(ready) = self.ready() {
+                return ready;
             }
             match self.rx.try_recv() {
                 Ok(feed) => self.take(Some(feed)),

@@ -112,6 +112,11 @@ impl MetricSet {
         MetricSet(self.0 | other.0)
     }
 
+    /// The metrics of the set that are not in `other`.
+    pub fn difference(self, other: MetricSet) -> MetricSet {
+        MetricSet(self.0 & !other.0)
+    }
+
     /// The Telemetry API's names of the metrics in the set, in a fixed order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         Metric::ALL

@@ -70,21 +70,18 @@ pub(crate) fn disabled(ctx: &Ctx<'_>) -> Disabled {
                         .unwrap_or(IstioMetric::ALL_METRICS),
                 );
                 let mode = selector.and_then(|s| s.mode).unwrap_or_default();
-                let mut sides = Vec::new();
+                let switch = |side: MetricSet| {
+                    if off {
+                        side.union(metrics)
+                    } else {
+                        side.difference(metrics)
+                    }
+                };
                 if mode != WorkloadMode::SERVER {
-                    sides.push(&mut d.source);
+                    d.source = switch(d.source);
                 }
                 if mode != WorkloadMode::CLIENT {
-                    sides.push(&mut d.destination);
-                }
-                for side in sides {
-                    for metric in Metric::ALL.into_iter().filter(|x| metrics.contains(*x)) {
-                        if off {
-                            side.insert(metric);
-                        } else {
-                            side.remove(metric);
-                        }
-                    }
+                    d.destination = switch(d.destination);
                 }
             }
         }
